@@ -1,0 +1,3 @@
+from stigmem_node.cli import main
+
+raise SystemExit(main())

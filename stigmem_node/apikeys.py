@@ -1,0 +1,150 @@
+"""Operator API keys.
+
+A key reads ``stgm_<id>_<secret>``: ``id`` (12 hex digits) is public and used for
+lookup; ``secret`` is 32 random bytes in base64url.  Only HMAC-SHA256(pepper, key) is
+stored.  The pepper lives outside the database (a 0600 file beside it, or
+``STIGMEM_API_KEY_PEPPER``) and is versioned so that it can rotate: each stored key
+remembers the pepper version that hashed it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from stigmem_node.clock import Clock, parse_rfc3339
+from stigmem_node.errors import ConfigError, NotFound, Unauthorized, ValidationError
+from stigmem_node.store.apikeys import ApiKeyRecord, ApiKeyRepo
+
+PREFIX = "stgm"
+PERMISSIONS = ("federate", "admin:federation", "audit:read", "facts:write", "facts:read")
+_KEY_RE = re.compile(r"^stgm_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
+_TOUCH_EVERY_S = 60
+
+
+class Peppers:
+    """Versioned server peppers.  The newest version hashes new keys."""
+
+    def __init__(self, versions: dict[int, bytes]) -> None:
+        if not versions:
+            raise ConfigError(message="no API key pepper configured")
+        self.versions = versions
+        self.current = max(versions)
+
+    @classmethod
+    def load(cls, path: Path, env_value: str | None) -> "Peppers":
+        """From ``STIGMEM_API_KEY_PEPPER`` (``secret`` or ``1:secret,2:secret``), else the pepper file,
+        created (mode 0600) with one random pepper on first use."""
+        if env_value:
+            return cls(_parse_peppers(env_value, "STIGMEM_API_KEY_PEPPER"))
+        if not path.exists():
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(f"1:{secrets.token_hex(32)}\n")
+        try:
+            text = path.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(message=f"cannot read the API key pepper file {path}: {exc}") from None
+        return cls(_parse_peppers(text, str(path)))
+
+
+def _parse_peppers(text: str, where: str) -> dict[int, bytes]:
+    items = [p.strip() for p in re.split(r"[,\n]", text) if p.strip()]
+    if len(items) == 1 and ":" not in items[0]:
+        items = [f"1:{items[0]}"]
+    versions: dict[int, bytes] = {}
+    for item in items:
+        version, _, secret = item.partition(":")
+        if not version.isdigit() or len(secret) < 16:
+            raise ConfigError(message=f"{where}: each pepper is VERSION:SECRET with a secret of 16+ characters")
+        versions[int(version)] = secret.encode("utf-8")
+    return versions
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who made an authenticated request."""
+
+    key_id: str
+    permissions: frozenset[str]
+
+    @property
+    def actor(self) -> str:
+        return f"apikey:{self.key_id}"
+
+
+def parse_permissions(raw: str | list[str]) -> tuple[str, ...]:
+    items = raw.split(",") if isinstance(raw, str) else list(raw)
+    perms = {p.strip() for p in items if p.strip()}
+    if "all" in perms:
+        return PERMISSIONS
+    bad = sorted(perms - set(PERMISSIONS))
+    if bad or not perms:
+        raise ValidationError(
+            "invalid_permissions",
+            f"unknown permission {bad[0]!r}; choose from {', '.join(PERMISSIONS)} or all" if bad
+            else "at least one permission is required",
+            field="permissions",
+        )
+    return tuple(p for p in PERMISSIONS if p in perms)
+
+
+class ApiKeys:
+    def __init__(self, repo: ApiKeyRepo, peppers: Peppers, clock: Clock) -> None:
+        self.repo = repo
+        self.peppers = peppers
+        self.clock = clock
+        # Hash something for unknown ids too, so lookups take the same time.
+        self._dummy = secrets.token_bytes(32)
+
+    def _hash(self, key: str, version: int) -> str:
+        return hmac.new(self.peppers.versions[version], key.encode("ascii"), hashlib.sha256).hexdigest()
+
+    def create(self, permissions: tuple[str, ...], *, label: str | None = None,
+               expires_at: str | None = None) -> tuple[str, ApiKeyRecord]:
+        key_id = secrets.token_hex(6)
+        key = f"{PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
+        rec = ApiKeyRecord(key_id, self._hash(key, self.peppers.current), self.peppers.current,
+                           tuple(permissions), label, self.clock.now_iso(), expires_at, None, None)
+        self.repo.insert(rec)
+        return key, rec
+
+    def authenticate(self, key: str | None) -> Principal:
+        """Return the principal, or raise ``Unauthorized`` (one code for every failure)."""
+        match = _KEY_RE.match(key or "")
+        rec = self.repo.get(match.group(1)) if match else None
+        if rec is None or rec.pepper_version not in self.peppers.versions:
+            hmac.compare_digest(hmac.new(self._dummy, (key or "").encode("utf-8", "replace"),
+                                         hashlib.sha256).hexdigest(), "0" * 64)
+            raise Unauthorized("invalid_api_key", "a valid API key is required")
+        ok = hmac.compare_digest(self._hash(key, rec.pepper_version), rec.key_hash)  # type: ignore[arg-type]
+        now = self.clock.now()
+        if not ok or rec.revoked_at or (rec.expires_at and parse_rfc3339(rec.expires_at) <= now):
+            raise Unauthorized("invalid_api_key", "a valid API key is required")
+        if rec.last_used_at is None or (now - parse_rfc3339(rec.last_used_at)).total_seconds() > _TOUCH_EVERY_S:
+            self.repo.touch(rec.id, self.clock.now_iso())
+        return Principal(rec.id, frozenset(rec.permissions))
+
+    def revoke(self, key_id: str) -> ApiKeyRecord:
+        key_id = key_id.split("_")[1] if key_id.startswith(PREFIX + "_") and key_id.count("_") >= 2 else key_id
+        rec = self.repo.get(key_id)
+        if rec is None:
+            raise NotFound("api_key_not_found", f"no API key with id {key_id[:24]!r}")
+        self.repo.revoke(key_id, self.clock.now_iso())
+        return self.repo.get(key_id)  # type: ignore[return-value]
+
+    def list(self) -> list[ApiKeyRecord]:
+        return self.repo.list()
+
+
+def key_public_dict(rec: ApiKeyRecord) -> dict:
+    return {
+        "id": rec.id, "prefix": f"{PREFIX}_{rec.id}_", "permissions": list(rec.permissions), "label": rec.label,
+        "created_at": rec.created_at, "expires_at": rec.expires_at, "revoked_at": rec.revoked_at,
+        "last_used_at": rec.last_used_at,
+    }

@@ -1,0 +1,442 @@
+"""The ``stigmem-node`` command line: thin calls into the node's use cases.
+
+Human output by default, ``--json`` everywhere, exit 0 on success, 1 on a refused
+action, 2 on bad usage or configuration.  Expected errors print one line, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable
+
+from stigmem_node import __version__
+from stigmem_node.apikeys import PERMISSIONS, key_public_dict, parse_permissions
+from stigmem_node.audit import entry_dict
+from stigmem_node.clock import iso, parse_rfc3339
+from stigmem_node.config import Settings, from_env, parse_scopes
+from stigmem_node.errors import ConfigError, StigmemError
+from stigmem_node.federation import Actor, peer_view
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+# -- plumbing -------------------------------------------------------------------------
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = from_env()
+    return settings.with_overrides(
+        db_path=Path(args.db) if getattr(args, "db", None) else None,
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+        node_url=getattr(args, "node_url", None),
+        pull_interval_s=getattr(args, "pull_interval", None),
+        allow_insecure_http=True if getattr(args, "allow_insecure_http", False) else None,
+    )
+
+
+def _node(args: argparse.Namespace, *, serving: bool = False):
+    from stigmem_node.node import Node
+
+    return Node(_settings(args), serving=serving)
+
+
+def _cli_actor() -> Actor:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return Actor(f"cli:{user}", "local")
+
+
+def _emit(args: argparse.Namespace, data: Any, human: Callable[[Any], str]) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False))
+    else:
+        print(human(data))
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    line = lambda r: "  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(headers), *(line(r) for r in rows)])
+
+
+# -- serve ----------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from stigmem_node.http import create_app
+
+    node = _node(args, serving=True)
+    if node.store.apikeys.count() == 0:
+        key, _ = node.apikeys.create(PERMISSIONS, label="first admin key")
+        print(
+            "First start: created the node identity and this admin API key (shown once, store it now):\n"
+            f"  {key}\n"
+            f"  use it as:  curl -H 'Authorization: Bearer {key[:10]}…' {node.identity.node_url}/v1/federation/peers\n"
+            f"Node {node.identity.node_id}, key fingerprint {node.identity.fingerprint}",
+            flush=True,
+        )
+    settings = node.settings
+    print(f"stigmem-node {__version__} serving {node.identity.node_url} (database {settings.db_path})", flush=True)
+    app = create_app(node)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                access_log=bool(args.access_log), server_header=False)
+    return EXIT_OK
+
+
+# -- info -----------------------------------------------------------------------------
+def cmd_info(args: argparse.Namespace) -> int:
+    node = _node(args)
+    info = node.info()
+
+    def human(i: dict) -> str:
+        return "\n".join([
+            f"node id:      {i['node_id']}",
+            f"node url:     {i['node_url'] or '(not served yet)'}",
+            f"key id:       {i['key_id']}",
+            f"public key:   {i['federation_pubkey']}",
+            f"fingerprint:  {i['pubkey_fingerprint']}",
+            f"shares:       {', '.join(i['shared_scopes'])}",
+            f"database:     {i['database']}",
+            "declaration:",
+            "  " + json.dumps(i["declaration"], sort_keys=True),
+        ])
+
+    _emit(args, info, human)
+    return EXIT_OK
+
+
+# -- peers ----------------------------------------------------------------------------
+def _peer_human(p: dict) -> str:
+    lines = [
+        f"peer id:      {p['peer_id']}",
+        f"node id:      {p['node_id']}",
+        f"node url:     {p['node_url']}",
+        f"status:       {p['status']}" + (f" ({p['reject_reason']})" if p.get("reject_reason") else ""),
+        f"scopes:       {', '.join(p['allowed_scopes'])}",
+        f"fingerprint:  {p['pubkey_fingerprint']}",
+        f"registered:   {p['created_at']}",
+    ]
+    if p.get("approved_at"):
+        lines.append(f"approved:     {p['approved_at']} by {p['approved_by']}")
+    for h in p.get("history", []):
+        lines.append(f"  {h['ts']}  {h['event_type']}  {h['actor'] or ''}  {h['reason'] or ''}".rstrip())
+    return "\n".join(lines)
+
+
+def cmd_peers_add(args: argparse.Namespace) -> int:
+    from stigmem_node import declaration as decl_mod
+    from stigmem_node.outbound import fetch_well_known
+
+    node = _node(args)
+    scopes = parse_scopes(args.scopes) if args.scopes else None
+    if args.declaration:
+        try:
+            body = json.loads(Path(args.declaration).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError("invalid_declaration_file", f"cannot read a JSON declaration from {args.declaration}: {exc}")
+    else:
+        doc = asyncio.run(fetch_well_known(args.url, timeout_s=node.settings.outbound_timeout_s,
+                                           allow_insecure_http=node.settings.allow_insecure_http))
+        body = doc.get("declaration")
+        if not isinstance(body, dict):
+            raise StigmemError("no_published_declaration",
+                               "that node publishes no declaration in its well-known; pass --declaration FILE")
+    decl, reason = decl_mod.verify(body, node.clock.now(), leeway=node.federation.leeway)
+    if decl is not None and decl.node_url.rstrip("/") != args.url.rstrip("/"):
+        print(f"note: the declaration names {decl.node_url}, not {args.url}", file=sys.stderr)
+    peer = asyncio.run(node.federation.register(body, actor=_cli_actor(), scopes=scopes))
+    view = peer_view(peer)
+
+    def human(p: dict) -> str:
+        head = (f"Registered {p['node_id']} as {p['status']}."
+                if p["status"] != "rejected" else f"Rejected {p['node_id']}: {p['reject_reason']}.")
+        tail = ("\nCompare this fingerprint with the peer's operator, then run:\n"
+                f"  stigmem-node peers approve {p['peer_id']} --fingerprint {p['pubkey_fingerprint']}"
+                if p["status"] == "pending_approval" else "")
+        return f"{head}\n{_peer_human(p)}{tail}"
+
+    _emit(args, view, human)
+    return EXIT_OK if peer.status == "pending_approval" else EXIT_FAIL
+
+
+def cmd_peers_list(args: argparse.Namespace) -> int:
+    node = _node(args)
+    views = [peer_view(p) for p in node.federation.list(args.status)]
+
+    def human(vs: list[dict]) -> str:
+        if not vs:
+            return "No peers."
+        rows = [[v["node_id"], v["status"], ",".join(v["allowed_scopes"]), v["pubkey_fingerprint"][:23] + "…",
+                 v["node_url"]] for v in vs]
+        return _table(rows, ["NODE ID", "STATUS", "SCOPES", "FINGERPRINT", "URL"])
+
+    _emit(args, views, human)
+    return EXIT_OK
+
+
+def cmd_peers_show(args: argparse.Namespace) -> int:
+    node = _node(args)
+    peer = node.federation.get(args.peer)
+    _emit(args, {**peer_view(peer), "history": node.federation.history(peer)}, _peer_human)
+    return EXIT_OK
+
+
+def cmd_peers_approve(args: argparse.Namespace) -> int:
+    node = _node(args)
+    peer = node.federation.approve(args.peer, args.fingerprint, actor=_cli_actor())
+    _emit(args, peer_view(peer), lambda p: f"Approved {p['node_id']}: now {p['status']}.")
+    return EXIT_OK
+
+
+def _peer_action(name: str, verb: str):
+    def run(args: argparse.Namespace) -> int:
+        node = _node(args)
+        peer = getattr(node.federation, name)(args.peer, actor=_cli_actor(), reason=args.reason)
+        _emit(args, peer_view(peer), lambda p: f"{verb} {p['node_id']}: now {p['status']}.")
+        return EXIT_OK
+
+    return run
+
+
+def cmd_peers_remove(args: argparse.Namespace) -> int:
+    node = _node(args)
+    peer = node.federation.remove(args.peer, actor=_cli_actor(), reason=args.reason)
+    _emit(args, {**peer_view(peer), "removed": True}, lambda p: f"Removed {p['node_id']}; it may register again.")
+    return EXIT_OK
+
+
+# -- audit ----------------------------------------------------------------------------
+def _audit_filters(node, args: argparse.Namespace) -> dict[str, Any]:
+    peer_id = None
+    if getattr(args, "peer", None):
+        found = node.store.peers.by_node_id(args.peer) or node.store.peers.get(args.peer)
+        peer_id = found.id if found else args.peer
+
+    def when(raw: str | None, name: str) -> str | None:
+        if raw is None:
+            return None
+        try:
+            return iso(parse_rfc3339(raw))
+        except ValueError:
+            raise ConfigError(message=f"--{name} must be an RFC 3339 timestamp such as 2026-11-23T00:00:00Z") from None
+
+    return {"peer_id": peer_id, "event_type": getattr(args, "event_type", None),
+            "since": when(getattr(args, "since", None), "since"), "until": when(getattr(args, "until", None), "until")}
+
+
+def _audit_line(e: dict) -> str:
+    detail = json.dumps(e["detail"], sort_keys=True, ensure_ascii=False) if e["detail"] else ""
+    return " ".join(x for x in [str(e["seq"]).rjust(6), e["ts"], e["event_type"], e["reason"] or "",
+                                e["peer_id"] or "-", e["actor"] or "-", e["remote_addr"] or "-", detail] if x)
+
+
+def cmd_audit_list(args: argparse.Namespace) -> int:
+    node = _node(args)
+    rows = node.store.audit.page(limit=args.limit, **_audit_filters(node, args))
+    entries = [entry_dict(r) for r in rows]
+    _emit(args, entries, lambda es: "\n".join(_audit_line(e) for e in es) or "No audit entries.")
+    return EXIT_OK
+
+
+def cmd_audit_tail(args: argparse.Namespace) -> int:
+    node = _node(args)
+    rows = list(reversed(node.store.audit.page(limit=args.n, descending=True)))
+    for r in rows:
+        e = entry_dict(r)
+        print(json.dumps(e, sort_keys=True, ensure_ascii=False) if args.json else _audit_line(e), flush=True)
+    if not args.follow:
+        return EXIT_OK
+    last = rows[-1].seq if rows else 0
+    try:
+        while True:
+            time.sleep(args.interval)
+            for r in node.store.audit.page(after=last, limit=500):
+                e = entry_dict(r)
+                print(json.dumps(e, sort_keys=True, ensure_ascii=False) if args.json else _audit_line(e), flush=True)
+                last = r.seq
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    node = _node(args)
+    report = node.audit.verify()
+
+    def human(r: dict) -> str:
+        if r["ok"]:
+            return f"Audit trail intact: {r['rows']} rows, every link verified."
+        return f"Audit trail BROKEN at row {r['first_bad_seq']}: {r['problem']}."
+
+    _emit(args, report.as_dict(), human)
+    return EXIT_OK if report.ok else EXIT_FAIL
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    node = _node(args)
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    try:
+        filters = _audit_filters(node, args)
+        for row in node.store.audit.iter_all():
+            e = entry_dict(row)
+            if filters["peer_id"] and row.peer_id != filters["peer_id"]:
+                continue
+            if filters["event_type"] and row.event_type != filters["event_type"]:
+                continue
+            e["prev_hash"] = row.prev_hash
+            out.write(json.dumps(e, sort_keys=True, ensure_ascii=False) + "\n")
+    finally:
+        if args.out:
+            out.close()
+    return EXIT_OK
+
+
+# -- api keys -------------------------------------------------------------------------
+def cmd_apikey_create(args: argparse.Namespace) -> int:
+    node = _node(args)
+    perms = parse_permissions(args.permissions)
+    expires = iso(node.clock.now() + timedelta(days=args.expires_in_days)) if args.expires_in_days else None
+    key, rec = node.apikeys.create(perms, label=args.label, expires_at=expires)
+    node.audit.record("apikey_created", actor=_cli_actor().name, remote_addr="local",
+                      detail={"id": rec.id, "permissions": list(perms), "label": args.label})
+    data = {**key_public_dict(rec), "key": key}
+    _emit(args, data, lambda d: f"{d['key']}\n(shown once; permissions: {', '.join(d['permissions'])})")
+    return EXIT_OK
+
+
+def cmd_apikey_list(args: argparse.Namespace) -> int:
+    node = _node(args)
+    keys = [key_public_dict(r) for r in node.apikeys.list()]
+
+    def human(ks: list[dict]) -> str:
+        if not ks:
+            return "No API keys."
+        rows = [[k["prefix"] + "…", ",".join(k["permissions"]), k["label"] or "", k["created_at"][:19],
+                 "revoked" if k["revoked_at"] else "active", (k["last_used_at"] or "never")[:19]] for k in ks]
+        return _table(rows, ["KEY", "PERMISSIONS", "LABEL", "CREATED", "STATE", "LAST USED"])
+
+    _emit(args, keys, human)
+    return EXIT_OK
+
+
+def cmd_apikey_revoke(args: argparse.Namespace) -> int:
+    node = _node(args)
+    rec = node.apikeys.revoke(args.id)
+    node.audit.record("apikey_revoked", actor=_cli_actor().name, remote_addr="local", detail={"id": rec.id})
+    _emit(args, key_public_dict(rec), lambda d: f"Revoked API key {d['prefix']}…")
+    return EXIT_OK
+
+
+# -- parser ---------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", help="SQLite database file (env STIGMEM_DB_PATH, default ./stigmem.db)")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+
+    parser = argparse.ArgumentParser(prog="stigmem-node", description="A federated knowledge-node peer server.")
+    parser.add_argument("--version", action="version", version=f"stigmem-node {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", parents=[common], help="run the node")
+    p.add_argument("--host", help="address to bind (env STIGMEM_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (env STIGMEM_PORT, default 8765)")
+    p.add_argument("--node-url", help="public URL of this node (env STIGMEM_NODE_URL, default http://HOST:PORT)")
+    p.add_argument("--pull-interval", type=float, help="seconds between pulls from peers (0: off)")
+    p.add_argument("--allow-insecure-http", action="store_true", help="allow plain http to non-loopback peers")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("info", parents=[common], help="show node id, url, key, fingerprint and declaration")
+    p.set_defaults(func=cmd_info)
+
+    peers = sub.add_parser("peers", help="manage peers").add_subparsers(dest="peers_command", required=True,
+                                                                        metavar="ACTION")
+    p = peers.add_parser("add", parents=[common], help="fetch, verify and register a peer")
+    p.add_argument("url", help="the peer's node URL")
+    p.add_argument("--scopes", help="scopes to allow this peer, comma-separated (default: all it declares)")
+    p.add_argument("--declaration", help="a JSON file with the peer's signed declaration (for nodes that do not publish one)")
+    p.add_argument("--allow-insecure-http", action="store_true", help="allow plain http to a non-loopback peer")
+    p.set_defaults(func=cmd_peers_add)
+    p = peers.add_parser("list", parents=[common], help="list peers")
+    p.add_argument("--status", choices=["pending_approval", "active", "suspended", "revoked", "rejected"])
+    p.set_defaults(func=cmd_peers_list)
+    p = peers.add_parser("show", parents=[common], help="show one peer with its history")
+    p.add_argument("peer", help="peer id or node id")
+    p.set_defaults(func=cmd_peers_show)
+    p = peers.add_parser("approve", parents=[common], help="approve a pending peer by its key fingerprint")
+    p.add_argument("peer", help="peer id or node id")
+    p.add_argument("--fingerprint", required=True, help="sha256:… as confirmed with the peer's operator")
+    p.set_defaults(func=cmd_peers_approve)
+    for name, verb, help_text in [("suspend", "Suspended", "stop serving and pulling a peer for now"),
+                                  ("resume", "Resumed", "resume a suspended peer"),
+                                  ("revoke", "Revoked", "revoke a peer for good")]:
+        p = peers.add_parser(name, parents=[common], help=help_text)
+        p.add_argument("peer", help="peer id or node id")
+        p.add_argument("--reason", help="why (kept in the audit trail)")
+        p.set_defaults(func=_peer_action(name, verb))
+    p = peers.add_parser("remove", parents=[common], help="delete a rejected or revoked peer so it can register again")
+    p.add_argument("peer", help="peer id or node id")
+    p.add_argument("--reason", help="why (kept in the audit trail)")
+    p.set_defaults(func=cmd_peers_remove)
+
+    audit = sub.add_parser("audit", help="read and verify the audit trail").add_subparsers(
+        dest="audit_command", required=True, metavar="ACTION")
+    filt = argparse.ArgumentParser(add_help=False)
+    filt.add_argument("--peer", help="peer id or node id")
+    filt.add_argument("--event-type")
+    filt.add_argument("--since", help="RFC 3339 time")
+    filt.add_argument("--until", help="RFC 3339 time")
+    p = audit.add_parser("list", parents=[common, filt], help="list audit entries, oldest first")
+    p.add_argument("--limit", type=int, default=100)
+    p.set_defaults(func=cmd_audit_list)
+    p = audit.add_parser("tail", parents=[common], help="the newest entries")
+    p.add_argument("-n", type=int, default=20)
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new entries")
+    p.add_argument("--interval", type=float, default=1.0)
+    p.set_defaults(func=cmd_audit_tail)
+    p = audit.add_parser("verify", parents=[common], help="check the hash chain; exit 1 if broken")
+    p.set_defaults(func=cmd_audit_verify)
+    p = audit.add_parser("export", parents=[common, filt], help="every entry as JSON lines")
+    p.add_argument("--out", help="file to write (default stdout)")
+    p.set_defaults(func=cmd_audit_export)
+
+    keys = sub.add_parser("apikey", help="operator API keys").add_subparsers(dest="apikey_command", required=True,
+                                                                             metavar="ACTION")
+    p = keys.add_parser("create", parents=[common], help="create a key (printed once)")
+    p.add_argument("--permissions", required=True, help=f"comma-separated: {', '.join(PERMISSIONS)}, or all")
+    p.add_argument("--label")
+    p.add_argument("--expires-in-days", type=int)
+    p.set_defaults(func=cmd_apikey_create)
+    p = keys.add_parser("list", parents=[common], help="list keys (never the secrets)")
+    p.set_defaults(func=cmd_apikey_list)
+    p = keys.add_parser("revoke", parents=[common], help="revoke a key by id")
+    p.add_argument("id")
+    p.set_defaults(func=cmd_apikey_revoke)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"stigmem-node: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except StigmemError as exc:
+        print(f"stigmem-node: {exc.message} ({exc.code})", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return EXIT_FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

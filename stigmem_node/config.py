@@ -1,0 +1,168 @@
+"""Settings: environment variables (reference-compatible names) overridden by CLI flags.
+
+Invalid values raise ``ConfigError`` with one clear sentence; the CLI prints it and exits 2.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+from stigmem_node.errors import ConfigError
+
+SCOPES = ("local", "team", "company", "public")
+DEFAULT_PORT = 8765
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_DB = "stigmem.db"
+DEFAULT_SHARED_SCOPES = ("company", "public")
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    db_path: Path = Path(DEFAULT_DB)
+    node_url: str | None = None  # None: http://host:port
+    node_id: str | None = None  # None: generated on first start
+    synchronous: str = "NORMAL"
+    shared_scopes: tuple[str, ...] = DEFAULT_SHARED_SCOPES
+    clock_leeway_s: int = 30
+    declaration_max_age_s: int = 7 * 24 * 3600
+    allow_insecure_http: bool = False
+    outbound_timeout_s: float = 5.0
+    pepper: str | None = None
+    pull_interval_s: float = 0.0  # 0: no in-server schedule
+    log_level: str = "info"
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def public_url(self) -> str:
+        return self.node_url or f"http://{_url_host(self.host)}:{self.port}"
+
+    @property
+    def pepper_path(self) -> Path:
+        return self.db_path.with_name(self.db_path.name + ".pepper")
+
+    def with_overrides(self, **overrides: Any) -> "Settings":
+        clean = {k: v for k, v in overrides.items() if v is not None}
+        return validate(replace(self, **clean))
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def is_loopback_host(host: str | None) -> bool:
+    if not host:
+        return False
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _int(name: str, raw: str, lo: int, hi: int) -> int:
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(message=f"{name} must be a whole number, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(message=f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _float(name: str, raw: str, lo: float, hi: float) -> float:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(message=f"{name} must be a number, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(message=f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(message=f"{name} must be true or false, got {raw!r}")
+
+
+def parse_scopes(raw: str | list[str] | tuple[str, ...], name: str = "scopes") -> tuple[str, ...]:
+    items = raw.split(",") if isinstance(raw, str) else list(raw)
+    scopes = sorted({s.strip() for s in items if s.strip()})
+    bad = [s for s in scopes if s not in SCOPES]
+    if bad:
+        raise ConfigError(message=f"{name}: unknown scope {bad[0]!r} (allowed: {', '.join(SCOPES)})")
+    return tuple(scopes)
+
+
+def from_env(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    kw: dict[str, Any] = {}
+    if env.get("STIGMEM_HOST"):
+        kw["host"] = env["STIGMEM_HOST"]
+    if env.get("STIGMEM_PORT"):
+        kw["port"] = _int("STIGMEM_PORT", env["STIGMEM_PORT"], 1, 65535)
+    if env.get("STIGMEM_DB_PATH"):
+        kw["db_path"] = Path(env["STIGMEM_DB_PATH"])
+    if env.get("STIGMEM_NODE_URL"):
+        kw["node_url"] = env["STIGMEM_NODE_URL"]
+    if env.get("STIGMEM_NODE_ID"):
+        kw["node_id"] = env["STIGMEM_NODE_ID"]
+    if env.get("STIGMEM_SQLITE_SYNCHRONOUS"):
+        kw["synchronous"] = env["STIGMEM_SQLITE_SYNCHRONOUS"]
+    if env.get("STIGMEM_FEDERATION_SCOPES"):
+        kw["shared_scopes"] = parse_scopes(env["STIGMEM_FEDERATION_SCOPES"], "STIGMEM_FEDERATION_SCOPES")
+    if env.get("STIGMEM_PEER_TOKEN_LEEWAY_S"):
+        kw["clock_leeway_s"] = _int("STIGMEM_PEER_TOKEN_LEEWAY_S", env["STIGMEM_PEER_TOKEN_LEEWAY_S"], 0, 600)
+    if env.get("STIGMEM_ALLOW_INSECURE_HTTP"):
+        kw["allow_insecure_http"] = _bool("STIGMEM_ALLOW_INSECURE_HTTP", env["STIGMEM_ALLOW_INSECURE_HTTP"])
+    if env.get("STIGMEM_OUTBOUND_TIMEOUT_S"):
+        kw["outbound_timeout_s"] = _float("STIGMEM_OUTBOUND_TIMEOUT_S", env["STIGMEM_OUTBOUND_TIMEOUT_S"], 0.1, 300)
+    if env.get("STIGMEM_API_KEY_PEPPER"):
+        kw["pepper"] = env["STIGMEM_API_KEY_PEPPER"]
+    if env.get("STIGMEM_FEDERATION_PULL_INTERVAL_S"):
+        kw["pull_interval_s"] = _float(
+            "STIGMEM_FEDERATION_PULL_INTERVAL_S", env["STIGMEM_FEDERATION_PULL_INTERVAL_S"], 0, 86400
+        )
+    if env.get("STIGMEM_LOG_LEVEL"):
+        kw["log_level"] = env["STIGMEM_LOG_LEVEL"]
+    return validate(Settings(**kw))
+
+
+def validate(s: Settings) -> Settings:
+    if not s.host or any(c.isspace() for c in s.host):
+        raise ConfigError(message=f"host must be a host name or address, got {s.host!r}")
+    if not isinstance(s.port, int) or not 1 <= s.port <= 65535:
+        raise ConfigError(message=f"port must be between 1 and 65535, got {s.port!r}")
+    if s.node_url is not None:
+        parts = urlsplit(s.node_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ConfigError(message=f"node URL must be an http(s) URL with a host, got {s.node_url!r}")
+        try:
+            parts.port
+        except ValueError:
+            raise ConfigError(message=f"node URL has an invalid port: {s.node_url!r}") from None
+        object.__setattr__(s, "node_url", s.node_url.rstrip("/"))
+    if s.node_id is not None and (not s.node_id.strip() or len(s.node_id) > 256 or any(c.isspace() for c in s.node_id)):
+        raise ConfigError(message=f"node id must be a non-empty string without spaces, got {s.node_id!r}")
+    sync = s.synchronous.upper()
+    if sync not in ("NORMAL", "FULL"):
+        raise ConfigError(message=f"SQLite synchronous mode must be NORMAL or FULL, got {s.synchronous!r}")
+    object.__setattr__(s, "synchronous", sync)
+    parent = s.db_path.expanduser().resolve().parent
+    if not parent.is_dir():
+        raise ConfigError(message=f"database directory does not exist: {parent}")
+    if s.log_level.lower() not in ("critical", "error", "warning", "info", "debug"):
+        raise ConfigError(message=f"log level must be one of critical, error, warning, info, debug; got {s.log_level!r}")
+    return s

@@ -1,0 +1,130 @@
+"""Pure encodings shared by the protocol: base64url, canonical JSON, fingerprints, key ids.
+
+No I/O, no HTTP, no SQL.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+import re
+from typing import Any
+
+_B64URL_RE = re.compile(r"^[A-Za-z0-9_-]*={0,2}$")
+
+
+def b64url_encode(data: bytes) -> str:
+    """base64url without padding (RFC 7515 §2)."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str | bytes) -> bytes:
+    """Strict base64url decoding; padding optional.  Raises ``ValueError`` on bad input."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise ValueError("base64url text must be ASCII") from exc
+    if not isinstance(text, str) or not _B64URL_RE.match(text):
+        raise ValueError("not base64url")
+    stripped = text.rstrip("=")
+    if len(stripped) % 4 == 1:
+        raise ValueError("impossible base64url length")
+    try:
+        return base64.urlsafe_b64decode(stripped + "=" * (-len(stripped) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("not base64url") from exc
+
+
+def sorted_json(obj: Any) -> bytes:
+    """Compact, key-sorted JSON with ASCII escapes.
+
+    This is the byte form peer declarations are signed over (the reference node signs
+    ``json.dumps(fields, sort_keys=True, separators=(",", ":"))``, whose default escapes
+    non-ASCII as ``\\uXXXX``).
+    """
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
+
+
+def _jcs_number(value: int | float) -> str:
+    if isinstance(value, bool):  # pragma: no cover - guarded by caller
+        raise TypeError("bool is not a number")
+    if isinstance(value, int):
+        return str(value)
+    if not math.isfinite(value):
+        raise ValueError("JCS cannot encode NaN or infinity")
+    if value == 0:
+        return "0"
+    if value.is_integer() and abs(value) < 1e21:
+        return str(int(value))
+    # ECMAScript Number::toString: shortest round-trip digits, exponent form outside [1e-6, 1e21).
+    text = repr(value)
+    if "e" in text or "E" in text:
+        mantissa, exp = text.lower().split("e")
+        exp_i = int(exp)
+        if mantissa.endswith(".0"):
+            mantissa = mantissa[:-2]
+        return f"{mantissa}e{'+' if exp_i > 0 else '-'}{abs(exp_i)}"
+    return text
+
+
+def _jcs(obj: Any, out: list[str]) -> None:
+    if obj is None:
+        out.append("null")
+    elif obj is True:
+        out.append("true")
+    elif obj is False:
+        out.append("false")
+    elif isinstance(obj, (int, float)):
+        out.append(_jcs_number(obj))
+    elif isinstance(obj, str):
+        out.append(json.dumps(obj, ensure_ascii=False))
+    elif isinstance(obj, (list, tuple)):
+        out.append("[")
+        for i, item in enumerate(obj):
+            if i:
+                out.append(",")
+            _jcs(item, out)
+        out.append("]")
+    elif isinstance(obj, dict):
+        out.append("{")
+        # RFC 8785 §3.2.3: sort by UTF-16 code units.
+        keys = sorted(obj, key=lambda k: k.encode("utf-16-be"))
+        for i, key in enumerate(keys):
+            if not isinstance(key, str):
+                raise TypeError("JSON object keys must be strings")
+            if i:
+                out.append(",")
+            out.append(json.dumps(key, ensure_ascii=False))
+            out.append(":")
+            _jcs(obj[key], out)
+        out.append("}")
+    else:
+        raise TypeError(f"cannot canonicalise {type(obj).__name__}")
+
+
+def jcs(obj: Any) -> bytes:
+    """RFC 8785 (JCS) canonical JSON, UTF-8."""
+    out: list[str] = []
+    _jcs(obj, out)
+    return "".join(out).encode("utf-8")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def fingerprint(pubkey_b64: str) -> str:
+    """Operator-facing key fingerprint: ``sha256:`` + hex SHA-256 of the base64url key *text*.
+
+    Reference-compatible: the reference node hashes the text, not the raw 32 bytes.
+    """
+    return "sha256:" + sha256_hex(pubkey_b64.encode("ascii"))
+
+
+def key_id(raw_pubkey: bytes) -> str:
+    """Key id of an Ed25519 public key: ``sha256:`` + first 32 hex digits of SHA-256(raw key)."""
+    return "sha256:" + sha256_hex(raw_pubkey)[:32]

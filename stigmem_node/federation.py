@@ -1,0 +1,218 @@
+"""Federation use cases: the peer registry.
+
+Register a peer from its signed declaration, approve it by key fingerprint, suspend,
+resume, revoke and remove it.  Every state change and its audit row commit in one
+transaction.  The well-known fetch is injected, so this module knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Awaitable, Callable
+
+from stigmem_node import audit as ev
+from stigmem_node import declaration as decl_mod
+from stigmem_node.audit import AuditTrail, entry_dict
+from stigmem_node.clock import Clock
+from stigmem_node.encoding import fingerprint
+from stigmem_node.errors import Conflict, NotFound, OutboundError, ValidationError
+from stigmem_node.identity import NodeIdentity, key_id_of
+from stigmem_node.store import IntegrityConflict, Store
+from stigmem_node.store.peers import PeerKey, PeerRecord
+
+FetchWellKnown = Callable[[str], Awaitable[dict[str, Any]]]
+
+FEDERATABLE_SCOPES = ("team", "company", "public")
+
+# Registration outcomes beyond the declaration's own reason codes.
+WELL_KNOWN_UNREACHABLE = "well_known_unreachable"
+WELL_KNOWN_NODE_ID_MISMATCH = "well_known_node_id_mismatch"
+WELL_KNOWN_PUBKEY_MISMATCH = "well_known_pubkey_mismatch"
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asked for an action, for the audit trail."""
+
+    name: str
+    remote_addr: str | None = None
+
+
+def peer_view(peer: PeerRecord) -> dict[str, Any]:
+    return {
+        "peer_id": peer.id,
+        "node_id": peer.node_id,
+        "node_url": peer.node_url,
+        "status": peer.status,
+        "allowed_scopes": list(peer.allowed_scopes),
+        "federation_pubkey": peer.federation_pubkey,
+        "pubkey_fingerprint": fingerprint(peer.federation_pubkey),
+        "key_id": key_id_of(peer.federation_pubkey),
+        "signed_at": peer.signed_at,
+        "reject_reason": peer.reject_reason,
+        "created_at": peer.created_at,
+        "approved_at": peer.approved_at,
+        "approved_by": peer.approved_by,
+        "established_at": peer.approved_at,
+        "updated_at": peer.updated_at,
+    }
+
+
+def normalise_fingerprint(text: Any) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise ValidationError("invalid_fingerprint", "pubkey_fingerprint must be a string", field="pubkey_fingerprint")
+    value = text.strip().lower()
+    return value if value.startswith("sha256:") else "sha256:" + value
+
+
+class Federation:
+    def __init__(self, store: Store, identity: NodeIdentity, audit: AuditTrail, clock: Clock, *,
+                 fetch_well_known: FetchWellKnown, leeway: timedelta,
+                 max_declaration_age: timedelta = decl_mod.MAX_AGE) -> None:
+        self.store = store
+        self.identity = identity
+        self.audit = audit
+        self.clock = clock
+        self.fetch_well_known = fetch_well_known
+        self.leeway = leeway
+        self.max_declaration_age = max_declaration_age
+
+    # -- lookups ---------------------------------------------------------------------
+    def get(self, ref: str) -> PeerRecord:
+        """A peer by peer_id or node_id."""
+        peer = self.store.peers.get(ref) if isinstance(ref, str) and len(ref) == 36 else None
+        peer = peer or (self.store.peers.by_node_id(ref) if isinstance(ref, str) else None)
+        if peer is None:
+            raise NotFound("peer_not_found", "no peer with this id")
+        return peer
+
+    def list(self, status: str | None = None) -> list[PeerRecord]:
+        return self.store.peers.list(status)
+
+    def history(self, peer: PeerRecord, limit: int = 200) -> list[dict[str, Any]]:
+        return [entry_dict(r) for r in self.store.audit.page(peer_id=peer.id, limit=limit)]
+
+    # -- registration ----------------------------------------------------------------
+    async def register(self, body: Any, *, actor: Actor, scopes: tuple[str, ...] | None = None) -> PeerRecord:
+        """Register a peer from its declaration.
+
+        Malformed input raises ``ValidationError`` (nothing stored, the attempt audited).
+        A well-formed declaration is stored as ``pending_approval`` when its signature,
+        freshness and the peer's live well-known all agree, else as ``rejected`` with
+        the reason.  An existing node_id raises ``Conflict``.
+        """
+        try:
+            decl = decl_mod.parse(body)
+        except decl_mod.DeclarationRejected as exc:
+            self.audit.record(ev.PEER_REGISTRATION_REJECTED, actor=actor.name, remote_addr=actor.remote_addr,
+                              reason=exc.reason, detail={"field": exc.field})
+            raise ValidationError(exc.reason, exc.message, field=exc.field) from None
+        if decl.node_id == self.identity.node_id:
+            raise ValidationError("cannot_peer_with_self", "a node cannot register itself as a peer", field="node_id")
+        granted = tuple(sorted(set(decl.allowed_scopes) & set(FEDERATABLE_SCOPES) & set(scopes or FEDERATABLE_SCOPES)))
+        if not granted:
+            raise ValidationError("no_shared_scopes", "the declaration and the allowed scopes share no federatable scope",
+                                  field="allowed_scopes")
+        self._refuse_existing(decl.node_id)
+
+        reason = decl_mod.check(decl, self.clock.now(), leeway=self.leeway, max_age=self.max_declaration_age)
+        if reason is None:
+            reason = await self._check_well_known(decl)
+
+        now = self.clock.now_iso()
+        peer = PeerRecord(
+            id=str(uuid.uuid4()), node_id=decl.node_id, node_url=decl.node_url,
+            federation_pubkey=decl.federation_pubkey, allowed_scopes=granted, declaration=decl.as_dict(),
+            signed_at=decl.signed_at, status="rejected" if reason else "pending_approval", reject_reason=reason,
+            created_at=now, approved_at=None, approved_by=None, updated_at=now,
+        )
+        keys = [] if reason else [PeerKey(key_id_of(decl.federation_pubkey), decl.federation_pubkey, now, None)]
+        try:
+            with self.store.transaction():
+                self.store.peers.insert(peer, keys)
+                self.audit.record(
+                    ev.PEER_REGISTRATION_REJECTED if reason else ev.PEER_REGISTERED, peer_id=peer.id,
+                    actor=actor.name, remote_addr=actor.remote_addr, reason=reason,
+                    detail={"node_id": decl.node_id, "node_url": decl.node_url, "allowed_scopes": list(granted),
+                            "pubkey_fingerprint": fingerprint(decl.federation_pubkey)},
+                )
+        except IntegrityConflict:
+            self._refuse_existing(decl.node_id)
+            raise
+        return peer
+
+    def _refuse_existing(self, node_id: str) -> None:
+        existing = self.store.peers.by_node_id(node_id)
+        if existing is not None:
+            raise Conflict("peer_already_registered",
+                           f"peer already registered (status={existing.status})",
+                           peer_id=existing.id, status=existing.status)
+
+    async def _check_well_known(self, decl: decl_mod.Declaration) -> str | None:
+        try:
+            doc = await self.fetch_well_known(decl.node_url)
+        except OutboundError:
+            return WELL_KNOWN_UNREACHABLE
+        if doc.get("node_id") != decl.node_id:
+            return WELL_KNOWN_NODE_ID_MISMATCH
+        if not isinstance(doc.get("federation_pubkey"), str) or not hmac.compare_digest(
+            doc["federation_pubkey"].encode("utf-8", "replace"), decl.federation_pubkey.encode("utf-8", "replace")
+        ):
+            return WELL_KNOWN_PUBKEY_MISMATCH
+        return None
+
+    # -- operator actions ---------------------------------------------------------------
+    def approve(self, ref: str, pubkey_fingerprint: Any, *, actor: Actor) -> PeerRecord:
+        given = normalise_fingerprint(pubkey_fingerprint)
+        peer = self.get(ref)
+        if peer.status != "pending_approval":
+            raise Conflict("peer_not_pending", f"peer is not pending approval (status={peer.status})",
+                           status=peer.status)
+        expected = fingerprint(peer.federation_pubkey)
+        if not hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("ascii")):
+            self.audit.record(ev.PEER_APPROVAL_FAILED, peer_id=peer.id, actor=actor.name,
+                              remote_addr=actor.remote_addr, reason="fingerprint_mismatch",
+                              detail={"node_id": peer.node_id, "given": given[:80]})
+            raise ValidationError("fingerprint_mismatch", "the fingerprint does not match the peer's key",
+                                  field="pubkey_fingerprint")
+        return self._transition(peer, ("pending_approval",), "active", ev.PEER_APPROVED, actor, approving=True)
+
+    def suspend(self, ref: str, *, actor: Actor, reason: str | None = None) -> PeerRecord:
+        return self._transition(self.get(ref), ("active",), "suspended", ev.PEER_SUSPENDED, actor, reason=reason)
+
+    def resume(self, ref: str, *, actor: Actor, reason: str | None = None) -> PeerRecord:
+        return self._transition(self.get(ref), ("suspended",), "active", ev.PEER_RESUMED, actor, reason=reason)
+
+    def revoke(self, ref: str, *, actor: Actor, reason: str | None = None) -> PeerRecord:
+        return self._transition(self.get(ref), ("pending_approval", "active", "suspended"), "revoked",
+                                ev.PEER_REVOKED, actor, reason=reason)
+
+    def remove(self, ref: str, *, actor: Actor, reason: str | None = None) -> PeerRecord:
+        peer = self.get(ref)
+        with self.store.transaction():
+            if not self.store.peers.delete(peer.id, expected=("rejected", "revoked")):
+                raise Conflict("peer_status_conflict",
+                               f"only rejected or revoked peers can be removed (status={peer.status})",
+                               status=peer.status)
+            self.audit.record(ev.PEER_REMOVED, peer_id=peer.id, actor=actor.name, remote_addr=actor.remote_addr,
+                              reason=reason, detail={"node_id": peer.node_id, "status": peer.status})
+        return peer
+
+    def _transition(self, peer: PeerRecord, expected: tuple[str, ...], status: str, event: str, actor: Actor, *,
+                    reason: str | None = None, approving: bool = False) -> PeerRecord:
+        now = self.clock.now_iso()
+        with self.store.transaction():
+            changed = self.store.peers.set_status(
+                peer.id, expected=expected, status=status, updated_at=now,
+                approved_at=now if approving else None, approved_by=actor.name if approving else None,
+            )
+            if not changed:
+                current = self.store.peers.get(peer.id)
+                state = current.status if current else "removed"
+                raise Conflict("peer_status_conflict", f"cannot move a peer from {state} to {status}", status=state)
+            self.audit.record(event, peer_id=peer.id, actor=actor.name, remote_addr=actor.remote_addr, reason=reason,
+                              detail={"node_id": peer.node_id, "from": peer.status, "to": status})
+        return self.store.peers.get(peer.id)  # type: ignore[return-value]

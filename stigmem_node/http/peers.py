@@ -1,0 +1,103 @@
+"""/v1/federation/peers: register, list, show, approve, suspend, resume, revoke, remove."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from stigmem_node.config import parse_scopes
+from stigmem_node.errors import ConfigError, ValidationError
+from stigmem_node.federation import peer_view
+from stigmem_node.http.auth import actor, require
+
+PEER_STATUSES = ("pending_approval", "active", "suspended", "revoked", "rejected")
+
+
+async def json_body(request: Request, *, required: bool = True) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        if required:
+            raise ValidationError("invalid_json", "a JSON object body is required")
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ValidationError("invalid_json", "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ValidationError("invalid_request", "the body must be a JSON object")
+    return body
+
+
+def _reason(body: dict[str, Any]) -> str | None:
+    reason = body.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
+        raise ValidationError("invalid_request", "reason must be a string of at most 500 characters", field="reason")
+    return reason
+
+
+async def register(request: Request) -> JSONResponse:
+    principal = require(request, "federate")
+    body = await json_body(request)
+    scopes = None
+    if request.query_params.get("scopes"):
+        try:
+            scopes = parse_scopes(request.query_params["scopes"])
+        except ConfigError as exc:
+            raise ValidationError("invalid_scope", exc.message, field="scopes") from None
+    peer = await request.app.state.node.federation.register(body, actor=actor(request, principal), scopes=scopes)
+    view = peer_view(peer)
+    view.update(verified_at=None, reason=peer.reject_reason)
+    return JSONResponse(view, status_code=201)
+
+
+async def list_peers(request: Request) -> JSONResponse:
+    require(request, "federate")
+    status = request.query_params.get("status")
+    if status is not None and status not in PEER_STATUSES:
+        raise ValidationError("invalid_request", f"status must be one of {', '.join(PEER_STATUSES)}", field="status")
+    peers = request.app.state.node.federation.list(status)
+    return JSONResponse({"peers": [peer_view(p) for p in peers]})
+
+
+async def show_peer(request: Request) -> JSONResponse:
+    require(request, "federate")
+    fed = request.app.state.node.federation
+    peer = fed.get(request.path_params["ref"])
+    return JSONResponse({**peer_view(peer), "history": fed.history(peer)})
+
+
+async def approve(request: Request) -> JSONResponse:
+    principal = require(request, "admin:federation")
+    body = await json_body(request)
+    if "pubkey_fingerprint" not in body:
+        raise ValidationError("invalid_fingerprint", "pubkey_fingerprint is required", field="pubkey_fingerprint")
+    peer = request.app.state.node.federation.approve(
+        request.path_params["ref"], body["pubkey_fingerprint"], actor=actor(request, principal)
+    )
+    return JSONResponse(peer_view(peer))
+
+
+def _action(name: str):
+    async def endpoint(request: Request) -> JSONResponse:
+        principal = require(request, "admin:federation")
+        body = await json_body(request, required=False)
+        method = getattr(request.app.state.node.federation, name)
+        peer = method(request.path_params["ref"], actor=actor(request, principal), reason=_reason(body))
+        return JSONResponse(peer_view(peer))
+
+    endpoint.__name__ = name
+    return endpoint
+
+
+suspend = _action("suspend")
+resume = _action("resume")
+revoke = _action("revoke")
+
+
+async def remove(request: Request) -> JSONResponse:
+    principal = require(request, "admin:federation")
+    peer = request.app.state.node.federation.remove(request.path_params["ref"], actor=actor(request, principal))
+    return JSONResponse({**peer_view(peer), "removed": True})

@@ -1,0 +1,150 @@
+"""The node's identity: node_id, node_url and its Ed25519 keys.
+
+Keys live in the store's ``node_keys`` table; this module decides what to create, which
+key signs and which keys still verify.  Private keys never leave this module except
+through ``NodeIdentity.sign``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from stigmem_node.clock import Clock, iso, parse_rfc3339
+from stigmem_node.encoding import b64url_decode, b64url_encode, fingerprint, key_id
+from stigmem_node.store.meta import KeyRow, MetaRepo
+
+
+def generate_keypair() -> tuple[str, str]:
+    """A new Ed25519 keypair as (private, public) raw 32-byte keys in base64url."""
+    private = Ed25519PrivateKey.generate()
+    raw_private = private.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    raw_public = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return b64url_encode(raw_private), b64url_encode(raw_public)
+
+
+# Encodings of the Ed25519 points of small order (and their non-canonical forms), with
+# the sign bit of the last byte cleared.  A "public key" among them verifies a trivial
+# signature over every message, so such keys are refused wherever a key is accepted.
+_SMALL_ORDER = frozenset(bytes.fromhex(h) for h in (
+    "0000000000000000000000000000000000000000000000000000000000000000",
+    "0100000000000000000000000000000000000000000000000000000000000000",
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+))
+
+
+def is_weak_public_key(raw: bytes) -> bool:
+    return raw[:31] + bytes([raw[31] & 0x7F]) in _SMALL_ORDER
+
+
+def public_key_from_b64(text: str) -> Ed25519PublicKey:
+    """Parse a base64url raw Ed25519 public key.  Raises ``ValueError``.
+
+    Refuses keys of small order (see ``is_weak_public_key``).
+    """
+    raw = b64url_decode(text)
+    if len(raw) != 32:
+        raise ValueError("an Ed25519 public key is 32 bytes")
+    if is_weak_public_key(raw):
+        raise ValueError("an Ed25519 public key of small order is refused")
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def key_id_of(pubkey_b64: str) -> str:
+    return key_id(b64url_decode(pubkey_b64))
+
+
+@dataclass(frozen=True)
+class VerifyKey:
+    key_id: str
+    public_key: str  # base64url
+    retire_after: str | None
+
+
+class NodeIdentity:
+    """Who this node is, and the keys it signs and verifies with."""
+
+    def __init__(self, node_id: str, node_url: str, active: KeyRow, previous: list[KeyRow]) -> None:
+        self.node_id = node_id
+        self.node_url = node_url
+        self.key_id = active.key_id
+        self.public_key = active.public_key
+        self._private = Ed25519PrivateKey.from_private_bytes(b64url_decode(active.private_key))
+        self.previous_keys = [VerifyKey(k.key_id, k.public_key, k.retire_after) for k in previous]
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.public_key)
+
+    def sign(self, message: bytes) -> bytes:
+        return self._private.sign(message)
+
+    @property
+    def private_key(self) -> Ed25519PrivateKey:
+        """For token minting only; never log or serialise it."""
+        return self._private
+
+    def __repr__(self) -> str:  # never show key material
+        return f"NodeIdentity(node_id={self.node_id!r}, key_id={self.key_id!r})"
+
+
+def load_or_create(meta: MetaRepo, clock: Clock, *, node_id: str | None, node_url: str | None,
+                   default_url: str = "") -> NodeIdentity:
+    """Load the identity, creating node_id and the first keypair on first start.
+
+    A configured node_id is used only when the database has none yet; afterwards the
+    stored one wins (changing a node's id would orphan every peer's record of it).
+    The node_url is recorded each time one is configured, so ``info`` shows the URL
+    the node last served on.
+    """
+    with meta.db.transaction():
+        stored_id = meta.set_if_absent("node_id", node_id or f"stigmem:node:{uuid.uuid4()}")
+        if node_url:
+            meta.set("node_url", node_url)
+        url = meta.get("node_url") or default_url
+        keys = meta.keys()
+        if not any(k.status == "active" for k in keys):
+            private, public = generate_keypair()
+            row = KeyRow(key_id_of(public), public, private, clock.now_iso(), "active", None)
+            meta.add_key(row)
+            meta.set("current_key_id", row.key_id)
+            keys = meta.keys()
+    return _identity(stored_id, url, keys, clock.now())
+
+
+def _identity(node_id: str, node_url: str, keys: list[KeyRow], now: datetime) -> NodeIdentity:
+    active = [k for k in keys if k.status == "active"][-1]
+    previous = [
+        k for k in keys
+        if k.status == "retiring" and (k.retire_after is None or parse_rfc3339(k.retire_after) > now)
+    ]
+    return NodeIdentity(node_id, node_url, active, previous)
+
+
+def rotate(meta: MetaRepo, clock: Clock, *, grace: timedelta) -> NodeIdentity:
+    """Make a new active key; the old one keeps verifying for ``grace``."""
+    now = clock.now()
+    with meta.db.transaction():
+        for k in meta.keys():
+            if k.status == "active":
+                meta.set_key_status(k.key_id, "retiring", iso(now + grace))
+            elif k.status == "retiring" and k.retire_after and parse_rfc3339(k.retire_after) <= now:
+                meta.set_key_status(k.key_id, "retired", k.retire_after)
+        private, public = generate_keypair()
+        row = KeyRow(key_id_of(public), public, private, iso(now), "active", None)
+        meta.add_key(row)
+        meta.set("current_key_id", row.key_id)
+        node_id = meta.get("node_id") or ""
+        url = meta.get("node_url") or default_url
+        keys = meta.keys()
+    return _identity(node_id, url, keys, now)

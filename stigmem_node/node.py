@@ -1,0 +1,78 @@
+"""The node: settings, storage, identity and the services built on them, wired once.
+
+Both the HTTP app and the CLI work through a ``Node``.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta
+from typing import Any
+
+from stigmem_node import declaration, identity
+from stigmem_node.apikeys import ApiKeys, Peppers
+from stigmem_node.audit import AuditTrail
+from stigmem_node.clock import Clock
+from stigmem_node.config import Settings
+from stigmem_node.federation import Federation
+from stigmem_node.outbound import fetch_well_known
+from stigmem_node.store import Store
+
+DECLARATION_REFRESH = timedelta(hours=1)
+
+
+class Node:
+    def __init__(self, settings: Settings, *, clock: Clock | None = None, serving: bool = False) -> None:
+        self.settings = settings
+        self.clock = clock or Clock()
+        self.store = Store(settings.db_path, settings.synchronous)
+        node_url = settings.public_url if serving else settings.node_url
+        self.identity = identity.load_or_create(
+            self.store.meta, self.clock, node_id=settings.node_id, node_url=node_url,
+            default_url=settings.public_url,
+        )
+        self.audit = AuditTrail(self.store.audit, self.clock)
+        self.apikeys = ApiKeys(self.store.apikeys, Peppers.load(settings.pepper_path, settings.pepper), self.clock)
+        self.federation = Federation(
+            self.store, self.identity, self.audit, self.clock,
+            fetch_well_known=self._fetch_well_known,
+            leeway=timedelta(seconds=settings.clock_leeway_s),
+        )
+        self._declaration: declaration.Declaration | None = None
+        self._declaration_at: datetime | None = None
+        self._lock = threading.Lock()
+
+    async def _fetch_well_known(self, node_url: str) -> dict[str, Any]:
+        return await fetch_well_known(
+            node_url, timeout_s=self.settings.outbound_timeout_s,
+            allow_insecure_http=self.settings.allow_insecure_http,
+        )
+
+    def declaration(self) -> declaration.Declaration:
+        """This node's signed declaration, re-signed every hour so it is always fresh."""
+        now = self.clock.now()
+        with self._lock:
+            if self._declaration is None or self._declaration_at is None or now - self._declaration_at > DECLARATION_REFRESH:
+                self._declaration = declaration.sign(self.identity, self.settings.shared_scopes, now)
+                self._declaration_at = now
+            return self._declaration
+
+    def info(self) -> dict[str, Any]:
+        ident = self.identity
+        return {
+            "node_id": ident.node_id,
+            "node_url": ident.node_url,
+            "key_id": ident.key_id,
+            "federation_pubkey": ident.public_key,
+            "pubkey_fingerprint": ident.fingerprint,
+            "shared_scopes": list(self.settings.shared_scopes),
+            "database": str(self.settings.db_path),
+            "declaration": self.declaration().as_dict(),
+            "previous_keys": [
+                {"key_id": k.key_id, "federation_pubkey": k.public_key, "retire_after": k.retire_after}
+                for k in ident.previous_keys
+            ],
+        }
+
+    def close(self) -> None:
+        self.store.close()

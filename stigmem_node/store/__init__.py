@@ -1,0 +1,33 @@
+"""Storage: the only package that speaks SQL.
+
+``Store`` bundles one ``Database`` (a SQLite file in WAL mode) with a repository per
+table family.  The layers above call repository methods and ``store.transaction()``;
+they never see SQL, so another engine can slot in behind the same methods.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stigmem_node.store.apikeys import ApiKeyRepo
+from stigmem_node.store.audit import AuditRepo
+from stigmem_node.store.db import Database, IntegrityConflict
+from stigmem_node.store.meta import MetaRepo
+from stigmem_node.store.peers import PeerRepo
+
+__all__ = ["Store", "Database", "IntegrityConflict"]
+
+
+class Store:
+    def __init__(self, path: Path | str, synchronous: str = "NORMAL") -> None:
+        self.db = Database(path, synchronous=synchronous)
+        self.meta = MetaRepo(self.db)
+        self.peers = PeerRepo(self.db)
+        self.audit = AuditRepo(self.db)
+        self.apikeys = ApiKeyRepo(self.db)
+
+    def transaction(self):
+        return self.db.transaction()
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,84 @@
+"""audit_log: append (inside the caller's transaction) and read back in seq order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+from stigmem_node.store.db import Database
+
+_COLS = "seq, ts, event_type, peer_id, actor, reason, detail, remote_addr, prev_hash, hash"
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    seq: int
+    ts: str
+    event_type: str
+    peer_id: str | None
+    actor: str | None
+    reason: str | None
+    detail: str
+    remote_addr: str | None
+    prev_hash: str
+    hash: str
+
+
+class AuditRepo:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def last_hash(self) -> str | None:
+        row = self.db.one("SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        return row[0] if row else None
+
+    def insert(self, row: AuditRow) -> int:
+        cur = self.db.execute(
+            "INSERT INTO audit_log (ts, event_type, peer_id, actor, reason, detail, remote_addr, prev_hash, hash)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (row.ts, row.event_type, row.peer_id, row.actor, row.reason, row.detail, row.remote_addr,
+             row.prev_hash, row.hash),
+        )
+        return int(cur.lastrowid)
+
+    def highest_seq_issued(self) -> int:
+        """The largest seq ever handed out (survives deletion of the newest rows)."""
+        row = self.db.one("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'")
+        return int(row[0]) if row else 0
+
+    def page(
+        self, *, after: int = 0, before: int | None = None, limit: int = 100, peer_id: str | None = None,
+        event_type: str | None = None, since: str | None = None, until: str | None = None, descending: bool = False,
+    ) -> list[AuditRow]:
+        where, params = ["seq > ?"], [after]
+        if before is not None:
+            where.append("seq < ?")
+            params.append(before)
+        if peer_id is not None:
+            where.append("peer_id = ?")
+            params.append(peer_id)
+        if event_type is not None:
+            where.append("event_type = ?")
+            params.append(event_type)
+        if since is not None:
+            where.append("ts >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("ts < ?")
+            params.append(until)
+        order = "DESC" if descending else "ASC"
+        rows = self.db.all(
+            f"SELECT {_COLS} FROM audit_log WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT ?",
+            (*params, limit),
+        )
+        return [AuditRow(*r) for r in rows]
+
+    def iter_all(self, batch: int = 1000) -> Iterator[AuditRow]:
+        after = 0
+        while True:
+            rows = self.db.all(f"SELECT {_COLS} FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?", (after, batch))
+            if not rows:
+                return
+            for r in rows:
+                yield AuditRow(*r)
+            after = rows[-1][0]

@@ -1,0 +1,151 @@
+"""The SQLite database: file creation (0600), pragmas, schema versions, transactions."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from stigmem_node.errors import ConfigError, StigmemError
+
+SCHEMA_VERSION = 1
+
+# Migrations from version N-1 to N, for N > 1.  Version 1 is schema.sql itself.
+MIGRATIONS: dict[int, str] = {}
+
+
+class IntegrityConflict(StigmemError):
+    """A uniqueness constraint refused a row (raised by repositories, mapped by callers)."""
+
+    code = "conflict"
+
+
+def schema_text() -> str:
+    """The schema shipped inside the package, or the repository's own in a source checkout."""
+    packaged = resources.files("stigmem_node").joinpath("schema.sql")
+    if packaged.is_file():
+        return packaged.read_text(encoding="utf-8")
+    source = Path(__file__).resolve().parents[2] / "schema.sql"
+    if source.is_file():
+        return source.read_text(encoding="utf-8")
+    raise ConfigError("schema_missing", "schema.sql is missing from the installation")
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the database file with mode 0600 if it does not exist yet."""
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)
+
+
+class Database:
+    """One SQLite connection in WAL mode, used from one thread at a time.
+
+    ``transaction()`` opens ``BEGIN IMMEDIATE`` (the write lock up front, so that
+    read-then-write sequences such as the audit chain are serialised across processes)
+    and nests as savepoints.
+    """
+
+    def __init__(self, path: Path | str, synchronous: str = "NORMAL", busy_timeout_ms: int = 10_000) -> None:
+        self.path = Path(path)
+        existed = self.path.exists()
+        try:
+            if not existed:
+                _create_private_file(self.path)
+            self.conn = sqlite3.connect(
+                str(self.path), isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError("database_unavailable", f"cannot open database {self.path}: {exc}") from None
+        self._lock = threading.RLock()
+        self._depth = 0
+        try:
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'FULL' else 'NORMAL'}")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            self.conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self.conn.close()
+            raise ConfigError("database_unavailable", f"{self.path} is not a usable stigmem database: {exc}") from None
+
+    def _migrate(self) -> None:
+        with self.transaction():
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise ConfigError(
+                    "schema_too_new",
+                    f"database schema version {version} is newer than this node understands ({SCHEMA_VERSION})",
+                )
+            if version == 0:
+                for statement in _split_sql(schema_text()):
+                    self.conn.execute(statement)
+                version = 1
+            while version < SCHEMA_VERSION:
+                version += 1
+                for statement in _split_sql(MIGRATIONS[version]):
+                    self.conn.execute(statement)
+            self.conn.execute(f"PRAGMA user_version={version}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._depth == 0:
+                self.conn.execute("BEGIN IMMEDIATE")
+            else:
+                self.conn.execute(f"SAVEPOINT sp{self._depth}")
+            self._depth += 1
+            try:
+                yield self.conn
+            except BaseException:
+                self._depth -= 1
+                if self._depth == 0:
+                    self.conn.execute("ROLLBACK")
+                else:
+                    self.conn.execute(f"ROLLBACK TO sp{self._depth}")
+                    self.conn.execute(f"RELEASE sp{self._depth}")
+                raise
+            else:
+                self._depth -= 1
+                if self._depth == 0:
+                    self.conn.execute("COMMIT")
+                else:
+                    self.conn.execute(f"RELEASE sp{self._depth}")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        with self._lock:
+            return self.conn.execute(sql, params)
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        with self._lock:
+            return self.conn.execute(sql, params).fetchall()
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
+        with self._lock:
+            return self.conn.execute(sql, params).fetchone()
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a schema script into statements (triggers keep their inner semicolons)."""
+    statements: list[str] = []
+    buf: list[str] = []
+    for line in script.splitlines():
+        stripped = line.strip()
+        if not buf and (not stripped or stripped.startswith("--")):
+            continue
+        buf.append(line)
+        text = "\n".join(buf)
+        if stripped.endswith(";") and sqlite3.complete_statement(text):
+            statements.append(text)
+            buf = []
+    if "\n".join(buf).strip():
+        statements.append("\n".join(buf))
+    return statements

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from tests.nodes import RunningNode
+
+
+@pytest.fixture
+def start_node(tmp_path: Path) -> Iterator[Callable[..., RunningNode]]:
+    """Start real nodes (subprocesses on free loopback ports); all are stopped at teardown."""
+    started: list[RunningNode] = []
+
+    def start(name: str = "node", env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> RunningNode:
+        node = RunningNode(tmp_path / name, name, env=env, args=args)
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.stop()
+
+
+@pytest.fixture
+def node(start_node) -> RunningNode:
+    return start_node("a")

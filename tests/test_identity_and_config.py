@@ -1,0 +1,112 @@
+"""Node identity on first start and after restarts; configuration errors; discovery."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+
+import httpx
+
+from stigmem_node import declaration as d
+from stigmem_node.clock import Clock
+from stigmem_node.encoding import fingerprint
+from tests.nodes import RunningNode, free_port, run_cli
+
+
+def test_first_start_creates_identity_and_restart_keeps_it(tmp_path):
+    node = RunningNode(tmp_path, "n")
+    try:
+        first = node.well_known()
+    finally:
+        node.stop()
+    assert first["node_id"].startswith("stigmem:node:")
+    assert stat.S_IMODE(os.stat(node.db).st_mode) == 0o600  # invariant 8
+    again = RunningNode(tmp_path, "n")
+    try:
+        second = again.well_known()
+        assert again.api_key == ""  # the admin key is printed on the very first start only
+    finally:
+        again.stop()
+    for field in ("node_id", "federation_pubkey", "key_id"):
+        assert first[field] == second[field]
+    with sqlite3.connect(node.db) as conn:
+        rows = conn.execute("SELECT status FROM node_keys").fetchall()
+        meta = dict(conn.execute("SELECT key, value FROM node_meta").fetchall())
+    assert rows == [("active",)]
+    assert meta["node_id"] == first["node_id"] and meta["current_key_id"] == first["key_id"]
+
+
+def test_configured_node_id_and_url_are_used(tmp_path):
+    url = "http://127.0.0.1:9/"
+    node = RunningNode(tmp_path, "n", env={"STIGMEM_NODE_ID": "stigmem://test-node-a", "STIGMEM_NODE_URL": url})
+    try:
+        doc = node.well_known()
+    finally:
+        node.stop()
+    assert doc["node_id"] == "stigmem://test-node-a"
+    assert doc["node_url"] == "http://127.0.0.1:9" == doc["declaration"]["node_url"]
+
+
+def test_well_known_has_reference_fields_and_a_valid_declaration(node):
+    doc = node.well_known()
+    for field in ("version", "node_id", "node_url", "auth", "federation", "federation_pubkey", "federation_version",
+                  "federation_endpoints", "entity_uri", "key_id", "previous_keys", "declaration"):
+        assert field in doc, field
+    assert doc["federation"] == "enabled"
+    assert doc["federation_endpoints"]["facts"] == "/v1/federation/facts"
+    assert doc["node_url"] == node.url
+    decl, reason = d.verify(doc["declaration"], Clock().now(), leeway=d.timedelta(seconds=30))
+    assert reason is None
+    assert decl.federation_pubkey == doc["federation_pubkey"] and decl.node_id == doc["node_id"]
+    assert doc["pubkey_fingerprint"] == fingerprint(doc["federation_pubkey"])
+    health = httpx.get(node.url + "/healthz").json()
+    assert health == {"status": "ok", "node_id": doc["node_id"]}
+
+
+def test_private_key_is_never_served_or_printed(node):
+    with sqlite3.connect(node.db) as conn:
+        (priv,) = conn.execute("SELECT private_key FROM node_keys").fetchone()
+    assert priv not in json.dumps(node.well_known())
+    res = node.cli("info", "--json")
+    assert res.returncode == 0 and priv not in res.stdout + res.stderr
+    assert priv not in node.log()
+
+
+def test_info_shows_identity_and_declaration(tmp_path):
+    res = run_cli("info", "--json", db=tmp_path / "x.db")
+    assert res.returncode == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert info["pubkey_fingerprint"] == fingerprint(info["federation_pubkey"])
+    assert info["declaration"]["federation_pubkey"] == info["federation_pubkey"]
+    human = run_cli("info", db=tmp_path / "x.db").stdout
+    assert info["node_id"] in human and info["pubkey_fingerprint"] in human and info["key_id"] in human
+
+
+def test_invalid_configuration_fails_with_one_clear_line(tmp_path):
+    cases = [
+        ({"STIGMEM_PORT": "abc"}, (), "STIGMEM_PORT"),
+        ({"STIGMEM_PORT": "70000"}, (), "STIGMEM_PORT"),
+        ({"STIGMEM_NODE_URL": "ftp://x"}, (), "node URL"),
+        ({}, ("--node-url", "not a url"), "node URL"),
+        ({"STIGMEM_DB_PATH": str(tmp_path / "missing" / "x.db")}, (), "database directory"),
+        ({"STIGMEM_SQLITE_SYNCHRONOUS": "sometimes"}, (), "synchronous"),
+        ({"STIGMEM_FEDERATION_SCOPES": "company,galaxy"}, (), "galaxy"),
+        ({"STIGMEM_API_KEY_PEPPER": "1:short"}, (), "pepper"),
+    ]
+    for env, args, needle in cases:
+        db = [] if "STIGMEM_DB_PATH" in env else ["--db", str(tmp_path / "ok.db")]
+        res = run_cli("serve", "--port", str(free_port()), *db, *args, env=env, timeout=15)
+        assert res.returncode == 2, (env, args, res.stdout, res.stderr)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], (env, args, res.stderr)
+        assert "Traceback" not in res.stderr
+
+
+def test_a_file_that_is_not_a_database_fails_cleanly(tmp_path):
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    res = run_cli("info", db=bad)
+    assert res.returncode == 2 and "not a usable stigmem database" in res.stderr
+    assert "Traceback" not in res.stderr
