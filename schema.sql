@@ -59,9 +59,10 @@ CREATE TABLE IF NOT EXISTS nonce_cache (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS nonce_cache_expiry ON nonce_cache (expires_at_ms);
 
--- Facts, append-only.  seq is the commit-ordered replication cursor.  body is the
--- fact's wire JSON, encoded once at write time; origin_sig signs (id, cid, origin,
--- scope grant, valid_until).
+-- Facts, append-only.  seq is the commit-ordered replication cursor.  entry is the
+-- fact's pull-page entry ({"fact", "origin", "origin_sig", ...}) encoded once at write
+-- time, so serving a page never re-encodes; origin_sig signs (id, cid, origin, scope
+-- grant, valid_until).
 CREATE TABLE IF NOT EXISTS facts (
     seq            INTEGER PRIMARY KEY AUTOINCREMENT,
     id             TEXT NOT NULL UNIQUE,
@@ -79,13 +80,12 @@ CREATE TABLE IF NOT EXISTS facts (
     scope          TEXT NOT NULL CHECK (scope IN ('local', 'team', 'company', 'public')),
     origin_node_id TEXT NOT NULL,
     origin_sig     TEXT,
-    origin         TEXT,
-    body           TEXT NOT NULL,
+    entry          TEXT NOT NULL,
     received_from  TEXT,
     received_at    TEXT
 );
 CREATE INDEX IF NOT EXISTS facts_entity ON facts (entity, relation);
-CREATE INDEX IF NOT EXISTS facts_scope_seq ON facts (scope, seq) WHERE received_from IS NULL;
+CREATE INDEX IF NOT EXISTS facts_cid ON facts (cid);
 CREATE TRIGGER IF NOT EXISTS facts_no_update BEFORE UPDATE ON facts
 BEGIN SELECT RAISE(ABORT, 'facts are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS facts_no_delete BEFORE DELETE ON facts

@@ -43,14 +43,28 @@ class Peppers:
         if env_value:
             return cls(_parse_peppers(env_value, "STIGMEM_API_KEY_PEPPER"))
         if not path.exists():
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(f"1:{secrets.token_hex(32)}\n")
+            _create_pepper_file(path)
         try:
             text = path.read_text(encoding="ascii")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(message=f"cannot read the API key pepper file {path}: {exc}") from None
         return cls(_parse_peppers(text, str(path)))
+
+
+def _create_pepper_file(path: Path) -> None:
+    """Write a first pepper atomically: a complete 0600 file appears under ``path`` or nothing
+    does; when two processes race, the first link wins and both read the same pepper."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"1:{secrets.token_hex(32)}\n")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)
 
 
 def _parse_peppers(text: str, where: str) -> dict[int, bytes]:

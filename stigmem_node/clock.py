@@ -26,8 +26,9 @@ class Clock:
 
 
 def iso(dt: datetime) -> str:
-    """RFC 3339 UTC with microseconds and a ``Z``; sorts as text."""
-    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RFC 3339 UTC with microseconds and a ``Z``; sorts as text (the year is zero-padded)."""
+    dt = dt.astimezone(timezone.utc)
+    return f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}.{dt.microsecond:06d}Z"
 
 
 def iso_seconds(dt: datetime) -> str:
@@ -43,4 +44,7 @@ def parse_rfc3339(text: str) -> datetime:
     dt = datetime.fromisoformat(value)
     if dt.tzinfo is None:
         raise ValueError("timestamp has no UTC offset")
-    return dt.astimezone(timezone.utc)
+    try:
+        return dt.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError("timestamp out of range") from None

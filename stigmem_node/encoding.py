@@ -122,7 +122,7 @@ def fingerprint(pubkey_b64: str) -> str:
 
     Reference-compatible: the reference node hashes the text, not the raw 32 bytes.
     """
-    return "sha256:" + sha256_hex(pubkey_b64.encode("ascii"))
+    return "sha256:" + sha256_hex(pubkey_b64.encode("utf-8", "surrogatepass"))
 
 
 def key_id(raw_pubkey: bytes) -> str:

@@ -41,6 +41,13 @@ class Actor:
     remote_addr: str | None = None
 
 
+def _key_id_or_none(pubkey: str) -> str | None:
+    try:
+        return key_id_of(pubkey)
+    except ValueError:
+        return None  # a rejected declaration may carry a key that is not a key
+
+
 def peer_view(peer: PeerRecord) -> dict[str, Any]:
     return {
         "peer_id": peer.id,
@@ -50,7 +57,7 @@ def peer_view(peer: PeerRecord) -> dict[str, Any]:
         "allowed_scopes": list(peer.allowed_scopes),
         "federation_pubkey": peer.federation_pubkey,
         "pubkey_fingerprint": fingerprint(peer.federation_pubkey),
-        "key_id": key_id_of(peer.federation_pubkey),
+        "key_id": _key_id_or_none(peer.federation_pubkey),
         "signed_at": peer.signed_at,
         "reject_reason": peer.reject_reason,
         "created_at": peer.created_at,

@@ -15,7 +15,8 @@ def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> i
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not lo <= int(raw) <= hi:
+    # isascii: str.isdigit() accepts characters such as "²" that int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9 or not lo <= int(raw) <= hi:
         raise ValidationError("invalid_request", f"{name} must be a whole number from {lo} to {hi}", field=name)
     return int(raw)
 
@@ -25,9 +26,11 @@ def _time_param(request: Request, name: str) -> str | None:
     if raw is None:
         return None
     try:
-        return iso(parse_rfc3339(raw))
-    except ValueError:
+        dt = parse_rfc3339(raw)
+    except (ValueError, OverflowError):  # OverflowError: e.g. 9999-12-31T23:59:59-01:00
         raise ValidationError("invalid_request", f"{name} must be an RFC 3339 timestamp", field=name) from None
+    # Zero-pad the year so that years before 1000 still compare correctly as text.
+    return f"{dt.year:04d}-{iso(dt).split('-', 1)[1]}"
 
 
 async def audit_list(request: Request) -> JSONResponse:
@@ -40,7 +43,7 @@ async def audit_list(request: Request) -> JSONResponse:
     cursor_raw = q.get("cursor")
     cursor = None
     if cursor_raw is not None:
-        if not cursor_raw.isdigit() or len(cursor_raw) > 18:
+        if not (cursor_raw.isascii() and cursor_raw.isdigit()) or len(cursor_raw) > 18:
             raise ValidationError("invalid_cursor", "cursor must be a value returned by this endpoint", field="cursor")
         cursor = int(cursor_raw)
     peer_ref = q.get("peer_id") or q.get("peer")

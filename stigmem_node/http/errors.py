@@ -73,5 +73,8 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return error_response(500, "internal_error", "the node hit an unexpected error; it has been logged")
+    # This handler runs outside the request-id middleware, so it sets the header itself.
+    rid = request.scope.get("state", {}).get("request_id", "")
+    log.exception("unexpected error on %s %s (request %s)", request.method, request.url.path, rid)
+    return error_response(500, "internal_error", "the node hit an unexpected error; it has been logged",
+                          headers={"X-Request-Id": rid} if rid else None)

@@ -24,10 +24,12 @@ async def json_body(request: Request, *, required: bool = True) -> dict[str, Any
         return {}
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ValidationError("invalid_json", "the body is not valid JSON") from None
+        # Refuse unpaired surrogates (``"\ud800"``): no later layer could store them.
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except (ValueError, UnicodeError, RecursionError):
+        raise ValidationError("invalid_json", "the body is not valid JSON text in UTF-8") from None
     if not isinstance(body, dict):
-        raise ValidationError("invalid_request", "the body must be a JSON object")
+        raise ValidationError("invalid_request", "the body must be a JSON object", field="body")
     return body
 
 
