@@ -13,7 +13,7 @@ import getpass
 import json
 import sys
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,6 +45,16 @@ def _node(args: argparse.Namespace, *, serving: bool = False):
     from stigmem_node.node import Node
 
     return Node(_settings(args), serving=serving)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 def _cli_actor() -> Actor:
@@ -282,15 +292,15 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
     node = _node(args)
+    filters = _audit_filters(node, args)
     out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
     try:
-        filters = _audit_filters(node, args)
         for row in node.store.audit.iter_all():
+            if (filters["peer_id"] and row.peer_id != filters["peer_id"]) \
+                    or (filters["event_type"] and row.event_type != filters["event_type"]) \
+                    or (filters["since"] and row.ts < filters["since"]) or (filters["until"] and row.ts >= filters["until"]):
+                continue
             e = entry_dict(row)
-            if filters["peer_id"] and row.peer_id != filters["peer_id"]:
-                continue
-            if filters["event_type"] and row.event_type != filters["event_type"]:
-                continue
             e["prev_hash"] = row.prev_hash
             out.write(json.dumps(e, sort_keys=True, ensure_ascii=False) + "\n")
     finally:
@@ -332,6 +342,82 @@ def cmd_apikey_revoke(args: argparse.Namespace) -> int:
     rec = node.apikeys.revoke(args.id)
     node.audit.record("apikey_revoked", actor=_cli_actor().name, remote_addr="local", detail={"id": rec.id})
     _emit(args, key_public_dict(rec), lambda d: f"Revoked API key {d['prefix']}…")
+    return EXIT_OK
+
+
+# -- tokens ---------------------------------------------------------------------------
+def cmd_token_mint(args: argparse.Namespace) -> int:
+    node = _node(args)
+    peer = node.federation.get(args.peer)
+    scopes = parse_scopes(args.scopes) if args.scopes else peer.allowed_scopes
+    token = node.mint_peer_token(peer.node_id, scopes, method=args.method, path_qs=args.path,
+                                 ttl_ms=int(args.ttl * 1000))
+    _emit(args, {"token": token, "peer": peer.node_id, "scopes": list(scopes)}, lambda d: d["token"])
+    return EXIT_OK
+
+
+def cmd_token_inspect(args: argparse.Namespace) -> int:
+    from stigmem_node import tokens
+
+    token = sys.stdin.read().strip() if args.token == "-" else args.token
+    report = tokens.inspect(token, now_ms=int(time.time() * 1000))
+
+    def human(r: dict) -> str:
+        lines = ["header: " + json.dumps(r["header"], sort_keys=True), "claims: " + json.dumps(r["claims"], sort_keys=True)]
+        claims = r["claims"] if isinstance(r["claims"], dict) else {}
+        for name in ("iat", "exp", "nbf"):
+            if isinstance(claims.get(name), int) and not isinstance(claims.get(name), bool):
+                try:
+                    lines.append(f"{name}: {iso(datetime.fromtimestamp(claims[name] / 1000, tz=timezone.utc))}")
+                except (OverflowError, OSError, ValueError):
+                    pass
+        if r["problems"]:
+            lines += [f"problem: {p['code']}: {p['message']}" for p in r["problems"]]
+        else:
+            lines.append("no problem found (the signature is checked only by the node it is sent to)")
+        return "\n".join(lines)
+
+    _emit(args, report, human)
+    return EXIT_OK if not report["problems"] else EXIT_FAIL
+
+
+# -- facts ----------------------------------------------------------------------------
+def cmd_facts_add(args: argparse.Namespace) -> int:
+    node = _node(args)
+    if args.type == "number":
+        try:
+            value: Any = int(args.value) if args.value.lstrip("-").isdigit() else float(args.value)
+        except ValueError:
+            raise ConfigError(message=f"not a number: {args.value!r}") from None
+    elif args.type == "boolean":
+        value = args.value.lower() in ("true", "1", "yes")
+    elif args.type == "null":
+        value = None
+    else:
+        value = args.value
+    body = {"entity": args.entity, "relation": args.relation, "value": {"type": args.type, "v": value},
+            "source": args.source, "scope": args.scope, "confidence": args.confidence}
+    if args.valid_until:
+        body["valid_until"] = args.valid_until
+    (stored,) = node.facts.assert_many(node.facts.validate_batch([body]))
+    _emit(args, stored.fact, lambda f: f"{'Stored' if stored.created else 'Already stored'} {f['id']} "
+                                       f"(seq {f['seq']}, {f['scope']}, {f['cid']})")
+    return EXIT_OK
+
+
+def cmd_facts_list(args: argparse.Namespace) -> int:
+    node = _node(args)
+    facts, _, _ = node.facts.query(cursor=None, limit=args.limit, entity=args.entity, relation=args.relation,
+                                   scope=args.scope, source=None)
+
+    def human(fs: list[dict]) -> str:
+        if not fs:
+            return "No facts."
+        rows = [[str(f["seq"]), f["scope"], f["entity"], f["relation"], json.dumps(f["value"]["v"])[:60],
+                 f["received_from"] or "local"] for f in fs]
+        return _table(rows, ["SEQ", "SCOPE", "ENTITY", "RELATION", "VALUE", "FROM"])
+
+    _emit(args, facts, human)
     return EXIT_OK
 
 
@@ -395,10 +481,10 @@ def build_parser() -> argparse.ArgumentParser:
     filt.add_argument("--since", help="RFC 3339 time")
     filt.add_argument("--until", help="RFC 3339 time")
     p = audit.add_parser("list", parents=[common, filt], help="list audit entries, oldest first")
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--limit", type=positive_int, default=100)
     p.set_defaults(func=cmd_audit_list)
     p = audit.add_parser("tail", parents=[common], help="the newest entries")
-    p.add_argument("-n", type=int, default=20)
+    p.add_argument("-n", type=positive_int, default=20)
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new entries")
     p.add_argument("--interval", type=float, default=1.0)
     p.set_defaults(func=cmd_audit_tail)
@@ -413,13 +499,44 @@ def build_parser() -> argparse.ArgumentParser:
     p = keys.add_parser("create", parents=[common], help="create a key (printed once)")
     p.add_argument("--permissions", required=True, help=f"comma-separated: {', '.join(PERMISSIONS)}, or all")
     p.add_argument("--label")
-    p.add_argument("--expires-in-days", type=int)
+    p.add_argument("--expires-in-days", type=positive_int)
     p.set_defaults(func=cmd_apikey_create)
     p = keys.add_parser("list", parents=[common], help="list keys (never the secrets)")
     p.set_defaults(func=cmd_apikey_list)
     p = keys.add_parser("revoke", parents=[common], help="revoke a key by id")
     p.add_argument("id")
     p.set_defaults(func=cmd_apikey_revoke)
+    tok = sub.add_parser("token", help="peer tokens, for debugging a federation").add_subparsers(
+        dest="token_command", required=True, metavar="ACTION")
+    p = tok.add_parser("mint", parents=[common], help="mint a single-use token for one request to a peer")
+    p.add_argument("--peer", required=True, help="peer id or node id")
+    p.add_argument("--scopes", help="comma-separated (default: the scopes granted to the peer)")
+    p.add_argument("--ttl", type=float, default=60.0, help="lifetime in seconds (max 3600)")
+    p.add_argument("--method", help="bind the token to this HTTP method (htm)")
+    p.add_argument("--path", help="bind the token to this path and query (htu)")
+    p.set_defaults(func=cmd_token_mint)
+    p = tok.add_parser("inspect", parents=[common], help="decode a token and explain what is wrong with it")
+    p.add_argument("token", help="the token, or - to read it from standard input")
+    p.set_defaults(func=cmd_token_inspect)
+
+    fac = sub.add_parser("facts", help="this node's facts").add_subparsers(dest="facts_command", required=True,
+                                                                           metavar="ACTION")
+    p = fac.add_parser("add", parents=[common], help="assert a fact")
+    p.add_argument("entity")
+    p.add_argument("relation")
+    p.add_argument("value")
+    p.add_argument("--type", default="string", choices=["string", "text", "number", "boolean", "datetime", "ref", "null"])
+    p.add_argument("--scope", default="local", choices=["local", "team", "company", "public"])
+    p.add_argument("--source", default="cli")
+    p.add_argument("--confidence", type=float, default=1.0)
+    p.add_argument("--valid-until", help="RFC 3339 time")
+    p.set_defaults(func=cmd_facts_add)
+    p = fac.add_parser("list", parents=[common], help="list facts, oldest first")
+    p.add_argument("--entity")
+    p.add_argument("--relation")
+    p.add_argument("--scope", choices=["local", "team", "company", "public"])
+    p.add_argument("--limit", type=positive_int, default=50)
+    p.set_defaults(func=cmd_facts_list)
     return parser
 
 

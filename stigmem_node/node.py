@@ -9,13 +9,16 @@ import threading
 from datetime import datetime, timedelta
 from typing import Any
 
-from stigmem_node import declaration, identity
+from stigmem_node import declaration, identity, tokens
 from stigmem_node.apikeys import ApiKeys, Peppers
 from stigmem_node.audit import AuditTrail
 from stigmem_node.clock import Clock
 from stigmem_node.config import Settings
 from stigmem_node.federation import Federation
+from stigmem_node.local_facts import LocalFacts
 from stigmem_node.outbound import fetch_well_known
+from stigmem_node.peer_auth import PeerAuthenticator
+from stigmem_node.publish import Publisher
 from stigmem_node.store import Store
 
 DECLARATION_REFRESH = timedelta(hours=1)
@@ -38,6 +41,11 @@ class Node:
             fetch_well_known=self._fetch_well_known,
             leeway=timedelta(seconds=settings.clock_leeway_s),
         )
+        self.peer_auth = PeerAuthenticator(
+            self.store, self.identity.node_id, self.audit, self.clock, leeway_ms=settings.clock_leeway_s * 1000
+        )
+        self.facts = LocalFacts(self.store, self.identity, self.clock)
+        self.publisher = Publisher(self.store, self.audit, self.clock, settings.shared_scopes)
         self._declaration: declaration.Declaration | None = None
         self._declaration_at: datetime | None = None
         self._lock = threading.Lock()
@@ -56,6 +64,15 @@ class Node:
                 self._declaration = declaration.sign(self.identity, self.settings.shared_scopes, now)
                 self._declaration_at = now
             return self._declaration
+
+    def mint_peer_token(self, peer_node_id: str, scopes: tuple[str, ...] | list[str], *, method: str | None = None,
+                        path_qs: str | None = None, ttl_ms: int = tokens.DEFAULT_TTL_MS) -> str:
+        """A fresh single-use token for one request to the peer ``peer_node_id``."""
+        return tokens.mint(
+            issuer=self.identity.node_id, audience=peer_node_id, private_key=self.identity.private_key,
+            key_id=self.identity.key_id, scopes=sorted(scopes), now_ms=self.clock.now_ms(), ttl_ms=ttl_ms,
+            htm=method, htu=path_qs,
+        )
 
     def info(self) -> dict[str, Any]:
         ident = self.identity

@@ -48,3 +48,37 @@ class FailureLimiter:
         else:
             self._failures.move_to_end(key)
         q.append(now)
+
+
+class AuditBudget:
+    """At most ``per_window`` audit rows per key (client address) per window.
+
+    Rows over the budget are not written but counted; the next row that is written for
+    that key carries the count, so nothing is lost silently and nobody can flood the trail.
+    """
+
+    def __init__(self, per_window: int = 20, window_s: float = 60.0, max_keys: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_window = per_window
+        self.window_s = window_s
+        self.max_keys = max_keys
+        self.clock = clock
+        self._state: OrderedDict[str, list] = OrderedDict()  # key -> [window_start, used, suppressed]
+
+    def take(self, key: str) -> int | None:
+        """None if this row must be suppressed, else how many were suppressed before it."""
+        now = self.clock()
+        state = self._state.get(key)
+        if state is None or now - state[0] >= self.window_s:
+            suppressed = state[2] if state else 0
+            self._state[key] = [now, 1, 0]
+            self._state.move_to_end(key)
+            while len(self._state) > self.max_keys:
+                self._state.popitem(last=False)
+            return suppressed
+        if state[1] < self.per_window:
+            state[1] += 1
+            suppressed, state[2] = state[2], 0
+            return suppressed
+        state[2] += 1
+        return None

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import AsyncIterator
+
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from stigmem_node.errors import StigmemError
-from stigmem_node.http import audit, peers, wellknown
+from stigmem_node.http import audit, facts, peers, wellknown
 from stigmem_node.http.errors import http_error, stigmem_error, unexpected_error
 from stigmem_node.http.middleware import BodyLimit, RequestId
 from stigmem_node.node import Node
 from stigmem_node.ratelimit import FailureLimiter
+from stigmem_node.store.db import Checkpointer
 
 
 def create_app(node: Node) -> Starlette:
     routes = [
+        # The hot path first: routes are matched in order.
+        Route("/v1/federation/facts", facts.pull, methods=["GET"]),
         Route("/.well-known/stigmem", wellknown.well_known, methods=["GET"]),
         Route("/healthz", wellknown.healthz, methods=["GET"]),
         Route("/v1/federation/peers", peers.register, methods=["POST"]),
@@ -28,9 +34,22 @@ def create_app(node: Node) -> Starlette:
         Route("/v1/federation/peers/{ref:path}", peers.show_peer, methods=["GET"]),
         Route("/v1/federation/peers/{ref:path}", peers.remove, methods=["DELETE"]),
         Route("/v1/federation/audit", audit.audit_list, methods=["GET"]),
+        Route("/v1/federation/tombstones", facts.tombstones, methods=["GET"]),
+        Route("/v1/facts", facts.create_facts, methods=["POST"]),
+        Route("/v1/facts", facts.list_facts, methods=["GET"]),
+        Route("/v1/facts/{fact_id}", facts.get_fact, methods=["GET"]),
     ]
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        checkpointer = Checkpointer(node.store.db)
+        try:
+            yield
+        finally:
+            checkpointer.stop()
+
     app = Starlette(
         routes=routes,
+        lifespan=lifespan,
         middleware=[Middleware(RequestId), Middleware(BodyLimit)],
         exception_handlers={StigmemError: stigmem_error, HTTPException: http_error, Exception: unexpected_error},
     )

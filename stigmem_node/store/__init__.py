@@ -12,8 +12,11 @@ from pathlib import Path
 from stigmem_node.store.apikeys import ApiKeyRepo
 from stigmem_node.store.audit import AuditRepo
 from stigmem_node.store.db import Database, IntegrityConflict
+from stigmem_node.store.facts import FactRepo
 from stigmem_node.store.meta import MetaRepo
+from stigmem_node.store.nonces import NonceRepo
 from stigmem_node.store.peers import PeerRepo
+from stigmem_node.store.replication import ReplicationRepo
 
 __all__ = ["Store", "Database", "IntegrityConflict"]
 
@@ -25,6 +28,9 @@ class Store:
         self.peers = PeerRepo(self.db)
         self.audit = AuditRepo(self.db)
         self.apikeys = ApiKeyRepo(self.db)
+        self.nonces = NonceRepo(self.db)
+        self.facts = FactRepo(self.db)
+        self.replication = ReplicationRepo(self.db)
 
     def transaction(self):
         return self.db.transaction()

@@ -108,7 +108,21 @@ class PeerRepo:
         )
         return cur.rowcount == 1
 
+    def auth_rows(self, node_id: str) -> list[tuple]:
+        """(peer_id, status, allowed_scopes JSON, key_id, public_key, retire_after) for every key
+        of the peer ``node_id``.
+
+        One indexed query, read fresh on every call so that a status change made by any
+        process (the CLI, another server) takes effect at once.
+        """
+        return self.db.all(
+            "SELECT p.id, p.status, p.allowed_scopes, k.key_id, k.public_key, k.retire_after FROM peers p"
+            " LEFT JOIN peer_keys k ON k.peer_id = p.id WHERE p.node_id = ?",
+            (node_id,),
+        )
+
     def delete(self, peer_id: str, *, expected: tuple[str, ...]) -> bool:
         marks = ",".join("?" * len(expected))
         cur = self.db.execute(f"DELETE FROM peers WHERE id = ? AND status IN ({marks})", (peer_id, *expected))
         return cur.rowcount == 1
+

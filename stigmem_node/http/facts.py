@@ -1,0 +1,85 @@
+"""/v1/facts (local facts, API key) and /v1/federation/facts (the pull, peer token)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from stigmem_node.config import SCOPES
+from stigmem_node.errors import ValidationError
+from stigmem_node.http.auth import client_addr, require
+from stigmem_node.http.peers import json_body
+from stigmem_node.publish import DEFAULT_LIMIT, MAX_LIMIT
+
+
+def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not lo <= int(raw) <= hi:
+        raise ValidationError("invalid_request", f"{name} must be a whole number from {lo} to {hi}", field=name)
+    return int(raw)
+
+
+def scope_param(request: Request) -> str | None:
+    scope = request.query_params.get("scope")
+    if scope is not None and scope not in SCOPES:
+        raise ValidationError("invalid_scope", f"scope must be one of {', '.join(SCOPES)}", field="scope")
+    return scope
+
+
+async def create_facts(request: Request) -> JSONResponse:
+    require(request, "facts:write")
+    body = await json_body(request)
+    facts = request.app.state.node.facts
+    if "facts" in body:
+        stored = facts.assert_many(facts.validate_batch(body["facts"]))
+        created = sum(1 for s in stored if s.created)
+        return JSONResponse({"facts": [s.fact for s in stored], "created": created,
+                             "duplicates": len(stored) - created}, status_code=201 if created else 200)
+    (stored,) = facts.assert_many(facts.validate_batch([body]))
+    return JSONResponse(stored.fact, status_code=201 if stored.created else 200)
+
+
+async def list_facts(request: Request) -> JSONResponse:
+    require(request, "facts:read")
+    q = request.query_params
+    limit = int_param(request, "limit", 50, 1, MAX_LIMIT)
+    facts, cursor, has_more = request.app.state.node.facts.query(
+        cursor=q.get("cursor"), limit=limit, entity=q.get("entity"), relation=q.get("relation"),
+        scope=scope_param(request), source=q.get("source"),
+    )
+    return JSONResponse({"facts": facts, "cursor": cursor, "has_more": has_more})
+
+
+async def get_fact(request: Request) -> JSONResponse:
+    require(request, "facts:read")
+    return JSONResponse(request.app.state.node.facts.get(request.path_params["fact_id"]))
+
+
+def path_qs(request: Request) -> str:
+    raw = request.scope.get("raw_path") or request.scope["path"].encode()
+    query = request.scope.get("query_string", b"")
+    return (raw + (b"?" + query if query else b"")).decode("latin-1")
+
+
+async def pull(request: Request) -> Response:
+    """GET /v1/federation/facts: one page for an approved peer with a fresh token."""
+    node = request.app.state.node
+    addr = client_addr(request)
+    peer = node.peer_auth.authenticate(request.headers.get("authorization"), method=request.method,
+                                       path_qs=path_qs(request), remote_addr=addr)
+    limit = int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    cursor = request.query_params.get("cursor")
+    body = node.publisher.page(peer, cursor=cursor, limit=limit, scope=scope_param(request), remote_addr=addr)
+    return Response(body, media_type="application/json")
+
+
+async def tombstones(request: Request) -> JSONResponse:
+    """GET /v1/federation/tombstones: this node has no tombstones; answered so that reference
+    subscribers, which poll it every cycle, see a valid empty v2 page."""
+    node = request.app.state.node
+    node.peer_auth.authenticate(request.headers.get("authorization"), method=request.method,
+                                path_qs=path_qs(request), remote_addr=client_addr(request))
+    return JSONResponse({"v": 2, "tombstones": [], "revocations": [],
+                         "cursor": request.query_params.get("since")})

@@ -1,0 +1,124 @@
+"""Local facts: validate, stamp (id, CID, HLC, time), sign the origin block and store.
+
+Each fact's wire JSON, origin block and origin signature are computed once here, at
+write time, so that serving a page to a peer never parses or signs anything.  A batch is
+one transaction.  Asserting a body whose CID this node already holds returns the stored
+fact instead of a copy (idempotent retries, as the reference node does).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from stigmem_node import facts as fm
+from stigmem_node.clock import Clock
+from stigmem_node.errors import NotFound, ValidationError
+from stigmem_node.identity import NodeIdentity
+from stigmem_node.store import Store
+from stigmem_node.store.facts import FactRow
+
+MAX_BATCH = 500
+_CURSOR_RE = re.compile(r"[0-9]{1,18}")
+
+
+@dataclass(frozen=True)
+class Stored:
+    fact: dict[str, Any]  # wire form, plus seq
+    created: bool
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def row_view(row: FactRow) -> dict[str, Any]:
+    """The API view of a stored fact: its wire body plus seq and provenance."""
+    view = json.loads(row.entry)["fact"]
+    view["seq"] = row.seq
+    view["received_from"] = row.received_from
+    view["origin_node_id"] = row.origin_node_id
+    return view
+
+
+class LocalFacts:
+    def __init__(self, store: Store, identity: NodeIdentity, clock: Clock) -> None:
+        self.store = store
+        self.identity = identity
+        self.clock = clock
+        self.hlc = fm.HLC(clock, seed=store.facts.max_local_hlc())
+
+    def validate_batch(self, items: Any) -> list[fm.FactInput]:
+        if not isinstance(items, list) or not items:
+            raise ValidationError("invalid_request", "facts must be a non-empty list", field="facts")
+        if len(items) > MAX_BATCH:
+            raise ValidationError("batch_too_large", f"at most {MAX_BATCH} facts per request", field="facts")
+        out = []
+        for i, item in enumerate(items):
+            try:
+                out.append(fm.validate_new_fact(item))
+            except ValidationError as exc:
+                raise ValidationError(exc.code, f"facts[{i}]: {exc.message}",
+                                      field=f"facts[{i}].{exc.field}" if exc.field else f"facts[{i}]") from None
+        return out
+
+    def assert_many(self, inputs: list[fm.FactInput]) -> list[Stored]:
+        """Store validated facts in one transaction; returns them in input order."""
+        ident = self.identity
+        results: list[Stored | None] = [None] * len(inputs)
+        rows: list[tuple] = []
+        new: dict[str, int] = {}  # cid -> index of the first new fact with it
+        with self.store.transaction():
+            for i, inp in enumerate(inputs):
+                cid = inp.cid
+                if cid in new:
+                    results[i] = Stored(results[new[cid]].fact, False)  # type: ignore[union-attr]
+                    continue
+                existing = self.store.facts.local_by_cid(cid)
+                if existing is not None:
+                    results[i] = Stored(row_view(existing), False)
+                    continue
+                fact = fm.new_fact(inp, origin_node_id=ident.node_id, hlc=self.hlc.tick(),
+                                   timestamp=self.clock.now_iso())
+                origin = fm.origin_for(fact, node_id=ident.node_id, entity_uri=ident.node_url)
+                sig = fm.sign_fact_origin(ident.private_key, fact, origin)
+                entry = fm.pull_entry(fact, origin, sig)
+                body = entry["fact"]
+                rows.append((
+                    fact.id, fact.cid, fact.entity, fact.relation, fact.value_type, fact.value_v, fact.interpret_as,
+                    fact.source, fact.timestamp, fact.hlc, fact.valid_until, fact.confidence, fact.scope,
+                    fact.origin_node_id, sig, _dumps({**entry, "origin_manifest": None, "origin_key_proof": None}),
+                    None, None,
+                ))
+                new[cid] = i
+                results[i] = Stored(body, True)
+            self.store.facts.insert_many(rows)
+            seqs = self.store.facts.seqs_of([r[0] for r in rows])
+        for i in new.values():
+            stored = results[i]
+            stored.fact["seq"] = seqs[stored.fact["id"]]  # type: ignore[union-attr]
+        return results  # type: ignore[return-value]
+
+    def get(self, fact_id: str) -> dict[str, Any]:
+        row = self.store.facts.get(fact_id) if isinstance(fact_id, str) and len(fact_id) <= 256 else None
+        if row is None:
+            raise NotFound("fact_not_found", "no fact with this id")
+        return row_view(row)
+
+    def query(self, *, cursor: str | None, limit: int, **filters: str | None) -> tuple[list[dict[str, Any]], str | None, bool]:
+        after = parse_cursor(cursor)
+        rows = self.store.facts.query(after=after, limit=limit + 1, **filters)
+        has_more = len(rows) > limit
+        rows = rows[:limit]
+        return [row_view(r) for r in rows], (str(rows[-1].seq) if rows else cursor), has_more
+
+
+def parse_cursor(cursor: str | None) -> int:
+    """Cursors are this node's commit sequence numbers, as decimal text ("" = start)."""
+    if cursor is None or cursor == "":
+        return 0
+    if not isinstance(cursor, str) or not _CURSOR_RE.fullmatch(cursor):
+        raise ValidationError("invalid_cursor", "cursor must be a value returned by this node", field="cursor")
+    return int(cursor)

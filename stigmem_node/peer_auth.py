@@ -1,0 +1,133 @@
+"""Authenticate a peer's request: bearer token -> peer row -> keys -> claims -> nonce.
+
+Every rejection is audited (reason code, claimed issuer, client address, clock skew) within
+a per-address budget, and failures per address are rate-limited.  The nonce is consumed
+by one atomic INSERT only after every other check has passed (invariant 3) and kept
+until ``exp + leeway`` (invariant 4).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from stigmem_node import tokens
+from stigmem_node.audit import AuditTrail
+from stigmem_node.clock import Clock, parse_rfc3339
+from stigmem_node.errors import StigmemError
+from stigmem_node.identity import public_key_from_b64
+from stigmem_node.ratelimit import AuditBudget, FailureLimiter
+from stigmem_node.store import Store
+from stigmem_node.tokens import PeerAuth, TokenRejected, VerifiedToken
+
+TOKEN_REJECTED = "token_rejected"
+REPLAY_ATTEMPT = "replay_attempt"
+PRUNE_EVERY = 1000
+
+
+@dataclass(frozen=True)
+class AuthenticatedPeer:
+    token: VerifiedToken
+    allowed_scopes: tuple[str, ...]
+
+    @property
+    def peer_id(self) -> str:
+        return self.token.peer.peer_id
+
+    @property
+    def node_id(self) -> str:
+        return self.token.peer.node_id
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return value.strip() or None
+
+
+class PeerAuthenticator:
+    def __init__(self, store: Store, node_id: str, audit: AuditTrail, clock: Clock, *, leeway_ms: int,
+                 max_lifetime_ms: int = tokens.MAX_LIFETIME_MS, failures: FailureLimiter | None = None,
+                 audit_budget: AuditBudget | None = None) -> None:
+        self.store = store
+        self.node_id = node_id
+        self.audit = audit
+        self.clock = clock
+        self.leeway_ms = leeway_ms
+        self.max_lifetime_ms = max_lifetime_ms
+        self.failures = failures or FailureLimiter(max_failures=30, window_s=60)
+        self.audit_budget = audit_budget or AuditBudget(per_window=20, window_s=60)
+        self._keys: dict[str, Ed25519PublicKey] = {}
+        self._consumed = 0
+
+    def _key(self, public_key: str) -> Ed25519PublicKey | None:
+        key = self._keys.get(public_key)
+        if key is None:
+            try:
+                key = public_key_from_b64(public_key)
+            except ValueError:
+                return None
+            if len(self._keys) > 10_000:
+                self._keys.clear()
+            self._keys[public_key] = key
+        return key
+
+    def authenticate(self, authorization: str | None, *, method: str | None, path_qs: str | None,
+                     remote_addr: str) -> AuthenticatedPeer:
+        retry = self.failures.retry_after(remote_addr)
+        if retry is not None:
+            raise StigmemError("too_many_failed_attempts", "too many failed peer authentications; retry later",
+                               headers={"Retry-After": str(retry)}, retry_after=retry)
+        now_ms = self.clock.now_ms()
+        found: list[tuple[str, tuple[str, ...]]] = []
+
+        def lookup(iss: str) -> PeerAuth | None:
+            rows = self.store.peers.auth_rows(iss)
+            if not rows:
+                return None
+            peer_id, status, scopes_json = rows[0][0], rows[0][1], rows[0][2]
+            found.append((peer_id, tuple(json.loads(scopes_json))))
+            keys = []
+            for _, _, _, key_id, public_key, retire_after in rows:
+                if key_id is None or (retire_after and parse_rfc3339(retire_after).timestamp() * 1000 < now_ms):
+                    continue
+                key = self._key(public_key)
+                if key is not None:
+                    keys.append((key_id, key))
+            return PeerAuth(peer_id, iss, status, tuple(keys))
+
+        try:
+            token = bearer_token(authorization)
+            if token is None:
+                raise TokenRejected("peer_token_required", "a peer token (Authorization: Bearer) is required")
+            verified = tokens.verify(
+                token, lookup=lookup, our_node_id=self.node_id, now_ms=now_ms, leeway_ms=self.leeway_ms,
+                max_lifetime_ms=self.max_lifetime_ms, method=method, path_qs=path_qs,
+            )
+            if not self.store.nonces.consume(verified.nonce, verified.peer.peer_id, verified.exp_ms + self.leeway_ms):
+                raise TokenRejected("nonce_already_seen", "this token was already used", issuer=verified.peer.node_id,
+                                    skew_ms=now_ms - int(verified.claims["iat"]))
+        except TokenRejected as exc:
+            self.failures.fail(remote_addr)
+            self._audit(exc, found[0][0] if found else None, remote_addr, path_qs)
+            raise
+        self._consumed += 1
+        if self._consumed % PRUNE_EVERY == 0:
+            self.store.nonces.prune(now_ms)
+        return AuthenticatedPeer(verified, found[0][1])
+
+    def _audit(self, exc: TokenRejected, peer_id: str | None, remote_addr: str, path_qs: str | None) -> None:
+        suppressed = self.audit_budget.take(remote_addr)
+        if suppressed is None:
+            return
+        detail: dict = {"issuer": exc.issuer, "skew_ms": exc.skew_ms, "path": (path_qs or "")[:200]}
+        if suppressed:
+            detail["suppressed_before"] = suppressed
+        replay = exc.code == "nonce_already_seen"
+        self.audit.record(REPLAY_ATTEMPT if replay else TOKEN_REJECTED, peer_id=peer_id, actor=None,
+                          reason=exc.code, detail=detail, remote_addr=remote_addr)

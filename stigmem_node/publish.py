@@ -1,0 +1,58 @@
+"""Serve this node's facts to an authenticated peer: one page of the v2 pull envelope.
+
+Permitted scopes = the token's scopes ∩ the scopes the peer was granted ∩ what this
+node shares; ``local`` never leaves the node (invariant 5).  Only this node's own facts
+are served (no relaying), unexpired, in commit order.  The cursor is our ``seq``.
+Pages are assembled from the JSON stored at write time, without parsing it.
+"""
+
+from __future__ import annotations
+
+import json
+
+from stigmem_node.audit import AuditTrail
+from stigmem_node.clock import Clock
+from stigmem_node.errors import Forbidden
+from stigmem_node.local_facts import parse_cursor
+from stigmem_node.peer_auth import AuthenticatedPeer
+from stigmem_node.store import Store
+
+MAX_LIMIT = 500
+DEFAULT_LIMIT = 100
+SCOPE_VIOLATION = "scope_violation"
+
+
+class Publisher:
+    def __init__(self, store: Store, audit: AuditTrail, clock: Clock, shared_scopes: tuple[str, ...]) -> None:
+        self.store = store
+        self.audit = audit
+        self.clock = clock
+        self.shared = frozenset(shared_scopes) - {"local"}
+
+    def permitted(self, peer: AuthenticatedPeer) -> frozenset[str]:
+        return frozenset(peer.token.scopes) & frozenset(peer.allowed_scopes) & self.shared
+
+    def page(self, peer: AuthenticatedPeer, *, cursor: str | None, limit: int, scope: str | None,
+             remote_addr: str | None = None) -> bytes:
+        """The JSON body of one page; raises ``Forbidden`` for a scope the peer may not read."""
+        permitted = self.permitted(peer)
+        if scope is not None and scope not in permitted:
+            self.audit.record(SCOPE_VIOLATION, peer_id=peer.peer_id, actor=f"peer:{peer.node_id}",
+                              reason="scope_not_permitted", remote_addr=remote_addr,
+                              detail={"requested_scope": scope[:40], "permitted": sorted(permitted)})
+            raise Forbidden("scope_not_permitted", "this scope is not permitted for this peer")
+        if not permitted:
+            self.audit.record(SCOPE_VIOLATION, peer_id=peer.peer_id, actor=f"peer:{peer.node_id}",
+                              reason="no_permitted_scopes", remote_addr=remote_addr,
+                              detail={"token_scopes": list(peer.token.scopes)[:10]})
+            raise Forbidden("no_permitted_scopes", "no scope is both granted to this peer and shared by this node")
+        after = parse_cursor(cursor)
+        scopes = [scope] if scope is not None else sorted(permitted)
+        rows = self.store.facts.page_for_peer(scopes, after, limit + 1, self.clock.now_iso())
+        has_more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = str(rows[-1][0]) if rows else str(after)
+        entries = ",".join([entry for _, entry in rows])
+        text = (f'{{"v":2,"facts":[{entries}],"cursor":{json.dumps(next_cursor)},'
+                f'"has_more":{"true" if has_more else "false"}}}')
+        return text.encode("utf-8")

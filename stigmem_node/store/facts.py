@@ -1,0 +1,102 @@
+"""facts: append-only rows, commit-ordered by seq."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from stigmem_node.store.db import Database
+
+INSERT_COLS = (
+    "id, cid, entity, relation, value_type, value_v, interpret_as, source, timestamp, hlc, valid_until,"
+    " confidence, scope, origin_node_id, origin_sig, entry, received_from, received_at"
+)
+ROW_COLS = "seq, " + INSERT_COLS
+
+
+@dataclass(frozen=True)
+class FactRow:
+    seq: int
+    id: str
+    cid: str
+    entity: str
+    relation: str
+    value_type: str
+    value_v: str
+    interpret_as: str
+    source: str
+    timestamp: str
+    hlc: str
+    valid_until: str | None
+    confidence: float
+    scope: str
+    origin_node_id: str
+    origin_sig: str | None
+    entry: str  # the pull-page entry, JSON text
+    received_from: str | None
+    received_at: str | None
+
+
+class FactRepo:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def insert_many(self, rows: Sequence[tuple]) -> None:
+        """Insert rows in ``INSERT_COLS`` order (call inside a transaction for one commit)."""
+        self.db.conn.executemany(
+            f"INSERT INTO facts ({INSERT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+        )
+
+    def seqs_of(self, ids: Sequence[str]) -> dict[str, int]:
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        return dict(self.db.all(f"SELECT id, seq FROM facts WHERE id IN ({marks})", tuple(ids)))
+
+    def known(self, ids: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+        """id -> (cid, valid_until) for the ids already stored."""
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = self.db.all(f"SELECT id, cid, valid_until FROM facts WHERE id IN ({marks})", tuple(ids))
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    def local_by_cid(self, cid: str) -> FactRow | None:
+        row = self.db.one(
+            f"SELECT {ROW_COLS} FROM facts WHERE cid = ? AND received_from IS NULL ORDER BY seq LIMIT 1", (cid,)
+        )
+        return FactRow(*row) if row else None
+
+    def get(self, fact_id: str) -> FactRow | None:
+        row = self.db.one(f"SELECT {ROW_COLS} FROM facts WHERE id = ?", (fact_id,))
+        return FactRow(*row) if row else None
+
+    def query(self, *, after: int = 0, limit: int = 100, entity: str | None = None, relation: str | None = None,
+              scope: str | None = None, source: str | None = None) -> list[FactRow]:
+        where, params = ["seq > ?"], [after]
+        for column, value in (("entity", entity), ("relation", relation), ("scope", scope), ("source", source)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        rows = self.db.all(
+            f"SELECT {ROW_COLS} FROM facts WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?", (*params, limit)
+        )
+        return [FactRow(*r) for r in rows]
+
+    def page_for_peer(self, scopes: Sequence[str], after: int, limit: int, now_iso: str) -> list[tuple[int, str]]:
+        """(seq, entry) of this node's own unexpired facts in ``scopes``, by seq."""
+        marks = ",".join("?" * len(scopes))
+        return self.db.all(
+            f"SELECT seq, entry FROM facts"
+            f" WHERE seq > ? AND received_from IS NULL AND scope IN ({marks})"
+            f" AND (valid_until IS NULL OR valid_until > ?) ORDER BY seq LIMIT ?",
+            (after, *scopes, now_iso, limit),
+        )
+
+    def max_local_hlc(self) -> str | None:
+        """The newest HLC this node issued (received facts carry their origin's clock)."""
+        row = self.db.one("SELECT MAX(hlc) FROM facts WHERE received_from IS NULL")
+        return row[0] if row else None
+
+    def count(self) -> int:
+        return int(self.db.one("SELECT COUNT(*) FROM facts")[0])

@@ -1,0 +1,34 @@
+"""nonce_cache: single-use token nonces."""
+
+from __future__ import annotations
+
+from stigmem_node.store.db import Database
+
+
+class NonceRepo:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def consume(self, nonce: str, peer_id: str, expires_at_ms: int) -> bool:
+        """Record ``nonce``; False if it was already there.
+
+        One INSERT on the primary key: atomic across connections and processes, so of any
+        number of concurrent presentations exactly one succeeds.
+        """
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO nonce_cache (nonce, peer_id, expires_at_ms) VALUES (?, ?, ?)",
+            (nonce, peer_id, expires_at_ms),
+        )
+        return cur.rowcount == 1
+
+    def prune(self, now_ms: int, batch: int = 5000) -> int:
+        """Delete up to ``batch`` expired nonces, walking the expiry index."""
+        cur = self.db.execute(
+            "DELETE FROM nonce_cache WHERE nonce IN"
+            " (SELECT nonce FROM nonce_cache WHERE expires_at_ms < ? ORDER BY expires_at_ms LIMIT ?)",
+            (now_ms, batch),
+        )
+        return cur.rowcount
+
+    def count(self) -> int:
+        return int(self.db.one("SELECT COUNT(*) FROM nonce_cache")[0])

@@ -1,0 +1,66 @@
+"""replication_state: the subscriber's cursor and counters per peer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stigmem_node.store.db import Database
+
+_COLS = "peer_id, cursor, last_attempt_at, last_success_at, last_error, facts_ingested, facts_rejected"
+
+
+@dataclass(frozen=True)
+class ReplicationState:
+    peer_id: str
+    cursor: str | None
+    last_attempt_at: str | None
+    last_success_at: str | None
+    last_error: str | None
+    facts_ingested: int
+    facts_rejected: int
+
+
+class ReplicationRepo:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def get(self, peer_id: str) -> ReplicationState:
+        row = self.db.one(f"SELECT {_COLS} FROM replication_state WHERE peer_id = ?", (peer_id,))
+        return ReplicationState(*row) if row else ReplicationState(peer_id, None, None, None, None, 0, 0)
+
+    def all(self) -> dict[str, ReplicationState]:
+        return {r[0]: ReplicationState(*r) for r in self.db.all(f"SELECT {_COLS} FROM replication_state")}
+
+    def _ensure(self, peer_id: str) -> None:
+        self.db.execute("INSERT OR IGNORE INTO replication_state (peer_id) VALUES (?)", (peer_id,))
+
+    def attempt(self, peer_id: str, when: str) -> None:
+        with self.db.transaction():
+            self._ensure(peer_id)
+            self.db.execute("UPDATE replication_state SET last_attempt_at = ? WHERE peer_id = ?", (when, peer_id))
+
+    def advance(self, peer_id: str, *, expected_cursor: str | None, cursor: str | None, ingested: int,
+                rejected: int) -> bool:
+        """Move the cursor from ``expected_cursor`` (compare-and-set) and add to the counters.
+
+        Call inside the transaction that stores the page's facts.  False (and nothing
+        changed) if another run moved the cursor meanwhile.
+        """
+        self._ensure(peer_id)
+        cur = self.db.execute(
+            "UPDATE replication_state SET cursor = ?, facts_ingested = facts_ingested + ?,"
+            " facts_rejected = facts_rejected + ? WHERE peer_id = ? AND cursor IS ?",
+            (cursor, ingested, rejected, peer_id, expected_cursor),
+        )
+        return cur.rowcount == 1
+
+    def finish(self, peer_id: str, when: str, error: str | None) -> None:
+        with self.db.transaction():
+            self._ensure(peer_id)
+            if error is None:
+                self.db.execute(
+                    "UPDATE replication_state SET last_success_at = ?, last_error = NULL WHERE peer_id = ?",
+                    (when, peer_id),
+                )
+            else:
+                self.db.execute("UPDATE replication_state SET last_error = ? WHERE peer_id = ?", (error[:500], peer_id))
