@@ -144,13 +144,14 @@ class ApiKeys:
             self.repo.touch(rec.id, self.clock.now_iso())
         return Principal(rec.id, frozenset(rec.permissions))
 
-    def revoke(self, key_id: str) -> ApiKeyRecord:
+    def revoke(self, key_id: str) -> tuple[ApiKeyRecord, bool]:
+        """Revoke a key by id (or by the whole key); returns the record and whether it changed."""
         key_id = key_id.split("_")[1] if key_id.startswith(PREFIX + "_") and key_id.count("_") >= 2 else key_id
         rec = self.repo.get(key_id)
         if rec is None:
             raise NotFound("api_key_not_found", f"no API key with id {key_id[:24]!r}")
-        self.repo.revoke(key_id, self.clock.now_iso())
-        return self.repo.get(key_id)  # type: ignore[return-value]
+        changed = self.repo.revoke(key_id, self.clock.now_iso())
+        return self.repo.get(key_id), changed  # type: ignore[return-value]
 
     def list(self) -> list[ApiKeyRecord]:
         return self.repo.list()

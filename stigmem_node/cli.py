@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import getpass
 import json
 import sys
@@ -38,13 +39,30 @@ def _settings(args: argparse.Namespace) -> Settings:
         node_url=getattr(args, "node_url", None),
         pull_interval_s=getattr(args, "pull_interval", None),
         allow_insecure_http=True if getattr(args, "allow_insecure_http", False) else None,
+        trusted_proxies=getattr(args, "trusted_proxies", None),
     )
 
 
-def _node(args: argparse.Namespace, *, serving: bool = False):
+def _node(args: argparse.Namespace, *, serving: bool = False, create: bool = False):
+    """The node of ``--db``.  Only ``serve`` and ``init`` create a database; every other
+    command refuses to run against a path where there is none (a typo must not make a new node)."""
     from stigmem_node.node import Node
 
-    return Node(_settings(args), serving=serving)
+    settings = _settings(args)
+    if not (serving or create) and not settings.db_path.exists():
+        raise ConfigError("database_missing", f"no node database at {settings.db_path}; pass --db or set "
+                          "STIGMEM_DB_PATH, or create one with 'stigmem-node init'")
+    return Node(settings, serving=serving)
+
+
+def _print_first_key(node, key: str) -> None:
+    print(
+        "First start: created the node identity and this admin API key (shown once, store it now):\n"
+        f"  {key}\n"
+        f"  use it as:  curl -H 'Authorization: Bearer {key[:10]}…' {node.identity.node_url}/v1/federation/peers\n"
+        f"Node {node.identity.node_id}, key fingerprint {node.identity.fingerprint}",
+        flush=True,
+    )
 
 
 def positive_int(text: str) -> int:
@@ -85,20 +103,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from stigmem_node.http import create_app
 
     node = _node(args, serving=True)
-    if node.store.apikeys.count() == 0:
-        key, _ = node.apikeys.create(PERMISSIONS, label="first admin key")
-        print(
-            "First start: created the node identity and this admin API key (shown once, store it now):\n"
-            f"  {key}\n"
-            f"  use it as:  curl -H 'Authorization: Bearer {key[:10]}…' {node.identity.node_url}/v1/federation/peers\n"
-            f"Node {node.identity.node_id}, key fingerprint {node.identity.fingerprint}",
-            flush=True,
-        )
+    key = node.first_admin_key()
+    if key:
+        _print_first_key(node, key)
     settings = node.settings
-    print(f"stigmem-node {__version__} serving {node.identity.node_url} (database {settings.db_path})", flush=True)
+    print(f"stigmem-node {__version__}: node {node.identity.node_url} listening on {settings.host}:{settings.port} "
+          f"(database {settings.db_path})", flush=True)
     app = create_app(node)
+    proxies = settings.trusted_proxies
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=bool(args.access_log), server_header=False)
+                access_log=bool(args.access_log), server_header=False,
+                proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)
+    return EXIT_OK
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    node = _node(args, serving=True)
+    key = node.first_admin_key()
+    info = {**node.info(), "admin_key": key}
+    _emit(args, info, lambda i: (f"Node {i['node_id']} is ready in {i['database']} "
+                                 f"(fingerprint {i['pubkey_fingerprint']})."
+                                 + (f"\nAdmin API key (shown once, store it now):\n  {key}" if key else "")))
     return EXIT_OK
 
 
@@ -339,9 +364,11 @@ def cmd_apikey_list(args: argparse.Namespace) -> int:
 
 def cmd_apikey_revoke(args: argparse.Namespace) -> int:
     node = _node(args)
-    rec = node.apikeys.revoke(args.id)
-    node.audit.record("apikey_revoked", actor=_cli_actor().name, remote_addr="local", detail={"id": rec.id})
-    _emit(args, key_public_dict(rec), lambda d: f"Revoked API key {d['prefix']}…")
+    rec, changed = node.apikeys.revoke(args.id)
+    if changed:
+        node.audit.record("apikey_revoked", actor=_cli_actor().name, remote_addr="local", detail={"id": rec.id})
+    _emit(args, key_public_dict(rec),
+          lambda d: f"{'Revoked' if changed else 'Already revoked:'} API key {d['prefix']}…")
     return EXIT_OK
 
 
@@ -438,7 +465,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pull-interval", type=float, help="seconds between pulls from peers (0: off)")
     p.add_argument("--allow-insecure-http", action="store_true", help="allow plain http to non-loopback peers")
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--trusted-proxies", help="comma-separated addresses whose X-Forwarded-For is believed "
+                                              "(env STIGMEM_TRUSTED_PROXIES; default: none)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("init", parents=[common], help="create the database, identity and first admin key, without serving")
+    p.add_argument("--node-url", help="public URL of this node (env STIGMEM_NODE_URL)")
+    p.add_argument("--host", help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("info", parents=[common], help="show node id, url, key, fingerprint and declaration")
     p.set_defaults(func=cmd_info)
@@ -553,6 +588,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAIL
     except KeyboardInterrupt:
         return EXIT_FAIL
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): stop quietly, as other tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

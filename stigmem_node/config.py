@@ -36,6 +36,7 @@ class Settings:
     outbound_timeout_s: float = 5.0
     pepper: str | None = None
     pull_interval_s: float = 0.0  # 0: no in-server schedule
+    trusted_proxies: str | None = None  # addresses whose X-Forwarded-For is believed
     log_level: str = "info"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -123,6 +124,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         kw["synchronous"] = env["STIGMEM_SQLITE_SYNCHRONOUS"]
     if env.get("STIGMEM_FEDERATION_SCOPES"):
         kw["shared_scopes"] = parse_scopes(env["STIGMEM_FEDERATION_SCOPES"], "STIGMEM_FEDERATION_SCOPES")
+        if "local" in kw["shared_scopes"]:
+            raise ConfigError(message="STIGMEM_FEDERATION_SCOPES: local facts never leave the node; remove 'local'")
     if env.get("STIGMEM_PEER_TOKEN_LEEWAY_S"):
         kw["clock_leeway_s"] = _int("STIGMEM_PEER_TOKEN_LEEWAY_S", env["STIGMEM_PEER_TOKEN_LEEWAY_S"], 0, 600)
     if env.get("STIGMEM_ALLOW_INSECURE_HTTP"):
@@ -135,6 +138,11 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         kw["pull_interval_s"] = _float(
             "STIGMEM_FEDERATION_PULL_INTERVAL_S", env["STIGMEM_FEDERATION_PULL_INTERVAL_S"], 0, 86400
         )
+    if env.get("STIGMEM_DECLARATION_MAX_AGE_S"):
+        kw["declaration_max_age_s"] = _int("STIGMEM_DECLARATION_MAX_AGE_S", env["STIGMEM_DECLARATION_MAX_AGE_S"],
+                                           60, 365 * 24 * 3600)
+    if env.get("STIGMEM_TRUSTED_PROXIES"):
+        kw["trusted_proxies"] = env["STIGMEM_TRUSTED_PROXIES"]
     if env.get("STIGMEM_LOG_LEVEL"):
         kw["log_level"] = env["STIGMEM_LOG_LEVEL"]
     return validate(Settings(**kw))

@@ -106,24 +106,28 @@ class Federation:
     async def register(self, body: Any, *, actor: Actor, scopes: tuple[str, ...] | None = None) -> PeerRecord:
         """Register a peer from its declaration.
 
-        Malformed input raises ``ValidationError`` (nothing stored, the attempt audited).
-        A well-formed declaration is stored as ``pending_approval`` when its signature,
-        freshness and the peer's live well-known all agree, else as ``rejected`` with
-        the reason.  An existing node_id raises ``Conflict``.
+        Malformed input raises ``ValidationError`` and an existing registration raises
+        ``Conflict`` (nothing stored; the attempt is audited either way).  A well-formed
+        declaration is stored as ``pending_approval`` when its signature, freshness and
+        the peer's live well-known all agree, else as ``rejected`` with the reason.  A
+        ``rejected`` record never blocks: a new declaration for the same node replaces it,
+        so that nobody can squat a node id by posting a bad declaration for it.
         """
         try:
             decl = decl_mod.parse(body)
         except decl_mod.DeclarationRejected as exc:
-            self.audit.record(ev.PEER_REGISTRATION_REJECTED, actor=actor.name, remote_addr=actor.remote_addr,
-                              reason=exc.reason, detail={"field": exc.field})
+            self._refused(actor, exc.reason, {"field": exc.field})
             raise ValidationError(exc.reason, exc.message, field=exc.field) from None
+        detail = {"node_id": decl.node_id, "node_url": decl.node_url}
         if decl.node_id == self.identity.node_id:
+            self._refused(actor, "cannot_peer_with_self", detail)
             raise ValidationError("cannot_peer_with_self", "a node cannot register itself as a peer", field="node_id")
         granted = tuple(sorted(set(decl.allowed_scopes) & set(FEDERATABLE_SCOPES) & set(scopes or FEDERATABLE_SCOPES)))
         if not granted:
+            self._refused(actor, "no_shared_scopes", detail)
             raise ValidationError("no_shared_scopes", "the declaration and the allowed scopes share no federatable scope",
                                   field="allowed_scopes")
-        self._refuse_existing(decl.node_id)
+        self._refuse_existing(decl.node_id, actor)
 
         reason = decl_mod.check(decl, self.clock.now(), leeway=self.leeway, max_age=self.max_declaration_age)
         if reason is None:
@@ -139,21 +143,31 @@ class Federation:
         keys = [] if reason else [PeerKey(key_id_of(decl.federation_pubkey), decl.federation_pubkey, now, None)]
         try:
             with self.store.transaction():
+                previous = self.store.peers.by_node_id(decl.node_id)
+                if previous is not None and not self.store.peers.delete(previous.id, expected=("rejected",)):
+                    raise IntegrityConflict("peer_already_registered", "a peer with this node id is already registered")
                 self.store.peers.insert(peer, keys)
                 self.audit.record(
                     ev.PEER_REGISTRATION_REJECTED if reason else ev.PEER_REGISTERED, peer_id=peer.id,
                     actor=actor.name, remote_addr=actor.remote_addr, reason=reason,
-                    detail={"node_id": decl.node_id, "node_url": decl.node_url, "allowed_scopes": list(granted),
-                            "pubkey_fingerprint": fingerprint(decl.federation_pubkey)},
+                    detail={**detail, "allowed_scopes": list(granted),
+                            "pubkey_fingerprint": fingerprint(decl.federation_pubkey),
+                            "replaces": previous.id if previous else None},
                 )
         except IntegrityConflict:
-            self._refuse_existing(decl.node_id)
+            self._refuse_existing(decl.node_id, actor)
             raise
         return peer
 
-    def _refuse_existing(self, node_id: str) -> None:
+    def _refused(self, actor: Actor, reason: str, detail: dict[str, Any], peer_id: str | None = None) -> None:
+        self.audit.record(ev.PEER_REGISTRATION_REJECTED, peer_id=peer_id, actor=actor.name,
+                          remote_addr=actor.remote_addr, reason=reason, detail=detail)
+
+    def _refuse_existing(self, node_id: str, actor: Actor) -> None:
         existing = self.store.peers.by_node_id(node_id)
-        if existing is not None:
+        if existing is not None and existing.status != "rejected":
+            self._refused(actor, "peer_already_registered", {"node_id": node_id, "status": existing.status},
+                          peer_id=existing.id)
             raise Conflict("peer_already_registered",
                            f"peer already registered (status={existing.status})",
                            peer_id=existing.id, status=existing.status)

@@ -145,6 +145,6 @@ def rotate(meta: MetaRepo, clock: Clock, *, grace: timedelta) -> NodeIdentity:
         meta.add_key(row)
         meta.set("current_key_id", row.key_id)
         node_id = meta.get("node_id") or ""
-        url = meta.get("node_url") or default_url
+        url = meta.get("node_url") or ""
         keys = meta.keys()
     return _identity(node_id, url, keys, now)

@@ -40,6 +40,7 @@ class Node:
             self.store, self.identity, self.audit, self.clock,
             fetch_well_known=self._fetch_well_known,
             leeway=timedelta(seconds=settings.clock_leeway_s),
+            max_declaration_age=timedelta(seconds=settings.declaration_max_age_s),
         )
         self.peer_auth = PeerAuthenticator(
             self.store, self.identity.node_id, self.audit, self.clock, leeway_ms=settings.clock_leeway_s * 1000
@@ -64,6 +65,19 @@ class Node:
                 self._declaration = declaration.sign(self.identity, self.settings.shared_scopes, now)
                 self._declaration_at = now
             return self._declaration
+
+    def first_admin_key(self) -> str | None:
+        """On a node without any API key, create one with every permission and return it
+        (once; it is never stored in clear).  None if the node already has keys."""
+        from stigmem_node.apikeys import PERMISSIONS
+
+        with self.store.transaction():
+            if self.store.apikeys.count():
+                return None
+            key, rec = self.apikeys.create(PERMISSIONS, label="first admin key")
+            self.audit.record("apikey_created", actor="node:first-start", remote_addr="local",
+                              detail={"id": rec.id, "permissions": list(PERMISSIONS), "label": rec.label})
+        return key
 
     def mint_peer_token(self, peer_node_id: str, scopes: tuple[str, ...] | list[str], *, method: str | None = None,
                         path_qs: str | None = None, ttl_ms: int = tokens.DEFAULT_TTL_MS) -> str:

@@ -174,7 +174,8 @@ def test_inv10_real_actions_are_audited_with_peer_reason_actor_and_time(fed):
     throttled = by_type["apikey_auth_throttled"]
     assert throttled["remote_addr"] == THROTTLED_ADDR and throttled["actor"] == "anonymous"
     assert events.count("apikey_auth_throttled") == 1
-    created = by_type["apikey_created"]
+    first_key, created = [e for e in entries if e["event_type"] == "apikey_created"][:2]
+    assert first_key["actor"] == "node:first-start" and first_key["detail"]["label"] == "first admin key"
     assert created["actor"].startswith("cli:") and created["remote_addr"] == "local"
 
 

@@ -74,7 +74,13 @@ def test_private_key_is_never_served_or_printed(node):
     assert priv not in node.log()
 
 
-def test_info_shows_identity_and_declaration(tmp_path):
+def test_init_creates_the_node_and_info_shows_it(tmp_path):
+    res = run_cli("info", db=tmp_path / "x.db")
+    assert res.returncode == 2 and "no node database" in res.stderr and not (tmp_path / "x.db").exists()
+    init = run_cli("init", "--json", db=tmp_path / "x.db")
+    assert init.returncode == 0, init.stderr
+    assert json.loads(init.stdout)["admin_key"].startswith("stgm_")
+    assert json.loads(run_cli("init", "--json", db=tmp_path / "x.db").stdout)["admin_key"] is None
     res = run_cli("info", "--json", db=tmp_path / "x.db")
     assert res.returncode == 0, res.stderr
     info = json.loads(res.stdout)

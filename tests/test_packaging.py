@@ -31,7 +31,7 @@ def test_wheel_ships_the_schema_and_runs_from_another_directory(tmp_path):
     code = (
         "import stigmem_node, sys; from stigmem_node.cli import main;"
         "assert stigmem_node.__file__.startswith(sys.argv[1]), stigmem_node.__file__;"
-        "sys.exit(main(['info', '--json', '--db', 'fresh.db']))"
+        "sys.exit(main(['init', '--json', '--db', 'fresh.db']))"
     )
     res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "site")], cwd=elsewhere, capture_output=True,
                          text=True, env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"}, timeout=60)

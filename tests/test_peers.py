@@ -226,3 +226,37 @@ def test_cli_peers_add_of_an_unreachable_node_fails_cleanly(node):
     res = node.cli("peers", "add", f"http://127.0.0.1:{free_port()}")
     assert res.returncode == 1
     assert "cannot reach" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_bad_declaration_cannot_squat_a_node_id(pair):
+    """A rejected record never blocks: the genuine declaration replaces it."""
+    a, b = pair
+    tampered = {**b.well_known()["declaration"], "node_url": "http://127.0.0.1:1"}
+    squat = _register(a, tampered)
+    assert squat["status"] == "rejected" and squat["reason"] == "invalid_signature"
+    real = _register(a, b.well_known()["declaration"])
+    assert real["status"] == "pending_approval" and real["peer_id"] != squat["peer_id"]
+    registered = audit_events(a, event_type="peer_registered")
+    assert registered[-1]["detail"]["replaces"] == squat["peer_id"]
+    # Once pending (or active), the record does block: 409.
+    assert a.client().post("/v1/federation/peers", json=tampered).status_code == 409
+
+
+def test_every_refused_registration_is_audited(pair):
+    a, b = pair
+    decl = b.well_known()["declaration"]
+    _register(a, decl)
+    a.client().post("/v1/federation/peers", json=decl)  # 409
+    a.client().post("/v1/federation/peers", json=a.well_known()["declaration"])  # self
+    a.client().post("/v1/federation/peers", json={**decl, "node_id": "x", "allowed_scopes": ["local"]})
+    reasons = [e["reason"] for e in audit_events(a, event_type="peer_registration_rejected")]
+    assert reasons == ["peer_already_registered", "cannot_peer_with_self", "no_shared_scopes"]
+
+
+def test_forwarded_headers_are_not_believed_by_default(pair):
+    """Any local process could claim another address; only configured proxies are trusted."""
+    a, b = pair
+    res = a.client().post("/v1/federation/peers", json=b.well_known()["declaration"],
+                          headers={"X-Forwarded-For": "203.0.113.9"})
+    assert res.status_code == 201
+    assert audit_events(a, event_type="peer_registered")[0]["remote_addr"] == "127.0.0.1"

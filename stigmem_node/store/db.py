@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from stigmem_node.errors import ConfigError, StigmemError
+from stigmem_node.errors import ConfigError, Conflict
 
 SCHEMA_VERSION = 1
 
@@ -18,7 +18,7 @@ SCHEMA_VERSION = 1
 MIGRATIONS: dict[int, str] = {}
 
 
-class IntegrityConflict(StigmemError):
+class IntegrityConflict(Conflict):
     """A uniqueness constraint refused a row (raised by repositories, mapped by callers)."""
 
     code = "conflict"
