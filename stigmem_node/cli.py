@@ -127,6 +127,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from stigmem_node.demo import run_demo
+
+    return asyncio.run(run_demo())
+
+
 # -- info -----------------------------------------------------------------------------
 def cmd_info(args: argparse.Namespace) -> int:
     node = _node(args)
@@ -205,14 +211,19 @@ def cmd_peers_add(args: argparse.Namespace) -> int:
 
 def cmd_peers_list(args: argparse.Namespace) -> int:
     node = _node(args)
-    views = [peer_view(p) for p in node.federation.list(args.status)]
+    views = node.federation.views(node.federation.list(args.status))
 
     def human(vs: list[dict]) -> str:
         if not vs:
             return "No peers."
-        rows = [[v["node_id"], v["status"], ",".join(v["allowed_scopes"]), v["pubkey_fingerprint"][:23] + "…",
-                 v["node_url"]] for v in vs]
-        return _table(rows, ["NODE ID", "STATUS", "SCOPES", "FINGERPRINT", "URL"])
+        rows = []
+        for v in vs:
+            r = v["replication"]
+            last = (r["last_success_at"] or "never")[:19]
+            rows.append([v["node_id"], v["status"], ",".join(v["allowed_scopes"]), v["pubkey_fingerprint"][:23] + "…",
+                         last, str(r["facts_ingested"]), str(r["facts_rejected"]), (r["last_error"] or "")[:50]])
+        return _table(rows, ["NODE ID", "STATUS", "SCOPES", "FINGERPRINT", "LAST PULL OK", "IN", "REJECTED",
+                             "LAST ERROR"])
 
     _emit(args, views, human)
     return EXIT_OK
@@ -221,8 +232,35 @@ def cmd_peers_list(args: argparse.Namespace) -> int:
 def cmd_peers_show(args: argparse.Namespace) -> int:
     node = _node(args)
     peer = node.federation.get(args.peer)
-    _emit(args, {**peer_view(peer), "history": node.federation.history(peer)}, _peer_human)
+    (view,) = node.federation.views([peer])
+    _emit(args, {**view, "history": node.federation.history(peer)}, _peer_human)
     return EXIT_OK
+
+
+# -- pull -----------------------------------------------------------------------------
+def cmd_pull(args: argparse.Namespace) -> int:
+    node = _node(args)
+    tty = sys.stdout.isatty() and not args.json
+
+    def progress(r) -> None:
+        if tty:
+            mark = "ok " if r.ok else "FAIL"
+            tail = f"  {r.error}" if r.error else (f"  ({r.note})" if r.note else "")
+            print(f"{mark} {r.node_id}: {r.new} new, {r.duplicates} duplicate, {r.rejected} rejected, "
+                  f"{r.pages} pages, {r.duration_s:.1f} s{tail}", flush=True)
+
+    result = asyncio.run(node.subscriber().run_pass(args.peer, progress=progress))
+
+    def human(d: dict) -> str:
+        lines = [] if tty else [
+            f"{'ok ' if p['ok'] else 'FAIL'} {p['node_id']}: {p['new']} new, {p['duplicates']} duplicate, "
+            f"{p['rejected']} rejected" + (f"  {p['error']}" if p["error"] else "") for p in d["peers"]]
+        lines.append(f"{d['peers_ok']} peers ok, {d['peers_failed']} failed; facts: {d['new']} new, "
+                     f"{d['duplicates']} duplicate, {d['rejected']} rejected; {d['duration_s']:.1f} s")
+        return "\n".join(lines)
+
+    _emit(args, result.as_dict(), human)
+    return EXIT_OK if result.ok else EXIT_FAIL
 
 
 def cmd_peers_approve(args: argparse.Namespace) -> int:
@@ -474,6 +512,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("demo", help="two nodes on loopback, federated end to end, in a few seconds")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("pull", parents=[common], help="pull once from every active peer (for cron); exit 1 if any failed")
+    p.add_argument("--peer", help="only this peer (peer id or node id)")
+    p.add_argument("--allow-insecure-http", action="store_true", help="allow plain http to non-loopback peers")
+    p.set_defaults(func=cmd_pull)
 
     p = sub.add_parser("info", parents=[common], help="show node id, url, key, fingerprint and declaration")
     p.set_defaults(func=cmd_info)

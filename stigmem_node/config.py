@@ -37,6 +37,10 @@ class Settings:
     pepper: str | None = None
     pull_interval_s: float = 0.0  # 0: no in-server schedule
     trusted_proxies: str | None = None  # addresses whose X-Forwarded-For is believed
+    pull_concurrency: int = 4
+    pull_timeout_s: float = 10.0
+    pull_attempts: int = 4
+    pull_backoff_s: float = 0.5
     log_level: str = "info"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -141,6 +145,14 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     if env.get("STIGMEM_DECLARATION_MAX_AGE_S"):
         kw["declaration_max_age_s"] = _int("STIGMEM_DECLARATION_MAX_AGE_S", env["STIGMEM_DECLARATION_MAX_AGE_S"],
                                            60, 365 * 24 * 3600)
+    if env.get("STIGMEM_PULL_CONCURRENCY"):
+        kw["pull_concurrency"] = _int("STIGMEM_PULL_CONCURRENCY", env["STIGMEM_PULL_CONCURRENCY"], 1, 64)
+    if env.get("STIGMEM_PULL_TIMEOUT_S"):
+        kw["pull_timeout_s"] = _float("STIGMEM_PULL_TIMEOUT_S", env["STIGMEM_PULL_TIMEOUT_S"], 0.1, 600)
+    if env.get("STIGMEM_PULL_ATTEMPTS"):
+        kw["pull_attempts"] = _int("STIGMEM_PULL_ATTEMPTS", env["STIGMEM_PULL_ATTEMPTS"], 1, 20)
+    if env.get("STIGMEM_PULL_BACKOFF_S"):
+        kw["pull_backoff_s"] = _float("STIGMEM_PULL_BACKOFF_S", env["STIGMEM_PULL_BACKOFF_S"], 0, 60)
     if env.get("STIGMEM_TRUSTED_PROXIES"):
         kw["trusted_proxies"] = env["STIGMEM_TRUSTED_PROXIES"]
     if env.get("STIGMEM_LOG_LEVEL"):

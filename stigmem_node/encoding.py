@@ -106,8 +106,28 @@ def _jcs(obj: Any, out: list[str]) -> None:
         raise TypeError(f"cannot canonicalise {type(obj).__name__}")
 
 
+_SAFE_INT = 2**53
+
+
+def _plain(obj: Any) -> bool:
+    """True when ``json.dumps(sort_keys=True, compact, ensure_ascii=False)`` is already JCS:
+    no floats, integers within ±2**53, ASCII keys (so code-point order is UTF-16 order)."""
+    if obj is None or isinstance(obj, (str, bool)):
+        return True
+    if isinstance(obj, int):
+        return -_SAFE_INT < obj < _SAFE_INT
+    if isinstance(obj, (list, tuple)):
+        return all(_plain(x) for x in obj)
+    if isinstance(obj, dict):
+        return all(isinstance(k, str) and k.isascii() and _plain(v) for k, v in obj.items())
+    return False
+
+
 def jcs(obj: Any) -> bytes:
     """RFC 8785 (JCS) canonical JSON, UTF-8."""
+    if _plain(obj):
+        # Same bytes as the general path below, an order of magnitude faster.
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     out: list[str] = []
     _jcs(obj, out)
     return "".join(out).encode("utf-8")

@@ -68,6 +68,14 @@ def peer_view(peer: PeerRecord) -> dict[str, Any]:
     }
 
 
+def replication_view(state) -> dict[str, Any]:
+    """The subscriber's view of a peer (a ``store.replication.ReplicationState``)."""
+    return {
+        "cursor": state.cursor, "last_attempt_at": state.last_attempt_at, "last_success_at": state.last_success_at,
+        "last_error": state.last_error, "facts_ingested": state.facts_ingested, "facts_rejected": state.facts_rejected,
+    }
+
+
 def normalise_fingerprint(text: Any) -> str:
     if not isinstance(text, str) or not text.strip():
         raise ValidationError("invalid_fingerprint", "pubkey_fingerprint must be a string", field="pubkey_fingerprint")
@@ -98,6 +106,12 @@ class Federation:
 
     def list(self, status: str | None = None) -> list[PeerRecord]:
         return self.store.peers.list(status)
+
+    def views(self, peers: list[PeerRecord]) -> list[dict[str, Any]]:
+        """Peer views with their replication status."""
+        states = self.store.replication.all()
+        empty = self.store.replication.get("")
+        return [{**peer_view(p), "replication": replication_view(states.get(p.id, empty))} for p in peers]
 
     def history(self, peer: PeerRecord, limit: int = 200) -> list[dict[str, Any]]:
         return [entry_dict(r) for r in self.store.audit.page(peer_id=peer.id, limit=limit)]

@@ -50,6 +50,10 @@ class LocalFacts:
         self.clock = clock
         self.hlc = fm.HLC(clock, seed=store.facts.max_local_hlc())
 
+    def validate_one(self, item: Any) -> fm.FactInput:
+        """Validate the body of a single-fact POST; error fields are the fact's own (``value.v``)."""
+        return fm.validate_new_fact(item)
+
     def validate_batch(self, items: Any) -> list[fm.FactInput]:
         if not isinstance(items, list) or not items:
             raise ValidationError("invalid_request", "facts must be a non-empty list", field="facts")

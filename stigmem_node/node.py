@@ -9,7 +9,7 @@ import threading
 from datetime import datetime, timedelta
 from typing import Any
 
-from stigmem_node import declaration, identity, tokens
+from stigmem_node import declaration, identity, manifest, tokens
 from stigmem_node.apikeys import ApiKeys, Peppers
 from stigmem_node.audit import AuditTrail
 from stigmem_node.clock import Clock
@@ -48,6 +48,7 @@ class Node:
         self.facts = LocalFacts(self.store, self.identity, self.clock)
         self.publisher = Publisher(self.store, self.audit, self.clock, settings.shared_scopes)
         self._declaration: declaration.Declaration | None = None
+        self._manifest: dict[str, Any] | None = None
         self._declaration_at: datetime | None = None
         self._lock = threading.Lock()
 
@@ -59,12 +60,28 @@ class Node:
 
     def declaration(self) -> declaration.Declaration:
         """This node's signed declaration, re-signed every hour so it is always fresh."""
+        self._refresh_signed()
+        return self._declaration  # type: ignore[return-value]
+
+    def manifest(self) -> dict[str, Any]:
+        """The self-signed manifest reference nodes fetch at approval (see manifest.py)."""
+        self._refresh_signed()
+        return self._manifest  # type: ignore[return-value]
+
+    def _refresh_signed(self) -> None:
         now = self.clock.now()
         with self._lock:
-            if self._declaration is None or self._declaration_at is None or now - self._declaration_at > DECLARATION_REFRESH:
+            if self._declaration_at is None or now - self._declaration_at > DECLARATION_REFRESH:
                 self._declaration = declaration.sign(self.identity, self.settings.shared_scopes, now)
+                self._manifest = manifest.build(self.identity, now)
                 self._declaration_at = now
-            return self._declaration
+
+    def subscriber(self):
+        from stigmem_node.replication import Subscriber
+
+        s = self.settings
+        return Subscriber(self, concurrency=s.pull_concurrency, timeout_s=s.pull_timeout_s,
+                          attempts=s.pull_attempts, backoff_s=s.pull_backoff_s)
 
     def first_admin_key(self) -> str | None:
         """On a node without any API key, create one with every permission and return it

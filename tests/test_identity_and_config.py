@@ -116,3 +116,16 @@ def test_a_file_that_is_not_a_database_fails_cleanly(tmp_path):
     res = run_cli("info", db=bad)
     assert res.returncode == 2 and "not a usable stigmem database" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_manifest_is_self_signed_over_canonical_json(node):
+    from stigmem_node.encoding import b64url_decode, jcs
+    from stigmem_node.identity import public_key_from_b64
+
+    doc = node.well_known()
+    man = httpx.get(node.url + "/.well-known/stigmem-manifest.json").json()
+    assert man["public_key"] == doc["federation_pubkey"] and man["key_id"] == doc["key_id"]
+    assert doc["node_id"] in man["entities"] and man["entity_uri"] == doc["entity_uri"]
+    assert man["issued_at"] < man["expires_at"]
+    body = {k: v for k, v in man.items() if k != "signature"}
+    public_key_from_b64(man["public_key"]).verify(b64url_decode(man["signature"]), jcs(body))

@@ -24,6 +24,7 @@ def create_app(node: Node) -> Starlette:
         # The hot path first: routes are matched in order.
         Route("/v1/federation/facts", facts.pull, methods=["GET"]),
         Route("/.well-known/stigmem", wellknown.well_known, methods=["GET"]),
+        Route("/.well-known/stigmem-manifest.json", wellknown.manifest, methods=["GET"]),
         Route("/healthz", wellknown.healthz, methods=["GET"]),
         Route("/v1/federation/peers", peers.register, methods=["POST"]),
         Route("/v1/federation/peers", peers.list_peers, methods=["GET"]),
@@ -42,9 +43,17 @@ def create_app(node: Node) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         checkpointer = Checkpointer(node.store.db)
+        scheduler = None
+        if node.settings.pull_interval_s > 0:
+            from stigmem_node.replication import Scheduler
+
+            scheduler = Scheduler(node.subscriber(), node.settings.pull_interval_s)
+            scheduler.start()
         try:
             yield
         finally:
+            if scheduler is not None:
+                await scheduler.stop()
             checkpointer.stop()
 
     app = Starlette(

@@ -37,7 +37,7 @@ async def create_facts(request: Request) -> JSONResponse:
         created = sum(1 for s in stored if s.created)
         return JSONResponse({"facts": [s.fact for s in stored], "created": created,
                              "duplicates": len(stored) - created}, status_code=201 if created else 200)
-    (stored,) = facts.assert_many(facts.validate_batch([body]))
+    (stored,) = facts.assert_many([facts.validate_one(body)])
     return JSONResponse(stored.fact, status_code=201 if stored.created else 200)
 
 

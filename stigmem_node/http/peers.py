@@ -60,15 +60,17 @@ async def list_peers(request: Request) -> JSONResponse:
     status = request.query_params.get("status")
     if status is not None and status not in PEER_STATUSES:
         raise ValidationError("invalid_request", f"status must be one of {', '.join(PEER_STATUSES)}", field="status")
-    peers = request.app.state.node.federation.list(status)
-    return JSONResponse({"peers": [peer_view(p) for p in peers]})
+    fed = request.app.state.node.federation
+    return JSONResponse({"peers": fed.views(fed.list(status))})
 
 
 async def show_peer(request: Request) -> JSONResponse:
-    require(request, "federate")
+    principal = require(request, "federate")
     fed = request.app.state.node.federation
-    peer = fed.get(request.path_params["ref"])
-    return JSONResponse({**peer_view(peer), "history": fed.history(peer)})
+    (view,) = fed.views([fed.get(request.path_params["ref"])])
+    if "audit:read" in principal.permissions:  # the history is audit data
+        view["history"] = fed.history(fed.get(view["peer_id"]))
+    return JSONResponse(view)
 
 
 async def approve(request: Request) -> JSONResponse:

@@ -37,5 +37,9 @@ async def well_known(request: Request) -> JSONResponse:
     return JSONResponse(well_known_doc(request.app.state.node))
 
 
+async def manifest(request: Request) -> JSONResponse:
+    return JSONResponse(request.app.state.node.manifest())
+
+
 async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok", "node_id": request.app.state.node.identity.node_id})
