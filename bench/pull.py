@@ -2,9 +2,10 @@
 
 Starts a node, registers and approves a peer, loads 10,000 facts, pre-mints one fresh
 token per request, and drives `GET /v1/federation/facts` with wrk (server pinned to CPU 0,
-wrk to CPU 1).  In the same run it serves the same pages from an app whose authentication
-is one raw Ed25519 verification of a fixed signature (the floor: the page plus one
-signature check).  Prints requests/s, server CPU per request, and the ratios.
+wrk to CPU 1).  In the same run it serves the same pages from the same app with peer
+authentication replaced by one raw Ed25519 verification of a fixed signature (the floor:
+the page plus one signature check; bench/floor_app.py).  Prints requests/s, server CPU
+per request, and the ratios.
 
     python bench/pull.py [--seconds 10] [--connections 32]
 """

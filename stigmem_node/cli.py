@@ -415,8 +415,10 @@ def cmd_token_mint(args: argparse.Namespace) -> int:
     node = _node(args)
     peer = node.federation.get(args.peer)
     scopes = parse_scopes(args.scopes) if args.scopes else peer.allowed_scopes
+    if not (0 < args.ttl <= 3600):  # also refuses NaN
+        raise ConfigError(message=f"--ttl must be more than 0 and at most 3600 seconds, got {args.ttl:g}")
     token = node.mint_peer_token(peer.node_id, scopes, method=args.method, path_qs=args.path,
-                                 ttl_ms=int(args.ttl * 1000))
+                                 ttl_ms=max(1, int(args.ttl * 1000)))
     _emit(args, {"token": token, "peer": peer.node_id, "scopes": list(scopes)}, lambda d: d["token"])
     return EXIT_OK
 
@@ -464,7 +466,7 @@ def cmd_facts_add(args: argparse.Namespace) -> int:
             "source": args.source, "scope": args.scope, "confidence": args.confidence}
     if args.valid_until:
         body["valid_until"] = args.valid_until
-    (stored,) = node.facts.assert_many(node.facts.validate_batch([body]))
+    (stored,) = node.facts.assert_many([node.facts.validate_one(body)])
     _emit(args, stored.fact, lambda f: f"{'Stored' if stored.created else 'Already stored'} {f['id']} "
                                        f"(seq {f['seq']}, {f['scope']}, {f['cid']})")
     return EXIT_OK

@@ -19,6 +19,7 @@ from stigmem_node.local_facts import LocalFacts
 from stigmem_node.outbound import fetch_well_known
 from stigmem_node.peer_auth import PeerAuthenticator
 from stigmem_node.publish import Publisher
+from stigmem_node.ratelimit import AuditBudget, FailureLimiter
 from stigmem_node.store import Store
 
 DECLARATION_REFRESH = timedelta(hours=1)
@@ -42,9 +43,13 @@ class Node:
             leeway=timedelta(seconds=settings.clock_leeway_s),
             max_declaration_age=timedelta(seconds=settings.declaration_max_age_s),
         )
+        window = settings.auth_window_s
         self.peer_auth = PeerAuthenticator(
-            self.store, self.identity.node_id, self.audit, self.clock, leeway_ms=settings.clock_leeway_s * 1000
+            self.store, self.identity.node_id, self.audit, self.clock, leeway_ms=settings.clock_leeway_s * 1000,
+            failures=FailureLimiter(max_failures=30, window_s=window),
+            audit_budget=AuditBudget(per_window=20, window_s=window),
         )
+        self.apikey_failures = FailureLimiter(max_failures=10, window_s=window)
         self.facts = LocalFacts(self.store, self.identity, self.clock)
         self.publisher = Publisher(self.store, self.audit, self.clock, settings.shared_scopes)
         self._declaration: declaration.Declaration | None = None

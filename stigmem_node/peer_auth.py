@@ -24,6 +24,7 @@ from stigmem_node.tokens import PeerAuth, TokenRejected, VerifiedToken
 
 TOKEN_REJECTED = "token_rejected"
 REPLAY_ATTEMPT = "replay_attempt"
+PEER_AUTH_THROTTLED = "peer_auth_throttled"
 PRUNE_EVERY = 1000
 
 
@@ -115,6 +116,10 @@ class PeerAuthenticator:
         except TokenRejected as exc:
             self.failures.fail(remote_addr)
             self._audit(exc, found[0][0] if found else None, remote_addr, path_qs)
+            if self.failures.retry_after(remote_addr) is not None:
+                # This failure crossed the limit: from now on the address gets 429 for a while.
+                self.audit.record(PEER_AUTH_THROTTLED, actor=None, remote_addr=remote_addr,
+                                  reason="too_many_failed_attempts", detail={"last_code": exc.code})
             raise
         self._consumed += 1
         if self._consumed % PRUNE_EVERY == 0:

@@ -275,13 +275,10 @@ class Subscriber:
         with self.store.transaction():
             known = self.store.facts.known([e.fact.id for e in checked])
             rows, dup = [], 0
-            seen: set[str] = set()
+            seen: dict[str, tuple[str, str | None]] = {}  # id -> (cid, valid_until) stored from this page
             for entry in checked:
                 fact = entry.fact
-                stored = known.get(fact.id)
-                if fact.id in seen:
-                    dup += 1
-                    continue
+                stored = known.get(fact.id) or seen.get(fact.id)
                 if stored is not None:
                     if stored[0] != fact.cid:
                         rejections.append((fact.id, ValidationError("id_collision", "a stored fact has this id and another CID")))
@@ -291,7 +288,7 @@ class Subscriber:
                     else:
                         dup += 1
                     continue
-                seen.add(fact.id)
+                seen[fact.id] = (fact.cid, fact.valid_until)
                 if fact.hlc:
                     try:
                         hlc.receive(fact.hlc)

@@ -15,7 +15,6 @@ from stigmem_node.http import audit, facts, peers, wellknown
 from stigmem_node.http.errors import http_error, stigmem_error, unexpected_error
 from stigmem_node.http.middleware import BodyLimit, RequestId
 from stigmem_node.node import Node
-from stigmem_node.ratelimit import FailureLimiter
 from stigmem_node.store.db import Checkpointer
 
 
@@ -63,5 +62,5 @@ def create_app(node: Node) -> Starlette:
         exception_handlers={StigmemError: stigmem_error, HTTPException: http_error, Exception: unexpected_error},
     )
     app.state.node = node
-    app.state.auth_limiter = FailureLimiter(max_failures=10, window_s=60)
+    app.state.auth_limiter = node.apikey_failures
     return app
