@@ -64,7 +64,14 @@ class PeerAuthenticator:
         self.failures = failures or FailureLimiter(max_failures=30, window_s=60)
         self.audit_budget = audit_budget or AuditBudget(per_window=20, window_s=60)
         self._keys: dict[str, Ed25519PublicKey] = {}
+        self._scope_cache: dict[str, tuple[str, ...]] = {}  # few distinct values: scope sets
         self._consumed = 0
+
+    def _scopes(self, scopes_json: str) -> tuple[str, ...]:
+        scopes = self._scope_cache.get(scopes_json)
+        if scopes is None:
+            scopes = self._scope_cache[scopes_json] = tuple(json.loads(scopes_json))
+        return scopes
 
     def _key(self, public_key: str) -> Ed25519PublicKey | None:
         key = self._keys.get(public_key)
@@ -92,7 +99,7 @@ class PeerAuthenticator:
             if not rows:
                 return None
             peer_id, status, scopes_json = rows[0][0], rows[0][1], rows[0][2]
-            found.append((peer_id, tuple(json.loads(scopes_json))))
+            found.append((peer_id, self._scopes(scopes_json)))
             keys = []
             for _, _, _, key_id, public_key, retire_after in rows:
                 if key_id is None or (retire_after and parse_rfc3339(retire_after).timestamp() * 1000 < now_ms):

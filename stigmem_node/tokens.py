@@ -371,7 +371,7 @@ def _parse(token: str, now_ms: int) -> _Parsed:
         raise _malformed("The token is not a compact JWS of three segments.")
     header_seg, payload_seg, signature_seg = segments
 
-    header = _json_object_segment(header_seg, "header")
+    header = _header_segment(header_seg)
     claims = _json_object_segment(payload_seg, "payload")
     try:
         signature = _strict_b64url(signature_seg)
@@ -456,6 +456,22 @@ def _reject_constant(name: str) -> Any:
 # Strict JSON: duplicate member names and NaN/Infinity are errors.  Built once (json.loads
 # with hooks would build a decoder per call).
 _STRICT_JSON = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+
+
+# Parsed headers by segment text.  A peer sends the same header on every request, so this
+# saves a decode per token; bounded, since the segments come from anyone.
+_HEADER_CACHE: dict[str, dict[str, Any]] = {}
+_HEADER_CACHE_MAX = 256
+
+
+def _header_segment(segment: str) -> dict[str, Any]:
+    header = _HEADER_CACHE.get(segment)
+    if header is None:
+        header = _json_object_segment(segment, "header")
+        if len(_HEADER_CACHE) >= _HEADER_CACHE_MAX:
+            _HEADER_CACHE.clear()
+        _HEADER_CACHE[segment] = header
+    return header
 
 
 def _json_object_segment(segment: str, what: str) -> dict[str, Any]:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import re
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MAX_BODY_BYTES = 1024 * 1024
 _RID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Request ids: a random per-process prefix and a counter (unique, and cheaper than a UUID).
+_RID_PREFIX = os.urandom(6).hex()
+_RID_COUNTER = itertools.count(1)
 
 
 async def _send_json(send: Send, status: int, body: dict, extra_headers: list[tuple[bytes, bytes]] = ()) -> None:
@@ -90,7 +94,7 @@ class RequestId:
             if name == b"x-request-id":
                 rid = value if _RID_RE.match(value.decode("latin-1")) else b""
                 break
-        rid = rid or uuid.uuid4().hex.encode()
+        rid = rid or f"{_RID_PREFIX}-{next(_RID_COUNTER):x}".encode()
         scope.setdefault("state", {})["request_id"] = rid.decode()
 
         async def send_with_id(message: Message) -> None:
