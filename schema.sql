@@ -86,7 +86,11 @@ CREATE TABLE IF NOT EXISTS facts (
 );
 CREATE INDEX IF NOT EXISTS facts_entity ON facts (entity, relation);
 CREATE INDEX IF NOT EXISTS facts_cid ON facts (cid);
-CREATE TRIGGER IF NOT EXISTS facts_no_update BEFORE UPDATE ON facts
+-- A fact's content never changes.  Only its signature (origin_sig, and the entry that
+-- carries it) is renewed, when the node rotates its key.
+CREATE TRIGGER IF NOT EXISTS facts_no_update BEFORE UPDATE OF seq, id, cid, entity, relation, value_type,
+    value_v, interpret_as, source, timestamp, hlc, valid_until, confidence, scope, origin_node_id,
+    received_from, received_at ON facts
 BEGIN SELECT RAISE(ABORT, 'facts are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS facts_no_delete BEFORE DELETE ON facts
 BEGIN SELECT RAISE(ABORT, 'facts are append-only'); END;

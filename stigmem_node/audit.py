@@ -32,6 +32,8 @@ APIKEY_CREATED = "apikey_created"
 APIKEY_REVOKED = "apikey_revoked"
 APIKEY_AUTH_THROTTLED = "apikey_auth_throttled"
 KEY_ROTATED = "key_rotated"
+PEER_KEY_ROTATED = "peer_key_rotated"
+PEER_KEY_ROTATION_REFUSED = "peer_key_rotation_refused"
 
 
 def row_hash(prev_hash: str, ts: str, event_type: str, peer_id: str | None, actor: str | None,

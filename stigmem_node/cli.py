@@ -280,6 +280,23 @@ def _peer_action(name: str, verb: str):
     return run
 
 
+def cmd_peers_refresh(args: argparse.Namespace) -> int:
+    node = _node(args)
+    peer = node.federation.get(args.peer)
+    reason = asyncio.run(node.federation.refresh_peer_keys(peer))
+    view = {**peer_view(node.federation.get(peer.id)), "refresh": reason or "key_rotated"}
+
+    def human(v: dict) -> str:
+        if reason is None:
+            return f"{v['node_id']} rotated its key; now pinned: {v['pubkey_fingerprint']}"
+        if reason == "key_unchanged":
+            return f"{v['node_id']} still uses the pinned key {v['pubkey_fingerprint']}."
+        return f"{v['node_id']}: key not refreshed ({reason})."
+
+    _emit(args, view, human)
+    return EXIT_OK if reason in (None, "key_unchanged") else EXIT_FAIL
+
+
 def cmd_peers_remove(args: argparse.Namespace) -> int:
     node = _node(args)
     peer = node.federation.remove(args.peer, actor=_cli_actor(), reason=args.reason)
@@ -407,6 +424,19 @@ def cmd_apikey_revoke(args: argparse.Namespace) -> int:
         node.audit.record("apikey_revoked", actor=_cli_actor().name, remote_addr="local", detail={"id": rec.id})
     _emit(args, key_public_dict(rec),
           lambda d: f"{'Revoked' if changed else 'Already revoked:'} API key {d['prefix']}…")
+    return EXIT_OK
+
+
+# -- keys -----------------------------------------------------------------------------
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    node = _node(args)
+    result = node.rotate_key(timedelta(hours=args.grace), actor=_cli_actor().name)
+    _emit(args, result, lambda r: (
+        f"New signing key {r['key_id']} (fingerprint {r['pubkey_fingerprint']}).\n"
+        f"The old key {r['old_key_id']} still verifies until {r['old_key_verifies_until']}; "
+        f"{r['facts_resigned']} facts re-signed. A running server adopts the new key within seconds.\n"
+        "Peers running this software follow the rotation by themselves; tell the operators of other "
+        "peers the new fingerprint."))
     return EXIT_OK
 
 
@@ -551,6 +581,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("peer", help="peer id or node id")
         p.add_argument("--reason", help="why (kept in the audit trail)")
         p.set_defaults(func=_peer_action(name, verb))
+    p = peers.add_parser("refresh", parents=[common],
+                         help="re-read a peer's well-known and follow an endorsed key rotation")
+    p.add_argument("peer", help="peer id or node id")
+    p.add_argument("--allow-insecure-http", action="store_true", help="allow plain http to a non-loopback peer")
+    p.set_defaults(func=cmd_peers_refresh)
     p = peers.add_parser("remove", parents=[common], help="delete a rejected or revoked peer so it can register again")
     p.add_argument("peer", help="peer id or node id")
     p.add_argument("--reason", help="why (kept in the audit trail)")
@@ -589,6 +624,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = keys.add_parser("revoke", parents=[common], help="revoke a key by id")
     p.add_argument("id")
     p.set_defaults(func=cmd_apikey_revoke)
+    signing = sub.add_parser("keys", help="the node's signing keys").add_subparsers(
+        dest="keys_command", required=True, metavar="ACTION")
+    p = signing.add_parser("rotate", parents=[common], help="make a new signing key; the old one verifies for --grace")
+    p.add_argument("--grace", type=float, default=24.0, help="hours the old key keeps verifying (default 24)")
+    p.set_defaults(func=cmd_keys_rotate)
+
     tok = sub.add_parser("token", help="peer tokens, for debugging a federation").add_subparsers(
         dest="token_command", required=True, metavar="ACTION")
     p = tok.add_parser("mint", parents=[common], help="mint a single-use token for one request to a peer")

@@ -10,16 +10,18 @@ from __future__ import annotations
 import hmac
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable
 
 from stigmem_node import audit as ev
 from stigmem_node import declaration as decl_mod
 from stigmem_node.audit import AuditTrail, entry_dict
-from stigmem_node.clock import Clock
-from stigmem_node.encoding import fingerprint
+from cryptography.exceptions import InvalidSignature
+
+from stigmem_node.clock import Clock, iso, parse_rfc3339
+from stigmem_node.encoding import b64url_decode, fingerprint
 from stigmem_node.errors import Conflict, NotFound, OutboundError, ValidationError
-from stigmem_node.identity import NodeIdentity, key_id_of
+from stigmem_node.identity import NodeIdentity, endorsement_payload, key_id_of, public_key_from_b64
 from stigmem_node.store import IntegrityConflict, Store
 from stigmem_node.store.peers import PeerKey, PeerRecord
 
@@ -199,6 +201,50 @@ class Federation:
             return WELL_KNOWN_PUBKEY_MISMATCH
         return None
 
+    # -- key rotation -------------------------------------------------------------------
+    async def refresh_peer_keys(self, peer: PeerRecord) -> str | None:
+        """Fetch the peer's well-known and adopt a rotated key if a chain of endorsements
+        links it to a key we pinned (see docs/protocol.md, key rotation).
+
+        Returns None if a new key was adopted, else a reason code (``key_unchanged``,
+        ``well_known_unreachable``, ``well_known_node_id_mismatch``, ``rotation_not_endorsed``).
+        An adopted or refused rotation is audited.
+        """
+        try:
+            doc = await self.fetch_well_known(peer.node_url)
+        except OutboundError:
+            return WELL_KNOWN_UNREACHABLE
+        if doc.get("node_id") != peer.node_id:
+            return WELL_KNOWN_NODE_ID_MISMATCH
+        new_pub, new_kid = doc.get("federation_pubkey"), doc.get("key_id")
+        now = self.clock.now()
+        pinned = [k for k in self.store.peers.keys(peer.id)
+                  if not (k.retire_after and parse_rfc3339(k.retire_after) <= now)]
+        if not isinstance(new_pub, str) or any(k.public_key == new_pub for k in pinned):
+            return "key_unchanged"
+        chain = _endorsement_chain(peer.node_id, doc, {k.public_key for k in pinned})
+        if chain is None:
+            self.audit.record(ev.PEER_KEY_ROTATION_REFUSED, peer_id=peer.id, actor="node:refresh",
+                              reason="rotation_not_endorsed",
+                              detail={"node_id": peer.node_id, "offered_fingerprint": fingerprint(new_pub)})
+            return "rotation_not_endorsed"
+        try:
+            kid = key_id_of(new_pub)
+        except ValueError:
+            return "rotation_not_endorsed"
+        stamp = self.clock.now_iso()
+        with self.store.transaction():
+            self.store.peers.add_key(peer.id, PeerKey(kid, new_pub, stamp, None))
+            for old_pub, retire_after in chain:
+                old = next((k for k in pinned if k.public_key == old_pub), None)
+                if old is not None:
+                    self.store.peers.retire_key(peer.id, old.key_id, _bounded(retire_after, now))
+            self.store.peers.set_pubkey(peer.id, new_pub, stamp)
+            self.audit.record(ev.PEER_KEY_ROTATED, peer_id=peer.id, actor="node:refresh",
+                              detail={"node_id": peer.node_id, "key_id": kid, "declared_key_id": new_kid,
+                                      "pubkey_fingerprint": fingerprint(new_pub)})
+        return None
+
     # -- operator actions ---------------------------------------------------------------
     def approve(self, ref: str, pubkey_fingerprint: Any, *, actor: Actor) -> PeerRecord:
         given = normalise_fingerprint(pubkey_fingerprint)
@@ -251,3 +297,54 @@ class Federation:
             self.audit.record(event, peer_id=peer.id, actor=actor.name, remote_addr=actor.remote_addr, reason=reason,
                               detail={"node_id": peer.node_id, "from": peer.status, "to": status})
         return self.store.peers.get(peer.id)  # type: ignore[return-value]
+
+
+MAX_KEY_GRACE = timedelta(days=30)
+
+
+def _bounded(retire_after: Any, now: datetime) -> str:
+    """A peer's announced retire_after for its old key, within [now, now + 30 days]."""
+    try:
+        when = parse_rfc3339(retire_after)
+    except ValueError:
+        when = now
+    return iso(min(max(when, now), now + MAX_KEY_GRACE))
+
+
+def _endorsement_chain(node_id: str, doc: dict[str, Any], trusted: set[str]) -> list[tuple[str, Any]] | None:
+    """Walk ``previous_keys`` endorsements from a trusted key to the well-known's current key.
+
+    Returns the (public key, retire_after) of each past key on the way, or None when no
+    chain of valid endorsements reaches the current key.
+    """
+    current_pub, current_kid = doc.get("federation_pubkey"), doc.get("key_id")
+    past = doc.get("previous_keys")
+    if not isinstance(past, list) or not isinstance(current_pub, str):
+        return None
+    by_kid = {e["key_id"]: e for e in past[:64] if isinstance(e, dict) and isinstance(e.get("key_id"), str)}
+
+    def pub_of(kid: Any) -> str | None:
+        if kid == current_kid:
+            return current_pub
+        entry = by_kid.get(kid)
+        return entry.get("federation_pubkey") if entry and isinstance(entry.get("federation_pubkey"), str) else None
+
+    reached = set(trusted)
+    path: list[tuple[str, Any]] = []
+    changed = True
+    while changed and current_pub not in reached:
+        changed = False
+        for entry in by_kid.values():
+            signer, successor = entry.get("federation_pubkey"), pub_of(entry.get("endorses"))
+            if signer not in reached or successor is None or successor in reached:
+                continue
+            try:
+                key = public_key_from_b64(signer)
+                key.verify(b64url_decode(entry.get("endorsement") or ""),
+                           endorsement_payload(node_id, entry["endorses"], successor))
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            reached.add(successor)
+            path.append((signer, entry.get("retire_after")))
+            changed = True
+    return path if current_pub in reached else None

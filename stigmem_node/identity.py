@@ -7,6 +7,7 @@ through ``NodeIdentity.sign``.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -15,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from stigmem_node.clock import Clock, iso, parse_rfc3339
-from stigmem_node.encoding import b64url_decode, b64url_encode, fingerprint, key_id
+from stigmem_node.encoding import b64url_decode, b64url_encode, fingerprint, key_id, sorted_json
 from stigmem_node.store.meta import KeyRow, MetaRepo
 
 
@@ -71,16 +72,42 @@ class VerifyKey:
     retire_after: str | None
 
 
+ROTATION = "stigmem-key-rotation"
+
+
+def endorsement_payload(node_id: str, new_key_id: str, new_public_key: str) -> bytes:
+    """What a retiring key signs to vouch for its successor (see docs/protocol.md, key rotation)."""
+    return sorted_json({"federation_pubkey": new_public_key, "key_id": new_key_id, "node_id": node_id,
+                        "type": ROTATION})
+
+
+@dataclass(frozen=True)
+class PastKey:
+    """A key this node used before, with its endorsement of the key that replaced it."""
+
+    key_id: str
+    public_key: str
+    retire_after: str | None
+    endorses: str | None  # key id of the successor
+    endorsement: str | None  # base64url signature by this key over endorsement_payload(successor)
+
+    def as_dict(self) -> dict:
+        return {"key_id": self.key_id, "federation_pubkey": self.public_key, "retire_after": self.retire_after,
+                "endorses": self.endorses, "endorsement": self.endorsement}
+
+
 class NodeIdentity:
     """Who this node is, and the keys it signs and verifies with."""
 
-    def __init__(self, node_id: str, node_url: str, active: KeyRow, previous: list[KeyRow]) -> None:
+    def __init__(self, node_id: str, node_url: str, active: KeyRow, previous: list[KeyRow],
+                 past: list[PastKey] | None = None) -> None:
         self.node_id = node_id
         self.node_url = node_url
         self.key_id = active.key_id
         self.public_key = active.public_key
         self._private = Ed25519PrivateKey.from_private_bytes(b64url_decode(active.private_key))
         self.previous_keys = [VerifyKey(k.key_id, k.public_key, k.retire_after) for k in previous]
+        self.past_keys = past or []
 
     @property
     def fingerprint(self) -> str:
@@ -119,32 +146,50 @@ def load_or_create(meta: MetaRepo, clock: Clock, *, node_id: str | None, node_ur
             meta.add_key(row)
             meta.set("current_key_id", row.key_id)
             keys = meta.keys()
-    return _identity(stored_id, url, keys, clock.now())
+        past = _past_keys(meta, keys)
+    return _identity(stored_id, url, keys, clock.now(), past)
 
 
-def _identity(node_id: str, node_url: str, keys: list[KeyRow], now: datetime) -> NodeIdentity:
+def _past_keys(meta: MetaRepo, keys: list[KeyRow]) -> list[PastKey]:
+    out = []
+    for k in keys:
+        if k.status == "active":
+            continue
+        raw = meta.get(f"endorsement:{k.key_id}")
+        endorsed = json.loads(raw) if raw else {}
+        out.append(PastKey(k.key_id, k.public_key, k.retire_after, endorsed.get("endorses"), endorsed.get("sig")))
+    return out
+
+
+def _identity(node_id: str, node_url: str, keys: list[KeyRow], now: datetime,
+              past: list[PastKey] | None = None) -> NodeIdentity:
     active = [k for k in keys if k.status == "active"][-1]
     previous = [
         k for k in keys
         if k.status == "retiring" and (k.retire_after is None or parse_rfc3339(k.retire_after) > now)
     ]
-    return NodeIdentity(node_id, node_url, active, previous)
+    return NodeIdentity(node_id, node_url, active, previous, past)
 
 
 def rotate(meta: MetaRepo, clock: Clock, *, grace: timedelta) -> NodeIdentity:
-    """Make a new active key; the old one keeps verifying for ``grace``."""
+    """Make a new active key; the old one keeps verifying for ``grace`` and signs an
+    endorsement of the new one, which the well-known publishes so that peers can follow."""
     now = clock.now()
     with meta.db.transaction():
+        node_id = meta.get("node_id") or ""
+        private, public = generate_keypair()
+        row = KeyRow(key_id_of(public), public, private, iso(now), "active", None)
         for k in meta.keys():
             if k.status == "active":
+                old = Ed25519PrivateKey.from_private_bytes(b64url_decode(k.private_key))
+                sig = b64url_encode(old.sign(endorsement_payload(node_id, row.key_id, public)))
+                meta.set(f"endorsement:{k.key_id}", json.dumps({"endorses": row.key_id, "sig": sig}))
                 meta.set_key_status(k.key_id, "retiring", iso(now + grace))
             elif k.status == "retiring" and k.retire_after and parse_rfc3339(k.retire_after) <= now:
                 meta.set_key_status(k.key_id, "retired", k.retire_after)
-        private, public = generate_keypair()
-        row = KeyRow(key_id_of(public), public, private, iso(now), "active", None)
         meta.add_key(row)
         meta.set("current_key_id", row.key_id)
-        node_id = meta.get("node_id") or ""
         url = meta.get("node_url") or ""
         keys = meta.keys()
-    return _identity(node_id, url, keys, now)
+        past = _past_keys(meta, keys)
+    return _identity(node_id, url, keys, now, past)

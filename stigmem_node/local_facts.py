@@ -105,6 +105,31 @@ class LocalFacts:
             stored.fact["seq"] = seqs[stored.fact["id"]]  # type: ignore[union-attr]
         return results  # type: ignore[return-value]
 
+    def resign_all(self, batch: int = 2000) -> int:
+        """Re-sign every local fact's origin block with the current key (after a rotation),
+        a batch per transaction; returns how many facts were re-signed."""
+        after, done = 0, 0
+        while True:
+            rows = self.store.facts.local_entries(after, batch)
+            if not rows:
+                return done
+            updates = []
+            for seq, text in rows:
+                entry = json.loads(text)
+                o, f = entry["origin"], entry["fact"]
+                sig = fm.sign_origin(
+                    self.identity.private_key, fact_id=f["id"], cid=f["cid"], entity_uri=o["entity_uri"],
+                    origin_node_id=o["node_id"], origin_allowed_scopes=o["allowed_scopes"],
+                    origin_allowed_tenants=o["allowed_tenants"], origin_tenant=o["tenant"],
+                    valid_until=f["valid_until"],
+                )
+                entry["origin_sig"] = sig
+                updates.append((sig, _dumps(entry), seq))
+            with self.store.transaction():
+                self.store.facts.set_signatures(updates)
+            done += len(rows)
+            after = rows[-1][0]
+
     def get(self, fact_id: str) -> dict[str, Any]:
         row = self.store.facts.get(fact_id) if isinstance(fact_id, str) and len(fact_id) <= 256 else None
         if row is None:

@@ -88,6 +88,33 @@ class Node:
         return Subscriber(self, concurrency=s.pull_concurrency, timeout_s=s.pull_timeout_s,
                           attempts=s.pull_attempts, backoff_s=s.pull_backoff_s)
 
+    def rotate_key(self, grace: timedelta, *, actor: str) -> dict[str, Any]:
+        """Make a new signing key, keep the old one verifying for ``grace``, re-sign every
+        local fact's origin block with the new key, and audit the rotation."""
+        old = self.identity
+        self._use_identity(identity.rotate(self.store.meta, self.clock, grace=grace))
+        resigned = self.facts.resign_all()
+        self.audit.record("key_rotated", actor=actor, remote_addr="local",
+                          detail={"old_key_id": old.key_id, "new_key_id": self.identity.key_id,
+                                  "grace_s": int(grace.total_seconds()), "facts_resigned": resigned})
+        return {"old_key_id": old.key_id, "key_id": self.identity.key_id,
+                "pubkey_fingerprint": self.identity.fingerprint, "facts_resigned": resigned,
+                "old_key_verifies_until": self.identity.previous_keys[-1].retire_after if self.identity.previous_keys else None}
+
+    def reload_identity_if_rotated(self) -> bool:
+        """Pick up a key rotated by another process (the CLI) without a restart."""
+        if self.store.meta.get("current_key_id") == self.identity.key_id:
+            return False
+        self._use_identity(identity.load_or_create(self.store.meta, self.clock, node_id=None, node_url=None))
+        return True
+
+    def _use_identity(self, ident: identity.NodeIdentity) -> None:
+        self.identity = ident
+        self.facts.identity = ident
+        self.federation.identity = ident
+        with self._lock:
+            self._declaration_at = None  # re-sign the declaration and manifest with the new key
+
     def first_admin_key(self) -> str | None:
         """On a node without any API key, create one with every permission and return it
         (once; it is never stored in clear).  None if the node already has keys."""
@@ -121,10 +148,7 @@ class Node:
             "shared_scopes": list(self.settings.shared_scopes),
             "database": str(self.settings.db_path),
             "declaration": self.declaration().as_dict(),
-            "previous_keys": [
-                {"key_id": k.key_id, "federation_pubkey": k.public_key, "retire_after": k.retire_after}
-                for k in ident.previous_keys
-            ],
+            "previous_keys": [k.as_dict() for k in ident.past_keys],
         }
 
     def close(self) -> None:

@@ -42,12 +42,12 @@ def run_cli(*args: str, db: Path | str | None = None, env: dict[str, str] | None
 
 class RunningNode:
     def __init__(self, workdir: Path, name: str = "node", env: dict[str, str] | None = None,
-                 args: tuple[str, ...] = ()) -> None:
+                 args: tuple[str, ...] = (), port: int | None = None) -> None:
         self.workdir = workdir
         self.name = name
         workdir.mkdir(parents=True, exist_ok=True)
         self.db = workdir / f"{name}.db"
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"{name}.log"
         self._log = open(self.log_path, "w")
@@ -71,8 +71,9 @@ class RunningNode:
                 pass
             time.sleep(0.05)
         else:
+            log = self.log()
             self.stop()
-            raise RuntimeError(f"{self.name} did not become healthy:\n{self.log()}")
+            raise RuntimeError(f"{self.name} did not become healthy:\n{log}")
         match = KEY_RE.search(self.log())
         self.api_key = match.group(0) if match else ""
 

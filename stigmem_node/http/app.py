@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from typing import AsyncIterator
 
 from starlette.applications import Starlette
@@ -16,6 +18,16 @@ from stigmem_node.http.errors import http_error, stigmem_error, unexpected_error
 from stigmem_node.http.middleware import BodyLimit, RequestId
 from stigmem_node.node import Node
 from stigmem_node.store.db import Checkpointer
+
+log = logging.getLogger("stigmem_node.http")
+
+
+async def _watch_identity(node: Node, interval_s: float = 2.0) -> None:
+    """Adopt a key rotated by the CLI while the server runs."""
+    while True:
+        await asyncio.sleep(interval_s)
+        if node.reload_identity_if_rotated():
+            log.info("signing key rotated: now %s", node.identity.key_id)
 
 
 def create_app(node: Node) -> Starlette:
@@ -48,9 +60,11 @@ def create_app(node: Node) -> Starlette:
 
             scheduler = Scheduler(node.subscriber(), node.settings.pull_interval_s)
             scheduler.start()
+        watcher = asyncio.create_task(_watch_identity(node))
         try:
             yield
         finally:
+            watcher.cancel()
             if scheduler is not None:
                 await scheduler.stop()
             checkpointer.stop()

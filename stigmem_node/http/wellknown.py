@@ -24,10 +24,7 @@ def well_known_doc(node) -> dict:
         "entity_uri": ident.node_url,
         "key_id": ident.key_id,
         "pubkey_fingerprint": ident.fingerprint,
-        "previous_keys": [
-            {"key_id": k.key_id, "federation_pubkey": k.public_key, "retire_after": k.retire_after}
-            for k in ident.previous_keys
-        ],
+        "previous_keys": [k.as_dict() for k in ident.past_keys],
         "declaration": node.declaration().as_dict(),
         "implementation": {"name": "stigmem-node", "version": __version__},
     }

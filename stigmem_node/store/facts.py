@@ -93,6 +93,15 @@ class FactRepo:
             (after, *scopes, now_iso, limit),
         )
 
+    def local_entries(self, after: int, limit: int) -> list[tuple[int, str]]:
+        """(seq, entry) of this node's own facts, by seq (for re-signing after a key rotation)."""
+        return self.db.all("SELECT seq, entry FROM facts WHERE seq > ? AND received_from IS NULL ORDER BY seq LIMIT ?",
+                           (after, limit))
+
+    def set_signatures(self, rows: Sequence[tuple[str, str, int]]) -> None:
+        """(origin_sig, entry, seq) rows: renew signatures only (the content is immutable)."""
+        self.db.conn.executemany("UPDATE facts SET origin_sig = ?, entry = ? WHERE seq = ?", rows)
+
     def max_local_hlc(self) -> str | None:
         """The newest HLC this node issued (received facts carry their origin's clock)."""
         row = self.db.one("SELECT MAX(hlc) FROM facts WHERE received_from IS NULL")

@@ -108,6 +108,17 @@ class PeerRepo:
         )
         return cur.rowcount == 1
 
+    def set_pubkey(self, peer_id: str, public_key: str, updated_at: str) -> None:
+        self.db.execute("UPDATE peers SET federation_pubkey = ?, updated_at = ? WHERE id = ?",
+                        (public_key, updated_at, peer_id))
+
+    def retire_key(self, peer_id: str, key_id: str, retire_after: str) -> None:
+        self.db.execute(
+            "UPDATE peer_keys SET retire_after = ? WHERE peer_id = ? AND key_id = ?"
+            " AND (retire_after IS NULL OR retire_after > ?)",
+            (retire_after, peer_id, key_id, retire_after),
+        )
+
     def auth_rows(self, node_id: str) -> list[tuple]:
         """(peer_id, status, allowed_scopes JSON, key_id, public_key, retire_after) for every key
         of the peer ``node_id``.

@@ -1,0 +1,91 @@
+"""Key rotation: endorsed by the old key, followed by peers, refused without endorsement."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+
+from stigmem_node import tokens
+from tests.test_peers import audit_events, pair  # noqa: F401  (fixture)
+
+
+def approve(x, y) -> dict:
+    peer = x.client().post("/v1/federation/peers", json=y.well_known()["declaration"]).json()
+    res = x.client().post(f"/v1/federation/peers/{peer['peer_id']}/approve",
+                          json={"pubkey_fingerprint": peer["pubkey_fingerprint"]})
+    assert res.status_code == 200, res.text
+    return res.json()
+
+
+def wait_for_key(node, key_id: str, timeout: float = 10) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        doc = node.well_known()
+        if doc["key_id"] == key_id:
+            return doc
+        time.sleep(0.2)
+    raise AssertionError("the server did not adopt the rotated key")
+
+
+def test_rotation_is_endorsed_adopted_by_the_server_and_followed_by_peers(pair):  # noqa: F811
+    a, b = pair
+    approve(a, b)
+    approve(b, a)
+    b.client().post("/v1/facts", json={"entity": "e", "relation": "r", "value": {"type": "string", "v": "x"},
+                                       "source": "s", "scope": "public"})
+    old = b.well_known()
+    rotated = b.cli_json("keys", "rotate", "--grace", "1")
+    assert rotated["old_key_id"] == old["key_id"] and rotated["facts_resigned"] == 1
+    doc = wait_for_key(b, rotated["key_id"])  # the running server picks it up by itself
+    assert doc["declaration"]["federation_pubkey"] == doc["federation_pubkey"] != old["federation_pubkey"]
+    (past,) = doc["previous_keys"]
+    assert past["key_id"] == old["key_id"] and past["endorses"] == doc["key_id"] and past["retire_after"]
+
+    # A follows the rotation: the endorsement chain links B's new key to the pinned one.
+    res = a.cli("peers", "refresh", old["node_id"], "--json")
+    assert res.returncode == 0, res.stderr
+    view = json.loads(res.stdout)
+    assert view["refresh"] == "key_rotated" and view["federation_pubkey"] == doc["federation_pubkey"]
+    assert audit_events(a, event_type="peer_key_rotated")[0]["detail"]["key_id"] == doc["key_id"]
+    assert json.loads(a.cli("peers", "refresh", old["node_id"], "--json").stdout)["refresh"] == "key_unchanged"
+
+    # B's tokens, now signed with the new key, are accepted by A.
+    res = b.cli("token", "mint", "--peer", a.well_known()["node_id"], "--method", "GET",
+                "--path", "/v1/federation/facts?limit=5")
+    assert res.returncode == 0, res.stderr
+    pulled = httpx.get(a.url + "/v1/federation/facts?limit=5", headers={"Authorization": f"Bearer {res.stdout.strip()}"})
+    assert pulled.status_code == 200, pulled.text
+    assert b.cli("audit", "verify").returncode == 0
+
+
+def test_an_unendorsed_key_change_is_refused_and_audited(pair, tmp_path):  # noqa: F811
+    import sqlite3
+
+    from stigmem_node.identity import generate_keypair, key_id_of
+
+    a, b = pair
+    approve(a, b)
+    pinned = b.well_known()["federation_pubkey"]
+    b.stop()
+    # An impostor (or a node that lost its key) starts over with a fresh key under B's identity.
+    priv, pub = generate_keypair()
+    with sqlite3.connect(b.db) as conn:
+        conn.execute("UPDATE node_keys SET status = 'retired'")
+        conn.execute("INSERT INTO node_keys VALUES (?, ?, ?, '2026-01-01T00:00:00.000000Z', 'active', NULL)",
+                     (key_id_of(pub), pub, priv))
+        conn.execute("UPDATE node_meta SET value = ? WHERE key = 'current_key_id'", (key_id_of(pub),))
+    from tests.nodes import RunningNode
+
+    b2 = RunningNode(b.workdir, b.name, port=b.port)
+    try:
+        res = a.cli("peers", "refresh", b2.well_known()["node_id"], "--json")
+        assert res.returncode == 1
+        assert json.loads(res.stdout)["refresh"] == "rotation_not_endorsed"
+        assert json.loads(res.stdout)["federation_pubkey"] == pinned
+        refused = audit_events(a, event_type="peer_key_rotation_refused")
+        assert refused and refused[0]["reason"] == "rotation_not_endorsed"
+    finally:
+        b2.stop()
+    assert tokens  # the module is used by the first test
