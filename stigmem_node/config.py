@@ -37,6 +37,7 @@ class Settings:
     pepper: str | None = None
     pull_interval_s: float = 0.0  # 0: no in-server schedule
     trusted_proxies: str | None = None  # addresses whose X-Forwarded-For is believed
+    federate_instructions: bool = False
     auth_window_s: float = 60.0  # window of the per-address failure limits and audit budget
     pull_concurrency: int = 4
     pull_timeout_s: float = 10.0
@@ -146,6 +147,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     if env.get("STIGMEM_DECLARATION_MAX_AGE_S"):
         kw["declaration_max_age_s"] = _int("STIGMEM_DECLARATION_MAX_AGE_S", env["STIGMEM_DECLARATION_MAX_AGE_S"],
                                            60, 365 * 24 * 3600)
+    if env.get("STIGMEM_FEDERATE_INSTRUCTIONS"):
+        kw["federate_instructions"] = _bool("STIGMEM_FEDERATE_INSTRUCTIONS", env["STIGMEM_FEDERATE_INSTRUCTIONS"])
     if env.get("STIGMEM_AUTH_WINDOW_S"):
         kw["auth_window_s"] = _float("STIGMEM_AUTH_WINDOW_S", env["STIGMEM_AUTH_WINDOW_S"], 1, 3600)
     if env.get("STIGMEM_PULL_CONCURRENCY"):

@@ -51,7 +51,8 @@ class Node:
         )
         self.apikey_failures = FailureLimiter(max_failures=10, window_s=window)
         self.facts = LocalFacts(self.store, self.identity, self.clock)
-        self.publisher = Publisher(self.store, self.audit, self.clock, settings.shared_scopes)
+        self.publisher = Publisher(self.store, self.audit, self.clock, settings.shared_scopes,
+                                   federate_instructions=settings.federate_instructions)
         self._declaration: declaration.Declaration | None = None
         self._manifest: dict[str, Any] | None = None
         self._declaration_at: datetime | None = None

@@ -3,6 +3,8 @@
 Permitted scopes = the token's scopes ∩ the scopes the peer was granted ∩ what this
 node shares; ``local`` never leaves the node (invariant 5).  Only this node's own facts
 are served (no relaying), unexpired, in commit order.  The cursor is our ``seq``.
+Instruction facts stay home unless the operator opts in (STIGMEM_FEDERATE_INSTRUCTIONS):
+receivers must quarantine them, and reference receivers without a quarantine stop pulling.
 Pages are assembled from the JSON stored at write time, without parsing it.
 """
 
@@ -13,6 +15,7 @@ import json
 from stigmem_node.audit import AuditTrail
 from stigmem_node.clock import Clock
 from stigmem_node.errors import Forbidden
+from stigmem_node.facts import format_hlc
 from stigmem_node.local_facts import parse_cursor
 from stigmem_node.peer_auth import AuthenticatedPeer
 from stigmem_node.store import Store
@@ -22,12 +25,23 @@ DEFAULT_LIMIT = 100
 SCOPE_VIOLATION = "scope_violation"
 
 
+# Reference receivers refuse a fact whose HLC is more than 30 days old, and then stop
+# pulling altogether; older facts are served with "hlc": null (receivers stamp their own).
+HLC_SERVE_MAX_AGE_MS = 29 * 24 * 3600 * 1000
+
+
+def _without_hlc(entry: str, hlc: str) -> str:
+    return entry.replace(f'"hlc":"{hlc}"', '"hlc":null', 1)
+
+
 class Publisher:
-    def __init__(self, store: Store, audit: AuditTrail, clock: Clock, shared_scopes: tuple[str, ...]) -> None:
+    def __init__(self, store: Store, audit: AuditTrail, clock: Clock, shared_scopes: tuple[str, ...], *,
+                 federate_instructions: bool = False) -> None:
         self.store = store
         self.audit = audit
         self.clock = clock
         self.shared = frozenset(shared_scopes) - {"local"}
+        self.federate_instructions = federate_instructions
 
     def permitted(self, peer: AuthenticatedPeer) -> frozenset[str]:
         return frozenset(peer.token.scopes) & frozenset(peer.allowed_scopes) & self.shared
@@ -48,11 +62,13 @@ class Publisher:
             raise Forbidden("no_permitted_scopes", "no scope is both granted to this peer and shared by this node")
         after = parse_cursor(cursor)
         scopes = [scope] if scope is not None else sorted(permitted)
-        rows = self.store.facts.page_for_peer(scopes, after, limit + 1, self.clock.now_iso())
+        rows = self.store.facts.page_for_peer(scopes, after, limit + 1, self.clock.now_iso(),
+                                              instructions=self.federate_instructions)
         has_more = len(rows) > limit
         rows = rows[:limit]
         next_cursor = str(rows[-1][0]) if rows else str(after)
-        entries = ",".join([entry for _, entry in rows])
+        old = format_hlc(self.clock.now_ms() - HLC_SERVE_MAX_AGE_MS, 0)
+        entries = ",".join([entry if hlc >= old else _without_hlc(entry, hlc) for _, entry, hlc in rows])
         text = (f'{{"v":2,"facts":[{entries}],"cursor":{json.dumps(next_cursor)},'
                 f'"has_more":{"true" if has_more else "false"}}}')
         return text.encode("utf-8")

@@ -83,13 +83,21 @@ class FactRepo:
         )
         return [FactRow(*r) for r in rows]
 
-    def page_for_peer(self, scopes: Sequence[str], after: int, limit: int, now_iso: str) -> list[tuple[int, str]]:
-        """(seq, entry) of this node's own unexpired facts in ``scopes``, by seq."""
+    def page_for_peer(self, scopes: Sequence[str], after: int, limit: int, now_iso: str, *,
+                      instructions: bool = False) -> list[tuple[int, str, str]]:
+        """(seq, entry, hlc) of this node's own unexpired facts in ``scopes``, by seq.
+
+        Instruction facts (``interpret_as`` instruction, or an ``instruction:`` entity or
+        relation) are left out unless ``instructions`` is true.
+        """
         marks = ",".join("?" * len(scopes))
+        no_instructions = ("" if instructions else
+                           " AND interpret_as = 'content' AND entity NOT LIKE 'instruction:%'"
+                           " AND relation NOT LIKE 'instruction:%'")
         return self.db.all(
-            f"SELECT seq, entry FROM facts"
+            f"SELECT seq, entry, hlc FROM facts"
             f" WHERE seq > ? AND received_from IS NULL AND scope IN ({marks})"
-            f" AND (valid_until IS NULL OR valid_until > ?) ORDER BY seq LIMIT ?",
+            f" AND (valid_until IS NULL OR valid_until > ?){no_instructions} ORDER BY seq LIMIT ?",
             (after, *scopes, now_iso, limit),
         )
 
