@@ -12,6 +12,7 @@ import asyncio
 import os
 import getpass
 import json
+import logging
 import sys
 import time
 from datetime import datetime, timedelta, timezone
@@ -107,6 +108,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if key:
         _print_first_key(node, key)
     settings = node.settings
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     print(f"stigmem-node {__version__}: node {node.identity.node_url} listening on {settings.host}:{settings.port} "
           f"(database {settings.db_path})", flush=True)
     app = create_app(node)
@@ -168,6 +170,12 @@ def _peer_human(p: dict) -> str:
     ]
     if p.get("approved_at"):
         lines.append(f"approved:     {p['approved_at']} by {p['approved_by']}")
+    r = p.get("replication")
+    if r:
+        lines.append(f"last pull:    {r['last_attempt_at'] or 'never'} (last success {r['last_success_at'] or 'never'})")
+        lines.append(f"pulled:       {r['facts_ingested']} facts, {r['facts_rejected']} rejected, cursor {r['cursor']}")
+        if r["last_error"]:
+            lines.append(f"last error:   {r['last_error']}")
     for h in p.get("history", []):
         lines.append(f"  {h['ts']}  {h['event_type']}  {h['actor'] or ''}  {h['reason'] or ''}".rstrip())
     return "\n".join(lines)
@@ -283,7 +291,7 @@ def _peer_action(name: str, verb: str):
 def cmd_peers_refresh(args: argparse.Namespace) -> int:
     node = _node(args)
     peer = node.federation.get(args.peer)
-    reason = asyncio.run(node.federation.refresh_peer_keys(peer))
+    reason = asyncio.run(node.federation.refresh_peer_keys(peer, actor=_cli_actor().name))
     view = {**peer_view(node.federation.get(peer.id)), "refresh": reason or "key_rotated"}
 
     def human(v: dict) -> str:
@@ -409,8 +417,10 @@ def cmd_apikey_list(args: argparse.Namespace) -> int:
     def human(ks: list[dict]) -> str:
         if not ks:
             return "No API keys."
+        now = iso(datetime.now(timezone.utc))
         rows = [[k["prefix"] + "…", ",".join(k["permissions"]), k["label"] or "", k["created_at"][:19],
-                 "revoked" if k["revoked_at"] else "active", (k["last_used_at"] or "never")[:19]] for k in ks]
+                 "revoked" if k["revoked_at"] else ("expired" if k["expires_at"] and k["expires_at"] <= now else "active"),
+                 (k["last_used_at"] or "never")[:19]] for k in ks]
         return _table(rows, ["KEY", "PERMISSIONS", "LABEL", "CREATED", "STATE", "LAST USED"])
 
     _emit(args, keys, human)

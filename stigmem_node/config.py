@@ -189,6 +189,14 @@ def validate(s: Settings) -> Settings:
     parent = s.db_path.expanduser().resolve().parent
     if not parent.is_dir():
         raise ConfigError(message=f"database directory does not exist: {parent}")
+    if s.trusted_proxies is not None:
+        for item in (x.strip() for x in s.trusted_proxies.split(",")):
+            try:
+                item == "*" or ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ConfigError(message=f"trusted proxies: {item!r} is not an IP address or network (or *)") from None
+    if not 0 <= s.pull_interval_s <= 86400:
+        raise ConfigError(message=f"pull interval must be between 0 and 86400 seconds, got {s.pull_interval_s:g}")
     if s.log_level.lower() not in ("critical", "error", "warning", "info", "debug"):
         raise ConfigError(message=f"log level must be one of critical, error, warning, info, debug; got {s.log_level!r}")
     return s

@@ -477,6 +477,8 @@ def _validate_new_fact(obj: Any) -> FactInput:
                 raise _invalid(field, "value.v must be a non-empty reference without spaces or control characters")
             if len(v) > MAX_NAME_CHARS:
                 raise _invalid(field, f"value.v is longer than {MAX_NAME_CHARS} characters")
+        if "\x00" in v:
+            raise _invalid(field, "value.v must not contain NUL characters")
         value_v = v
         _check_value_size(value_v, field)
     confidence = _confidence(obj, "confidence", required=False)

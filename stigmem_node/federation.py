@@ -202,7 +202,7 @@ class Federation:
         return None
 
     # -- key rotation -------------------------------------------------------------------
-    async def refresh_peer_keys(self, peer: PeerRecord) -> str | None:
+    async def refresh_peer_keys(self, peer: PeerRecord, *, actor: str = "node:refresh") -> str | None:
         """Fetch the peer's well-known and adopt a rotated key if a chain of endorsements
         links it to a key we pinned (see docs/protocol.md, key rotation).
 
@@ -224,7 +224,7 @@ class Federation:
             return "key_unchanged"
         chain = _endorsement_chain(peer.node_id, doc, {k.public_key for k in pinned})
         if chain is None:
-            self.audit.record(ev.PEER_KEY_ROTATION_REFUSED, peer_id=peer.id, actor="node:refresh",
+            self.audit.record(ev.PEER_KEY_ROTATION_REFUSED, peer_id=peer.id, actor=actor,
                               reason="rotation_not_endorsed",
                               detail={"node_id": peer.node_id, "offered_fingerprint": fingerprint(new_pub)})
             return "rotation_not_endorsed"
@@ -240,7 +240,7 @@ class Federation:
                 if old is not None:
                     self.store.peers.retire_key(peer.id, old.key_id, _bounded(retire_after, now))
             self.store.peers.set_pubkey(peer.id, new_pub, stamp)
-            self.audit.record(ev.PEER_KEY_ROTATED, peer_id=peer.id, actor="node:refresh",
+            self.audit.record(ev.PEER_KEY_ROTATED, peer_id=peer.id, actor=actor,
                               detail={"node_id": peer.node_id, "key_id": kid, "declared_key_id": new_kid,
                                       "pubkey_fingerprint": fingerprint(new_pub)})
         return None

@@ -126,18 +126,22 @@ class NodeIdentity:
 
 
 def load_or_create(meta: MetaRepo, clock: Clock, *, node_id: str | None, node_url: str | None,
-                   default_url: str = "") -> NodeIdentity:
+                   default_url: str = "", record_default: bool = False) -> NodeIdentity:
     """Load the identity, creating node_id and the first keypair on first start.
 
     A configured node_id is used only when the database has none yet; afterwards the
     stored one wins (changing a node's id would orphan every peer's record of it).
-    The node_url is recorded each time one is configured, so ``info`` shows the URL
-    the node last served on.
+    An explicitly configured ``node_url`` is recorded and kept until another one is
+    configured; without one, a serving node records ``default_url`` (http://HOST:PORT),
+    unless an explicit URL is already on record.
     """
     with meta.db.transaction():
         stored_id = meta.set_if_absent("node_id", node_id or f"stigmem:node:{uuid.uuid4()}")
         if node_url:
             meta.set("node_url", node_url)
+            meta.set("node_url_explicit", "1")
+        elif record_default and default_url and meta.get("node_url_explicit") != "1":
+            meta.set("node_url", default_url)
         url = meta.get("node_url") or default_url
         keys = meta.keys()
         if not any(k.status == "active" for k in keys):

@@ -2,8 +2,9 @@
 
 Each fact's wire JSON, origin block and origin signature are computed once here, at
 write time, so that serving a page to a peer never parses or signs anything.  A batch is
-one transaction.  Asserting a body whose CID this node already holds returns the stored
-fact instead of a copy (idempotent retries, as the reference node does).
+one transaction.  Asserting a body whose CID and valid_until this node already holds
+returns the stored fact instead of a copy (idempotent retries, as the reference node
+does); the same content with another valid_until is a new fact.
 """
 
 from __future__ import annotations
@@ -73,14 +74,15 @@ class LocalFacts:
         ident = self.identity
         results: list[Stored | None] = [None] * len(inputs)
         rows: list[tuple] = []
-        new: dict[str, int] = {}  # cid -> index of the first new fact with it
+        new: dict[tuple[str, str | None], int] = {}  # (cid, valid_until) -> index of the first new fact
         with self.store.transaction():
             for i, inp in enumerate(inputs):
                 cid = inp.cid
-                if cid in new:
-                    results[i] = Stored(results[new[cid]].fact, False)  # type: ignore[union-attr]
+                key = (cid, inp.valid_until)
+                if key in new:
+                    results[i] = Stored(results[new[key]].fact, False)  # type: ignore[union-attr]
                     continue
-                existing = self.store.facts.local_by_cid(cid)
+                existing = self.store.facts.local_by_content(cid, inp.valid_until)
                 if existing is not None:
                     results[i] = Stored(row_view(existing), False)
                     continue
@@ -96,7 +98,7 @@ class LocalFacts:
                     fact.origin_node_id, sig, _dumps({**entry, "origin_manifest": None, "origin_key_proof": None}),
                     None, None,
                 ))
-                new[cid] = i
+                new[key] = i
                 results[i] = Stored(body, True)
             self.store.facts.insert_many(rows)
             seqs = self.store.facts.seqs_of([r[0] for r in rows])

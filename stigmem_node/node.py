@@ -30,10 +30,9 @@ class Node:
         self.settings = settings
         self.clock = clock or Clock()
         self.store = Store(settings.db_path, settings.synchronous)
-        node_url = settings.public_url if serving else settings.node_url
         self.identity = identity.load_or_create(
-            self.store.meta, self.clock, node_id=settings.node_id, node_url=node_url,
-            default_url=settings.public_url,
+            self.store.meta, self.clock, node_id=settings.node_id, node_url=settings.node_url,
+            default_url=settings.public_url, record_default=serving,
         )
         self.audit = AuditTrail(self.store.audit, self.clock)
         self.apikeys = ApiKeys(self.store.apikeys, Peppers.load(settings.pepper_path, settings.pepper), self.clock)
@@ -93,11 +92,18 @@ class Node:
         """Make a new signing key, keep the old one verifying for ``grace``, re-sign every
         local fact's origin block with the new key, and audit the rotation."""
         old = self.identity
-        self._use_identity(identity.rotate(self.store.meta, self.clock, grace=grace))
-        resigned = self.facts.resign_all()
-        self.audit.record("key_rotated", actor=actor, remote_addr="local",
-                          detail={"old_key_id": old.key_id, "new_key_id": self.identity.key_id,
-                                  "grace_s": int(grace.total_seconds()), "facts_resigned": resigned})
+        with self.store.transaction():  # all or nothing: no half-rotated node
+            new = identity.rotate(self.store.meta, self.clock, grace=grace)
+            self.facts.identity = new
+            try:
+                resigned = self.facts.resign_all()
+                self.audit.record("key_rotated", actor=actor, remote_addr="local",
+                                  detail={"old_key_id": old.key_id, "new_key_id": new.key_id,
+                                          "grace_s": int(grace.total_seconds()), "facts_resigned": resigned})
+            except BaseException:
+                self.facts.identity = old
+                raise
+        self._use_identity(new)
         return {"old_key_id": old.key_id, "key_id": self.identity.key_id,
                 "pubkey_fingerprint": self.identity.fingerprint, "facts_resigned": resigned,
                 "old_key_verifies_until": self.identity.previous_keys[-1].retire_after if self.identity.previous_keys else None}

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -38,8 +39,20 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 
 async def get_json(url: str, *, timeout_s: float, max_bytes: int, allow_insecure_http: bool,
                    client: httpx.AsyncClient | None = None) -> Any:
-    """GET a JSON document with the guard rails above.  Raises ``OutboundError``."""
+    """GET a JSON document with the guard rails above.  Raises ``OutboundError``.
+
+    ``timeout_s`` bounds the whole fetch (redirects and a slowly trickled body included),
+    not only each network read.
+    """
     check_url(url, allow_insecure_http=allow_insecure_http)
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _get_json(url, timeout_s=timeout_s, max_bytes=max_bytes, client=client)
+    except TimeoutError:
+        raise OutboundError("fetch_timeout", f"{url} did not answer within {timeout_s:g} s") from None
+
+
+async def _get_json(url: str, *, timeout_s: float, max_bytes: int, client: httpx.AsyncClient | None) -> Any:
     own = client is None
     client = client or httpx.AsyncClient(timeout=timeout_s, follow_redirects=False, trust_env=False)
     try:

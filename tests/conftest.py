@@ -26,3 +26,9 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., RunningNode]]:
 @pytest.fixture
 def node(start_node) -> RunningNode:
     return start_node("a")
+
+
+@pytest.fixture
+def pair(start_node) -> tuple[RunningNode, RunningNode]:
+    """Two real nodes, a and b, not yet peered."""
+    return start_node("a"), start_node("b")

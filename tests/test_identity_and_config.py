@@ -129,3 +129,18 @@ def test_manifest_is_self_signed_over_canonical_json(node):
     assert man["issued_at"] < man["expires_at"]
     body = {k: v for k, v in man.items() if k != "signature"}
     public_key_from_b64(man["public_key"]).verify(b64url_decode(man["signature"]), jcs(body))
+
+
+def test_an_explicit_node_url_is_kept_until_another_is_given(tmp_path):
+    db = tmp_path / "n.db"
+    assert run_cli("init", "--node-url", "https://node.example.org", db=db).returncode == 0
+    node = RunningNode(tmp_path, "n")  # no --node-url: the recorded one stays
+    try:
+        assert node.well_known()["node_url"] == "https://node.example.org"
+    finally:
+        node.stop()
+    node = RunningNode(tmp_path, "n", env={"STIGMEM_NODE_URL": "https://other.example.org"})
+    try:
+        assert node.well_known()["node_url"] == "https://other.example.org"
+    finally:
+        node.stop()

@@ -7,8 +7,7 @@ import time
 
 import httpx
 
-from stigmem_node import tokens
-from tests.test_peers import audit_events, pair  # noqa: F401  (fixture)
+from tests.test_peers import audit_events
 
 
 def approve(x, y) -> dict:
@@ -29,7 +28,7 @@ def wait_for_key(node, key_id: str, timeout: float = 10) -> dict:
     raise AssertionError("the server did not adopt the rotated key")
 
 
-def test_rotation_is_endorsed_adopted_by_the_server_and_followed_by_peers(pair):  # noqa: F811
+def test_rotation_is_endorsed_adopted_by_the_server_and_followed_by_peers(pair):
     a, b = pair
     approve(a, b)
     approve(b, a)
@@ -60,7 +59,7 @@ def test_rotation_is_endorsed_adopted_by_the_server_and_followed_by_peers(pair):
     assert b.cli("audit", "verify").returncode == 0
 
 
-def test_an_unendorsed_key_change_is_refused_and_audited(pair, tmp_path):  # noqa: F811
+def test_an_unendorsed_key_change_is_refused_and_audited(pair, tmp_path):
     import sqlite3
 
     from stigmem_node.identity import generate_keypair, key_id_of
@@ -88,4 +87,3 @@ def test_an_unendorsed_key_change_is_refused_and_audited(pair, tmp_path):  # noq
         assert refused and refused[0]["reason"] == "rotation_not_endorsed"
     finally:
         b2.stop()
-    assert tokens  # the module is used by the first test

@@ -465,3 +465,21 @@ def test_cli_token_mint_refuses_a_bad_ttl_without_a_traceback(n: RunningNode, p:
     for ttl in ("3601", "0", "-1", "nan"):
         res = n.cli("token", "mint", "--peer", p.well_known()["node_id"], "--ttl", ttl)
         assert res.returncode in (1, 2) and "Traceback" not in res.stderr, (ttl, res.stderr)
+
+
+def test_same_content_with_another_valid_until_is_a_new_fact(n: RunningNode):
+    body = {"entity": f"stigmem://t/vu/{uuid.uuid4().hex}", "relation": "memory:x",
+            "value": {"type": "string", "v": "x"}, "source": "s", "scope": "company"}
+    first = n.client().post("/v1/facts", json=body)
+    again = n.client().post("/v1/facts", json=body)
+    later = n.client().post("/v1/facts", json={**body, "valid_until": "2999-01-01T00:00:00Z"})
+    assert (first.status_code, again.status_code, later.status_code) == (201, 200, 201)
+    assert again.json()["id"] == first.json()["id"] != later.json()["id"]
+    assert later.json()["cid"] == first.json()["cid"] and later.json()["valid_until"] == "2999-01-01T00:00:00.000000Z"
+
+
+def test_nul_characters_in_text_values_are_refused(n: RunningNode):
+    body = {"entity": "stigmem://t/nul", "relation": "memory:x", "value": {"type": "text", "v": "a\x00b"},
+            "source": "s", "scope": "company"}
+    res = n.client().post("/v1/facts", json=body)
+    assert res.status_code == 422 and res.json()["field"] == "value.v"

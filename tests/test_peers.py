@@ -5,7 +5,6 @@ from __future__ import annotations
 import sqlite3
 from datetime import datetime, timedelta, timezone
 
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from stigmem_node import declaration as d
@@ -30,11 +29,6 @@ def fields_of(node, **changes) -> dict:
     out = {k: decl[k] for k in d.SIGNED_FIELDS}
     out.update(changes)
     return out
-
-
-@pytest.fixture
-def pair(start_node):
-    return start_node("a"), start_node("b")
 
 
 def audit_events(node, **params) -> list[dict]:
@@ -260,3 +254,12 @@ def test_forwarded_headers_are_not_believed_by_default(pair):
                           headers={"X-Forwarded-For": "203.0.113.9"})
     assert res.status_code == 201
     assert audit_events(a, event_type="peer_registered")[0]["remote_addr"] == "127.0.0.1"
+
+
+def test_forwarded_headers_are_believed_from_a_configured_proxy(start_node):
+    a = start_node("a", env={"STIGMEM_TRUSTED_PROXIES": "127.0.0.1"})
+    b = start_node("b")
+    res = a.client().post("/v1/federation/peers", json=b.well_known()["declaration"],
+                          headers={"X-Forwarded-For": "203.0.113.9"})
+    assert res.status_code == 201
+    assert audit_events(a, event_type="peer_registered")[0]["remote_addr"] == "203.0.113.9"

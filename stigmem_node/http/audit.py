@@ -6,37 +6,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from stigmem_node.audit import entry_dict
-from stigmem_node.clock import iso, parse_rfc3339
 from stigmem_node.errors import ValidationError
 from stigmem_node.http.auth import require
-
-
-def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    # isascii: str.isdigit() accepts characters such as "²" that int() refuses.
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9 or not lo <= int(raw) <= hi:
-        raise ValidationError("invalid_request", f"{name} must be a whole number from {lo} to {hi}", field=name)
-    return int(raw)
-
-
-def _time_param(request: Request, name: str) -> str | None:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return None
-    try:
-        dt = parse_rfc3339(raw)
-    except (ValueError, OverflowError):  # OverflowError: e.g. 9999-12-31T23:59:59-01:00
-        raise ValidationError("invalid_request", f"{name} must be an RFC 3339 timestamp", field=name) from None
-    # Zero-pad the year so that years before 1000 still compare correctly as text.
-    return f"{dt.year:04d}-{iso(dt).split('-', 1)[1]}"
+from stigmem_node.http.params import int_param, time_param
 
 
 async def audit_list(request: Request) -> JSONResponse:
     require(request, "audit:read")
     q = request.query_params
-    limit = _int_param(request, "limit", 50, 1, 500)
+    limit = int_param(request, "limit", 50, 1, 500)
     order = q.get("order", "asc")
     if order not in ("asc", "desc"):
         raise ValidationError("invalid_request", "order must be asc or desc", field="order")
@@ -56,7 +34,7 @@ async def audit_list(request: Request) -> JSONResponse:
         after=cursor if (cursor is not None and order == "asc") else 0,
         before=cursor if (cursor is not None and order == "desc") else None,
         limit=limit + 1, peer_id=peer_id, event_type=q.get("event_type"),
-        since=_time_param(request, "since"), until=_time_param(request, "until"), descending=order == "desc",
+        since=time_param(request, "since"), until=time_param(request, "until"), descending=order == "desc",
     )
     has_more = len(rows) > limit
     rows = rows[:limit]

@@ -5,27 +5,10 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from stigmem_node.config import SCOPES
-from stigmem_node.errors import ValidationError
 from stigmem_node.http.auth import client_addr, require
+from stigmem_node.http.params import int_param, scope_param
 from stigmem_node.http.peers import json_body
 from stigmem_node.publish import DEFAULT_LIMIT, MAX_LIMIT
-
-
-def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    if not (raw.isascii() and raw.isdigit()) or not lo <= int(raw) <= hi:
-        raise ValidationError("invalid_request", f"{name} must be a whole number from {lo} to {hi}", field=name)
-    return int(raw)
-
-
-def scope_param(request: Request) -> str | None:
-    scope = request.query_params.get("scope")
-    if scope is not None and scope not in SCOPES:
-        raise ValidationError("invalid_scope", f"scope must be one of {', '.join(SCOPES)}", field="scope")
-    return scope
 
 
 async def create_facts(request: Request) -> JSONResponse:

@@ -103,5 +103,7 @@ revoke = _action("revoke")
 
 async def remove(request: Request) -> JSONResponse:
     principal = require(request, "admin:federation")
-    peer = request.app.state.node.federation.remove(request.path_params["ref"], actor=actor(request, principal))
+    reason = _reason({"reason": request.query_params.get("reason")})
+    peer = request.app.state.node.federation.remove(request.path_params["ref"], actor=actor(request, principal),
+                                                    reason=reason)
     return JSONResponse({**peer_view(peer), "removed": True})

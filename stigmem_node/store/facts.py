@@ -61,9 +61,11 @@ class FactRepo:
         rows = self.db.all(f"SELECT id, cid, valid_until FROM facts WHERE id IN ({marks})", tuple(ids))
         return {r[0]: (r[1], r[2]) for r in rows}
 
-    def local_by_cid(self, cid: str) -> FactRow | None:
+    def local_by_content(self, cid: str, valid_until: str | None) -> FactRow | None:
+        """This node's own fact with this CID and this valid_until (which the CID leaves out)."""
         row = self.db.one(
-            f"SELECT {ROW_COLS} FROM facts WHERE cid = ? AND received_from IS NULL ORDER BY seq LIMIT 1", (cid,)
+            f"SELECT {ROW_COLS} FROM facts WHERE cid = ? AND valid_until IS ? AND received_from IS NULL"
+            f" ORDER BY seq LIMIT 1", (cid, valid_until)
         )
         return FactRow(*row) if row else None
 
@@ -92,8 +94,8 @@ class FactRepo:
         """
         marks = ",".join("?" * len(scopes))
         no_instructions = ("" if instructions else
-                           " AND interpret_as = 'content' AND entity NOT LIKE 'instruction:%'"
-                           " AND relation NOT LIKE 'instruction:%'")
+                           " AND interpret_as = 'content' AND substr(entity, 1, 12) <> 'instruction:'"
+                           " AND substr(relation, 1, 12) <> 'instruction:'")
         return self.db.all(
             f"SELECT seq, entry, hlc FROM facts"
             f" WHERE seq > ? AND received_from IS NULL AND scope IN ({marks})"
