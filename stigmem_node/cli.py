@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import getpass
 import json
 import logging
+import os
+import signal
 import sys
 import time
 from datetime import datetime, timedelta, timezone
@@ -113,6 +114,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
           f"(database {settings.db_path})", flush=True)
     app = create_app(node)
     proxies = settings.trusted_proxies
+    # uvicorn re-raises the SIGTERM/SIGINT it handled once it has shut down; with a no-op
+    # handler in place the re-raise does nothing and a graceful stop exits 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                 access_log=bool(args.access_log), server_header=False,
                 proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)

@@ -19,8 +19,11 @@ import asyncio
 import json
 import logging
 import random
+import sqlite3
 import time
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any, Callable
 from urllib.parse import quote
 
@@ -36,6 +39,8 @@ from stigmem_node.store.peers import PeerRecord
 log = logging.getLogger("stigmem_node.replication")
 
 FACT_REJECTED = "fact_rejected"
+FACTS_REJECTED_SUMMARY = "facts_rejected_summary"
+AUDIT_ROWS_PER_PAGE = 20
 MAX_PAGE_BYTES = 64 * 1024 * 1024
 MAX_RETRY_AFTER_S = 60.0
 FEDERATABLE = frozenset({"team", "company", "public"})
@@ -115,9 +120,14 @@ class Subscriber:
         self.max_page_bytes = max_page_bytes
         self.transport = transport
 
-    def _client(self) -> httpx.AsyncClient:
+    def _client(self, *, pool_per_peer: bool = False) -> httpx.AsyncClient:
+        # A pass holds at most ``concurrency`` peers, each using one connection at a time.  The
+        # schedule runs every peer on its own, so its pool must not be smaller than the number
+        # of peers: otherwise hanging peers fill it and a live peer waits for a slot (and fails
+        # with a pool timeout reported as peer_timeout).
+        limits = httpx.Limits(max_connections=None if pool_per_peer else self.concurrency * 2)
         return httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False, trust_env=False,
-                                 transport=self.transport, limits=httpx.Limits(max_connections=self.concurrency * 2))
+                                 transport=self.transport, limits=limits)
 
     async def run_pass(self, peer_ref: str | None = None,
                        progress: Callable[[PeerResult], None] | None = None) -> PassResult:
@@ -147,14 +157,25 @@ class Subscriber:
                 raise PullError("peer_not_active", f"peer is {peer.status}, not active")
             check_url(peer.node_url, allow_insecure_http=self.node.settings.allow_insecure_http)
             cursor = self.store.replication.get(peer.id).cursor
+            keys = self._peer_keys(peer)
+            refreshed = False
             while True:
                 page = await self._fetch(client, peer, cursor)
                 result.pages += 1
                 next_cursor = page["cursor"] if page["cursor"] is not None else cursor
+                # Checking (signatures above all) runs off the event loop: a serving node
+                # keeps answering requests while it ingests.
+                checked, rejections = await asyncio.to_thread(self._check_page, peer, page["facts"], keys)
+                if not refreshed and any(exc.code == "invalid_origin_signature" for _, exc in rejections):
+                    # Perhaps the peer rotated its key: follow an endorsed rotation once per pass.
+                    refreshed = True
+                    if await self.node.federation.refresh_peer_keys(peer, actor="node:pull") is None:
+                        keys = self._peer_keys(peer)
+                        checked, rejections = await asyncio.to_thread(self._check_page, peer, page["facts"], keys)
                 try:
-                    new, dup, rejected = self._ingest(peer, page["facts"], cursor, next_cursor)
+                    new, dup, rejected = self._store_page(peer, checked, rejections, cursor, next_cursor)
                 except _Overlap:
-                    result.note = "another pull advanced this peer first; it carries on from there"
+                    result.note = "another pull advanced this peer's cursor first; this run stopped for it"
                     break
                 result.new += new
                 result.duplicates += dup
@@ -168,6 +189,9 @@ class Subscriber:
             error = PullError(exc.code, exc.message)
         except PullError as exc:
             error = exc
+        except Exception:  # one peer's surprise must not end the pass for the others
+            log.exception("pull from %s failed unexpectedly", peer.node_id)
+            error = PullError("internal_error", "the pull failed unexpectedly; see the node's log")
         if error is not None:
             result.ok, result.error, result.error_code = False, error.message, error.code
         result.duration_s = time.monotonic() - started
@@ -195,19 +219,24 @@ class Subscriber:
         raise PullError("pull_failed", "no attempt was made")  # pragma: no cover - attempts >= 1
 
     async def _get_page(self, client: httpx.AsyncClient, url: str, token: str) -> dict[str, Any]:
-        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        # identity: the size cap counts the bytes as sent, not what a compressed body inflates to.
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json", "Accept-Encoding": "identity"}
         try:
-            async with client.stream("GET", url, headers=headers) as resp:
-                if resp.status_code == 429 or resp.status_code >= 500:
-                    raise _Retry(PullError(f"peer_http_{resp.status_code}", f"the peer answered HTTP {resp.status_code}"),
-                                 _retry_after(resp.headers.get("retry-after")))
-                body = bytearray()
-                async for chunk in resp.aiter_bytes():
-                    body += chunk
-                    if len(body) > self.max_page_bytes:
-                        raise PullError("page_too_large", f"the peer's page exceeded {self.max_page_bytes} bytes")
-                status = resp.status_code
-        except httpx.TimeoutException:
+            # httpx's timeout bounds each read; this bounds the whole request, so that a peer
+            # dripping its page byte by byte cannot hold the pull for longer than timeout_s.
+            async with asyncio.timeout(self.timeout_s):
+                async with client.stream("GET", url, headers=headers) as resp:
+                    if resp.status_code == 429 or resp.status_code >= 500:
+                        raise _Retry(PullError(f"peer_http_{resp.status_code}",
+                                               f"the peer answered HTTP {resp.status_code}"),
+                                     _retry_after(resp.headers.get("retry-after")))
+                    body = bytearray()
+                    async for chunk in resp.aiter_bytes():
+                        body += chunk
+                        if len(body) > self.max_page_bytes:
+                            raise PullError("page_too_large", f"the peer's page exceeded {self.max_page_bytes} bytes")
+                    status = resp.status_code
+        except (httpx.TimeoutException, TimeoutError):
             raise _Retry(PullError("peer_timeout", f"the peer did not answer within {self.timeout_s:g} s")) from None
         except httpx.HTTPError as exc:
             raise _Retry(PullError("peer_unreachable", f"cannot reach the peer ({type(exc).__name__})")) from None
@@ -259,9 +288,9 @@ class Subscriber:
                                   field=f"facts[{index}].origin_sig")
         return entry
 
-    def _ingest(self, peer: PeerRecord, raw_facts: list, cursor_before: str | None,
-                cursor_after: str | None) -> tuple[int, int, int]:
-        keys = self._peer_keys(peer)
+    def _check_page(self, peer: PeerRecord, raw_facts: list,
+                    keys: list) -> tuple[list[fm.PulledEntry], list[tuple[str | None, ValidationError]]]:
+        """Check every entry of a page (no storage access: safe in a worker thread)."""
         checked: list[fm.PulledEntry] = []
         rejections: list[tuple[str | None, ValidationError]] = []
         for i, raw in enumerate(raw_facts):
@@ -270,6 +299,13 @@ class Subscriber:
             except ValidationError as exc:
                 fid = raw.get("fact", {}).get("id") if isinstance(raw, dict) and isinstance(raw.get("fact"), dict) else None
                 rejections.append((fid if isinstance(fid, str) else None, exc))
+        return checked, rejections
+
+    def _store_page(self, peer: PeerRecord, checked: list[fm.PulledEntry],
+                    rejections: list[tuple[str | None, ValidationError]], cursor_before: str | None,
+                    cursor_after: str | None) -> tuple[int, int, int]:
+        """Store the checked facts, the cursor and the counters in one transaction."""
+        rejections = list(rejections)
         now = self.node.clock.now_iso()
         hlc = self.node.facts.hlc
         with self.store.transaction():
@@ -306,11 +342,25 @@ class Subscriber:
                                                   ingested=len(rows), rejected=len(rejections)):
                 raise _Overlap()
             self.store.facts.insert_many(rows)
-            for fact_id, exc in rejections:
-                self.node.audit.record(FACT_REJECTED, peer_id=peer.id, actor=f"peer:{peer.node_id}", reason=exc.code,
-                                       detail={"fact_id": (fact_id or "")[:256] or None, "field": exc.field,
-                                               "message": exc.message[:300]})
+            self._audit_rejections(peer, rejections)
         return len(rows), dup, len(rejections)
+
+    def _audit_rejections(self, peer: PeerRecord, rejections: list[tuple[str | None, ValidationError]]) -> None:
+        """One row per rejected fact, up to a bound per page; the rest in one summary row
+        that still names every fact and its reason (so a peer cannot flood the trail)."""
+        actor = f"peer:{peer.node_id}"
+        for fact_id, exc in rejections[:AUDIT_ROWS_PER_PAGE]:
+            self.node.audit.record(FACT_REJECTED, peer_id=peer.id, actor=actor, reason=exc.code,
+                                   detail={"fact_id": (fact_id or "")[:256] or None, "field": exc.field,
+                                           "message": exc.message[:300]})
+        rest = rejections[AUDIT_ROWS_PER_PAGE:]
+        if rest:
+            by_reason: dict[str, int] = {}
+            for _, exc in rest:
+                by_reason[exc.code] = by_reason.get(exc.code, 0) + 1
+            self.node.audit.record(FACTS_REJECTED_SUMMARY, peer_id=peer.id, actor=actor, reason="many_rejections",
+                                   detail={"count": len(rest), "by_reason": by_reason,
+                                           "facts": [[(fid or "")[:64], exc.code] for fid, exc in rest]})
 
 
 def _extends(stored: str | None, incoming: str | None) -> bool:
@@ -326,9 +376,19 @@ def _extends(stored: str | None, incoming: str | None) -> bool:
 
 
 def _retry_after(value: str | None) -> float | None:
-    if value and value.strip().isdigit():
-        return float(value.strip())
-    return None
+    """Seconds to wait from a ``Retry-After`` header: delay-seconds or an HTTP-date (RFC 9110)."""
+    if not value or len(value) > 64:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 def _error_code(body: bytes) -> str | None:
@@ -344,34 +404,52 @@ class Scheduler:
     """Pull every active peer every ``interval_s`` seconds, each peer on its own.
 
     Each tick starts a pull for every active peer that has none running, so a slow or
-    dead peer only ever delays itself.  ``stop()`` cancels the loop and the pulls in
-    flight; a cancelled pull loses nothing (each page commits on its own).
+    dead peer only ever delays itself.  A peer whose pull failed waits longer after each
+    failure (twice the interval, then four times, … at most ``MAX_FAILURE_WAIT_S``), so a
+    dead peer is not hammered.  ``stop()`` cancels the loop and the pulls in flight; a
+    cancelled pull loses nothing (each page commits on its own).
     """
+
+    MAX_FAILURE_WAIT_S = 300.0
 
     def __init__(self, subscriber: Subscriber, interval_s: float) -> None:
         self.subscriber = subscriber
         self.interval_s = interval_s
         self._running: dict[str, asyncio.Task] = {}
+        self._failures: dict[str, int] = {}
+        self._not_before: dict[str, float] = {}
         self._loop_task: asyncio.Task | None = None
         self._client: httpx.AsyncClient | None = None
 
     def start(self) -> None:
-        self._client = self.subscriber._client()
+        self._client = self.subscriber._client(pool_per_peer=True)
         self._loop_task = asyncio.create_task(self._loop(), name="stigmem-pull-schedule")
 
     async def _loop(self) -> None:
         while True:
-            for peer in self.subscriber.store.peers.list("active"):
+            try:
+                peers = self.subscriber.store.peers.list("active")
+            except sqlite3.Error:
+                log.exception("cannot list peers to pull; trying again next interval")
+                peers = []
+            now = time.monotonic()
+            for peer in peers:
                 task = self._running.get(peer.id)
-                if task is None or task.done():
+                if (task is None or task.done()) and self._not_before.get(peer.id, 0.0) <= now:
                     self._running[peer.id] = asyncio.create_task(self._pull(peer), name=f"pull {peer.node_id}")
             await asyncio.sleep(self.interval_s)
 
     async def _pull(self, peer: PeerRecord) -> None:
         assert self._client is not None
         result = await self.subscriber.pull_peer(self._client, peer)
-        if not result.ok:
-            log.warning("pull from %s failed: %s", peer.node_id, result.error)
+        if result.ok:
+            self._failures.pop(peer.id, None)
+            self._not_before.pop(peer.id, None)
+            return
+        failures = self._failures[peer.id] = self._failures.get(peer.id, 0) + 1
+        wait = min(self.MAX_FAILURE_WAIT_S, self.interval_s * 2 ** failures)
+        self._not_before[peer.id] = time.monotonic() + wait
+        log.warning("pull from %s failed (%s); next try in %.0f s", peer.node_id, result.error, wait)
 
     async def stop(self) -> None:
         tasks = [t for t in [self._loop_task, *self._running.values()] if t is not None and not t.done()]

@@ -87,3 +87,21 @@ def test_an_unendorsed_key_change_is_refused_and_audited(pair, tmp_path):
         assert refused and refused[0]["reason"] == "rotation_not_endorsed"
     finally:
         b2.stop()
+
+
+def test_the_subscriber_follows_a_rotation_by_itself(pair):
+    """Facts signed with a peer's new key: one well-known refresh, then they are accepted."""
+    a, b = pair
+    approve(a, b)
+    approve(b, a)
+    b.client().post("/v1/facts", json={"facts": [
+        {"entity": f"stigmem://b/{i}", "relation": "r", "value": {"type": "number", "v": i}, "source": "s",
+         "scope": "public"} for i in range(3)]})
+    rotated = b.cli_json("keys", "rotate", "--grace", "1")
+    wait_for_key(b, rotated["key_id"])
+    res = a.cli("pull", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["new"] == 3 and summary["rejected"] == 0
+    assert audit_events(a, event_type="peer_key_rotated")[0]["actor"] == "node:pull"
+    assert audit_events(a, event_type="fact_rejected") == []
