@@ -25,7 +25,6 @@ from stigmem_node.tokens import PeerAuth, TokenRejected, VerifiedToken
 TOKEN_REJECTED = "token_rejected"
 REPLAY_ATTEMPT = "replay_attempt"
 PEER_AUTH_THROTTLED = "peer_auth_throttled"
-PRUNE_EVERY = 1000
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,45 @@ class PeerAuthenticator:
         self.audit_budget = audit_budget or AuditBudget(per_window=20, window_s=60)
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._scope_cache: dict[str, tuple[str, ...]] = {}  # few distinct values: scope sets
-        self._consumed = 0
+        self._cache: dict[str, tuple[PeerAuth, tuple[str, ...], int]] = {}
+        self._cache_stamp: tuple[int, int] = (-1, -1)
+
+    def _peer(self, node_id: str, now_ms: int) -> tuple[PeerAuth, tuple[str, ...]] | None:
+        """The peer's status, keys and granted scopes, cached until anything changes.
+
+        The cache holds only while the database is unchanged: by this process (the peer
+        repository's write counter) and by any other (SQLite's data_version), and until the
+        next retirement time of a key passes.  So a suspension made with the CLI takes
+        effect on the very next request.
+        """
+        stamp = (self.store.peers.writes, self.store.db.data_version())
+        if stamp != self._cache_stamp:
+            self._cache.clear()
+            self._cache_stamp = stamp
+        hit = self._cache.get(node_id)
+        if hit is not None and now_ms < hit[2]:
+            return hit[0], hit[1]
+        rows = self.store.peers.auth_rows(node_id)
+        if not rows:
+            return None
+        peer_id, status, scopes_json = rows[0][0], rows[0][1], rows[0][2]
+        keys, valid_until = [], 2**62
+        for _, _, _, key_id, public_key, retire_after in rows:
+            if key_id is None:
+                continue
+            if retire_after:
+                retire_ms = int(parse_rfc3339(retire_after).timestamp() * 1000)
+                if retire_ms < now_ms:
+                    continue
+                valid_until = min(valid_until, retire_ms)
+            key = self._key(public_key)
+            if key is not None:
+                keys.append((key_id, key))
+        auth, scopes = PeerAuth(peer_id, node_id, status, tuple(keys)), self._scopes(scopes_json)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[node_id] = (auth, scopes, valid_until)
+        return auth, scopes
 
     def _scopes(self, scopes_json: str) -> tuple[str, ...]:
         scopes = self._scope_cache.get(scopes_json)
@@ -95,19 +132,11 @@ class PeerAuthenticator:
         found: list[tuple[str, tuple[str, ...]]] = []
 
         def lookup(iss: str) -> PeerAuth | None:
-            rows = self.store.peers.auth_rows(iss)
-            if not rows:
+            entry = self._peer(iss, now_ms)
+            if entry is None:
                 return None
-            peer_id, status, scopes_json = rows[0][0], rows[0][1], rows[0][2]
-            found.append((peer_id, self._scopes(scopes_json)))
-            keys = []
-            for _, _, _, key_id, public_key, retire_after in rows:
-                if key_id is None or (retire_after and parse_rfc3339(retire_after).timestamp() * 1000 < now_ms):
-                    continue
-                key = self._key(public_key)
-                if key is not None:
-                    keys.append((key_id, key))
-            return PeerAuth(peer_id, iss, status, tuple(keys))
+            found.append((entry[0].peer_id, entry[1]))
+            return entry[0]
 
         try:
             token = bearer_token(authorization)
@@ -128,9 +157,6 @@ class PeerAuthenticator:
                 self.audit.record(PEER_AUTH_THROTTLED, actor=None, remote_addr=remote_addr,
                                   reason="too_many_failed_attempts", detail={"last_code": exc.code})
             raise
-        self._consumed += 1
-        if self._consumed % PRUNE_EVERY == 0:
-            self.store.nonces.prune(now_ms)
         return AuthenticatedPeer(verified, found[0][1])
 
     def _audit(self, exc: TokenRejected, peer_id: str | None, remote_addr: str, path_qs: str | None) -> None:

@@ -63,6 +63,7 @@ Decisions:
 
 from __future__ import annotations
 
+import binascii
 import json
 import time
 import uuid
@@ -73,7 +74,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from stigmem_node.encoding import b64url_decode, b64url_encode
+from stigmem_node.encoding import b64url_decode
 from stigmem_node.errors import StigmemError
 
 ALGORITHM = "EdDSA"
@@ -145,7 +146,7 @@ class PeerAuth:
 PeerLookup = Callable[[str], PeerAuth | None]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VerifiedToken:
     """A token that passed every check except nonce consumption (the caller's job)."""
 
@@ -157,9 +158,13 @@ class VerifiedToken:
     key_id: str  # the key that verified the signature
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Parsed:
-    """A structurally valid token, before any check that needs keys or the clock."""
+    """A structurally valid token, before any check that needs keys or the clock.
+
+    Internal and never mutated; not frozen only because frozen dataclasses construct slowly
+    and this is built once per request.
+    """
 
     header: dict[str, Any]
     claims: dict[str, Any]
@@ -257,33 +262,30 @@ def verify(
     if not token:
         raise TokenRejected("peer_token_required", "A peer token is required.")
     parsed = _parse(token, now_ms)
-    issuer = _report_issuer(parsed.iss)
-    skew_ms = now_ms - parsed.iat
+
+    def rejected(code: str, message: str) -> TokenRejected:
+        return TokenRejected(code, message, issuer=_report_issuer(parsed.iss), skew_ms=now_ms - parsed.iat)
 
     header_problem = _header_problem(parsed.header)
     if header_problem is not None:
-        raise TokenRejected(*header_problem, issuer=issuer, skew_ms=skew_ms)
+        raise rejected(*header_problem)
 
     peer = lookup(parsed.iss)
     if peer is None or peer.node_id != parsed.iss:
-        raise TokenRejected("peer_not_registered", "The issuer is not a registered peer.", issuer=issuer, skew_ms=skew_ms)
+        raise rejected("peer_not_registered", "The issuer is not a registered peer.")
     if peer.status != "active":
-        raise TokenRejected("peer_not_active", "The issuing peer is not active.", issuer=issuer, skew_ms=skew_ms)
+        raise rejected("peer_not_active", "The issuing peer is not active.")
 
     key_id = _verify_signature(parsed, peer)
     if key_id is None:
-        raise TokenRejected(
-            "invalid_signature", "The token signature does not verify under the peer's keys.",
-            issuer=issuer, skew_ms=skew_ms,
-        )
+        raise rejected("invalid_signature", "The token signature does not verify under the peer's keys.")
 
     problems = _claim_problems(
         parsed, our_node_id=our_node_id, now_ms=now_ms, leeway_ms=leeway_ms,
         max_lifetime_ms=max_lifetime_ms, method=method, path_qs=path_qs,
     )
     if problems:
-        code, message = problems[0]
-        raise TokenRejected(code, message, issuer=issuer, skew_ms=skew_ms)
+        raise rejected(*problems[0])
 
     assert parsed.nonce is not None  # _claim_problems reports a missing nonce
     return VerifiedToken(
@@ -434,12 +436,25 @@ def _parse(token: str, now_ms: int) -> _Parsed:
     )
 
 
+_TO_STANDARD = str.maketrans("-_", "+/")
+# The characters that may end a canonical segment of each length mod 4 (their unused
+# low bits must be zero): for 2 leftover characters 4 bits are unused, for 3, 2 bits.
+_B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_LAST_OK = {2: frozenset(_B64URL[::16]), 3: frozenset(_B64URL[::4])}
+
+
 def _strict_b64url(segment: str) -> bytes:
-    """Canonical, unpadded base64url (RFC 7515 §2).  Raises ``ValueError``."""
-    raw = b64url_decode(segment)
-    if b64url_encode(raw) != segment:  # padding or stray low bits in the last character
+    """Canonical, unpadded base64url (RFC 7515 §2).  Raises ``ValueError``.
+
+    Refuses padding, characters outside the alphabet, an impossible length and stray low
+    bits in the last character, so that no two strings decode to the same bytes.
+    """
+    if not segment.isascii() or "+" in segment or "/" in segment or "=" in segment:
+        raise ValueError("not base64url")
+    rest = len(segment) % 4
+    if rest == 1 or (rest and segment[-1] not in _LAST_OK[rest]):
         raise ValueError("not canonical base64url")
-    return raw
+    return binascii.a2b_base64(segment.translate(_TO_STANDARD) + "=" * (-len(segment) % 4), strict_mode=True)
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

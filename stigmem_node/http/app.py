@@ -17,7 +17,7 @@ from stigmem_node.http import audit, facts, peers, wellknown
 from stigmem_node.http.errors import http_error, stigmem_error, unexpected_error
 from stigmem_node.http.middleware import BodyLimit, RequestId
 from stigmem_node.node import Node
-from stigmem_node.store.db import Checkpointer
+from stigmem_node.store.maintenance import Maintenance
 
 log = logging.getLogger("stigmem_node.http")
 
@@ -53,7 +53,7 @@ def create_app(node: Node) -> Starlette:
     ]
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        checkpointer = Checkpointer(node.store.db)
+        maintenance = Maintenance(node.store.db, node.clock.now_ms)
         scheduler = None
         if node.settings.pull_interval_s > 0:
             from stigmem_node.replication import Scheduler
@@ -67,7 +67,7 @@ def create_app(node: Node) -> Starlette:
             watcher.cancel()
             if scheduler is not None:
                 await scheduler.stop()
-            checkpointer.stop()
+            maintenance.stop()
 
     app = Starlette(
         routes=routes,

@@ -128,41 +128,14 @@ class Database:
         with self._lock:
             return self.conn.execute(sql, params).fetchone()
 
+    def data_version(self) -> int:
+        """Changes whenever another connection (another process) commits a change."""
+        with self._lock:
+            return self.conn.execute("PRAGMA data_version").fetchone()[0]
+
     def close(self) -> None:
         with self._lock:
             self.conn.close()
-
-
-class Checkpointer:
-    """Move WAL pages into the database from a background thread.
-
-    A server hands WAL checkpoints (and their fsyncs) to this thread, so that the event
-    loop never waits on the disk; the serving connection's own auto-checkpoint is turned
-    off.  PASSIVE checkpoints never block writers or readers.
-    """
-
-    def __init__(self, db: Database, interval_s: float = 1.0) -> None:
-        self.path = db.path
-        self.interval_s = interval_s
-        self._stop = threading.Event()
-        db.execute("PRAGMA wal_autocheckpoint=0")
-        self._thread = threading.Thread(target=self._run, name="stigmem-wal-checkpoint", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=10)
-        try:
-            while not self._stop.wait(self.interval_s):
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.OperationalError:
-                    continue  # busy: try again next interval
-        finally:
-            conn.close()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
 
 
 def _split_sql(script: str) -> list[str]:
