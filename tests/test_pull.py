@@ -426,6 +426,18 @@ def test_rejection_peer_not_active_is_403_while_suspended(fed: Fed):
     assert fed.client("127.0.0.1").get(PULL, headers={"Authorization": f"Bearer {token}"}).status_code == 200
 
 
+def test_a_suspension_made_with_the_cli_applies_to_the_next_request(fed: Fed):
+    """The server caches peer lookups; a change made by another process must still apply at once."""
+    pid = fed.b_peer["peer_id"]
+    assert fed.get(PULL, fed.mint(PULL)).status_code == 200  # the lookup is now cached
+    assert fed.a.cli("peers", "suspend", pid).returncode == 0
+    try:
+        assert_error(fed.get(PULL, fed.mint(PULL)), 403, "peer_not_active")
+    finally:
+        assert fed.a.cli("peers", "resume", pid).returncode == 0
+    assert fed.get(PULL, fed.mint(PULL)).status_code == 200
+
+
 def test_rejection_replay_is_nonce_already_seen_and_audited_as_replay_attempt(fed: Fed):
     token = fed.mint(PULL)
     assert fed.get(PULL, token).status_code == 200
