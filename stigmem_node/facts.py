@@ -191,16 +191,7 @@ class FactInput:
 
     @property
     def cid(self) -> str:
-        return compute_cid(
-            entity=self.entity,
-            relation=self.relation,
-            value_type=self.value_type,
-            value_v=self.value_v,
-            source=self.source,
-            scope=self.scope,
-            confidence=self.confidence,
-            interpret_as=self.interpret_as,
-        )
+        return cid_of(self)
 
     @property
     def value(self) -> Any:
@@ -236,16 +227,7 @@ class Fact:
         return decode_value(self.value_type, self.value_v)
 
     def computed_cid(self) -> str:
-        return compute_cid(
-            entity=self.entity,
-            relation=self.relation,
-            value_type=self.value_type,
-            value_v=self.value_v,
-            source=self.source,
-            scope=self.scope,
-            confidence=self.confidence,
-            interpret_as=self.interpret_as,
-        )
+        return cid_of(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +266,12 @@ def compute_cid(
     }
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return "sha256:" + sha256_hex(text.encode("utf-8"))
+
+
+def cid_of(f: FactInput | Fact) -> str:
+    """The CID of a fact's content (see ``compute_cid``)."""
+    return compute_cid(entity=f.entity, relation=f.relation, value_type=f.value_type, value_v=f.value_v,
+                       source=f.source, scope=f.scope, confidence=f.confidence, interpret_as=f.interpret_as)
 
 
 def encode_number(v: int | float) -> str:
@@ -791,61 +779,24 @@ def origin_sig_payload(
     )
 
 
-def sign_origin(
-    private_key: Ed25519PrivateKey,
-    *,
-    fact_id: str,
-    cid: str,
-    entity_uri: str,
-    origin_node_id: str,
-    origin_allowed_scopes: Iterable[str],
-    origin_allowed_tenants: Iterable[str],
-    origin_tenant: str,
-    valid_until: str | None,
-) -> str:
-    """Ed25519 signature over ``origin_sig_payload(...)``, base64url without padding."""
-    payload = origin_sig_payload(
-        fact_id,
-        cid,
-        entity_uri,
-        origin_node_id,
-        origin_allowed_scopes,
-        origin_allowed_tenants,
-        origin_tenant,
-        valid_until,
-    )
-    return b64url_encode(private_key.sign(payload))
+def sign_origin(private_key: Ed25519PrivateKey, **fields: Any) -> str:
+    """Ed25519 signature over ``origin_sig_payload(**fields)``, base64url without padding."""
+    return b64url_encode(private_key.sign(origin_sig_payload(**fields)))
 
 
 def verify_origin(
     public_keys: Ed25519PublicKey | Iterable[Ed25519PublicKey],
     signature: Any,
-    *,
-    fact_id: str,
-    cid: str,
-    entity_uri: str,
-    origin_node_id: str,
-    origin_allowed_scopes: Iterable[str],
-    origin_allowed_tenants: Iterable[str],
-    origin_tenant: str,
-    valid_until: str | None,
+    **fields: Any,
 ) -> bool:
-    """True if ``signature`` verifies under any of ``public_keys``; never raises on bad input."""
+    """True if ``signature`` verifies over ``origin_sig_payload(**fields)`` under any of
+    ``public_keys``; never raises on bad input."""
     keys = [public_keys] if isinstance(public_keys, Ed25519PublicKey) else list(public_keys)
-    if not keys or not isinstance(signature, str) or not entity_uri:
+    if not keys or not isinstance(signature, str) or not fields.get("entity_uri"):
         return False
     try:
         sig = b64url_decode(signature)
-        payload = origin_sig_payload(
-            fact_id,
-            cid,
-            entity_uri,
-            origin_node_id,
-            origin_allowed_scopes,
-            origin_allowed_tenants,
-            origin_tenant,
-            valid_until,
-        )
+        payload = origin_sig_payload(**fields)
     except (TypeError, ValueError):  # bad base64, lone surrogates, unsortable lists
         return False
     if len(sig) != 64:
@@ -859,18 +810,16 @@ def verify_origin(
     return False
 
 
+def _signed_fields(fact: Fact, origin: Origin) -> dict[str, Any]:
+    return {
+        "fact_id": fact.id, "cid": fact.cid, "entity_uri": origin.entity_uri, "origin_node_id": origin.node_id,
+        "origin_allowed_scopes": origin.allowed_scopes, "origin_allowed_tenants": origin.allowed_tenants,
+        "origin_tenant": origin.tenant, "valid_until": fact.valid_until,
+    }
+
+
 def sign_fact_origin(private_key: Ed25519PrivateKey, fact: Fact, origin: Origin) -> str:
-    return sign_origin(
-        private_key,
-        fact_id=fact.id,
-        cid=fact.cid,
-        entity_uri=origin.entity_uri,
-        origin_node_id=origin.node_id,
-        origin_allowed_scopes=origin.allowed_scopes,
-        origin_allowed_tenants=origin.allowed_tenants,
-        origin_tenant=origin.tenant,
-        valid_until=fact.valid_until,
-    )
+    return sign_origin(private_key, **_signed_fields(fact, origin))
 
 
 def verify_fact_origin(
@@ -879,18 +828,7 @@ def verify_fact_origin(
     origin: Origin,
     signature: Any,
 ) -> bool:
-    return verify_origin(
-        public_keys,
-        signature,
-        fact_id=fact.id,
-        cid=fact.cid,
-        entity_uri=origin.entity_uri,
-        origin_node_id=origin.node_id,
-        origin_allowed_scopes=origin.allowed_scopes,
-        origin_allowed_tenants=origin.allowed_tenants,
-        origin_tenant=origin.tenant,
-        valid_until=fact.valid_until,
-    )
+    return verify_origin(public_keys, signature, **_signed_fields(fact, origin))
 
 
 # --------------------------------------------------------------------------- HLC

@@ -42,11 +42,12 @@ def run_cli(*args: str, db: Path | str | None = None, env: dict[str, str] | None
 
 class RunningNode:
     def __init__(self, workdir: Path, name: str = "node", env: dict[str, str] | None = None,
-                 args: tuple[str, ...] = (), port: int | None = None) -> None:
+                 args: tuple[str, ...] = (), port: int | None = None, db: Path | None = None) -> None:
+        """``db``: an existing database to serve (a second process on one node's file)."""
         self.workdir = workdir
         self.name = name
         workdir.mkdir(parents=True, exist_ok=True)
-        self.db = workdir / f"{name}.db"
+        self.db = db or workdir / f"{name}.db"
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"{name}.log"

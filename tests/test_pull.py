@@ -20,8 +20,6 @@ import itertools
 import json
 import random
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -40,7 +38,7 @@ from stigmem_node import tokens
 from stigmem_node.encoding import b64url_decode, b64url_encode
 from stigmem_node.facts import entry_from_wire, verify_fact_origin
 from stigmem_node.identity import public_key_from_b64
-from tests.nodes import RunningNode, free_port, node_env
+from tests.nodes import RunningNode
 
 PULL = "/v1/federation/facts"
 AUDIT = "/v1/federation/audit"
@@ -117,43 +115,6 @@ def register_and_approve(a: RunningNode, peer: RunningNode, scopes: str | None =
 
 
 PEER_PATH = "/v1/federation/peers"
-
-
-class Server:
-    """A `stigmem-node serve` subprocess on an existing database (a second replica of a node,
-    or a node started through a launcher)."""
-
-    def __init__(self, argv: list[str], workdir: Path, name: str, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / f"{name}.log"
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [*argv, "--port", str(self.port), "--host", "127.0.0.1"],
-            stdout=self._log, stderr=subprocess.STDOUT, env=node_env(env), cwd=workdir,
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{name} exited early:\n{self.log_path.read_text()}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"{name} did not become healthy:\n{self.log_path.read_text()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self._log.close()
 
 
 @dataclass
@@ -296,11 +257,10 @@ def fed(tmp_path_factory) -> Fed:
 
 
 @pytest.fixture(scope="module")
-def replica(fed: Fed, tmp_path_factory) -> Server:
+def replica(fed: Fed, tmp_path_factory) -> RunningNode:
     """A second `serve` process on A's database file (a replica behind a load balancer)."""
     workdir = tmp_path_factory.mktemp("replica")
-    server = Server([sys.executable, "-m", "stigmem_node", "serve", "--db", str(fed.a.db), "--node-url", fed.a.url],
-                    workdir, "a2")
+    server = RunningNode(workdir, "a2", db=fed.a.db, args=("--node-url", fed.a.url))
     yield server
     server.stop()
 
@@ -495,7 +455,7 @@ def test_inv1_fifty_concurrent_presentations_of_one_token_succeed_once(fed: Fed)
     assert nonce_row(fed.a.db, nonce)[0] == fed.b_peer["peer_id"]
 
 
-def test_inv1_two_processes_on_one_database_accept_a_token_once(fed: Fed, replica: Server):
+def test_inv1_two_processes_on_one_database_accept_a_token_once(fed: Fed, replica: RunningNode):
     assert httpx.get(replica.url + "/.well-known/stigmem").json()["node_id"] == fed.a_id
     for _ in range(5):
         token = fed.mint(PULL)
@@ -923,7 +883,7 @@ def test_inv2_any_bearer_gets_a_4xx_with_a_stable_code_never_a_5xx(fed_for_hypot
 
 
 @pytest.mark.slow
-def test_inv7_concurrent_writes_while_paging_deliver_every_fact_exactly_once(fed: Fed, replica: Server):
+def test_inv7_concurrent_writes_while_paging_deliver_every_fact_exactly_once(fed: Fed, replica: RunningNode):
     """10,000 facts written by 4 threads (two through A, two through a second process on A's
     database) in batches of 100-500, while B pages with limit 500 and a fresh token per page."""
     c0 = fed.end_cursor()
