@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from stigmem_node.encoding import b64url_decode, b64url_encode
@@ -483,3 +485,35 @@ def test_nul_characters_in_text_values_are_refused(n: RunningNode):
             "source": "s", "scope": "company"}
     res = n.client().post("/v1/facts", json=body)
     assert res.status_code == 422 and res.json()["field"] == "value.v"
+
+
+def _values():
+    return st.recursive(
+        st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.floats()
+        | st.text(max_size=20),
+        lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=10), c, max_size=5), max_leaves=20)
+
+
+def _fact_like():
+    field = st.sampled_from(["entity", "relation", "source", "scope", "confidence", "valid_until", "value"])
+    value = st.fixed_dictionaries({}, optional={"type": st.sampled_from(
+        ["string", "text", "number", "boolean", "datetime", "ref", "null", "x"]) | _values(),
+        "v": _values(), "interpret_as": st.sampled_from(["content", "instruction", "x"]) | _values()})
+    return st.builds(lambda base, k, v: {**base, k: v},
+                     st.just({"entity": "stigmem://t/fz", "relation": "r", "value": {"type": "string", "v": "x"},
+                              "source": "s", "scope": "company"}), field, _values() | value)
+
+
+def test_inv2_no_fact_body_gives_a_5xx(n: RunningNode):
+    client = n.client()
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(body=_values() | _fact_like() | st.builds(lambda fs: {"facts": fs}, st.lists(_fact_like(), max_size=4)))
+    def check(body):
+        res = client.post(FACTS, content=json.dumps(body, allow_nan=True).encode())
+        assert res.status_code < 500, (body, res.text)
+        if res.status_code >= 400:
+            err = res.json()
+            assert err["error"] == err["detail"] and err["message"]
+
+    check()
