@@ -77,6 +77,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 3600, got {text}")
+    return value
+
+
 def _cli_actor() -> Actor:
     try:
         user = getpass.getuser()
@@ -406,9 +416,10 @@ def cmd_apikey_create(args: argparse.Namespace) -> int:
     node = _node(args)
     perms = parse_permissions(args.permissions)
     expires = iso(node.clock.now() + timedelta(days=args.expires_in_days)) if args.expires_in_days else None
-    key, rec = node.apikeys.create(perms, label=args.label, expires_at=expires)
-    node.audit.record("apikey_created", actor=_cli_actor().name, remote_addr="local",
-                      detail={"id": rec.id, "permissions": list(perms), "label": args.label})
+    with node.store.transaction():  # the key and its audit row, together
+        key, rec = node.apikeys.create(perms, label=args.label, expires_at=expires)
+        node.audit.record("apikey_created", actor=_cli_actor().name, remote_addr="local",
+                          detail={"id": rec.id, "permissions": list(perms), "label": args.label})
     data = {**key_public_dict(rec), "key": key}
     _emit(args, data, lambda d: f"{d['key']}\n(shown once; permissions: {', '.join(d['permissions'])})")
     return EXIT_OK
@@ -433,9 +444,10 @@ def cmd_apikey_list(args: argparse.Namespace) -> int:
 
 def cmd_apikey_revoke(args: argparse.Namespace) -> int:
     node = _node(args)
-    rec, changed = node.apikeys.revoke(args.id)
-    if changed:
-        node.audit.record("apikey_revoked", actor=_cli_actor().name, remote_addr="local", detail={"id": rec.id})
+    with node.store.transaction():  # the revocation and its audit row, together
+        rec, changed = node.apikeys.revoke(args.id)
+        if changed:
+            node.audit.record("apikey_revoked", actor=_cli_actor().name, remote_addr="local", detail={"id": rec.id})
     _emit(args, key_public_dict(rec),
           lambda d: f"{'Revoked' if changed else 'Already revoked:'} API key {d['prefix']}…")
     return EXIT_OK
@@ -443,6 +455,8 @@ def cmd_apikey_revoke(args: argparse.Namespace) -> int:
 
 # -- keys -----------------------------------------------------------------------------
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    if not 0 <= args.grace <= 24 * 30:  # also refuses NaN
+        raise ConfigError(message=f"--grace must be between 0 and 720 hours, got {args.grace:g}")
     node = _node(args)
     result = node.rotate_key(timedelta(hours=args.grace), actor=_cli_actor().name)
     _emit(args, result, lambda r: (
@@ -618,7 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = audit.add_parser("tail", parents=[common], help="the newest entries")
     p.add_argument("-n", type=positive_int, default=20)
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new entries")
-    p.add_argument("--interval", type=float, default=1.0)
+    p.add_argument("--interval", type=positive_float, default=1.0)
     p.set_defaults(func=cmd_audit_tail)
     p = audit.add_parser("verify", parents=[common], help="check the hash chain; exit 1 if broken")
     p.set_defaults(func=cmd_audit_verify)

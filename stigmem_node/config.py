@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -180,8 +181,13 @@ def validate(s: Settings) -> Settings:
         except ValueError:
             raise ConfigError(message=f"node URL has an invalid port: {s.node_url!r}") from None
         object.__setattr__(s, "node_url", s.node_url.rstrip("/"))
-    if s.node_id is not None and (not s.node_id.strip() or len(s.node_id) > 256 or any(c.isspace() for c in s.node_id)):
-        raise ConfigError(message=f"node id must be a non-empty string without spaces, got {s.node_id!r}")
+    if s.node_id is not None and (
+        not s.node_id.strip() or len(s.node_id) > 256
+        or any(c.isspace() or ord(c) < 32 or 0x7F <= ord(c) <= 0x9F for c in s.node_id)
+        or re.fullmatch(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}", s.node_id)
+    ):
+        raise ConfigError(message=f"node id must be a non-empty string without spaces or control characters, "
+                                  f"and not a bare UUID (e.g. stigmem:node:<uuid>); got {s.node_id!r}")
     sync = s.synchronous.upper()
     if sync not in ("NORMAL", "FULL"):
         raise ConfigError(message=f"SQLite synchronous mode must be NORMAL or FULL, got {s.synchronous!r}")

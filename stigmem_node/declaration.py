@@ -9,6 +9,7 @@ Verification never raises on bad input: it returns a reason code.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,6 +23,8 @@ from stigmem_node.identity import NodeIdentity, public_key_from_b64
 
 SIGNED_FIELDS = ("allowed_scopes", "federation_pubkey", "node_id", "node_url", "signed_at")
 MAX_FIELD_LEN = 2048
+_SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 MAX_AGE = timedelta(days=7)
 
 # Reason codes (stable; listed in docs/protocol.md).
@@ -101,6 +104,13 @@ def parse(obj: Any) -> Declaration:
     for s in scopes:
         if s not in SCOPES:
             raise DeclarationRejected(INVALID_SCOPE, f"unknown scope {s[:40]!r}", "allowed_scopes")
+    for name in ("node_id", "node_url"):
+        if _SPACE_OR_CONTROL.search(obj[name]):
+            raise DeclarationRejected(MALFORMED, f"{name} must not contain spaces or control characters", name)
+    if _UUID.fullmatch(obj["node_id"]):
+        # Operators name peers by node id or by peer id (a UUID); keep the two apart.
+        raise DeclarationRejected(MALFORMED, "node_id must not be a bare UUID (use e.g. stigmem:node:<uuid>)",
+                                  "node_id")
     if not obj["node_url"].startswith(("http://", "https://")):
         raise DeclarationRejected(MALFORMED, "node_url must be an http(s) URL", "node_url")
     try:

@@ -10,10 +10,8 @@ import binascii
 import hashlib
 import json
 import math
-import re
 from typing import Any
 
-_B64URL_RE = re.compile(r"^[A-Za-z0-9_-]*={0,2}$")
 
 
 def b64url_encode(data: bytes) -> str:
@@ -21,21 +19,30 @@ def b64url_encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+_TO_STANDARD = str.maketrans("-_", "+/")
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+# The characters that may end a canonical text of each length mod 4 (their unused low
+# bits must be zero): with 2 leftover characters 4 bits are unused, with 3, 2 bits.
+_LAST_OK = {2: frozenset(_ALPHABET[::16]), 3: frozenset(_ALPHABET[::4])}
+
+
 def b64url_decode(text: str | bytes) -> bytes:
-    """Strict base64url decoding; padding optional.  Raises ``ValueError`` on bad input."""
+    """Strict base64url (RFC 7515 §2): no padding, no characters outside the alphabet, no
+    stray low bits in the last character, so that each byte string has exactly one text
+    form (a key or signature cannot be written two ways).  Raises ``ValueError``."""
     if isinstance(text, bytes):
         try:
             text = text.decode("ascii")
         except UnicodeDecodeError as exc:
             raise ValueError("base64url text must be ASCII") from exc
-    if not isinstance(text, str) or not _B64URL_RE.match(text):
+    if not isinstance(text, str) or not text.isascii() or "+" in text or "/" in text or "=" in text:
         raise ValueError("not base64url")
-    stripped = text.rstrip("=")
-    if len(stripped) % 4 == 1:
-        raise ValueError("impossible base64url length")
+    rest = len(text) % 4
+    if rest == 1 or (rest and text[-1] not in _LAST_OK[rest]):
+        raise ValueError("not canonical base64url")
     try:
-        return base64.urlsafe_b64decode(stripped + "=" * (-len(stripped) % 4))
-    except (binascii.Error, ValueError) as exc:
+        return binascii.a2b_base64(text.translate(_TO_STANDARD) + "=" * (-len(text) % 4), strict_mode=True)
+    except binascii.Error as exc:
         raise ValueError("not base64url") from exc
 
 

@@ -324,6 +324,8 @@ def _endorsement_chain(node_id: str, doc: dict[str, Any], trusted: set[str]) -> 
     by_kid = {e["key_id"]: e for e in past[:64] if isinstance(e, dict) and isinstance(e.get("key_id"), str)}
 
     def pub_of(kid: Any) -> str | None:
+        if not isinstance(kid, str):
+            return None
         if kid == current_kid:
             return current_pub
         entry = by_kid.get(kid)
@@ -336,7 +338,8 @@ def _endorsement_chain(node_id: str, doc: dict[str, Any], trusted: set[str]) -> 
         changed = False
         for entry in by_kid.values():
             signer, successor = entry.get("federation_pubkey"), pub_of(entry.get("endorses"))
-            if signer not in reached or successor is None or successor in reached:
+            if not isinstance(signer, str) or not isinstance(successor, str) or signer not in reached \
+                    or successor in reached:
                 continue
             try:
                 key = public_key_from_b64(signer)

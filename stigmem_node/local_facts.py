@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from stigmem_node import facts as fm
 from stigmem_node.clock import Clock
@@ -45,10 +45,14 @@ def row_view(row: FactRow) -> dict[str, Any]:
 
 
 class LocalFacts:
-    def __init__(self, store: Store, identity: NodeIdentity, clock: Clock) -> None:
+    def __init__(self, store: Store, identity: NodeIdentity, clock: Clock,
+                 on_rotation: Callable[[], object] | None = None) -> None:
         self.store = store
         self.identity = identity
         self.clock = clock
+        # Called (inside the write transaction) when another process rotated the key, so
+        # that no fact is signed with a key that is already retiring.
+        self.on_rotation = on_rotation
         self.hlc = fm.HLC(clock, seed=store.facts.max_local_hlc())
 
     def validate_one(self, item: Any) -> fm.FactInput:
@@ -76,6 +80,9 @@ class LocalFacts:
         rows: list[tuple] = []
         new: dict[tuple[str, str | None], int] = {}  # (cid, valid_until) -> index of the first new fact
         with self.store.transaction():
+            if self.on_rotation is not None and self.store.meta.get("current_key_id") != ident.key_id:
+                self.on_rotation()
+                ident = self.identity
             for i, inp in enumerate(inputs):
                 cid = inp.cid
                 key = (cid, inp.valid_until)

@@ -5,7 +5,9 @@ Both the HTTP app and the CLI work through a ``Node``.
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,6 +25,8 @@ from stigmem_node.ratelimit import AuditBudget, FailureLimiter
 from stigmem_node.store import Store
 
 DECLARATION_REFRESH = timedelta(hours=1)
+KEY_REFRESH_EVERY_S = 300.0
+RESIGN_PENDING = "resign_pending"  # node_meta: key id whose re-signing of local facts is unfinished
 
 
 class Node:
@@ -49,11 +53,13 @@ class Node:
             audit_budget=AuditBudget(per_window=20, window_s=window),
         )
         self.apikey_failures = FailureLimiter(max_failures=10, window_s=window)
-        self.facts = LocalFacts(self.store, self.identity, self.clock)
+        self.facts = LocalFacts(self.store, self.identity, self.clock, on_rotation=self.reload_identity_if_rotated)
         self.publisher = Publisher(self.store, self.audit, self.clock, settings.shared_scopes,
                                    federate_instructions=settings.federate_instructions)
         self._declaration: declaration.Declaration | None = None
         self._manifest: dict[str, Any] | None = None
+        self._refresh_not_before: dict[str, float] = {}
+        self._background: set[asyncio.Task] = set()
         self._declaration_at: datetime | None = None
         self._lock = threading.Lock()
 
@@ -89,24 +95,56 @@ class Node:
                           attempts=s.pull_attempts, backoff_s=s.pull_backoff_s)
 
     def rotate_key(self, grace: timedelta, *, actor: str) -> dict[str, Any]:
-        """Make a new signing key, keep the old one verifying for ``grace``, re-sign every
-        local fact's origin block with the new key, and audit the rotation."""
+        """Make a new signing key, keep the old one verifying for ``grace``, then re-sign
+        every local fact's origin block with the new key.
+
+        The rotation itself is one short transaction (which also marks the re-signing as
+        pending); the re-signing commits in batches, so writers elsewhere are never held
+        up for long, and an interrupted re-signing resumes at the next start.
+        """
         old = self.identity
-        with self.store.transaction():  # all or nothing: no half-rotated node
+        with self.store.transaction():
             new = identity.rotate(self.store.meta, self.clock, grace=grace)
-            self.facts.identity = new
-            try:
-                resigned = self.facts.resign_all()
-                self.audit.record("key_rotated", actor=actor, remote_addr="local",
-                                  detail={"old_key_id": old.key_id, "new_key_id": new.key_id,
-                                          "grace_s": int(grace.total_seconds()), "facts_resigned": resigned})
-            except BaseException:
-                self.facts.identity = old
-                raise
+            self.store.meta.set(RESIGN_PENDING, new.key_id)
+            self.audit.record("key_rotated", actor=actor, remote_addr="local",
+                              detail={"old_key_id": old.key_id, "new_key_id": new.key_id,
+                                      "grace_s": int(grace.total_seconds())})
         self._use_identity(new)
-        return {"old_key_id": old.key_id, "key_id": self.identity.key_id,
-                "pubkey_fingerprint": self.identity.fingerprint, "facts_resigned": resigned,
-                "old_key_verifies_until": self.identity.previous_keys[-1].retire_after if self.identity.previous_keys else None}
+        resigned = self.resign_if_pending()
+        return {"old_key_id": old.key_id, "key_id": new.key_id, "pubkey_fingerprint": new.fingerprint,
+                "facts_resigned": resigned,
+                "old_key_verifies_until": new.previous_keys[-1].retire_after if new.previous_keys else None}
+
+    def resign_if_pending(self) -> int:
+        """Finish re-signing local facts after a rotation, if one is pending."""
+        pending = self.store.meta.get(RESIGN_PENDING)
+        if pending is None:
+            return 0
+        if pending != self.identity.key_id:
+            self._use_identity(identity.load_or_create(self.store.meta, self.clock, node_id=None, node_url=None))
+        count = self.facts.resign_all()
+        with self.store.transaction():
+            if self.store.meta.get(RESIGN_PENDING) == self.identity.key_id:
+                self.store.meta.delete(RESIGN_PENDING)
+        return count
+
+    def refresh_peer_keys_soon(self, node_id: str) -> None:
+        """After an active peer's token failed its signature, re-read that peer's well-known
+        in the background (at most once per peer every 5 minutes) to follow a key rotation.
+
+        Anyone can claim any issuer, so this is rate-limited and only ever fetches the
+        registered URL of a registered, active peer.
+        """
+        now = time.monotonic()
+        if self._refresh_not_before.get(node_id, 0.0) > now or len(self._refresh_not_before) > 10_000:
+            return
+        peer = self.store.peers.by_node_id(node_id)
+        if peer is None or peer.status != "active":
+            return
+        self._refresh_not_before[node_id] = now + KEY_REFRESH_EVERY_S
+        task = asyncio.get_running_loop().create_task(self.federation.refresh_peer_keys(peer, actor="node:auth"))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def reload_identity_if_rotated(self) -> bool:
         """Pick up a key rotated by another process (the CLI) without a restart."""

@@ -83,7 +83,7 @@ async def _get_json(url: str, *, timeout_s: float, max_bytes: int, client: httpx
                 raise OutboundError("fetch_failed", f"cannot reach {current}: {type(exc).__name__}") from None
             try:
                 return json.loads(bytes(body))
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):
                 raise OutboundError("invalid_response", f"{current} did not answer JSON") from None
         raise OutboundError("redirect_refused", "too many redirects")
     finally:

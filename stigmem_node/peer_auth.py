@@ -25,6 +25,7 @@ from stigmem_node.tokens import PeerAuth, TokenRejected, VerifiedToken
 TOKEN_REJECTED = "token_rejected"
 REPLAY_ATTEMPT = "replay_attempt"
 PEER_AUTH_THROTTLED = "peer_auth_throttled"
+GLOBAL_AUDIT_ROWS = 600  # token-rejection rows per window, all addresses together
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class PeerAuthenticator:
         self.max_lifetime_ms = max_lifetime_ms
         self.failures = failures or FailureLimiter(max_failures=30, window_s=60)
         self.audit_budget = audit_budget or AuditBudget(per_window=20, window_s=60)
+        self.global_budget = AuditBudget(per_window=GLOBAL_AUDIT_ROWS, window_s=self.audit_budget.window_s)
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._scope_cache: dict[str, tuple[str, ...]] = {}  # few distinct values: scope sets
         self._cache: dict[str, tuple[PeerAuth, tuple[str, ...], int]] = {}
@@ -163,9 +165,15 @@ class PeerAuthenticator:
         suppressed = self.audit_budget.take(remote_addr)
         if suppressed is None:
             return
+        # Also a budget for all addresses together: many addresses cannot flood the trail either.
+        suppressed_all = self.global_budget.take("*")
+        if suppressed_all is None:
+            return
         detail: dict = {"issuer": exc.issuer, "skew_ms": exc.skew_ms, "path": (path_qs or "")[:200]}
         if suppressed:
             detail["suppressed_before"] = suppressed
+        if suppressed_all:
+            detail["suppressed_all_before"] = suppressed_all
         replay = exc.code == "nonce_already_seen"
         self.audit.record(REPLAY_ATTEMPT if replay else TOKEN_REJECTED, peer_id=peer_id, actor=None,
                           reason=exc.code, detail=detail, remote_addr=remote_addr)

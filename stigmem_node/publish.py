@@ -21,6 +21,7 @@ from stigmem_node.peer_auth import AuthenticatedPeer
 from stigmem_node.store import Store
 
 MAX_LIMIT = 500
+MAX_PAGE_CHARS = 8 * 1024 * 1024  # of fact entries per page (a page of 500 large facts would be ~128 MiB)
 DEFAULT_LIMIT = 100
 SCOPE_VIOLATION = "scope_violation"
 
@@ -62,9 +63,10 @@ class Publisher:
             raise Forbidden("no_permitted_scopes", "no scope is both granted to this peer and shared by this node")
         after = parse_cursor(cursor)
         scopes = [scope] if scope is not None else sorted(permitted)
-        rows = self.store.facts.page_for_peer(scopes, after, limit + 1, self.clock.now_iso(),
-                                              instructions=self.federate_instructions)
-        has_more = len(rows) > limit
+        # A page holds `limit` facts, or fewer when they would pass MAX_PAGE_CHARS.
+        rows, cut = self.store.facts.page_for_peer(scopes, after, limit + 1, self.clock.now_iso(),
+                                                   instructions=self.federate_instructions, max_chars=MAX_PAGE_CHARS)
+        has_more = cut or len(rows) > limit
         rows = rows[:limit]
         next_cursor = str(rows[-1][0]) if rows else str(after)
         old = format_hlc(self.clock.now_ms() - HLC_SERVE_MAX_AGE_MS, 0)

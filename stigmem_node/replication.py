@@ -42,6 +42,9 @@ FACT_REJECTED = "fact_rejected"
 FACTS_REJECTED_SUMMARY = "facts_rejected_summary"
 AUDIT_ROWS_PER_PAGE = 20
 MAX_PAGE_BYTES = 64 * 1024 * 1024
+# A pass takes at most this many pages from one peer (a million facts at 500 a page), so a
+# peer that always answers has_more cannot keep a cron run going for ever.
+MAX_PAGES_PER_PASS = 2000
 MAX_RETRY_AFTER_S = 60.0
 FEDERATABLE = frozenset({"team", "company", "public"})
 
@@ -108,7 +111,8 @@ def _dumps(obj: Any) -> str:
 class Subscriber:
     def __init__(self, node, *, concurrency: int = 4, page_limit: int = 500, timeout_s: float = 10.0,
                  attempts: int = 4, backoff_s: float = 0.5, max_backoff_s: float = 30.0,
-                 max_page_bytes: int = MAX_PAGE_BYTES, transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 max_page_bytes: int = MAX_PAGE_BYTES, max_pages: int = MAX_PAGES_PER_PASS,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.node = node
         self.store = node.store
         self.concurrency = concurrency
@@ -118,6 +122,7 @@ class Subscriber:
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.max_page_bytes = max_page_bytes
+        self.max_pages = max_pages
         self.transport = transport
 
     def _client(self, *, pool_per_peer: bool = False) -> httpx.AsyncClient:
@@ -150,17 +155,27 @@ class Subscriber:
         result = PeerResult(peer.id, peer.node_id)
         started = time.monotonic()
         clock = self.node.clock
-        self.store.replication.attempt(peer.id, clock.now_iso())
         error: PullError | None = None
         try:
+            self.store.replication.attempt(peer.id, clock.now_iso())
             if peer.status != "active":
                 raise PullError("peer_not_active", f"peer is {peer.status}, not active")
             check_url(peer.node_url, allow_insecure_http=self.node.settings.allow_insecure_http)
             cursor = self.store.replication.get(peer.id).cursor
             keys = self._peer_keys(peer)
             refreshed = False
+            limit = self.page_limit
             while True:
-                page = await self._fetch(client, peer, cursor)
+                if result.pages >= self.max_pages:
+                    result.note = f"stopped after {self.max_pages} pages; the next pass carries on"
+                    break
+                try:
+                    page = await self._fetch(client, peer, cursor, limit)
+                except PullError as exc:
+                    if exc.code != "page_too_large" or limit == 1:
+                        raise
+                    limit = max(1, limit // 2)  # large facts: ask for fewer per page
+                    continue
                 result.pages += 1
                 next_cursor = page["cursor"] if page["cursor"] is not None else cursor
                 # Checking (signatures above all) runs off the event loop: a serving node
@@ -189,25 +204,31 @@ class Subscriber:
             error = PullError(exc.code, exc.message)
         except PullError as exc:
             error = exc
+        except StigmemError as exc:  # e.g. database_busy
+            error = PullError(exc.code, exc.message)
         except Exception:  # one peer's surprise must not end the pass for the others
             log.exception("pull from %s failed unexpectedly", peer.node_id)
             error = PullError("internal_error", "the pull failed unexpectedly; see the node's log")
         if error is not None:
             result.ok, result.error, result.error_code = False, error.message, error.code
         result.duration_s = time.monotonic() - started
-        self.store.replication.finish(peer.id, clock.now_iso(),
-                                      None if error is None else f"{error.code}: {error.message}")
+        try:
+            self.store.replication.finish(peer.id, clock.now_iso(),
+                                          None if error is None else f"{error.code}: {error.message}")
+        except sqlite3.Error:
+            log.exception("cannot record the pull status of %s", peer.node_id)
         return result
 
     # -- fetching ------------------------------------------------------------------------
-    async def _fetch(self, client: httpx.AsyncClient, peer: PeerRecord, cursor: str | None) -> dict[str, Any]:
-        query = f"limit={self.page_limit}" + (f"&cursor={quote(cursor, safe='')}" if cursor else "")
+    async def _fetch(self, client: httpx.AsyncClient, peer: PeerRecord, cursor: str | None,
+                     limit: int) -> dict[str, Any]:
+        query = f"limit={limit}" + (f"&cursor={quote(cursor, safe='')}" if cursor else "")
         path_qs = f"/v1/federation/facts?{query}"
         url = peer.node_url.rstrip("/") + path_qs
         for attempt in range(1, self.attempts + 1):
             token = self.node.mint_peer_token(peer.node_id, peer.allowed_scopes, method="GET", path_qs=path_qs)
             try:
-                return await self._get_page(client, url, token)
+                return await self._get_page(client, url, token, limit)
             except _Retry as retry:
                 if attempt == self.attempts:
                     raise retry.error from None
@@ -218,7 +239,7 @@ class Subscriber:
                 await asyncio.sleep(delay)
         raise PullError("pull_failed", "no attempt was made")  # pragma: no cover - attempts >= 1
 
-    async def _get_page(self, client: httpx.AsyncClient, url: str, token: str) -> dict[str, Any]:
+    async def _get_page(self, client: httpx.AsyncClient, url: str, token: str, limit: int) -> dict[str, Any]:
         # identity: the size cap counts the bytes as sent, not what a compressed body inflates to.
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json", "Accept-Encoding": "identity"}
         try:
@@ -252,8 +273,8 @@ class Subscriber:
                 and isinstance(page.get("has_more"), bool)
                 and (page.get("cursor") is None or isinstance(page.get("cursor"), (str, int)))):
             raise PullError("invalid_page", "the peer's page is not a v2 page {v, facts, cursor, has_more}")
-        if len(page["facts"]) > self.page_limit:
-            raise PullError("invalid_page", f"the peer sent more than {self.page_limit} facts in one page")
+        if len(page["facts"]) > limit:
+            raise PullError("invalid_page", f"the peer sent more than the {limit} facts asked for")
         if isinstance(page["cursor"], int) and not isinstance(page["cursor"], bool):
             page["cursor"] = str(page["cursor"])
         elif isinstance(page["cursor"], str) and len(page["cursor"]) > 512:
@@ -283,6 +304,10 @@ class Subscriber:
                 or fact.scope not in origin.allowed_scopes:
             raise ValidationError("scope_not_granted", f"scope {fact.scope!r} was not granted for this peer",
                                   field=f"facts[{index}].scope")
+        if fm.is_instruction(fact) and not self.node.settings.federate_instructions:
+            raise ValidationError("instruction_not_accepted",
+                                  "instruction facts are accepted only with STIGMEM_FEDERATE_INSTRUCTIONS",
+                                  field=f"facts[{index}].value.interpret_as")
         if not fm.verify_fact_origin(keys, fact, origin, entry.origin_sig):
             raise ValidationError("invalid_origin_signature", "the origin signature does not verify under the peer's keys",
                                   field=f"facts[{index}].origin_sig")
@@ -433,6 +458,11 @@ class Scheduler:
                 log.exception("cannot list peers to pull; trying again next interval")
                 peers = []
             now = time.monotonic()
+            active = {p.id for p in peers}
+            for gone in [pid for pid in self._running if pid not in active and self._running[pid].done()]:
+                self._running.pop(gone, None)
+                self._failures.pop(gone, None)
+                self._not_before.pop(gone, None)
             for peer in peers:
                 task = self._running.get(peer.id)
                 if (task is None or task.done()) and self._not_before.get(peer.id, 0.0) <= now:

@@ -105,3 +105,26 @@ def test_the_subscriber_follows_a_rotation_by_itself(pair):
     assert summary["new"] == 3 and summary["rejected"] == 0
     assert audit_events(a, event_type="peer_key_rotated")[0]["actor"] == "node:pull"
     assert audit_events(a, event_type="fact_rejected") == []
+
+
+def test_a_peer_that_only_pulls_is_followed_after_its_first_failing_token(pair):
+    """B serves A nothing, so A never sees B's re-signed facts; B's first token signed with
+    the new key fails, A re-reads B's well-known in the background, and B's next token works."""
+    a, b = pair
+    approve(a, b)
+    approve(b, a)
+    rotated = b.cli_json("keys", "rotate", "--grace", "1")
+    wait_for_key(b, rotated["key_id"])
+    path = "/v1/federation/facts?limit=5"
+
+    def attempt() -> int:
+        res = b.cli("token", "mint", "--peer", a.well_known()["node_id"], "--method", "GET", "--path", path)
+        assert res.returncode == 0, res.stderr
+        return httpx.get(a.url + path, headers={"Authorization": f"Bearer {res.stdout.strip()}"}).status_code
+
+    assert attempt() == 401
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not audit_events(a, event_type="peer_key_rotated"):
+        time.sleep(0.1)
+    assert audit_events(a, event_type="peer_key_rotated")[0]["actor"] == "node:auth"
+    assert attempt() == 200

@@ -49,3 +49,17 @@ def test_facts_older_than_29_days_are_served_without_their_hlc(tmp_path):
     assert entries[new.fact["id"]]["fact"]["hlc"] == new.fact["hlc"]
     # Everything else about the old fact is as stored, its signature included.
     assert entries[old.fact["id"]]["fact"]["cid"] == old.fact["cid"]
+
+
+def test_a_page_of_large_facts_is_cut_at_the_byte_budget_and_says_has_more(tmp_path):
+    from stigmem_node.publish import MAX_PAGE_CHARS
+
+    node = Node(Settings(db_path=tmp_path / "n.db"))
+    big = "x" * (250 * 1024)
+    bodies = [fact(f"memory:big{i}", value={"type": "text", "v": big}) for i in range(40)]  # ~10 MiB
+    node.facts.assert_many(node.facts.validate_batch(bodies))
+    first = json.loads(node.publisher.page(PEER, cursor=None, limit=500, scope=None))
+    assert 1 <= len(first["facts"]) < 40 and first["has_more"] is True
+    assert sum(len(json.dumps(e)) for e in first["facts"]) <= MAX_PAGE_CHARS + 1024
+    rest = json.loads(node.publisher.page(PEER, cursor=first["cursor"], limit=500, scope=None))
+    assert len(first["facts"]) + len(rest["facts"]) == 40 and rest["has_more"] is False

@@ -774,7 +774,7 @@ def test_inv13_bad_pages_are_refused_with_stable_codes_and_nothing_moves(start_n
     failing_pull("invalid_page")
     f.set("too_many")  # 501 facts for limit=500
     res = failing_pull("invalid_page")
-    assert "more than 500" in res["error"]
+    assert "more than the 500" in res["error"]
     f.set("status", status=401)
     res = failing_pull("peer_refused")
     assert "fake_401" in res["error"]  # the peer's own error code is reported
@@ -801,12 +801,18 @@ def test_inv13_bad_pages_are_refused_with_stable_codes_and_nothing_moves(start_n
     f.add(*[f.make(f"big-{i}", "public", "x" * 2000) for i in range(5)])
     node = Node(validate(Settings(db_path=p.db)))
     try:
+        # Not even one fact fits: the subscriber halves its limit down to 1, then gives up.
+        result = asyncio.run(Subscriber(node, attempts=1, timeout_s=2, max_page_bytes=1500).run_pass(f.node_id))
+        (res,) = result.peers
+        assert not res.ok and res.error_code == "page_too_large" and res.new == 0, res
+        assert len(received(p.db)) == 600
+        # Two facts fit: it asks for fewer facts per page and takes them all.
         result = asyncio.run(Subscriber(node, attempts=1, timeout_s=2, max_page_bytes=8192).run_pass(f.node_id))
+        (res,) = result.peers
+        assert res.ok and res.new == 5 and res.pages >= 3, res
     finally:
         node.close()
-    (res,) = result.peers
-    assert not res.ok and res.error_code == "page_too_large" and res.new == 0, res
-    assert len(received(p.db)) == 600
+    assert len(received(p.db)) == 605
 
     # A peer whose URL is plain http to a non-loopback host is refused before any connection.
     with sqlite3.connect(p.db, timeout=10) as conn:

@@ -53,6 +53,7 @@ def create_app(node: Node) -> Starlette:
     ]
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        node.resign_if_pending()  # a rotation whose re-signing was interrupted
         maintenance = Maintenance(node.store.db, node.clock.now_ms)
         scheduler = None
         if node.settings.pull_interval_s > 0:

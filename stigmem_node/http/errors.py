@@ -21,6 +21,7 @@ log = logging.getLogger("stigmem_node.http")
 
 # Codes whose status differs from their class default.
 STATUS_BY_CODE = {
+    "database_busy": 503,
     "invalid_json": 400,
     "fingerprint_mismatch": 400,
     "body_too_large": 413,
@@ -55,6 +56,8 @@ async def stigmem_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StigmemError)
     extra = dict(exc.extra)
     headers = extra.pop("headers", None)
+    if exc.code == "database_busy":
+        headers = {"Retry-After": "1"}
     if isinstance(exc, ValidationError) and exc.field:
         extra["field"] = exc.field
     return error_response(status_for(exc), exc.code, exc.message, headers=headers, **extra)

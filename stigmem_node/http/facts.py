@@ -9,6 +9,7 @@ from stigmem_node.http.auth import client_addr, require
 from stigmem_node.http.params import int_param, scope_param
 from stigmem_node.http.peers import json_body
 from stigmem_node.publish import DEFAULT_LIMIT, MAX_LIMIT
+from stigmem_node.tokens import TokenRejected
 
 
 async def create_facts(request: Request) -> JSONResponse:
@@ -46,12 +47,22 @@ def path_qs(request: Request) -> str:
     return (raw + (b"?" + query if query else b"")).decode("latin-1")
 
 
+def authenticate_peer(request: Request):
+    node = request.app.state.node
+    try:
+        return node.peer_auth.authenticate(request.headers.get("authorization"), method=request.method,
+                                           path_qs=path_qs(request), remote_addr=client_addr(request))
+    except TokenRejected as exc:
+        if exc.code == "invalid_signature" and exc.issuer:
+            node.refresh_peer_keys_soon(exc.issuer)  # the peer may have rotated its key
+        raise
+
+
 async def pull(request: Request) -> Response:
     """GET /v1/federation/facts: one page for an approved peer with a fresh token."""
     node = request.app.state.node
     addr = client_addr(request)
-    peer = node.peer_auth.authenticate(request.headers.get("authorization"), method=request.method,
-                                       path_qs=path_qs(request), remote_addr=addr)
+    peer = authenticate_peer(request)
     limit = int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     cursor = request.query_params.get("cursor")
     body = node.publisher.page(peer, cursor=cursor, limit=limit, scope=scope_param(request), remote_addr=addr)
@@ -61,8 +72,6 @@ async def pull(request: Request) -> Response:
 async def tombstones(request: Request) -> JSONResponse:
     """GET /v1/federation/tombstones: this node has no tombstones; answered so that reference
     subscribers, which poll it every cycle, see a valid empty v2 page."""
-    node = request.app.state.node
-    node.peer_auth.authenticate(request.headers.get("authorization"), method=request.method,
-                                path_qs=path_qs(request), remote_addr=client_addr(request))
+    authenticate_peer(request)
     return JSONResponse({"v": 2, "tombstones": [], "revocations": [],
                          "cursor": request.query_params.get("since")})

@@ -10,12 +10,23 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from stigmem_node.errors import ConfigError, Conflict
+from stigmem_node.errors import ConfigError, Conflict, StigmemError
 
 SCHEMA_VERSION = 1
 
 # Migrations from version N-1 to N, for N > 1.  Version 1 is schema.sql itself.
 MIGRATIONS: dict[int, str] = {}
+
+
+class StorageBusy(StigmemError):
+    """Another connection held the database's write lock for longer than the busy timeout."""
+
+    code = "database_busy"
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
 
 
 class IntegrityConflict(Conflict):
@@ -67,6 +78,8 @@ class Database:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'FULL' else 'NORMAL'}")
             self.conn.execute("PRAGMA foreign_keys=ON")
+            # After a checkpoint, the WAL file shrinks back to at most this size.
+            self.conn.execute("PRAGMA journal_size_limit=67108864")
             self.conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             self._migrate()
         except sqlite3.DatabaseError as exc:
@@ -95,7 +108,7 @@ class Database:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             if self._depth == 0:
-                self.conn.execute("BEGIN IMMEDIATE")
+                self._run("BEGIN IMMEDIATE")
             else:
                 self.conn.execute(f"SAVEPOINT sp{self._depth}")
             self._depth += 1
@@ -116,9 +129,17 @@ class Database:
                 else:
                     self.conn.execute(f"RELEASE sp{self._depth}")
 
+    def _run(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        try:
+            return self.conn.execute(sql, params)
+        except sqlite3.OperationalError as exc:
+            if _busy(exc):
+                raise StorageBusy(message="the database is busy; retry shortly") from None
+            raise
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         with self._lock:
-            return self.conn.execute(sql, params)
+            return self._run(sql, params)
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         with self._lock:

@@ -86,22 +86,34 @@ class FactRepo:
         return [FactRow(*r) for r in rows]
 
     def page_for_peer(self, scopes: Sequence[str], after: int, limit: int, now_iso: str, *,
-                      instructions: bool = False) -> list[tuple[int, str, str]]:
-        """(seq, entry, hlc) of this node's own unexpired facts in ``scopes``, by seq.
+                      instructions: bool = False, max_chars: int | None = None,
+                      ) -> tuple[list[tuple[int, str, str]], bool]:
+        """(seq, entry, hlc) of this node's own unexpired facts in ``scopes``, by seq, and
+        whether the rows were cut short by ``max_chars``.
 
         Instruction facts (``interpret_as`` instruction, or an ``instruction:`` entity or
-        relation) are left out unless ``instructions`` is true.
+        relation) are left out unless ``instructions`` is true.  With ``max_chars``, rows
+        are read one by one and the page stops before the entries would exceed it (one
+        row at least), so a page of large facts never sits in memory whole.
         """
         marks = ",".join("?" * len(scopes))
         no_instructions = ("" if instructions else
                            " AND interpret_as = 'content' AND substr(entity, 1, 12) <> 'instruction:'"
                            " AND substr(relation, 1, 12) <> 'instruction:'")
-        return self.db.all(
-            f"SELECT seq, entry, hlc FROM facts"
-            f" WHERE seq > ? AND received_from IS NULL AND scope IN ({marks})"
-            f" AND (valid_until IS NULL OR valid_until > ?){no_instructions} ORDER BY seq LIMIT ?",
-            (after, *scopes, now_iso, limit),
-        )
+        sql = (f"SELECT seq, entry, hlc FROM facts"
+               f" WHERE seq > ? AND received_from IS NULL AND scope IN ({marks})"
+               f" AND (valid_until IS NULL OR valid_until > ?){no_instructions} ORDER BY seq LIMIT ?")
+        params = (after, *scopes, now_iso, limit)
+        if max_chars is None:
+            return self.db.all(sql, params), False
+        rows: list[tuple[int, str, str]] = []
+        size = 0
+        for row in self.db.execute(sql, params):
+            size += len(row[1])
+            if rows and size > max_chars:
+                return rows, True
+            rows.append(row)
+        return rows, False
 
     def local_entries(self, after: int, limit: int) -> list[tuple[int, str]]:
         """(seq, entry) of this node's own facts, by seq (for re-signing after a key rotation)."""

@@ -9,11 +9,10 @@ off, so its commits never wait for a checkpoint and its fsync.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 from typing import Callable
 
-from stigmem_node.store.db import Database
+from stigmem_node.store.db import Database, StorageBusy
 from stigmem_node.store.nonces import NonceRepo
 
 log = logging.getLogger("stigmem_node.store")
@@ -32,15 +31,21 @@ class Maintenance:
         self._thread.start()
 
     def _run(self) -> None:
-        db = Database(self.path)
+        try:
+            db = Database(self.path)
+        except Exception:
+            log.exception("database maintenance cannot start: expired nonces will not be pruned")
+            return
         nonces = NonceRepo(db)
         try:
             while not self._stop.wait(self.interval_s):
                 try:
                     nonces.prune(self.now_ms(), batch=self.prune_batch)
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.OperationalError as exc:  # busy: the next round tries again
-                    log.debug("maintenance deferred: %s", exc)
+                except StorageBusy as exc:  # the next round tries again
+                    log.debug("maintenance deferred: %s", exc.message)
+                except Exception:  # keep the thread alive: an unpruned cache only grows
+                    log.exception("database maintenance failed; trying again in %.0f s", self.interval_s)
         finally:
             db.close()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from stigmem_node.store.db import Database
 
@@ -11,7 +11,7 @@ from stigmem_node.store.db import Database
 class KeyRow:
     key_id: str
     public_key: str
-    private_key: str
+    private_key: str = field(repr=False)  # never in a log line or traceback
     created_at: str
     status: str
     retire_after: str | None
@@ -30,6 +30,9 @@ class MetaRepo:
             "INSERT INTO node_meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
+
+    def delete(self, key: str) -> None:
+        self.db.execute("DELETE FROM node_meta WHERE key = ?", (key,))
 
     def set_if_absent(self, key: str, value: str) -> str:
         """Insert unless present; return the stored value (first writer wins across processes)."""
