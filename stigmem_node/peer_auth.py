@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -32,6 +33,8 @@ GLOBAL_AUDIT_ROWS = 600  # token-rejection rows per window, all addresses togeth
 class AuthenticatedPeer:
     token: VerifiedToken
     allowed_scopes: tuple[str, ...]
+    # Resolves when the consumed nonce is committed (group commit); await it before answering.
+    committed: Any = None
 
     @property
     def peer_id(self) -> str:
@@ -64,6 +67,8 @@ class PeerAuthenticator:
         self.failures = failures or FailureLimiter(max_failures=30, window_s=60)
         self.audit_budget = audit_budget or AuditBudget(per_window=20, window_s=60)
         self.global_budget = AuditBudget(per_window=GLOBAL_AUDIT_ROWS, window_s=self.audit_budget.window_s)
+        # Set by a serving node (store.db.GroupCommit): nonce inserts then share commits.
+        self.group = None
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._scope_cache: dict[str, tuple[str, ...]] = {}  # few distinct values: scope sets
         self._cache: dict[str, tuple[PeerAuth, tuple[str, ...], int]] = {}
@@ -148,6 +153,7 @@ class PeerAuthenticator:
                 token, lookup=lookup, our_node_id=self.node_id, now_ms=now_ms, leeway_ms=self.leeway_ms,
                 max_lifetime_ms=self.max_lifetime_ms, method=method, path_qs=path_qs,
             )
+            committed = self.group.join() if self.group is not None else None
             if not self.store.nonces.consume(verified.nonce, verified.peer.peer_id, verified.exp_ms + self.leeway_ms):
                 raise TokenRejected("nonce_already_seen", "this token was already used", issuer=verified.peer.node_id,
                                     skew_ms=now_ms - int(verified.claims["iat"]))
@@ -159,7 +165,7 @@ class PeerAuthenticator:
                 self.audit.record(PEER_AUTH_THROTTLED, actor=None, remote_addr=remote_addr,
                                   reason="too_many_failed_attempts", detail={"last_code": exc.code})
             raise
-        return AuthenticatedPeer(verified, found[0][1])
+        return AuthenticatedPeer(verified, found[0][1], committed)
 
     def _audit(self, exc: TokenRejected, peer_id: str | None, remote_addr: str, path_qs: str | None) -> None:
         suppressed = self.audit_budget.take(remote_addr)

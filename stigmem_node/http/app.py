@@ -17,6 +17,7 @@ from stigmem_node.http import audit, facts, peers, wellknown
 from stigmem_node.http.errors import http_error, stigmem_error, unexpected_error
 from stigmem_node.http.middleware import BodyLimit, RequestId
 from stigmem_node.node import Node
+from stigmem_node.store.db import GroupCommit
 from stigmem_node.store.maintenance import Maintenance
 
 log = logging.getLogger("stigmem_node.http")
@@ -55,6 +56,7 @@ def create_app(node: Node) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         node.resign_if_pending()  # a rotation whose re-signing was interrupted
         maintenance = Maintenance(node.store.db, node.clock.now_ms)
+        node.peer_auth.group = GroupCommit(node.store.db)
         scheduler = None
         if node.settings.pull_interval_s > 0:
             from stigmem_node.replication import Scheduler
@@ -68,6 +70,7 @@ def create_app(node: Node) -> Starlette:
             watcher.cancel()
             if scheduler is not None:
                 await scheduler.stop()
+            node.peer_auth.group = None
             maintenance.stop()
 
     app = Starlette(

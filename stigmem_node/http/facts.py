@@ -47,22 +47,29 @@ def path_qs(request: Request) -> str:
     return (raw + (b"?" + query if query else b"")).decode("latin-1")
 
 
-def authenticate_peer(request: Request):
+async def authenticate_peer(request: Request):
+    """The authenticated peer, once its nonce (and any audit row) is committed."""
     node = request.app.state.node
     try:
-        return node.peer_auth.authenticate(request.headers.get("authorization"), method=request.method,
+        peer = node.peer_auth.authenticate(request.headers.get("authorization"), method=request.method,
                                            path_qs=path_qs(request), remote_addr=client_addr(request))
     except TokenRejected as exc:
         if exc.code == "invalid_signature" and exc.issuer:
             node.refresh_peer_keys_soon(exc.issuer)  # the peer may have rotated its key
+        group = node.peer_auth.group
+        if group is not None and group.pending is not None:
+            await group.pending  # the rejection's audit row is durable before we answer
         raise
+    if peer.committed is not None:
+        await peer.committed
+    return peer
 
 
 async def pull(request: Request) -> Response:
     """GET /v1/federation/facts: one page for an approved peer with a fresh token."""
     node = request.app.state.node
     addr = client_addr(request)
-    peer = authenticate_peer(request)
+    peer = await authenticate_peer(request)
     limit = int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     cursor = request.query_params.get("cursor")
     body = node.publisher.page(peer, cursor=cursor, limit=limit, scope=scope_param(request), remote_addr=addr)
@@ -72,6 +79,6 @@ async def pull(request: Request) -> Response:
 async def tombstones(request: Request) -> JSONResponse:
     """GET /v1/federation/tombstones: this node has no tombstones; answered so that reference
     subscribers, which poll it every cycle, see a valid empty v2 page."""
-    authenticate_peer(request)
+    await authenticate_peer(request)
     return JSONResponse({"v": 2, "tombstones": [], "revocations": [],
                          "cursor": request.query_params.get("since")})

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import sqlite3
 import threading
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from stigmem_node.errors import ConfigError, Conflict, StigmemError
+
+log = logging.getLogger("stigmem_node.store")
 
 SCHEMA_VERSION = 1
 
@@ -74,6 +78,7 @@ class Database:
             raise ConfigError("database_unavailable", f"cannot open database {self.path}: {exc}") from None
         self._lock = threading.RLock()
         self._depth = 0
+        self._group_flush: Callable[[], None] | None = None  # set while a GroupCommit is open
         try:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'FULL' else 'NORMAL'}")
@@ -107,6 +112,10 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            if self._depth == 1 and self._group_flush is not None:
+                # A group commit is open: commit it now, so that this transaction commits
+                # (and is durable) when it ends, as always.
+                self._group_flush()
             if self._depth == 0:
                 self._run("BEGIN IMMEDIATE")
             else:
@@ -128,6 +137,22 @@ class Database:
                     self.conn.execute("COMMIT")
                 else:
                     self.conn.execute(f"RELEASE sp{self._depth}")
+
+    def begin_group(self, flush: Callable[[], None]) -> bool:
+        """Open an outermost write transaction for ``GroupCommit``; False if one is open."""
+        with self._lock:
+            if self._depth != 0:
+                return False
+            self._run("BEGIN IMMEDIATE")
+            self._depth = 1
+            self._group_flush = flush
+            return True
+
+    def end_group(self, commit: bool) -> None:
+        with self._lock:
+            self._depth = 0
+            self._group_flush = None
+            self.conn.execute("COMMIT" if commit else "ROLLBACK")
 
     def _run(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         try:
@@ -157,6 +182,57 @@ class Database:
     def close(self) -> None:
         with self._lock:
             self.conn.close()
+
+
+class GroupCommit:
+    """Commit the nonce inserts of many requests together, before any of them is answered.
+
+    The first insert in a turn of the event loop opens a write transaction; every insert
+    until the loop's next turn joins it; one COMMIT then makes them all durable and wakes
+    the requests waiting on ``join``'s future, which only then answer.  So a response never
+    goes out before its nonce is committed (as with one commit per request), but many
+    requests share one commit and one WAL write.
+
+    Replays stay exact: this connection sees its own uncommitted rows, and another process
+    inserting the same nonce waits for the write lock and then finds the row.  Any other
+    transaction opened meanwhile on this connection first commits the group (early), so
+    it stays a transaction of its own that is durable when it ends.  Use only on the event
+    loop's thread.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._pending: "asyncio.Future[None] | None" = None
+
+    def join(self) -> "asyncio.Future[None] | None":
+        """The future of the open group (opening one), or None when no group can be opened
+        (another transaction is open: the caller's write then commits with it)."""
+        if self._pending is None:
+            loop = asyncio.get_running_loop()
+            if not self.db.begin_group(self._commit):
+                return None
+            self._pending = loop.create_future()
+            loop.call_soon(self._commit)
+        return self._pending
+
+    @property
+    def pending(self) -> "asyncio.Future[None] | None":
+        return self._pending
+
+    def _commit(self) -> None:
+        future, self._pending = self._pending, None
+        if future is None:
+            return
+        try:
+            self.db.end_group(commit=True)
+        except sqlite3.Error as exc:
+            try:
+                self.db.end_group(commit=False)
+            except sqlite3.Error:
+                log.exception("rollback after a failed group commit failed")
+            future.set_exception(StorageBusy(message=f"the database could not commit ({type(exc).__name__})"))
+            return
+        future.set_result(None)
 
 
 def _split_sql(script: str) -> list[str]:
