@@ -8,6 +8,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -133,3 +134,28 @@ def wrk(url: str, path: str, tokens_file: Path, *, seconds: int, connections: in
     stats = json.loads(out.split("JSON", 1)[1].strip().splitlines()[0])
     stats["rps"] = stats["requests"] / seconds
     return stats
+
+
+def fact_rows(db: Path, received: bool | None = None) -> list[tuple]:
+    """Every fact row of a database, in insert-column order (optionally only received ones)."""
+    from stigmem_node.store.facts import INSERT_COLS
+
+    where = "" if received is None else f" WHERE received_from IS {'NOT ' if received else ''}NULL"
+    with sqlite3.connect(db) as conn:
+        return conn.execute(f"SELECT {INSERT_COLS} FROM facts{where}").fetchall()
+
+
+def insert_ceiling(rows: list[tuple], workdir: Path) -> float:
+    """Seconds to insert ``rows`` into an empty schema in one transaction: the ceiling that
+    end-to-end rates are compared with."""
+    from stigmem_node.store.db import Database
+    from stigmem_node.store.facts import INSERT_COLS
+
+    db = Database(workdir / "ceiling.db")
+    marks = ",".join("?" * len(INSERT_COLS.split(",")))
+    t0 = time.perf_counter()
+    with db.transaction():
+        db.conn.executemany(f"INSERT INTO facts ({INSERT_COLS}) VALUES ({marks})", rows)
+    elapsed = time.perf_counter() - t0
+    db.close()
+    return elapsed

@@ -7,17 +7,13 @@ measured in the same run (the same rows inserted into an empty schema in one tra
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Node  # noqa: E402
-
-from stigmem_node.store.db import Database  # noqa: E402
-from stigmem_node.store.facts import INSERT_COLS  # noqa: E402
+from _common import Node, fact_rows, insert_ceiling  # noqa: E402
 
 
 def main() -> None:
@@ -41,14 +37,8 @@ def main() -> None:
         rss = a.rss_mib()
     finally:
         a.stop()
-    with sqlite3.connect(a.db) as conn:
-        rows = conn.execute(f"SELECT {INSERT_COLS} FROM facts").fetchall()
-    ceiling_db = Database(work / "ceiling.db")
-    marks = ",".join("?" * len(INSERT_COLS.split(",")))
-    t0 = time.perf_counter()
-    with ceiling_db.transaction():
-        ceiling_db.conn.executemany(f"INSERT INTO facts ({INSERT_COLS}) VALUES ({marks})", rows)
-    ceiling = time.perf_counter() - t0
+    rows = fact_rows(a.db)
+    ceiling = insert_ceiling(rows, work)
     n = len(rows)
     print(f"{n} facts asserted over HTTP in batches of 500: {elapsed:.2f} s, server CPU {cpu / n * 1e6:.0f} µs/fact, "
           f"RSS {rss:.0f} MiB")

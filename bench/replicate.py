@@ -10,7 +10,6 @@ ceiling, inserts the very same rows into an empty copy of the schema in one tran
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -18,11 +17,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Node, peer_up  # noqa: E402
+from _common import Node, fact_rows, insert_ceiling, peer_up  # noqa: E402
 from pull import load_facts  # noqa: E402
-
-from stigmem_node.store.db import Database  # noqa: E402
-from stigmem_node.store.facts import INSERT_COLS  # noqa: E402
 
 
 def main() -> None:
@@ -42,22 +38,15 @@ def main() -> None:
         elapsed = time.perf_counter() - t0
         if res.returncode != 0:
             sys.exit(f"pull failed: {res.stdout}{res.stderr}")
-        with sqlite3.connect(b.db) as conn:
-            got = conn.execute("SELECT COUNT(*) FROM facts WHERE received_from IS NOT NULL").fetchone()[0]
-            rows = conn.execute(f"SELECT {INSERT_COLS} FROM facts WHERE received_from IS NOT NULL").fetchall()
+        rows = fact_rows(b.db, received=True)
+        got = len(rows)
     finally:
         a.stop()
         b.stop()
     if got != args.facts:
         sys.exit(f"only {got} of {args.facts} facts arrived")
 
-    ceiling_db = Database(work / "ceiling.db")
-    marks = ",".join("?" * len(INSERT_COLS.split(",")))
-    t0 = time.perf_counter()
-    with ceiling_db.transaction():
-        ceiling_db.conn.executemany(f"INSERT INTO facts ({INSERT_COLS}) VALUES ({marks})", rows)
-    ceiling = time.perf_counter() - t0
-
+    ceiling = insert_ceiling(rows, work)
     rate, ceil_rate = got / elapsed, got / ceiling
     print(f"{got} facts replicated A -> B by `stigmem-node pull` (process start included): {elapsed:.2f} s")
     print(f"end to end:        {rate:>9,.0f} facts/s")
