@@ -79,9 +79,9 @@ def test_inv13_well_known_fetch_guard_rails(server):
 
 
 def test_inv13_the_timeout_bounds_the_whole_fetch_not_each_read(server):
-    started = time.monotonic()
-    assert code_of(server + "/slow", timeout=1.0) == "fetch_timeout"  # each read is quick; the whole is not
-    assert time.monotonic() - started < 3
+    # The body trickles for 4 s, each read well within 1 s: only a deadline on the whole fetch
+    # turns it into a timeout (a per-read timeout would let it complete).
+    assert code_of(server + "/slow", timeout=1.0) == "fetch_timeout"
 
 
 def test_inv13_plain_http_only_to_loopback_unless_allowed():

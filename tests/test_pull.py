@@ -710,7 +710,6 @@ def test_failures_are_rate_limited_per_address_and_audit_rows_capped(fed: Fed, t
             for i in range(30):
                 res = client.get(PULL, headers={"Authorization": f"Bearer garbage.{i}"})
                 assert_error(res, 401, "malformed_token")
-            started = time.monotonic()
             res = client.get(PULL, headers={"Authorization": f"Bearer {good}"})
             body = assert_error(res, 429, "too_many_failed_attempts")
             retry = int(res.headers["Retry-After"])
@@ -725,7 +724,6 @@ def test_failures_are_rate_limited_per_address_and_audit_rows_capped(fed: Fed, t
         assert len(throttled) == 1 and throttled[0]["remote_addr"] == "127.0.0.1"
         assert all(e["remote_addr"] == "127.0.0.1" and e["reason"] == "malformed_token" for e in entries)
         assert all("suppressed_before" not in e["detail"] for e in entries)
-        assert time.monotonic() - started < 60
         assert b_peer["status"] == "active"
     finally:
         a.stop()
@@ -916,7 +914,6 @@ def test_inv7_concurrent_writes_while_paging_deliver_every_fact_exactly_once(fed
             errors.append(exc)
 
     threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
-    started = time.monotonic()
     for t in threads:
         t.start()
     threading.Thread(target=lambda: ([t.join() for t in threads], done.set()), daemon=True).start()
@@ -940,4 +937,3 @@ def test_inv7_concurrent_writes_while_paging_deliver_every_fact_exactly_once(fed
     assert set(delivered) == expected, (len(set(delivered) - expected), len(expected - set(delivered)))
     assert not hidden & set(delivered)
     assert pages_during_writes >= 5, (pages, pages_during_writes)  # the paging really raced the writers
-    assert time.monotonic() - started < 60, pages
