@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from stigmem_node import __version__
 from stigmem_node.apikeys import PERMISSIONS, key_public_dict, parse_permissions
+from stigmem_node import audit as ev
 from stigmem_node.audit import entry_dict
 from stigmem_node.clock import iso, parse_rfc3339
 from stigmem_node.config import Settings, from_env, parse_scopes
@@ -418,7 +419,7 @@ def cmd_apikey_create(args: argparse.Namespace) -> int:
     expires = iso(node.clock.now() + timedelta(days=args.expires_in_days)) if args.expires_in_days else None
     with node.store.transaction():  # the key and its audit row, together
         key, rec = node.apikeys.create(perms, label=args.label, expires_at=expires)
-        node.audit.record("apikey_created", actor=_cli_actor().name, remote_addr="local",
+        node.audit.record(ev.APIKEY_CREATED, actor=_cli_actor().name, remote_addr="local",
                           detail={"id": rec.id, "permissions": list(perms), "label": args.label})
     data = {**key_public_dict(rec), "key": key}
     _emit(args, data, lambda d: f"{d['key']}\n(shown once; permissions: {', '.join(d['permissions'])})")
@@ -447,7 +448,7 @@ def cmd_apikey_revoke(args: argparse.Namespace) -> int:
     with node.store.transaction():  # the revocation and its audit row, together
         rec, changed = node.apikeys.revoke(args.id)
         if changed:
-            node.audit.record("apikey_revoked", actor=_cli_actor().name, remote_addr="local", detail={"id": rec.id})
+            node.audit.record(ev.APIKEY_REVOKED, actor=_cli_actor().name, remote_addr="local", detail={"id": rec.id})
     _emit(args, key_public_dict(rec),
           lambda d: f"{'Revoked' if changed else 'Already revoked:'} API key {d['prefix']}…")
     return EXIT_OK

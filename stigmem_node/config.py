@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
@@ -45,7 +45,6 @@ class Settings:
     pull_attempts: int = 4
     pull_backoff_s: float = 0.5
     log_level: str = "info"
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def public_url(self) -> str:

@@ -53,7 +53,15 @@ class LocalFacts:
         # Called (inside the write transaction) when another process rotated the key, so
         # that no fact is signed with a key that is already retiring.
         self.on_rotation = on_rotation
-        self.hlc = fm.HLC(clock, seed=store.facts.max_local_hlc())
+        self._hlc: fm.HLC | None = None
+
+    @property
+    def hlc(self) -> fm.HLC:
+        """The node's clock, seeded on first use from the newest HLC it issued (so that
+        commands that write no fact never scan the facts table for it)."""
+        if self._hlc is None:
+            self._hlc = fm.HLC(self.clock, seed=self.store.facts.max_local_hlc())
+        return self._hlc
 
     def validate_one(self, item: Any) -> fm.FactInput:
         """Validate the body of a single-fact POST; error fields are the fact's own (``value.v``)."""

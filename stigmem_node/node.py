@@ -11,6 +11,7 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
+from stigmem_node import audit as ev
 from stigmem_node import declaration, identity, manifest, tokens
 from stigmem_node.apikeys import ApiKeys, Peppers
 from stigmem_node.audit import AuditTrail
@@ -106,7 +107,7 @@ class Node:
         with self.store.transaction():
             new = identity.rotate(self.store.meta, self.clock, grace=grace)
             self.store.meta.set(RESIGN_PENDING, new.key_id)
-            self.audit.record("key_rotated", actor=actor, remote_addr="local",
+            self.audit.record(ev.KEY_ROTATED, actor=actor, remote_addr="local",
                               detail={"old_key_id": old.key_id, "new_key_id": new.key_id,
                                       "grace_s": int(grace.total_seconds())})
         self._use_identity(new)
@@ -169,7 +170,7 @@ class Node:
             if self.store.apikeys.count():
                 return None
             key, rec = self.apikeys.create(PERMISSIONS, label="first admin key")
-            self.audit.record("apikey_created", actor="node:first-start", remote_addr="local",
+            self.audit.record(ev.APIKEY_CREATED, actor="node:first-start", remote_addr="local",
                               detail={"id": rec.id, "permissions": list(PERMISSIONS), "label": rec.label})
         return key
 

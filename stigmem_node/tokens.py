@@ -375,7 +375,7 @@ def _parse(token: str, now_ms: int) -> _Parsed:
     header = _header_segment(header_seg)
     claims = _json_object_segment(payload_seg, "payload")
     try:
-        signature = _strict_b64url(signature_seg)
+        signature = b64url_decode(signature_seg)
     except _DECODE_ERRORS:
         raise _malformed("The token signature is not base64url.", claims, now_ms) from None
 
@@ -435,11 +435,6 @@ def _parse(token: str, now_ms: int) -> _Parsed:
     )
 
 
-def _strict_b64url(segment: str) -> bytes:
-    """Canonical, unpadded base64url (RFC 7515 §2).  Raises ``ValueError``."""
-    return b64url_decode(segment)
-
-
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
     if len(obj) != len(pairs):
@@ -474,7 +469,7 @@ def _header_segment(segment: str) -> dict[str, Any]:
 
 def _json_object_segment(segment: str, what: str) -> dict[str, Any]:
     try:
-        text = _strict_b64url(segment).decode("utf-8")
+        text = b64url_decode(segment).decode("utf-8")
         value = _STRICT_JSON.decode(text)
     except _DECODE_ERRORS:
         raise _malformed(f"The token {what} is not base64url-encoded JSON.") from None
