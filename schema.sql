@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS peer_keys (
     PRIMARY KEY (peer_id, key_id)
 );
 
--- Single-use peer-token nonces, kept until exp + leeway (epoch ms).
+-- Single-use peer-token nonces, kept until exp + the largest leeway any process may use
+-- + a margin (epoch ms; see tokens.nonce_kept_until).
 CREATE TABLE IF NOT EXISTS nonce_cache (
     nonce         TEXT PRIMARY KEY,
     peer_id       TEXT NOT NULL,

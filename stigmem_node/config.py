@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from stigmem_node.errors import ConfigError
+from stigmem_node.tokens import MAX_LEEWAY_MS
 
 SCOPES = ("local", "team", "company", "public")
 DEFAULT_PORT = 8765
@@ -133,7 +134,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         if "local" in kw["shared_scopes"]:
             raise ConfigError(message="STIGMEM_FEDERATION_SCOPES: local facts never leave the node; remove 'local'")
     if env.get("STIGMEM_PEER_TOKEN_LEEWAY_S"):
-        kw["clock_leeway_s"] = _int("STIGMEM_PEER_TOKEN_LEEWAY_S", env["STIGMEM_PEER_TOKEN_LEEWAY_S"], 0, 600)
+        kw["clock_leeway_s"] = _int("STIGMEM_PEER_TOKEN_LEEWAY_S", env["STIGMEM_PEER_TOKEN_LEEWAY_S"], 0,
+                                    MAX_LEEWAY_MS // 1000)
     if env.get("STIGMEM_ALLOW_INSECURE_HTTP"):
         kw["allow_insecure_http"] = _bool("STIGMEM_ALLOW_INSECURE_HTTP", env["STIGMEM_ALLOW_INSECURE_HTTP"])
     if env.get("STIGMEM_OUTBOUND_TIMEOUT_S"):

@@ -3,7 +3,7 @@
 Every rejection is audited (reason code, claimed issuer, client address, clock skew) within
 a per-address budget, and failures per address are rate-limited.  The nonce is consumed
 by one atomic INSERT only after every other check has passed (invariant 3) and kept
-until ``exp + leeway`` (invariant 4).
+until ``tokens.nonce_kept_until(exp)``, beyond every leeway any process may use (invariant 4).
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ class PeerAuthenticator:
         self.node_id = node_id
         self.audit = audit
         self.clock = clock
+        if not 0 <= leeway_ms <= tokens.MAX_LEEWAY_MS:
+            raise ValueError(f"leeway must be between 0 and {tokens.MAX_LEEWAY_MS} ms")
         self.leeway_ms = leeway_ms
         self.max_lifetime_ms = max_lifetime_ms
         self.failures = failures or FailureLimiter(max_failures=30, window_s=60)
@@ -154,7 +156,7 @@ class PeerAuthenticator:
                 max_lifetime_ms=self.max_lifetime_ms, method=method, path_qs=path_qs,
             )
             committed = self.group.join() if self.group is not None else None
-            if not self.store.nonces.consume(verified.nonce, verified.peer.peer_id, verified.exp_ms + self.leeway_ms):
+            if not self.store.nonces.consume(verified.nonce, verified.peer.peer_id, tokens.nonce_kept_until(verified.exp_ms)):
                 raise TokenRejected("nonce_already_seen", "this token was already used", issuer=verified.peer.node_id,
                                     skew_ms=now_ms - int(verified.claims["iat"]))
         except TokenRejected as exc:

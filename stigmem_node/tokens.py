@@ -52,7 +52,9 @@ Decisions:
 * Base64url must be canonical and unpadded (RFC 7515), so no two distinct strings carry the
   same signed bytes: an accepted token is the exact string the peer signed.
 * The nonce is *not* consumed here.  The caller inserts it atomically, after ``verify``
-  returns, and keeps it until ``exp + leeway``.
+  returns, and keeps it until ``nonce_kept_until(exp)``: ``exp`` plus the largest leeway
+  any process may run with plus a margin, so that no process sharing the database, whatever
+  its own leeway and across restarts, can accept a token whose nonce was already pruned.
 * Exceptions raised by the caller's ``lookup`` propagate unchanged (a storage failure is
   not the token's fault); anything wrong with the token itself raises ``TokenRejected``.
 * PyJWT does the signature work: its ``EdDSA`` algorithm object, taken from a ``PyJWS``
@@ -79,6 +81,11 @@ from stigmem_node.errors import StigmemError
 ALGORITHM = "EdDSA"
 DEFAULT_TTL_MS = 60_000
 DEFAULT_LEEWAY_MS = 30_000
+#: The largest clock leeway a node may be configured with (STIGMEM_PEER_TOKEN_LEEWAY_S).
+MAX_LEEWAY_MS = 600_000
+#: Extra time a nonce is kept beyond ``exp + MAX_LEEWAY_MS``: covers clock differences
+#: between the process that prunes the nonce cache and the processes that accept tokens.
+NONCE_PRUNE_MARGIN_MS = 60_000
 MAX_LIFETIME_MS = 3_600_000
 MAX_TOKEN_CHARS = 8 * 1024
 MAX_NONCE_CHARS = 128
@@ -101,6 +108,18 @@ REJECTION_CODES: tuple[str, ...] = (
     "missing_nonce",
     "token_binding_mismatch",
 )
+
+
+
+def nonce_kept_until(exp_ms: int) -> int:
+    """Until when (epoch ms) the nonce of a token expiring at ``exp_ms`` must be kept.
+
+    Independent of the accepting process's own leeway: any process on the same database may
+    run with a larger one (up to ``MAX_LEEWAY_MS``), and would accept the token until
+    ``exp + its leeway``.
+    """
+    return exp_ms + MAX_LEEWAY_MS + NONCE_PRUNE_MARGIN_MS
+
 
 # PyJWS restricted to EdDSA; the algorithm object does the Ed25519 verification.
 _EDDSA = jwt.PyJWS(algorithms=[ALGORITHM]).get_algorithm_by_name(ALGORITHM)

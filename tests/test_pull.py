@@ -38,6 +38,7 @@ from stigmem_node import tokens
 from stigmem_node.encoding import b64url_decode, b64url_encode
 from stigmem_node.facts import entry_from_wire, verify_fact_origin
 from stigmem_node.identity import public_key_from_b64
+from stigmem_node.tokens import MAX_LEEWAY_MS, NONCE_PRUNE_MARGIN_MS, nonce_kept_until
 from tests.nodes import RunningNode
 
 PULL = "/v1/federation/facts"
@@ -499,7 +500,7 @@ def test_inv3_a_forger_cannot_burn_a_real_nonce(fed: Fed):
 # --------------------------------------------------------------------------- invariant 4
 
 
-def test_inv4_maximum_lifetime_accepted_one_ms_more_refused_and_nonce_kept_until_exp_plus_leeway(fed: Fed):
+def test_inv4_maximum_lifetime_accepted_one_ms_more_refused_and_nonce_kept_beyond_every_leeway(fed: Fed):
     addr = new_addr()
     t = now_ms()
     nonce = str(uuid.uuid4())
@@ -507,18 +508,18 @@ def test_inv4_maximum_lifetime_accepted_one_ms_more_refused_and_nonce_kept_until
     claims = json.loads(b64url_decode(token.split(".")[1]))
     assert claims["exp"] - claims["iat"] == MAX_LIFETIME_MS
     assert fed.get(PULL, token, addr).status_code == 200
-    assert nonce_row(fed.a.db, nonce) == (fed.b_peer["peer_id"], t + MAX_LIFETIME_MS + LEEWAY_MS)
+    assert nonce_row(fed.a.db, nonce) == (fed.b_peer["peer_id"], nonce_kept_until(t + MAX_LIFETIME_MS))
 
     over_nonce = str(uuid.uuid4())
     over = fed.crafted(iat=t, ttl_ms=MAX_LIFETIME_MS + 1, nonce=over_nonce)
     assert_error(fed.get(PULL, over, addr), 401, "token_lifetime_exceeded")
     assert nonce_row(fed.a.db, over_nonce) is None
 
-    # A default 60 s token is kept exactly until exp + 30 s too.
+    # A default 60 s token is kept until exp + the largest leeway any process may use + a margin.
     nonce = str(uuid.uuid4())
     t = now_ms()
     assert fed.get(PULL, fed.mint(PULL, now=t, nonce=nonce), addr).status_code == 200
-    assert nonce_row(fed.a.db, nonce)[1] == t + 60_000 + LEEWAY_MS
+    assert nonce_row(fed.a.db, nonce)[1] == t + 60_000 + MAX_LEEWAY_MS + NONCE_PRUNE_MARGIN_MS
 
 
 def test_inv4_expiry_uses_the_leeway_exactly(fed: Fed):

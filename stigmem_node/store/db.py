@@ -16,10 +16,16 @@ from stigmem_node.errors import ConfigError, Conflict, StigmemError
 
 log = logging.getLogger("stigmem_node.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Migrations from version N-1 to N, for N > 1.  Version 1 is schema.sql itself.
-MIGRATIONS: dict[int, str] = {}
+MIGRATIONS: dict[int, str] = {
+    # 2: nonces are kept until exp + the largest leeway any process may use + a margin
+    # (tokens.nonce_kept_until), no longer until exp + the inserting process's own leeway.
+    # Rows written before could have been kept for as little as exp + 0: extend them by the
+    # whole new allowance (at most ten minutes too long, never too short).
+    2: "UPDATE nonce_cache SET expires_at_ms = expires_at_ms + 660000;",
+}
 
 
 class StorageBusy(StigmemError):
