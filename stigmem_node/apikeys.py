@@ -113,11 +113,15 @@ class ApiKeys:
         self.repo = repo
         self.peppers = peppers
         self.clock = clock
-        # Hash something for unknown ids too, so lookups take the same time.
-        self._dummy = secrets.token_bytes(32)
+        # Stands in for the record of an unknown key id, so that an unknown id and a known
+        # one with a wrong secret do the same work (one HMAC with the real pepper, one
+        # constant-time comparison, the same expiry checks) and take the same time.
+        self._decoy = ApiKeyRecord("", secrets.token_hex(32), peppers.current, (), None, "",
+                                   "9999-12-31T23:59:59.999999Z", None, None)
 
     def _hash(self, key: str, version: int) -> str:
-        return hmac.new(self.peppers.versions[version], key.encode("ascii"), hashlib.sha256).hexdigest()
+        data = key.encode("utf-8", "replace")
+        return hmac.new(self.peppers.versions[version], data, hashlib.sha256).hexdigest()
 
     def create(self, permissions: tuple[str, ...], *, label: str | None = None,
                expires_at: str | None = None) -> tuple[str, ApiKeyRecord]:
@@ -129,16 +133,20 @@ class ApiKeys:
         return key, rec
 
     def authenticate(self, key: str | None) -> Principal:
-        """Return the principal, or raise ``Unauthorized`` (one code for every failure)."""
-        match = _KEY_RE.match(key or "")
-        rec = self.repo.get(match.group(1)) if match else None
-        if rec is None or rec.pepper_version not in self.peppers.versions:
-            hmac.compare_digest(hmac.new(self._dummy, (key or "").encode("utf-8", "replace"),
-                                         hashlib.sha256).hexdigest(), "0" * 64)
-            raise Unauthorized("invalid_api_key", "a valid API key is required")
-        ok = hmac.compare_digest(self._hash(key, rec.pepper_version), rec.key_hash)  # type: ignore[arg-type]
+        """Return the principal, or raise ``Unauthorized`` (one code for every failure).
+
+        Every failure takes the same path: a key whose id is unknown (or malformed, or hashed
+        under a pepper version no longer configured) is checked against a decoy record, so
+        that the time of a 401 does not tell whether a key id exists.
+        """
+        key = key or ""
+        match = _KEY_RE.match(key)
+        found = self.repo.get(match.group(1) if match else "")
+        rec = found if found is not None and found.pepper_version in self.peppers.versions else self._decoy
+        ok = hmac.compare_digest(self._hash(key, rec.pepper_version), rec.key_hash)
         now = self.clock.now()
-        if not ok or rec.revoked_at or (rec.expires_at and parse_rfc3339(rec.expires_at) <= now):
+        live = rec.revoked_at is None and (rec.expires_at is None or parse_rfc3339(rec.expires_at) > now)
+        if not (ok and live) or rec is self._decoy:
             raise Unauthorized("invalid_api_key", "a valid API key is required")
         if rec.last_used_at is None or (now - parse_rfc3339(rec.last_used_at)).total_seconds() > _TOUCH_EVERY_S:
             self.repo.touch(rec.id, self.clock.now_iso())
