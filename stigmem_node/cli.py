@@ -510,17 +510,9 @@ def cmd_token_inspect(args: argparse.Namespace) -> int:
 # -- facts ----------------------------------------------------------------------------
 def cmd_facts_add(args: argparse.Namespace) -> int:
     node = _node(args)
-    if args.type == "number":
-        try:
-            value: Any = int(args.value) if args.value.lstrip("-").isdigit() else float(args.value)
-        except ValueError:
-            raise ConfigError(message=f"not a number: {args.value!r}") from None
-    elif args.type == "boolean":
-        value = args.value.lower() in ("true", "1", "yes")
-    elif args.type == "null":
-        value = None
-    else:
-        value = args.value
+    from stigmem_node.facts import value_from_text
+
+    value = value_from_text(args.type, args.value)  # the same JSON value the HTTP API takes
     body = {"entity": args.entity, "relation": args.relation, "value": {"type": args.type, "v": value},
             "source": args.source, "scope": args.scope, "confidence": args.confidence}
     if args.valid_until:
@@ -677,7 +669,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = fac.add_parser("add", parents=[common], help="assert a fact")
     p.add_argument("entity")
     p.add_argument("relation")
-    p.add_argument("value")
+    p.add_argument("value", help="the value as text: true or false for boolean, a JSON number for number, "
+                                 "null for null")
     p.add_argument("--type", default="string", choices=["string", "text", "number", "boolean", "datetime", "ref", "null"])
     p.add_argument("--scope", default="local", choices=["local", "team", "company", "public"])
     p.add_argument("--source", default="cli")

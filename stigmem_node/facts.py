@@ -104,6 +104,7 @@ __all__ = [
     "encode_number",
     "decode_value",
     "validate_new_fact",
+    "value_from_text",
     "new_fact",
     "fact_wire",
     "fact_from_wire",
@@ -488,6 +489,35 @@ def _validate_new_fact(obj: Any) -> FactInput:
         scope=scope,
         valid_until=valid_until,
     )
+
+
+_JSON_NUMBER_RE = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+
+
+def value_from_text(value_type: str, text: str) -> Any:
+    """The JSON value ``v`` that ``text`` spells for ``value_type``, for front ends whose
+    input is text (the CLI), so that they store exactly what the HTTP API would.
+
+    Booleans are ``true`` or ``false``, numbers are JSON numbers, null is ``null``; the other
+    types take the text as it is.  Anything else raises ``ValidationError`` (``invalid_fact``)
+    instead of being coerced; the result still goes through ``validate_new_fact``.
+    """
+    field = "value.v"
+    if value_type == "boolean":
+        if text not in ("true", "false"):
+            raise _invalid(field, f"a boolean value is true or false, not {text[:40]!r}")
+        return text == "true"
+    if value_type == "number":
+        if not _JSON_NUMBER_RE.fullmatch(text):
+            raise _invalid(field, f"a number value is a JSON number such as 42, -1.5 or 6.02e23, not {text[:40]!r}")
+        return json.loads(text)
+    if value_type == "null":
+        if text != "null":
+            raise _invalid(field, f"the value of a null fact is null, not {text[:40]!r}")
+        return None
+    if value_type not in VALUE_TYPES:
+        raise _invalid("value.type", f"value.type must be one of {', '.join(VALUE_TYPES)}")
+    return text
 
 
 def _check_datetime_value(v: str, field: str) -> None:
