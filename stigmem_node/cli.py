@@ -1,8 +1,8 @@
 """The ``stigmem-node`` command line: thin calls into the node's use cases.
 
 Human output by default, ``--json`` everywhere, exit 0 on success, 1 on a refused
-action, 2 on bad usage or configuration.  Expected errors print one line, never a
-traceback.
+action, 2 on bad usage or configuration, 70 on an internal error.  Every error prints
+one line, never a traceback.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from stigmem_node import __version__
 from stigmem_node.apikeys import PERMISSIONS, key_public_dict, parse_permissions
@@ -29,7 +29,7 @@ from stigmem_node.config import Settings, from_env, parse_scopes
 from stigmem_node.errors import ConfigError, StigmemError
 from stigmem_node.federation import Actor, peer_view
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
 
 
 # -- plumbing -------------------------------------------------------------------------
@@ -68,14 +68,30 @@ def _print_first_key(node, key: str) -> None:
     )
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
+def bounded_int(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``lo`` to ``hi``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text[:40]!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be from {lo} to {hi:,}, got {text[:40]}")
+        return value
+
+    return parse
+
+
+LIMIT = bounded_int(1, 100_000)
+EXPIRES_IN_DAYS = bounded_int(1, 36_500)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with usage errors on one line (and exit 2) instead of the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def positive_float(text: str) -> float:
@@ -396,7 +412,10 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 def cmd_audit_export(args: argparse.Namespace) -> int:
     node = _node(args)
     filters = _audit_filters(node, args)
-    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    try:
+        out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    except OSError as exc:
+        raise ConfigError(message=f"cannot write the export to {args.out}: {exc.strerror or exc}") from None
     try:
         for row in node.store.audit.iter_all():
             if (filters["peer_id"] and row.peer_id != filters["peer_id"]) \
@@ -541,11 +560,11 @@ def cmd_facts_list(args: argparse.Namespace) -> int:
 
 # -- parser ---------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("--db", help="SQLite database file (env STIGMEM_DB_PATH, default ./stigmem.db)")
     common.add_argument("--json", action="store_true", help="machine-readable output")
 
-    parser = argparse.ArgumentParser(prog="stigmem-node", description="A federated knowledge-node peer server.")
+    parser = Parser(prog="stigmem-node", description="A federated knowledge-node peer server.")
     parser.add_argument("--version", action="version", version=f"stigmem-node {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -614,16 +633,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="read and verify the audit trail").add_subparsers(
         dest="audit_command", required=True, metavar="ACTION")
-    filt = argparse.ArgumentParser(add_help=False)
+    filt = Parser(add_help=False)
     filt.add_argument("--peer", help="peer id or node id")
     filt.add_argument("--event-type")
     filt.add_argument("--since", help="RFC 3339 time")
     filt.add_argument("--until", help="RFC 3339 time")
     p = audit.add_parser("list", parents=[common, filt], help="list audit entries, oldest first")
-    p.add_argument("--limit", type=positive_int, default=100)
+    p.add_argument("--limit", type=LIMIT, default=100)
     p.set_defaults(func=cmd_audit_list)
     p = audit.add_parser("tail", parents=[common], help="the newest entries")
-    p.add_argument("-n", type=positive_int, default=20)
+    p.add_argument("-n", type=LIMIT, default=20)
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new entries")
     p.add_argument("--interval", type=positive_float, default=1.0)
     p.set_defaults(func=cmd_audit_tail)
@@ -638,7 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = keys.add_parser("create", parents=[common], help="create a key (printed once)")
     p.add_argument("--permissions", required=True, help=f"comma-separated: {', '.join(PERMISSIONS)}, or all")
     p.add_argument("--label")
-    p.add_argument("--expires-in-days", type=positive_int)
+    p.add_argument("--expires-in-days", type=EXPIRES_IN_DAYS)
     p.set_defaults(func=cmd_apikey_create)
     p = keys.add_parser("list", parents=[common], help="list keys (never the secrets)")
     p.set_defaults(func=cmd_apikey_list)
@@ -681,7 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--entity")
     p.add_argument("--relation")
     p.add_argument("--scope", choices=["local", "team", "company", "public"])
-    p.add_argument("--limit", type=positive_int, default=50)
+    p.add_argument("--limit", type=LIMIT, default=50)
     p.set_defaults(func=cmd_facts_list)
     return parser
 
@@ -703,6 +722,14 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (e.g. `| head`): stop quietly, as other tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except Exception as exc:
+        # A bug, not an expected error: one line and a distinct exit code instead of a
+        # traceback; STIGMEM_DEBUG=1 shows the traceback for a report.
+        if os.environ.get("STIGMEM_DEBUG"):
+            raise
+        print(f"stigmem-node: internal error ({type(exc).__name__}); please report it "
+              "(STIGMEM_DEBUG=1 shows the details)", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":
