@@ -16,10 +16,12 @@ import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from stigmem_node.clock import Clock, parse_rfc3339
 from stigmem_node.errors import ConfigError, NotFound, Unauthorized, ValidationError
 from stigmem_node.store.apikeys import ApiKeyRecord, ApiKeyRepo
+from stigmem_node.store.files import make_private
 
 PREFIX = "stgm"
 PERMISSIONS = ("federate", "admin:federation", "audit:read", "facts:write", "facts:read")
@@ -37,13 +39,18 @@ class Peppers:
         self.current = max(versions)
 
     @classmethod
-    def load(cls, path: Path, env_value: str | None) -> "Peppers":
+    def load(cls, path: Path, env_value: str | None, *, create: bool = True) -> "Peppers":
         """From ``STIGMEM_API_KEY_PEPPER`` (``secret`` or ``1:secret,2:secret``), else the pepper file,
-        created (mode 0600) with one random pepper on first use."""
+        created (mode 0600) with one random pepper on first use if ``create``, else required.
+        An existing pepper file readable by other users is made private (0600)."""
         if env_value:
             return cls(_parse_peppers(env_value, "STIGMEM_API_KEY_PEPPER"))
         if not path.exists():
+            if not create:
+                raise ConfigError("pepper_missing", f"the API key pepper file {path} is missing (restore it from the "
+                                                    "backup of this node, or set STIGMEM_API_KEY_PEPPER)")
             _create_pepper_file(path)
+        make_private(path)
         try:
             text = path.read_text(encoding="ascii")
         except (OSError, UnicodeDecodeError) as exc:
@@ -109,15 +116,23 @@ def parse_permissions(raw: str | list[str]) -> tuple[str, ...]:
 
 
 class ApiKeys:
-    def __init__(self, repo: ApiKeyRepo, peppers: Peppers, clock: Clock) -> None:
+    def __init__(self, repo: ApiKeyRepo, peppers: Peppers | Callable[[], Peppers], clock: Clock) -> None:
+        """``peppers``: the peppers, or a function that loads them when a key is first hashed
+        (so that commands which hash no key never read or create a pepper file)."""
         self.repo = repo
-        self.peppers = peppers
+        self._peppers = peppers
         self.clock = clock
         # Stands in for the record of an unknown key id, so that an unknown id and a known
         # one with a wrong secret do the same work (one HMAC with the real pepper, one
         # constant-time comparison, the same expiry checks) and take the same time.
         self._decoy = ApiKeyRecord("", secrets.token_hex(32), peppers.current, (), None, "",
                                    "9999-12-31T23:59:59.999999Z", None, None)
+
+    @property
+    def peppers(self) -> Peppers:
+        if not isinstance(self._peppers, Peppers):
+            self._peppers = self._peppers()
+        return self._peppers
 
     def _hash(self, key: str, version: int) -> str:
         data = key.encode("utf-8", "replace")

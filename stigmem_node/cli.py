@@ -47,15 +47,16 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _node(args: argparse.Namespace, *, serving: bool = False, create: bool = False):
-    """The node of ``--db``.  Only ``serve`` and ``init`` create a database; every other
-    command refuses to run against a path where there is none (a typo must not make a new node)."""
+    """The node of ``--db``.  Only ``serve`` and ``init`` create a database (and identity and
+    pepper); every other command refuses to run against a path where there is none (a typo
+    must not make a new node) or a file that is not a stigmem database, and changes nothing."""
     from stigmem_node.node import Node
 
     settings = _settings(args)
     if not (serving or create) and not settings.db_path.exists():
         raise ConfigError("database_missing", f"no node database at {settings.db_path}; pass --db or set "
                           "STIGMEM_DB_PATH, or create one with 'stigmem-node init'")
-    return Node(settings, serving=serving)
+    return Node(settings, serving=serving, create=serving or create)
 
 
 def _print_first_key(node, key: str) -> None:

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from stigmem_node.clock import Clock, iso, parse_rfc3339
 from stigmem_node.encoding import b64url_decode, b64url_encode, fingerprint, key_id, sorted_json
+from stigmem_node.errors import ConfigError
 from stigmem_node.store.meta import KeyRow, MetaRepo
 
 
@@ -126,7 +127,7 @@ class NodeIdentity:
 
 
 def load_or_create(meta: MetaRepo, clock: Clock, *, node_id: str | None, node_url: str | None,
-                   default_url: str = "", record_default: bool = False) -> NodeIdentity:
+                   default_url: str = "", record_default: bool = False, create: bool = True) -> NodeIdentity:
     """Load the identity, creating node_id and the first keypair on first start.
 
     A configured node_id is used only when the database has none yet; afterwards the
@@ -134,7 +135,12 @@ def load_or_create(meta: MetaRepo, clock: Clock, *, node_id: str | None, node_ur
     An explicitly configured ``node_url`` is recorded and kept until another one is
     configured; without one, a serving node records ``default_url`` (http://HOST:PORT),
     unless an explicit URL is already on record.
+
+    ``create=False`` writes nothing: the identity must exist (``ConfigError``
+    ``node_identity_missing`` otherwise) and a configured ``node_url`` is used, not recorded.
     """
+    if not create:
+        return _load(meta, clock, node_url=node_url, default_url=default_url)
     with meta.db.transaction():
         stored_id = meta.set_if_absent("node_id", node_id or f"stigmem:node:{uuid.uuid4()}")
         if node_url:
@@ -150,6 +156,18 @@ def load_or_create(meta: MetaRepo, clock: Clock, *, node_id: str | None, node_ur
             meta.add_key(row)
             meta.set("current_key_id", row.key_id)
             keys = meta.keys()
+        past = _past_keys(meta, keys)
+    return _identity(stored_id, url, keys, clock.now(), past)
+
+
+def _load(meta: MetaRepo, clock: Clock, *, node_url: str | None, default_url: str) -> NodeIdentity:
+    with meta.db.transaction():
+        stored_id = meta.get("node_id")
+        keys = meta.keys()
+        if stored_id is None or not any(k.status == "active" for k in keys):
+            raise ConfigError("node_identity_missing", f"the database {meta.db.path} has no node identity yet "
+                                                       "(init or serve creates it)")
+        url = node_url or meta.get("node_url") or default_url
         past = _past_keys(meta, keys)
     return _identity(stored_id, url, keys, clock.now(), past)
 

@@ -31,16 +31,28 @@ RESIGN_PENDING = "resign_pending"  # node_meta: key id whose re-signing of local
 
 
 class Node:
-    def __init__(self, settings: Settings, *, clock: Clock | None = None, serving: bool = False) -> None:
+    def __init__(self, settings: Settings, *, clock: Clock | None = None, serving: bool = False,
+                 create: bool = True) -> None:
+        """``create``: make the database, identity and pepper where there are none (``init``
+        and ``serve``).  Without it, the database must already be a stigmem node's and the
+        pepper is read only when API keys are hashed (a missing one is an error)."""
         self.settings = settings
         self.clock = clock or Clock()
-        self.store = Store(settings.db_path, settings.synchronous)
-        self.identity = identity.load_or_create(
-            self.store.meta, self.clock, node_id=settings.node_id, node_url=settings.node_url,
-            default_url=settings.public_url, record_default=serving,
-        )
+        self.store = Store(settings.db_path, settings.synchronous, create=create)
+
+        def peppers() -> Peppers:
+            return Peppers.load(settings.pepper_path, settings.pepper, create=create)
+
+        try:
+            self.identity = identity.load_or_create(
+                self.store.meta, self.clock, node_id=settings.node_id, node_url=settings.node_url,
+                default_url=settings.public_url, record_default=serving, create=create,
+            )
+            self.apikeys = ApiKeys(self.store.apikeys, peppers() if create else peppers, self.clock)
+        except BaseException:
+            self.store.close()  # nothing held open (no -wal left) after a refusal
+            raise
         self.audit = AuditTrail(self.store.audit, self.clock)
-        self.apikeys = ApiKeys(self.store.apikeys, Peppers.load(settings.pepper_path, settings.pepper), self.clock)
         self.federation = Federation(
             self.store, self.identity, self.audit, self.clock,
             fetch_well_known=self._fetch_well_known,

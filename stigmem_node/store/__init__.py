@@ -22,8 +22,8 @@ __all__ = ["Store", "Database", "IntegrityConflict"]
 
 
 class Store:
-    def __init__(self, path: Path | str, synchronous: str = "NORMAL") -> None:
-        self.db = Database(path, synchronous=synchronous)
+    def __init__(self, path: Path | str, synchronous: str = "NORMAL", *, create: bool = True) -> None:
+        self.db = Database(path, synchronous=synchronous, create=create)
         self.meta = MetaRepo(self.db)
         self.peers = PeerRepo(self.db)
         self.audit = AuditRepo(self.db)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from stigmem_node.errors import ConfigError, Conflict, StigmemError
+from stigmem_node.store import files
 
 log = logging.getLogger("stigmem_node.store")
 
@@ -71,12 +72,24 @@ class Database:
     and nests as savepoints.
     """
 
-    def __init__(self, path: Path | str, synchronous: str = "NORMAL", busy_timeout_ms: int = 10_000) -> None:
+    def __init__(self, path: Path | str, synchronous: str = "NORMAL", busy_timeout_ms: int = 10_000, *,
+                 create: bool = True) -> None:
+        """``create``: make the file and the schema where there is none (a missing or empty
+        file).  Either way, a file that is not a stigmem database is refused before anything
+        is written to it (``files.inspect``), and the database and its ``-wal``/``-shm``
+        files are made private (0600) before SQLite opens them."""
         self.path = Path(path)
-        existed = self.path.exists()
+        state = files.inspect(self.path, schema_version=SCHEMA_VERSION)
+        if not create and state == files.MISSING:
+            raise ConfigError("database_missing", f"no node database at {self.path}")
+        if not create and state == files.EMPTY:
+            raise ConfigError("not_a_stigmem_database",
+                              f"{self.path} is not a usable stigmem database: it is empty "
+                              "(only init or serve creates a node)")
         try:
-            if not existed:
+            if state == files.MISSING:
                 _create_private_file(self.path)
+            files.make_database_private(self.path)
             self.conn = sqlite3.connect(
                 str(self.path), isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
             )
@@ -105,6 +118,8 @@ class Database:
                     "schema_too_new",
                     f"database schema version {version} is newer than this node understands ({SCHEMA_VERSION})",
                 )
+            if version == SCHEMA_VERSION:
+                return  # up to date: nothing to write
             if version == 0:
                 for statement in _split_sql(schema_text()):
                     self.conn.execute(statement)
