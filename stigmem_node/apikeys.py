@@ -122,17 +122,23 @@ class ApiKeys:
         self.repo = repo
         self._peppers = peppers
         self.clock = clock
-        # Stands in for the record of an unknown key id, so that an unknown id and a known
-        # one with a wrong secret do the same work (one HMAC with the real pepper, one
-        # constant-time comparison, the same expiry checks) and take the same time.
-        self._decoy = ApiKeyRecord("", secrets.token_hex(32), peppers.current, (), None, "",
-                                   "9999-12-31T23:59:59.999999Z", None, None)
+        self._decoy: ApiKeyRecord | None = None
 
     @property
     def peppers(self) -> Peppers:
         if not isinstance(self._peppers, Peppers):
             self._peppers = self._peppers()
         return self._peppers
+
+    @property
+    def decoy(self) -> ApiKeyRecord:
+        """Stands in for the record of an unknown key id, so that an unknown id and a known
+        one with a wrong secret do the same work (one HMAC with the real pepper, one
+        constant-time comparison, the same expiry checks) and take the same time."""
+        if self._decoy is None:
+            self._decoy = ApiKeyRecord("", secrets.token_hex(32), self.peppers.current, (), None, "",
+                                       "9999-12-31T23:59:59.999999Z", None, None)
+        return self._decoy
 
     def _hash(self, key: str, version: int) -> str:
         data = key.encode("utf-8", "replace")
@@ -157,11 +163,12 @@ class ApiKeys:
         key = key or ""
         match = _KEY_RE.match(key)
         found = self.repo.get(match.group(1) if match else "")
-        rec = found if found is not None and found.pepper_version in self.peppers.versions else self._decoy
+        decoy = self.decoy
+        rec = found if found is not None and found.pepper_version in self.peppers.versions else decoy
         ok = hmac.compare_digest(self._hash(key, rec.pepper_version), rec.key_hash)
         now = self.clock.now()
         live = rec.revoked_at is None and (rec.expires_at is None or parse_rfc3339(rec.expires_at) > now)
-        if not (ok and live) or rec is self._decoy:
+        if not (ok and live) or rec is decoy:
             raise Unauthorized("invalid_api_key", "a valid API key is required")
         if rec.last_used_at is None or (now - parse_rfc3339(rec.last_used_at)).total_seconds() > _TOUCH_EVERY_S:
             self.repo.touch(rec.id, self.clock.now_iso())
