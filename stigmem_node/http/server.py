@@ -147,7 +147,11 @@ class _Refused(asyncio.Protocol):
 
 def protocol_class(request_timeout_s: float, max_connections: int) -> type[asyncio.Protocol]:
     """The HTTP/1.1 protocol class for uvicorn's ``http=`` (one per server)."""
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # a broken install: uvicorn[standard] brings httptools
+        raise ConfigError("http_parser_missing", "the HTTP parser httptools is not installed; "
+                          "reinstall stigmem-node with its dependencies") from None
 
     notices = _Notices()
     timeout_text = f"{request_timeout_s:g}"
