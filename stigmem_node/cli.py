@@ -13,7 +13,6 @@ import getpass
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from datetime import datetime, timedelta, timezone
@@ -43,6 +42,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         pull_interval_s=getattr(args, "pull_interval", None),
         allow_insecure_http=True if getattr(args, "allow_insecure_http", False) else None,
         trusted_proxies=getattr(args, "trusted_proxies", None),
+        request_timeout_s=getattr(args, "request_timeout", None),
+        max_connections=getattr(args, "max_connections", None),
     )
 
 
@@ -128,26 +129,25 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
 
 # -- serve ----------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from stigmem_node.http.server import bind, serve
+    from stigmem_node.node import Node
 
-    from stigmem_node.http import create_app
-
-    node = _node(args, serving=True)
-    key = node.first_admin_key()
+    settings = _settings(args)
+    # Listen first: a port in use or a host that does not resolve fails before anything exists.
+    sockets = bind(settings.host, settings.port)
+    try:
+        node = Node(settings, serving=True)
+        key = node.first_admin_key()
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
     if key:
         _print_first_key(node, key)
-    settings = node.settings
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     print(f"stigmem-node {__version__}: node {node.identity.node_url} listening on {settings.host}:{settings.port} "
           f"(database {settings.db_path})", flush=True)
-    app = create_app(node)
-    proxies = settings.trusted_proxies
-    # uvicorn re-raises the SIGTERM/SIGINT it handled once it has shut down; with a no-op
-    # handler in place the re-raise does nothing and a graceful stop exits 0.
-    signal.signal(signal.SIGTERM, lambda *_: None)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=bool(args.access_log), server_header=False,
-                proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)
+    serve(node, sockets, access_log=bool(args.access_log))
     return EXIT_OK
 
 
@@ -578,6 +578,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument("--trusted-proxies", help="comma-separated addresses whose X-Forwarded-For is believed "
                                               "(env STIGMEM_TRUSTED_PROXIES; default: none)")
+    p.add_argument("--request-timeout", type=float, help="seconds within which a whole request must arrive "
+                                                         "(env STIGMEM_REQUEST_TIMEOUT_S, default 30)")
+    p.add_argument("--max-connections", type=int, help="open connections served at once; more get 503 "
+                                                       "(env STIGMEM_MAX_CONNECTIONS, default 1000)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("init", parents=[common], help="create the database, identity and first admin key, without serving")

@@ -21,6 +21,8 @@ DEFAULT_PORT = 8765
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_DB = "stigmem.db"
 DEFAULT_SHARED_SCOPES = ("company", "public")
+REQUEST_TIMEOUT_RANGE = (0.1, 3600.0)
+MAX_CONNECTIONS_RANGE = (1, 100_000)
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class Settings:
     pull_attempts: int = 4
     pull_backoff_s: float = 0.5
     log_level: str = "info"
+    request_timeout_s: float = 30.0  # the whole request must arrive within this (serve)
+    max_connections: int = 1000  # open connections beyond this get 503 server_busy (serve)
 
     @property
     def public_url(self) -> str:
@@ -163,6 +167,11 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         kw["pull_backoff_s"] = _float("STIGMEM_PULL_BACKOFF_S", env["STIGMEM_PULL_BACKOFF_S"], 0, 60)
     if env.get("STIGMEM_TRUSTED_PROXIES"):
         kw["trusted_proxies"] = env["STIGMEM_TRUSTED_PROXIES"]
+    if env.get("STIGMEM_REQUEST_TIMEOUT_S"):
+        kw["request_timeout_s"] = _float("STIGMEM_REQUEST_TIMEOUT_S", env["STIGMEM_REQUEST_TIMEOUT_S"],
+                                         *REQUEST_TIMEOUT_RANGE)
+    if env.get("STIGMEM_MAX_CONNECTIONS"):
+        kw["max_connections"] = _int("STIGMEM_MAX_CONNECTIONS", env["STIGMEM_MAX_CONNECTIONS"], *MAX_CONNECTIONS_RANGE)
     if env.get("STIGMEM_LOG_LEVEL"):
         kw["log_level"] = env["STIGMEM_LOG_LEVEL"]
     return validate(Settings(**kw))
@@ -204,6 +213,13 @@ def validate(s: Settings) -> Settings:
                 raise ConfigError(message=f"trusted proxies: {item!r} is not an IP address or network (or *)") from None
     if not 0 <= s.pull_interval_s <= 86400:
         raise ConfigError(message=f"pull interval must be between 0 and 86400 seconds, got {s.pull_interval_s:g}")
+    lo, hi = REQUEST_TIMEOUT_RANGE
+    if not (isinstance(s.request_timeout_s, (int, float)) and lo <= s.request_timeout_s <= hi):
+        raise ConfigError(message=f"request timeout must be between {lo:g} and {hi:g} seconds, "
+                                  f"got {s.request_timeout_s!r}")
+    lo, hi = MAX_CONNECTIONS_RANGE
+    if not (isinstance(s.max_connections, int) and lo <= s.max_connections <= hi):
+        raise ConfigError(message=f"max connections must be between {lo} and {hi}, got {s.max_connections!r}")
     if s.log_level.lower() not in ("critical", "error", "warning", "info", "debug"):
         raise ConfigError(message=f"log level must be one of critical, error, warning, info, debug; got {s.log_level!r}")
     return s

@@ -15,6 +15,7 @@ from starlette.routing import Route
 from stigmem_node.errors import StigmemError
 from stigmem_node.http import audit, facts, peers, wellknown
 from stigmem_node.http.errors import http_error, stigmem_error, unexpected_error
+from stigmem_node.http.forwarded import ForwardedFor
 from stigmem_node.http.middleware import BodyLimit, RequestId
 from stigmem_node.node import Node
 from stigmem_node.store.db import GroupCommit
@@ -73,10 +74,14 @@ def create_app(node: Node) -> Starlette:
             node.peer_auth.group = None
             maintenance.stop()
 
+    middleware = [Middleware(RequestId), Middleware(BodyLimit)]
+    if node.settings.trusted_proxies:
+        # Client addresses from X-Forwarded-For, only from these proxies and only IP literals.
+        middleware.insert(0, Middleware(ForwardedFor, trusted_proxies=node.settings.trusted_proxies))
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(RequestId), Middleware(BodyLimit)],
+        middleware=middleware,
         exception_handlers={StigmemError: stigmem_error, HTTPException: http_error, Exception: unexpected_error},
     )
     app.state.node = node

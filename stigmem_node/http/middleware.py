@@ -16,6 +16,10 @@ _RID_PREFIX = os.urandom(6).hex()
 _RID_COUNTER = itertools.count(1)
 
 
+def new_request_id() -> str:
+    return f"{_RID_PREFIX}-{next(_RID_COUNTER):x}"
+
+
 async def _send_json(send: Send, status: int, body: dict, extra_headers: list[tuple[bytes, bytes]] = ()) -> None:
     data = json.dumps(body).encode()
     await send({
@@ -94,7 +98,7 @@ class RequestId:
             if name == b"x-request-id":
                 rid = value if _RID_RE.match(value.decode("latin-1")) else b""
                 break
-        rid = rid or f"{_RID_PREFIX}-{next(_RID_COUNTER):x}".encode()
+        rid = rid or new_request_id().encode()
         scope.setdefault("state", {})["request_id"] = rid.decode()
 
         async def send_with_id(message: Message) -> None:
