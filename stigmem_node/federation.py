@@ -132,7 +132,7 @@ class Federation:
         try:
             decl = decl_mod.parse(body)
         except decl_mod.DeclarationRejected as exc:
-            self._refused(actor, exc.reason, {"field": exc.field})
+            self._refused(actor, exc.reason, {"field": exc.field, "message": exc.message[:300]})
             raise ValidationError(exc.reason, exc.message, field=exc.field) from None
         detail = {"node_id": decl.node_id, "node_url": decl.node_url}
         if decl.node_id == self.identity.node_id:
