@@ -10,9 +10,9 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import urlsplit
 
 from stigmem_node import node_id as node_ids
+from stigmem_node import node_url as node_urls
 from stigmem_node.errors import ConfigError
 
 SCOPES = ("local", "team", "company", "public")
@@ -172,14 +172,10 @@ def validate(s: Settings) -> Settings:
     if not isinstance(s.port, int) or not 1 <= s.port <= 65535:
         raise ConfigError(message=f"port must be between 1 and 65535, got {s.port!r}")
     if s.node_url is not None:
-        parts = urlsplit(s.node_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-            raise ConfigError(message=f"node URL must be an http(s) URL with a host, got {s.node_url!r}")
         try:
-            parts.port
-        except ValueError:
-            raise ConfigError(message=f"node URL has an invalid port: {s.node_url!r}") from None
-        object.__setattr__(s, "node_url", s.node_url.rstrip("/"))
+            object.__setattr__(s, "node_url", str(node_urls.parse(s.node_url)))
+        except node_urls.InvalidNodeUrl as exc:
+            raise ConfigError("invalid_node_url", f"STIGMEM_NODE_URL / --node-url: {exc.message}") from None
     if s.node_id is not None:
         try:
             node_ids.check(s.node_id)
