@@ -5,11 +5,15 @@
                                                   of the node in DB (its HTTP app, in process)
 
 The last line of stdout is one JSON object: ``baseline_kib`` (the resident memory just
-before the action, everything imported: VmRSS), ``peak_kib`` (the process's high-water mark
-of resident memory after it: ru_maxrss), ``exit`` (CLI exit code or HTTP status), ``stdout``,
-``stderr`` (CLI) or ``body`` (HTTP).  ``peak_kib - baseline_kib`` bounds from above how much
-the action grew the process at its worst (the high-water mark may even predate the action).
-Linux only (/proc, ru_maxrss in KiB).
+before the action, everything imported: VmRSS), ``peak_kib`` (the high-water mark of resident
+memory after it: VmHWM), ``maxrss_before_kib`` and ``maxrss_after_kib`` (ru_maxrss), ``exit``
+(CLI exit code or HTTP status), ``stdout``, ``stderr`` (CLI) or ``body`` (HTTP).
+``peak_kib - baseline_kib`` bounds from above how much the action grew the process at its
+worst (the high-water mark may even predate the action).
+
+VmHWM rather than ru_maxrss for the peak: the kernel carries ru_maxrss over fork and exec,
+so a child of a large process (pytest after many tests) starts with its parent's size as
+its ru_maxrss, which would hide the growth being measured.  Linux only (/proc).
 """
 
 from __future__ import annotations
@@ -35,21 +39,31 @@ def maxrss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def rss_kib() -> int:
+def status_kib(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (VmRSS, VmHWM), in KiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def measure(action):
+    gc.collect()
+    baseline, maxrss_before = status_kib("VmRSS"), maxrss_kib()
+    result = action()
+    return {"baseline_kib": baseline, "peak_kib": status_kib("VmHWM"), "maxrss_before_kib": maxrss_before,
+            "maxrss_after_kib": maxrss_kib()}, result
 
 
 def run_cli(argv: list[str]) -> dict:
     out, err = io.StringIO(), io.StringIO()
-    gc.collect()
-    baseline = rss_kib()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(argv)
-    return {"baseline_kib": baseline, "peak_kib": maxrss_kib(), "exit": code, "stdout": out.getvalue(),
-            "stderr": err.getvalue()}
+
+    def action() -> int:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            return cli.main(argv)
+
+    report, code = measure(action)
+    return {**report, "exit": code, "stdout": out.getvalue(), "stderr": err.getvalue()}
 
 
 def run_register(db: str, declaration_file: str) -> dict:
@@ -63,10 +77,8 @@ def run_register(db: str, declaration_file: str) -> dict:
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             return await client.post("/v1/federation/peers", json=body, headers={"Authorization": f"Bearer {key}"})
 
-    gc.collect()
-    baseline = rss_kib()
-    res = asyncio.run(post())
-    return {"baseline_kib": baseline, "peak_kib": maxrss_kib(), "exit": res.status_code, "body": res.json()}
+    report, res = measure(lambda: asyncio.run(post()))
+    return {**report, "exit": res.status_code, "body": res.json()}
 
 
 def main(argv: list[str]) -> int:

@@ -3,8 +3,9 @@
 A real peer on 127.0.0.1 answers with ``Content-Encoding: gzip, gzip`` and under 3 KB that
 two layers of gunzip turn into 1100 MiB.  Each fetch path (``peers add``, registration over
 HTTP, key refresh, a pull page) runs in a fresh process (tests/rss_probe.py), which must end
-with the stable reason ``unexpected_content_encoding`` and a peak RSS (ru_maxrss) less than
-50 MiB above what it was just before the fetch.
+with the stable reason ``unexpected_content_encoding`` and a peak resident memory (VmHWM;
+see rss_probe.py for why not ru_maxrss) less than 50 MiB above its resident memory just
+before the fetch.
 """
 
 from __future__ import annotations
