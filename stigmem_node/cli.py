@@ -25,7 +25,7 @@ from stigmem_node import audit as ev
 from stigmem_node.audit import entry_dict
 from stigmem_node.clock import iso, parse_rfc3339
 from stigmem_node.config import Settings, from_env, parse_scopes
-from stigmem_node.errors import ConfigError, StigmemError
+from stigmem_node.errors import ConfigError, StigmemError, ValidationError
 from stigmem_node.federation import Actor, peer_view
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
@@ -215,8 +215,13 @@ def _peer_human(p: dict) -> str:
 
 def cmd_peers_add(args: argparse.Namespace) -> int:
     from stigmem_node import declaration as decl_mod
+    from stigmem_node import node_url as node_urls
     from stigmem_node.outbound import fetch_well_known
 
+    try:
+        url = str(node_urls.parse(args.url))
+    except node_urls.InvalidNodeUrl as exc:
+        raise ConfigError(exc.code, exc.message) from None
     node = _node(args)
     scopes = parse_scopes(args.scopes) if args.scopes else None
     if args.declaration:
@@ -225,16 +230,21 @@ def cmd_peers_add(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             raise ConfigError("invalid_declaration_file", f"cannot read a JSON declaration from {args.declaration}: {exc}")
     else:
-        doc = asyncio.run(fetch_well_known(args.url, timeout_s=node.settings.outbound_timeout_s,
+        doc = asyncio.run(fetch_well_known(url, timeout_s=node.settings.outbound_timeout_s,
                                            allow_insecure_http=node.settings.allow_insecure_http))
         body = doc.get("declaration")
         if not isinstance(body, dict):
             raise StigmemError("no_published_declaration",
                                "that node publishes no declaration in its well-known; pass --declaration FILE")
     decl, reason = decl_mod.verify(body, node.clock.now(), leeway=node.federation.leeway)
-    if decl is not None and decl.node_url.rstrip("/") != args.url.rstrip("/"):
-        print(f"note: the declaration names {decl.node_url}, not {args.url}", file=sys.stderr)
-    peer = asyncio.run(node.federation.register(body, actor=_cli_actor(), scopes=scopes))
+    if decl is not None and str(node_urls.parse(decl.node_url)) != url:
+        print(f"note: the declaration names {decl.node_url}, not {url}", file=sys.stderr)
+    try:
+        peer = asyncio.run(node.federation.register(body, actor=_cli_actor(), scopes=scopes))
+    except ValidationError as exc:
+        if args.declaration and exc.code in (decl_mod.INVALID_NODE_URL, decl_mod.INVALID_NODE_ID):
+            raise ConfigError(exc.code, f"{args.declaration}: {exc.message}") from None  # a bad file: exit 2
+        raise
     view = peer_view(peer)
 
     def human(p: dict) -> str:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import urlsplit
 
+from stigmem_node import node_id as node_ids
+from stigmem_node import node_url as node_urls
 from stigmem_node.errors import ConfigError
 from stigmem_node.tokens import MAX_LEEWAY_MS
 
@@ -183,21 +183,15 @@ def validate(s: Settings) -> Settings:
     if not isinstance(s.port, int) or not 1 <= s.port <= 65535:
         raise ConfigError(message=f"port must be between 1 and 65535, got {s.port!r}")
     if s.node_url is not None:
-        parts = urlsplit(s.node_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-            raise ConfigError(message=f"node URL must be an http(s) URL with a host, got {s.node_url!r}")
         try:
-            parts.port
-        except ValueError:
-            raise ConfigError(message=f"node URL has an invalid port: {s.node_url!r}") from None
-        object.__setattr__(s, "node_url", s.node_url.rstrip("/"))
-    if s.node_id is not None and (
-        not s.node_id.strip() or len(s.node_id) > 256
-        or any(c.isspace() or ord(c) < 32 or 0x7F <= ord(c) <= 0x9F for c in s.node_id)
-        or re.fullmatch(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}", s.node_id)
-    ):
-        raise ConfigError(message=f"node id must be a non-empty string without spaces or control characters, "
-                                  f"and not a bare UUID (e.g. stigmem:node:<uuid>); got {s.node_id!r}")
+            object.__setattr__(s, "node_url", str(node_urls.parse(s.node_url)))
+        except node_urls.InvalidNodeUrl as exc:
+            raise ConfigError("invalid_node_url", f"STIGMEM_NODE_URL / --node-url: {exc.message}") from None
+    if s.node_id is not None:
+        try:
+            node_ids.check(s.node_id)
+        except node_ids.InvalidNodeId as exc:
+            raise ConfigError("invalid_node_id", f"STIGMEM_NODE_ID: {exc.message}") from None
     sync = s.synchronous.upper()
     if sync not in ("NORMAL", "FULL"):
         raise ConfigError(message=f"SQLite synchronous mode must be NORMAL or FULL, got {s.synchronous!r}")

@@ -9,13 +9,14 @@ Verification never raises on bad input: it returns a reason code.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 
+from stigmem_node import node_id as node_ids
+from stigmem_node import node_url as node_urls
 from stigmem_node.clock import iso_seconds, parse_rfc3339
 from stigmem_node.config import SCOPES
 from stigmem_node.encoding import b64url_decode, b64url_encode, sorted_json
@@ -23,8 +24,6 @@ from stigmem_node.identity import NodeIdentity, public_key_from_b64
 
 SIGNED_FIELDS = ("allowed_scopes", "federation_pubkey", "node_id", "node_url", "signed_at")
 MAX_FIELD_LEN = 2048
-_SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 MAX_AGE = timedelta(days=7)
 
 # Reason codes (stable; listed in docs/protocol.md).
@@ -34,6 +33,8 @@ INVALID_PUBKEY = "invalid_pubkey"
 INVALID_SIGNATURE = "invalid_signature"
 STALE = "declaration_stale"
 FUTURE = "declaration_in_future"
+INVALID_NODE_ID = node_ids.InvalidNodeId.code
+INVALID_NODE_URL = node_urls.InvalidNodeUrl.code
 
 
 @dataclass(frozen=True)
@@ -104,15 +105,16 @@ def parse(obj: Any) -> Declaration:
     for s in scopes:
         if s not in SCOPES:
             raise DeclarationRejected(INVALID_SCOPE, f"unknown scope {s[:40]!r}", "allowed_scopes")
-    for name in ("node_id", "node_url"):
-        if _SPACE_OR_CONTROL.search(obj[name]):
-            raise DeclarationRejected(MALFORMED, f"{name} must not contain spaces or control characters", name)
-    if _UUID.fullmatch(obj["node_id"]):
-        # Operators name peers by node id or by peer id (a UUID); keep the two apart.
-        raise DeclarationRejected(MALFORMED, "node_id must not be a bare UUID (use e.g. stigmem:node:<uuid>)",
-                                  "node_id")
+    try:
+        node_ids.check(obj["node_id"])
+    except node_ids.InvalidNodeId as exc:
+        raise DeclarationRejected(INVALID_NODE_ID, exc.message, "node_id") from None
     if not obj["node_url"].startswith(("http://", "https://")):
         raise DeclarationRejected(MALFORMED, "node_url must be an http(s) URL", "node_url")
+    try:
+        node_urls.parse(obj["node_url"])
+    except node_urls.InvalidNodeUrl as exc:
+        raise DeclarationRejected(INVALID_NODE_URL, exc.message, "node_url") from None
     try:
         parse_rfc3339(obj["signed_at"])
     except ValueError:

@@ -8,6 +8,7 @@ transaction.  The well-known fetch is injected, so this module knows nothing of 
 from __future__ import annotations
 
 import hmac
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,6 +25,8 @@ from stigmem_node.errors import Conflict, NotFound, OutboundError, ValidationErr
 from stigmem_node.identity import NodeIdentity, endorsement_payload, key_id_of, public_key_from_b64
 from stigmem_node.store import IntegrityConflict, Store
 from stigmem_node.store.peers import PeerKey, PeerRecord
+
+log = logging.getLogger("stigmem_node.federation")
 
 FetchWellKnown = Callable[[str], Awaitable[dict[str, Any]]]
 
@@ -132,7 +135,7 @@ class Federation:
         try:
             decl = decl_mod.parse(body)
         except decl_mod.DeclarationRejected as exc:
-            self._refused(actor, exc.reason, {"field": exc.field})
+            self._refused(actor, exc.reason, {"field": exc.field, "message": exc.message[:300]})
             raise ValidationError(exc.reason, exc.message, field=exc.field) from None
         detail = {"node_id": decl.node_id, "node_url": decl.node_url}
         if decl.node_id == self.identity.node_id:
@@ -146,8 +149,9 @@ class Federation:
         self._refuse_existing(decl.node_id, actor)
 
         reason = decl_mod.check(decl, self.clock.now(), leeway=self.leeway, max_age=self.max_declaration_age)
+        fetch_error = None
         if reason is None:
-            reason = await self._check_well_known(decl)
+            reason, fetch_error = await self._check_well_known(decl)
 
         now = self.clock.now_iso()
         peer = PeerRecord(
@@ -168,7 +172,8 @@ class Federation:
                     actor=actor.name, remote_addr=actor.remote_addr, reason=reason,
                     detail={**detail, "allowed_scopes": list(granted),
                             "pubkey_fingerprint": fingerprint(decl.federation_pubkey),
-                            "replaces": previous.id if previous else None},
+                            "replaces": previous.id if previous else None,
+                            **({"fetch_error": fetch_error} if fetch_error else {})},
                 )
         except IntegrityConflict:
             self._refuse_existing(decl.node_id, actor)
@@ -188,18 +193,22 @@ class Federation:
                            f"peer already registered (status={existing.status})",
                            peer_id=existing.id, status=existing.status)
 
-    async def _check_well_known(self, decl: decl_mod.Declaration) -> str | None:
+    async def _check_well_known(self, decl: decl_mod.Declaration) -> tuple[str | None, str | None]:
+        """(reason or None, the outbound error code when the fetch failed).  The caller
+        learns only ``well_known_unreachable``; the audit row and the log say why."""
         try:
             doc = await self.fetch_well_known(decl.node_url)
-        except OutboundError:
-            return WELL_KNOWN_UNREACHABLE
+        except OutboundError as exc:
+            log.warning("registration of %s: cannot fetch its well-known: %s (%s)", ascii(decl.node_id[:80]),
+                        exc.message, exc.code)
+            return WELL_KNOWN_UNREACHABLE, exc.code
         if doc.get("node_id") != decl.node_id:
-            return WELL_KNOWN_NODE_ID_MISMATCH
+            return WELL_KNOWN_NODE_ID_MISMATCH, None
         if not isinstance(doc.get("federation_pubkey"), str) or not hmac.compare_digest(
             doc["federation_pubkey"].encode("utf-8", "replace"), decl.federation_pubkey.encode("utf-8", "replace")
         ):
-            return WELL_KNOWN_PUBKEY_MISMATCH
-        return None
+            return WELL_KNOWN_PUBKEY_MISMATCH, None
+        return None, None
 
     # -- key rotation -------------------------------------------------------------------
     async def refresh_peer_keys(self, peer: PeerRecord, *, actor: str = "node:refresh") -> str | None:
@@ -212,7 +221,9 @@ class Federation:
         """
         try:
             doc = await self.fetch_well_known(peer.node_url)
-        except OutboundError:
+        except OutboundError as exc:
+            log.warning("key refresh of %s: cannot fetch its well-known: %s (%s)", ascii(peer.node_id[:80]),
+                        exc.message, exc.code)
             return WELL_KNOWN_UNREACHABLE
         if doc.get("node_id") != peer.node_id:
             return WELL_KNOWN_NODE_ID_MISMATCH

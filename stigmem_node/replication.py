@@ -30,10 +30,10 @@ from urllib.parse import quote
 import httpx
 
 from stigmem_node import facts as fm
+from stigmem_node import outbound
 from stigmem_node.clock import parse_rfc3339
 from stigmem_node.errors import OutboundError, StigmemError, ValidationError
 from stigmem_node.identity import public_key_from_b64
-from stigmem_node.outbound import check_url
 from stigmem_node.store.peers import PeerRecord
 
 log = logging.getLogger("stigmem_node.replication")
@@ -131,8 +131,7 @@ class Subscriber:
         # of peers: otherwise hanging peers fill it and a live peer waits for a slot (and fails
         # with a pool timeout reported as peer_timeout).
         limits = httpx.Limits(max_connections=None if pool_per_peer else self.concurrency * 2)
-        return httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False, trust_env=False,
-                                 transport=self.transport, limits=limits)
+        return outbound.new_client(timeout_s=self.timeout_s, transport=self.transport, limits=limits)
 
     async def run_pass(self, peer_ref: str | None = None,
                        progress: Callable[[PeerResult], None] | None = None) -> PassResult:
@@ -160,7 +159,8 @@ class Subscriber:
             self.store.replication.attempt(peer.id, clock.now_iso())
             if peer.status != "active":
                 raise PullError("peer_not_active", f"peer is {peer.status}, not active")
-            check_url(peer.node_url, allow_insecure_http=self.node.settings.allow_insecure_http)
+            outbound.check_url(str(outbound.node_base(peer.node_url)),
+                               allow_insecure_http=self.node.settings.allow_insecure_http)
             cursor = self.store.replication.get(peer.id).cursor
             keys = self._peer_keys(peer)
             refreshed = False
@@ -224,7 +224,7 @@ class Subscriber:
                      limit: int) -> dict[str, Any]:
         query = f"limit={limit}" + (f"&cursor={quote(cursor, safe='')}" if cursor else "")
         path_qs = f"/v1/federation/facts?{query}"
-        url = peer.node_url.rstrip("/") + path_qs
+        url = outbound.node_base(peer.node_url).join(path_qs)
         for attempt in range(1, self.attempts + 1):
             token = self.node.mint_peer_token(peer.node_id, peer.allowed_scopes, method="GET", path_qs=path_qs)
             try:
@@ -240,33 +240,34 @@ class Subscriber:
         raise PullError("pull_failed", "no attempt was made")  # pragma: no cover - attempts >= 1
 
     async def _get_page(self, client: httpx.AsyncClient, url: str, token: str, limit: int) -> dict[str, Any]:
-        # identity: the size cap counts the bytes as sent, not what a compressed body inflates to.
-        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json", "Accept-Encoding": "identity"}
+        # Through the one outbound path: Accept-Encoding identity and raw bytes against the
+        # cap, one deadline for the whole request (a peer dripping its page byte by byte
+        # cannot hold the pull for longer than timeout_s), and no redirect followed.
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         try:
-            # httpx's timeout bounds each read; this bounds the whole request, so that a peer
-            # dripping its page byte by byte cannot hold the pull for longer than timeout_s.
-            async with asyncio.timeout(self.timeout_s):
-                async with client.stream("GET", url, headers=headers) as resp:
-                    if resp.status_code == 429 or resp.status_code >= 500:
-                        raise _Retry(PullError(f"peer_http_{resp.status_code}",
-                                               f"the peer answered HTTP {resp.status_code}"),
-                                     _retry_after(resp.headers.get("retry-after")))
-                    body = bytearray()
-                    async for chunk in resp.aiter_bytes():
-                        body += chunk
-                        if len(body) > self.max_page_bytes:
-                            raise PullError("page_too_large", f"the peer's page exceeded {self.max_page_bytes} bytes")
-                    status = resp.status_code
-        except (httpx.TimeoutException, TimeoutError):
-            raise _Retry(PullError("peer_timeout", f"the peer did not answer within {self.timeout_s:g} s")) from None
-        except httpx.HTTPError as exc:
-            raise _Retry(PullError("peer_unreachable", f"cannot reach the peer ({type(exc).__name__})")) from None
+            answer = await outbound.fetch(url, client=client, headers=headers, timeout_s=self.timeout_s,
+                                          max_bytes=self.max_page_bytes, max_redirects=0,
+                                          allow_insecure_http=self.node.settings.allow_insecure_http)
+        except OutboundError as exc:
+            if exc.code == "fetch_timeout":
+                raise _Retry(PullError("peer_timeout", f"the peer did not answer within {self.timeout_s:g} s")) \
+                    from None
+            if exc.code == "fetch_failed":
+                raise _Retry(PullError("peer_unreachable", f"cannot reach the peer ({exc.extra.get('cause')})")) \
+                    from None
+            if exc.code == "response_too_large":
+                raise PullError("page_too_large", f"the peer's page exceeded {self.max_page_bytes} bytes") from None
+            raise PullError(exc.code, exc.message) from None
+        status, body = answer.status, answer.body
+        if status == 429 or status >= 500:
+            raise _Retry(PullError(f"peer_http_{status}", f"the peer answered HTTP {status}"),
+                         _retry_after(answer.headers.get("retry-after")))
         if status != 200:
-            code = _error_code(bytes(body))
+            code = _error_code(body)
             raise PullError("peer_refused", f"the peer answered HTTP {status}" + (f" ({code})" if code else ""),
                             status=status, peer_error=code)
         try:
-            page = json.loads(bytes(body))
+            page = json.loads(body)
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise PullError("invalid_page", "the peer's page is not JSON") from None
         if not (isinstance(page, dict) and page.get("v") == 2 and isinstance(page.get("facts"), list)

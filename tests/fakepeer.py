@@ -18,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import struct
 import threading
 import time
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -54,6 +56,29 @@ def token_claims(authorization: str | None) -> dict[str, Any] | None:
         return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     except (IndexError, ValueError):
         return None
+
+
+def gzip_bomb(mib: int = 1100) -> bytes:
+    """A body to send with ``Content-Encoding: gzip, gzip``: under 3 KB on the wire that a
+    client decoding both layers turns into ``mib`` MiB of zeros (1100 MiB by default).
+
+    The inner gzip member is built from one compressed MiB of zeros repeated (a full flush
+    makes every repetition the same bytes), so building it takes a fraction of a second.
+    """
+    zero = bytes(1 << 20)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    one_mib = deflate.compress(zero) + deflate.flush(zlib.Z_FULL_FLUSH)
+    end = zlib.compressobj(9, zlib.DEFLATED, -15).flush(zlib.Z_FINISH)
+    crc = 0
+    for _ in range(mib):
+        crc = zlib.crc32(zero, crc)
+    inner = (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + one_mib * mib + end
+             + struct.pack("<II", crc, (mib << 20) & 0xFFFFFFFF))
+    outer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    return outer.compress(inner) + outer.flush()
+
+
+BOMB_HEADERS = {"Content-Encoding": "gzip, gzip"}
 
 
 @dataclass
@@ -93,6 +118,8 @@ class FakePeer:
         self.behaviour = Behaviour()
         self.script: list[Behaviour] = []  # one-shot behaviours for the next requests, then ``behaviour``
         self.hits: list[Hit] = []
+        # (body, headers) served as the well-known instead of the real document, when set.
+        self.well_known_raw: tuple[bytes, dict[str, str]] | None = None
         self.hlc = fm.HLC()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -115,7 +142,10 @@ class FakePeer:
         }
         return {**fields, "declaration_sig": b64url_encode(self.key.sign(decl_mod.canonical_bytes(fields)))}
 
-    async def _well_known(self, request: Request) -> JSONResponse:
+    async def _well_known(self, request: Request) -> Response:
+        if self.well_known_raw is not None:
+            body, headers = self.well_known_raw
+            return Response(body, media_type="application/json", headers=headers)
         return JSONResponse({
             "version": "1.0", "node_id": self.node_id, "node_url": self.url, "auth": "required",
             "federation": "enabled", "federation_pubkey": self.public_key, "federation_version": "2.1",
@@ -194,7 +224,7 @@ class FakePeer:
 
             return StreamingResponse(drip(), media_type="application/json")
         if b.kind == "raw":
-            return Response(b.body, media_type="application/json")
+            return Response(b.body, media_type="application/json", headers=b.headers)
         if b.kind == "redirect":
             return Response(b"", status_code=302, headers={"Location": b.location})
         if b.kind == "too_many":

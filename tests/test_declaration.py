@@ -159,8 +159,9 @@ def test_small_order_public_keys_are_refused():
     assert d.verify(body, NOW, leeway=LEEWAY)[1] == d.INVALID_PUBKEY
 
 
-def test_node_ids_with_spaces_control_characters_or_bare_uuids_are_malformed(tmp_path):
+def test_node_ids_with_spaces_control_characters_or_bare_uuids_are_refused(tmp_path):
+    # These were malformed_declaration; node ids and URLs now have their own codes.
     good = d.sign(make_identity(tmp_path), ["company"], NOW).as_dict()
     for node_id in ("a b", "a\x1b[31m", "a\n", "0f8e3b9a-1c2d-4e5f-8a9b-0c1d2e3f4a5b"):
-        assert d.verify({**good, "node_id": node_id}, NOW, leeway=LEEWAY)[1] == d.MALFORMED, node_id
-    assert d.verify({**good, "node_url": "http://127.0.0.1:1/ x"}, NOW, leeway=LEEWAY)[1] == d.MALFORMED
+        assert d.verify({**good, "node_id": node_id}, NOW, leeway=LEEWAY)[1] == d.INVALID_NODE_ID, node_id
+    assert d.verify({**good, "node_url": "http://127.0.0.1:1/ x"}, NOW, leeway=LEEWAY)[1] == d.INVALID_NODE_URL

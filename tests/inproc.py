@@ -1,0 +1,93 @@
+"""A node served in process: a real SQLite file and the real HTTP app, called through
+httpx's ASGI transport; and signed peer declarations made with fresh Ed25519 keys."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from starlette.applications import Starlette
+
+from stigmem_node import declaration as d
+from stigmem_node.audit import entry_dict
+from stigmem_node.clock import iso_seconds
+from stigmem_node.encoding import b64url_encode
+from stigmem_node.config import from_env
+from stigmem_node.http import create_app
+from stigmem_node.node import Node
+from tests.fakepeer import raw_public
+from tests.nodes import free_port
+
+
+class InProcessNode:
+    def __init__(self, db: Path) -> None:
+        self.db = db
+        self.node = Node(from_env({}).with_overrides(db_path=db))
+        self.headers = {"Authorization": f"Bearer {self.node.first_admin_key()}"}
+        self.app = create_app(self.node)
+
+    def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        async def send() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.app, client=("127.0.0.1", 50000))
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1",
+                                         headers=self.headers) as client:
+                return await client.request(method, path, **kw)
+
+        return asyncio.run(send())
+
+    def register(self, body: Any) -> httpx.Response:
+        return self.request("POST", "/v1/federation/peers", json=body)
+
+    def audit(self, event_type: str) -> list[dict[str, Any]]:
+        return [entry_dict(r) for r in self.node.store.audit.page(event_type=event_type, limit=1000)]
+
+    def peers(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/v1/federation/peers").json()["peers"]
+
+    def close(self) -> None:
+        self.node.close()
+
+
+def signed_declaration(*, node_url: str, node_id: str | None = None, key: Ed25519PrivateKey | None = None,
+                       scopes: tuple[str, ...] = ("company", "public")) -> dict[str, Any]:
+    """A correctly signed declaration carrying exactly the given node_url and node_id."""
+    key = key or Ed25519PrivateKey.generate()
+    fields = {
+        "allowed_scopes": list(scopes),
+        "federation_pubkey": raw_public(key),
+        "node_id": node_id if node_id is not None else f"stigmem:node:test-{time.monotonic_ns()}",
+        "node_url": node_url,
+        "signed_at": iso_seconds(datetime.now(timezone.utc)),
+    }
+    return {**fields, "declaration_sig": b64url_encode(key.sign(d.canonical_bytes(fields)))}
+
+
+class ThreadServer:
+    """A starlette app served by uvicorn in a thread on a free 127.0.0.1 port."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error",
+                                                     lifespan="off", access_log=False))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def __enter__(self) -> "ThreadServer":
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"test server did not start on port {self.port}")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(10)
