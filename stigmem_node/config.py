@@ -187,6 +187,12 @@ def validate(s: Settings) -> Settings:
             object.__setattr__(s, "node_url", str(node_urls.parse(s.node_url)))
         except node_urls.InvalidNodeUrl as exc:
             raise ConfigError("invalid_node_url", f"STIGMEM_NODE_URL / --node-url: {exc.message}") from None
+    else:
+        try:
+            node_urls.parse(s.public_url)
+        except node_urls.InvalidNodeUrl as exc:
+            raise ConfigError("invalid_node_url", f"the host {s.host!r} gives no valid node URL ({exc.message}); "
+                                                  "set STIGMEM_NODE_URL / --node-url") from None
     if s.node_id is not None:
         try:
             node_ids.check(s.node_id)

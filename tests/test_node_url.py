@@ -229,3 +229,14 @@ def test_cli_with_a_malformed_node_url_setting_is_one_line_and_exit_2(tmp_path, 
     code, out, err = run_main(capsys, "init", "--db", str(db))
     assert code == 2 and len(err.strip().splitlines()) == 1 and "node URL" in err and "Traceback" not in err, err
     assert not db.exists()  # nothing was created
+
+
+def test_a_host_that_gives_no_valid_default_node_url_is_refused_before_anything_is_recorded(tmp_path):
+    """Without --node-url, the URL is http://HOST:PORT: it must be a valid node URL too."""
+    from stigmem_node import cli
+
+    db = tmp_path / "n.db"
+    for bad in ("bad_host!", "a..b"):
+        assert cli.main(["init", "--db", str(db), "--host", bad]) == 2
+        assert not db.exists()
+    assert cli.main(["init", "--db", str(db), "--host", "127.0.0.1", "--port", "8123"]) == 0
