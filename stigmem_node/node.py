@@ -39,7 +39,8 @@ class Node:
             self.store.meta, self.clock, node_id=settings.node_id, node_url=settings.node_url,
             default_url=settings.public_url, record_default=serving,
         )
-        self.audit = AuditTrail(self.store.audit, self.clock)
+        self.audit = AuditTrail(self.store.audit, self.clock, signer=lambda: self.identity,
+                                checkpoint_rows=settings.audit_checkpoint_rows)
         self.apikeys = ApiKeys(self.store.apikeys, Peppers.load(settings.pepper_path, settings.pepper), self.clock)
         self.federation = Federation(
             self.store, self.identity, self.audit, self.clock,
