@@ -29,7 +29,7 @@ from stigmem_node.errors import ConfigError
 from stigmem_node.identity import load_existing
 from stigmem_node.store.audit import AuditRepo
 from stigmem_node.store.meta import MetaRepo
-from stigmem_node.store.readonly import open_read_only
+from stigmem_node.store.readonly import ReadOnlyDatabase, open_read_only
 
 ANCHOR_TYPE = "stigmem-audit-anchor"  # the domain of anchor signatures
 ANCHOR_FIELDS = {"type": str, "v": int, "node_id": str, "key_id": str, "public_key": str, "seq": int, "hash": str,
@@ -46,15 +46,16 @@ def anchor_payload(anchor: dict[str, Any]) -> bytes:
     return sorted_json({k: anchor[k] for k in ANCHOR_FIELDS if k != "sig"})
 
 
-def make_anchor(db: Any, clock: Clock) -> dict[str, Any]:
-    """The signed head of the trail in ``db`` (read only)."""
-    try:
-        ident = load_existing(MetaRepo(db), clock)
-    except (ValueError, TypeError):
-        raise ConfigError("database_unavailable", "the node's signing key cannot be read") from None
-    if ident is None:
-        raise ConfigError("database_unavailable", "this database has no node identity to sign an anchor with")
-    head = AuditRepo(db).head()
+def make_anchor(db: ReadOnlyDatabase, clock: Clock) -> dict[str, Any]:
+    """The signed head of the trail in ``db`` (read only, one snapshot)."""
+    with db.snapshot():
+        try:
+            ident = load_existing(MetaRepo(db), clock)
+        except (ValueError, TypeError):
+            raise ConfigError("database_unavailable", "the node's signing key cannot be read") from None
+        if ident is None:
+            raise ConfigError("database_unavailable", "this database has no node identity to sign an anchor with")
+        head = AuditRepo(db).head()
     seq, digest = (head[0], head[1]) if head else (0, GENESIS)
     if not isinstance(digest, str):
         raise ConfigError("database_unavailable", f"the newest audit row's hash is {kind_of(digest)}; "
@@ -113,8 +114,16 @@ def _holds(anchor: dict[str, Any], db: Any) -> str | None:
     return None
 
 
-def verify_with_anchor(db: Any, anchor: dict[str, Any] | None, *, checkpoint_rows: int) -> VerifyReport:
-    """``verify_chain``, and if an anchor is given, its signature and that the trail still holds it."""
+def verify_with_anchor(db: ReadOnlyDatabase, anchor: dict[str, Any] | None, *, checkpoint_rows: int) -> VerifyReport:
+    """``verify_chain``, and if an anchor is given, its signature and that the trail still holds it.
+
+    Everything is read in one snapshot: rows another process appends meanwhile are not
+    seen, so they cannot look like deleted or unsealed rows."""
+    with db.snapshot():
+        return _verify_with_anchor(db, anchor, checkpoint_rows=checkpoint_rows)
+
+
+def _verify_with_anchor(db: Any, anchor: dict[str, Any] | None, *, checkpoint_rows: int) -> VerifyReport:
     summary = None
     if anchor is not None:
         summary = {"seq": anchor["seq"], "hash": anchor["hash"], "time": anchor["time"], "key_id": anchor["key_id"]}

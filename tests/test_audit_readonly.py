@@ -232,3 +232,36 @@ def test_a_checkpoint_with_a_detail_of_the_wrong_shape_is_a_broken_row(copy):
         rehash(copy, edit=lambda r, d=detail: r.update(detail=d) if r["seq"] == first else None)
         code, report, _ = verify(copy, every=EVERY)
         assert code == 1 and report["first_bad_seq"] == first and "checkpoint" in report["problem"], (detail, report)
+
+
+class AppendsBeforeReadingTheSequence:
+    """The read-only database, but another connection commits a new audit row at the worst
+    moment: after the last row was read, before sqlite_sequence is."""
+
+    def __init__(self, db, writer: Node) -> None:
+        self.db, self.writer = db, writer
+
+    def snapshot(self):
+        return self.db.snapshot()
+
+    def all(self, sql, params=()):
+        return self.db.all(sql, params)
+
+    def one(self, sql, params=()):
+        if "sqlite_sequence" in sql:
+            self.writer.audit.record("apikey_revoked", actor="cli:test", detail={"id": "late"})
+        return self.db.one(sql, params)
+
+
+def test_verify_reads_one_snapshot_while_another_connection_appends(copy):
+    from stigmem_node.audit_anchor import verify_with_anchor
+    from stigmem_node.store.readonly import open_read_only
+
+    writer = Node(Settings(db_path=copy, audit_checkpoint_rows=EVERY))
+    try:
+        with open_read_only(copy) as ro:
+            report = verify_with_anchor(AppendsBeforeReadingTheSequence(ro, writer), None, checkpoint_rows=EVERY)
+        assert report.ok and report.rows == 14, report  # the late row is not seen, nor taken for a deletion
+        assert len(read_rows(copy)) == 15
+    finally:
+        writer.close()

@@ -27,8 +27,9 @@ import os
 import shutil
 import sqlite3
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from stigmem_node.errors import ConfigError
 
@@ -97,6 +98,16 @@ class ReadOnlyDatabase:
     def changed(self) -> bool:
         """True if the file changed or a WAL appeared since it was opened immutable."""
         return self.how == "immutable" and _signature(self.path) != self._seen
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Every read inside sees the database as of one moment (one read transaction),
+        however much other processes write meanwhile."""
+        self.conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.conn.execute("ROLLBACK")
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
         return self.conn.execute(sql, params).fetchone()
