@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from stigmem_node.clock import Clock, parse_rfc3339
