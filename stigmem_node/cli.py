@@ -408,16 +408,21 @@ def cmd_audit_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    node = _node(args)
-    report = node.audit.verify()
+    from stigmem_node.audit_anchor import verify_database  # read only: no Node, nothing created
 
-    def human(r: dict) -> str:
-        if r["ok"]:
-            return f"Audit trail intact: {r['rows']} rows, every link verified."
-        return f"Audit trail BROKEN at row {r['first_bad_seq']}: {r['problem']}."
-
-    _emit(args, report.as_dict(), human)
+    settings = _settings(args)
+    report = verify_database(settings.db_path, checkpoint_rows=settings.audit_checkpoint_rows,
+                             anchor_file=args.anchor)
+    _emit(args, report.as_dict(), lambda _: report.human())
     return EXIT_OK if report.ok else EXIT_FAIL
+
+
+def cmd_audit_anchor(args: argparse.Namespace) -> int:
+    from stigmem_node.audit_anchor import anchor_database, write_anchor
+    from stigmem_node.clock import Clock
+
+    write_anchor(anchor_database(_settings(args).db_path, Clock()), args.out)
+    return EXIT_OK
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
@@ -661,8 +666,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new entries")
     p.add_argument("--interval", type=positive_float, default=1.0)
     p.set_defaults(func=cmd_audit_tail)
-    p = audit.add_parser("verify", parents=[common], help="check the hash chain; exit 1 if broken")
+    p = audit.add_parser("verify", parents=[common],
+                         help="check the chain and its checkpoints (read only); exit 1 if broken")
+    p.add_argument("--anchor", metavar="FILE", help="also check that the trail still holds this anchor (- for stdin)")
     p.set_defaults(func=cmd_audit_verify)
+    p = audit.add_parser("anchor", parents=[common],
+                         help="print the trail's head signed by the node key, to keep elsewhere")
+    p.add_argument("--out", metavar="FILE", help="write it to FILE instead (replaced atomically; - for stdout)")
+    p.set_defaults(func=cmd_audit_anchor)
     p = audit.add_parser("export", parents=[common, filt], help="every entry as JSON lines")
     p.add_argument("--out", help="file to write (default stdout)")
     p.set_defaults(func=cmd_audit_export)

@@ -43,6 +43,8 @@ class Settings:
     trusted_proxies: str | None = None  # addresses whose X-Forwarded-For is believed
     federate_instructions: bool = False
     auth_window_s: float = 60.0  # window of the per-address failure limits and audit budget
+    audit_checkpoint_rows: int = 1000  # a signed audit checkpoint at least every this many rows
+    audit_checkpoint_interval_s: float = 3600.0  # and (serving) when a row has waited this long unsealed
     pull_concurrency: int = 4
     pull_timeout_s: float = 10.0
     pull_attempts: int = 4
@@ -157,6 +159,12 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         kw["federate_instructions"] = _bool("STIGMEM_FEDERATE_INSTRUCTIONS", env["STIGMEM_FEDERATE_INSTRUCTIONS"])
     if env.get("STIGMEM_AUTH_WINDOW_S"):
         kw["auth_window_s"] = _float("STIGMEM_AUTH_WINDOW_S", env["STIGMEM_AUTH_WINDOW_S"], 1, 3600)
+    if env.get("STIGMEM_AUDIT_CHECKPOINT_ROWS"):
+        kw["audit_checkpoint_rows"] = _int("STIGMEM_AUDIT_CHECKPOINT_ROWS", env["STIGMEM_AUDIT_CHECKPOINT_ROWS"],
+                                           1, 1_000_000)
+    if env.get("STIGMEM_AUDIT_CHECKPOINT_INTERVAL_S"):
+        kw["audit_checkpoint_interval_s"] = _float("STIGMEM_AUDIT_CHECKPOINT_INTERVAL_S",
+                                                   env["STIGMEM_AUDIT_CHECKPOINT_INTERVAL_S"], 1, 86400)
     if env.get("STIGMEM_PULL_CONCURRENCY"):
         kw["pull_concurrency"] = _int("STIGMEM_PULL_CONCURRENCY", env["STIGMEM_PULL_CONCURRENCY"], 1, 64)
     if env.get("STIGMEM_PULL_TIMEOUT_S"):
@@ -203,7 +211,11 @@ def validate(s: Settings) -> Settings:
         raise ConfigError(message=f"SQLite synchronous mode must be NORMAL or FULL, got {s.synchronous!r}")
     object.__setattr__(s, "synchronous", sync)
     parent = s.db_path.expanduser().resolve().parent
-    if not parent.is_dir():
+    try:
+        is_dir = parent.is_dir()
+    except OSError as exc:
+        raise ConfigError(message=f"database directory cannot be read: {parent} ({exc.strerror})") from None
+    if not is_dir:
         raise ConfigError(message=f"database directory does not exist: {parent}")
     if s.trusted_proxies is not None:
         for item in (x.strip() for x in s.trusted_proxies.split(",")):

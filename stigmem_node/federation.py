@@ -23,6 +23,7 @@ from stigmem_node.clock import Clock, iso, parse_rfc3339
 from stigmem_node.encoding import b64url_decode, fingerprint
 from stigmem_node.errors import Conflict, NotFound, OutboundError, ValidationError
 from stigmem_node.identity import NodeIdentity, endorsement_payload, key_id_of, public_key_from_b64
+from stigmem_node.ratelimit import UnauthenticatedAuditGate
 from stigmem_node.store import IntegrityConflict, Store
 from stigmem_node.store.peers import PeerKey, PeerRecord
 
@@ -211,13 +212,15 @@ class Federation:
         return None, None
 
     # -- key rotation -------------------------------------------------------------------
-    async def refresh_peer_keys(self, peer: PeerRecord, *, actor: str = "node:refresh") -> str | None:
+    async def refresh_peer_keys(self, peer: PeerRecord, *, actor: str = "node:refresh",
+                                audit_gate: UnauthenticatedAuditGate | None = None) -> str | None:
         """Fetch the peer's well-known and adopt a rotated key if a chain of endorsements
         links it to a key we pinned (see docs/protocol.md, key rotation).
 
         Returns None if a new key was adopted, else a reason code (``key_unchanged``,
         ``well_known_unreachable``, ``well_known_node_id_mismatch``, ``rotation_not_endorsed``).
-        An adopted or refused rotation is audited.
+        An adopted or refused rotation is audited; a refusal within ``audit_gate``'s budgets
+        when the refresh was caused by unauthenticated traffic (a failing token).
         """
         try:
             doc = await self.fetch_well_known(peer.node_url)
@@ -235,9 +238,12 @@ class Federation:
             return "key_unchanged"
         chain = _endorsement_chain(peer.node_id, doc, {k.public_key for k in pinned})
         if chain is None:
-            self.audit.record(ev.PEER_KEY_ROTATION_REFUSED, peer_id=peer.id, actor=actor,
-                              reason="rotation_not_endorsed",
-                              detail={"node_id": peer.node_id, "offered_fingerprint": fingerprint(new_pub)})
+            extra = audit_gate.admit("refresh", peer.node_id) if audit_gate is not None else {}
+            if extra is not None:
+                self.audit.record(ev.PEER_KEY_ROTATION_REFUSED, peer_id=peer.id, actor=actor,
+                                  reason="rotation_not_endorsed",
+                                  detail={"node_id": peer.node_id, "offered_fingerprint": fingerprint(new_pub),
+                                          **extra})
             return "rotation_not_endorsed"
         try:
             kid = key_id_of(new_pub)

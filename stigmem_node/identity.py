@@ -215,3 +215,15 @@ def rotate(meta: MetaRepo, clock: Clock, *, grace: timedelta) -> NodeIdentity:
         keys = meta.keys()
         past = _past_keys(meta, keys)
     return _identity(node_id, url, keys, now, past)
+
+
+def load_existing(meta: MetaRepo, clock: Clock) -> NodeIdentity | None:
+    """The stored identity, creating nothing (for read-only commands); None if there is none.
+
+    Raises ``ValueError`` if the stored active key cannot be read."""
+    node_id = meta.get("node_id")
+    keys = meta.keys()
+    if not isinstance(node_id, str) or not any(k.status == "active" for k in keys):
+        return None
+    url = meta.get("node_url")
+    return _identity(node_id, url if isinstance(url, str) else "", keys, clock.now())

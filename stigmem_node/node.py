@@ -22,7 +22,7 @@ from stigmem_node.local_facts import LocalFacts
 from stigmem_node.outbound import fetch_well_known
 from stigmem_node.peer_auth import PeerAuthenticator
 from stigmem_node.publish import Publisher
-from stigmem_node.ratelimit import AuditBudget, FailureLimiter
+from stigmem_node.ratelimit import FailureLimiter, UnauthenticatedAuditGate
 from stigmem_node.store import Store
 
 DECLARATION_REFRESH = timedelta(hours=1)
@@ -52,7 +52,8 @@ class Node:
         except BaseException:
             self.store.close()  # nothing held open (no -wal left) after a refusal
             raise
-        self.audit = AuditTrail(self.store.audit, self.clock)
+        self.audit = AuditTrail(self.store.audit, self.clock, signer=lambda: self.identity,
+                                checkpoint_rows=settings.audit_checkpoint_rows)
         self.federation = Federation(
             self.store, self.identity, self.audit, self.clock,
             fetch_well_known=self._fetch_well_known,
@@ -60,10 +61,11 @@ class Node:
             max_declaration_age=timedelta(seconds=settings.declaration_max_age_s),
         )
         window = settings.auth_window_s
+        # One set of audit budgets for every row that unauthenticated traffic can cause.
+        self.unauth_audit = UnauthenticatedAuditGate(per_address=20, global_per_window=600, window_s=window)
         self.peer_auth = PeerAuthenticator(
             self.store, self.identity.node_id, self.audit, self.clock, leeway_ms=settings.clock_leeway_s * 1000,
-            failures=FailureLimiter(max_failures=30, window_s=window),
-            audit_budget=AuditBudget(per_window=20, window_s=window),
+            failures=FailureLimiter(max_failures=30, window_s=window), audit_gate=self.unauth_audit,
         )
         self.apikey_failures = FailureLimiter(max_failures=10, window_s=window)
         self.facts = LocalFacts(self.store, self.identity, self.clock, on_rotation=self.reload_identity_if_rotated)
@@ -155,7 +157,8 @@ class Node:
         if peer is None or peer.status != "active":
             return
         self._refresh_not_before[node_id] = now + KEY_REFRESH_EVERY_S
-        task = asyncio.get_running_loop().create_task(self.federation.refresh_peer_keys(peer, actor="node:auth"))
+        task = asyncio.get_running_loop().create_task(
+            self.federation.refresh_peer_keys(peer, actor="node:auth", audit_gate=self.unauth_audit))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

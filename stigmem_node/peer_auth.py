@@ -1,9 +1,10 @@
 """Authenticate a peer's request: bearer token -> peer row -> keys -> claims -> nonce.
 
 Every rejection is audited (reason code, claimed issuer, client address, clock skew) within
-a per-address budget, and failures per address are rate-limited.  The nonce is consumed
-by one atomic INSERT only after every other check has passed (invariant 3) and kept
-until ``tokens.nonce_kept_until(exp)``, beyond every leeway any process may use (invariant 4).
+the node's budgets for unauthenticated audit rows (``UnauthenticatedAuditGate``), and
+failures per address are rate-limited.  The nonce is consumed by one atomic INSERT only
+after every other check has passed (invariant 3) and kept until
+``tokens.nonce_kept_until(exp)``, beyond every leeway any process may use (invariant 4).
 """
 
 from __future__ import annotations
@@ -19,14 +20,13 @@ from stigmem_node.audit import AuditTrail
 from stigmem_node.clock import Clock, parse_rfc3339
 from stigmem_node.errors import StigmemError
 from stigmem_node.identity import public_key_from_b64
-from stigmem_node.ratelimit import AuditBudget, FailureLimiter
+from stigmem_node.ratelimit import FailureLimiter, UnauthenticatedAuditGate
 from stigmem_node.store import Store
 from stigmem_node.tokens import PeerAuth, TokenRejected, VerifiedToken
 
 TOKEN_REJECTED = "token_rejected"
 REPLAY_ATTEMPT = "replay_attempt"
 PEER_AUTH_THROTTLED = "peer_auth_throttled"
-GLOBAL_AUDIT_ROWS = 600  # token-rejection rows per window, all addresses together
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def bearer_token(authorization: str | None) -> str | None:
 class PeerAuthenticator:
     def __init__(self, store: Store, node_id: str, audit: AuditTrail, clock: Clock, *, leeway_ms: int,
                  max_lifetime_ms: int = tokens.MAX_LIFETIME_MS, failures: FailureLimiter | None = None,
-                 audit_budget: AuditBudget | None = None) -> None:
+                 audit_gate: UnauthenticatedAuditGate | None = None) -> None:
         self.store = store
         self.node_id = node_id
         self.audit = audit
@@ -67,8 +67,7 @@ class PeerAuthenticator:
         self.leeway_ms = leeway_ms
         self.max_lifetime_ms = max_lifetime_ms
         self.failures = failures or FailureLimiter(max_failures=30, window_s=60)
-        self.audit_budget = audit_budget or AuditBudget(per_window=20, window_s=60)
-        self.global_budget = AuditBudget(per_window=GLOBAL_AUDIT_ROWS, window_s=self.audit_budget.window_s)
+        self.audit_gate = audit_gate or UnauthenticatedAuditGate()
         # Set by a serving node (store.db.GroupCommit): nonce inserts then share commits.
         self.group = None
         self._keys: dict[str, Ed25519PublicKey] = {}
@@ -164,24 +163,18 @@ class PeerAuthenticator:
             self._audit(exc, found[0][0] if found else None, remote_addr, path_qs)
             if self.failures.retry_after(remote_addr) is not None:
                 # This failure crossed the limit: from now on the address gets 429 for a while.
-                self.audit.record(PEER_AUTH_THROTTLED, actor=None, remote_addr=remote_addr,
-                                  reason="too_many_failed_attempts", detail={"last_code": exc.code})
+                extra = self.audit_gate.admit("throttle", remote_addr)
+                if extra is not None:
+                    self.audit.record(PEER_AUTH_THROTTLED, actor=None, remote_addr=remote_addr,
+                                      reason="too_many_failed_attempts", detail={"last_code": exc.code, **extra})
             raise
         return AuthenticatedPeer(verified, found[0][1], committed)
 
     def _audit(self, exc: TokenRejected, peer_id: str | None, remote_addr: str, path_qs: str | None) -> None:
-        suppressed = self.audit_budget.take(remote_addr)
-        if suppressed is None:
+        extra = self.audit_gate.admit("token", remote_addr)
+        if extra is None:
             return
-        # Also a budget for all addresses together: many addresses cannot flood the trail either.
-        suppressed_all = self.global_budget.take("*")
-        if suppressed_all is None:
-            return
-        detail: dict = {"issuer": exc.issuer, "skew_ms": exc.skew_ms, "path": (path_qs or "")[:200]}
-        if suppressed:
-            detail["suppressed_before"] = suppressed
-        if suppressed_all:
-            detail["suppressed_all_before"] = suppressed_all
+        detail: dict = {"issuer": exc.issuer, "skew_ms": exc.skew_ms, "path": (path_qs or "")[:200], **extra}
         replay = exc.code == "nonce_already_seen"
         self.audit.record(REPLAY_ATTEMPT if replay else TOKEN_REJECTED, peer_id=peer_id, actor=None,
                           reason=exc.code, detail=detail, remote_addr=remote_addr)

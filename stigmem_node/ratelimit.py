@@ -82,3 +82,54 @@ class AuditBudget:
             return suppressed
         state[2] += 1
         return None
+
+    def carry(self, key: str, suppressed: int) -> None:
+        """Put back a count that ``take`` handed out for a row that was not written after all."""
+        state = self._state.get(key)
+        if state is not None and suppressed:
+            state[2] += suppressed
+
+
+class UnauthenticatedAuditGate:
+    """The audit budgets shared by every row that traffic without a valid credential can cause.
+
+    One per node.  A row is written only if both its per-address budget (per family of
+    rows: token rejections, throttling notices, key refreshes) and the global budget for
+    all addresses and families together have room in the current window.  A row that is
+    not written is counted, and the next row that is written carries the counts in its
+    ``detail``: ``suppressed_before`` (same family and address) and ``suppressed_all_before``
+    (everything the global budget held back).  So the rows such traffic adds per window
+    are bounded by ``global_per_window`` whatever the number of addresses, and nothing
+    disappears silently.
+    """
+
+    FAMILIES = ("token", "throttle", "refresh")
+
+    def __init__(self, per_address: int = 20, global_per_window: int = 600, window_s: float = 60.0,
+                 max_keys: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.per_address = AuditBudget(per_address, window_s, max_keys, clock=lambda: self.clock())
+        self.everyone = AuditBudget(global_per_window, window_s, 1, clock=lambda: self.clock())
+
+    @property
+    def window_s(self) -> float:
+        return self.everyone.window_s
+
+    def admit(self, family: str, key: str) -> dict[str, int] | None:
+        """None if the row must be suppressed (it is counted), else what to add to its detail."""
+        if family not in self.FAMILIES:
+            raise ValueError(f"unknown audit family {family!r}")
+        budget_key = f"{family} {key}"
+        own = self.per_address.take(budget_key)
+        if own is None:
+            return None
+        everyone = self.everyone.take("*")
+        if everyone is None:
+            self.per_address.carry(budget_key, own)  # reported with this address's next written row
+            return None
+        extra = {}
+        if own:
+            extra["suppressed_before"] = own
+        if everyone:
+            extra["suppressed_all_before"] = everyone
+        return extra

@@ -149,7 +149,8 @@ def test_inv11_chain_verifies_after_real_actions(fed, tmp_path):
     res = fed.a.cli("audit", "verify", "--json")
     assert res.returncode == 0, res.stdout + res.stderr
     report = json.loads(res.stdout)
-    assert report == {"ok": True, "rows": len(fed.all_entries()), "first_bad_seq": None, "problem": None}
+    assert report == {"ok": True, "rows": len(fed.all_entries()), "first_bad_seq": None, "problem": None,
+                      "checkpoints": 0, "anchor": None}
     human = fed.a.cli("audit", "verify")
     assert human.returncode == 0 and "intact" in human.stdout
     # A snapshot (what the tamper tests start from) verifies too.

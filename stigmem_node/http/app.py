@@ -32,6 +32,17 @@ async def _watch_identity(node: Node, interval_s: float = 2.0) -> None:
             log.info("signing key rotated: now %s", node.identity.key_id)
 
 
+async def _seal_audit(node: Node) -> None:
+    """Append a signed audit checkpoint once a row has waited the interval unsealed."""
+    interval = node.settings.audit_checkpoint_interval_s
+    while True:
+        try:
+            node.audit.checkpoint_if_due(interval)
+        except StigmemError as exc:  # the database was busy: try again at the next tick
+            log.warning("audit checkpoint postponed: %s", exc.message)
+        await asyncio.sleep(min(interval, 60.0))
+
+
 def create_app(node: Node) -> Starlette:
     routes = [
         # The hot path first: routes are matched in order.
@@ -65,10 +76,12 @@ def create_app(node: Node) -> Starlette:
             scheduler = Scheduler(node.subscriber(), node.settings.pull_interval_s)
             scheduler.start()
         watcher = asyncio.create_task(_watch_identity(node))
+        sealer = asyncio.create_task(_seal_audit(node))
         try:
             yield
         finally:
             watcher.cancel()
+            sealer.cancel()
             if scheduler is not None:
                 await scheduler.stop()
             node.peer_auth.group = None

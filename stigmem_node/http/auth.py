@@ -38,8 +38,10 @@ def require(request: Request, permission: str) -> Principal:
     except Unauthorized:
         limiter.fail(addr)
         if limiter.retry_after(addr) is not None:
-            node.audit.record(ev.APIKEY_AUTH_THROTTLED, actor="anonymous", remote_addr=addr,
-                              reason="too_many_failed_attempts", detail={"path": request.url.path})
+            extra = node.unauth_audit.admit("throttle", addr)  # shared with peer authentication
+            if extra is not None:
+                node.audit.record(ev.APIKEY_AUTH_THROTTLED, actor="anonymous", remote_addr=addr,
+                                  reason="too_many_failed_attempts", detail={"path": request.url.path[:200], **extra})
         raise
     if permission not in principal.permissions:
         raise Forbidden("permission_required", f"this API key lacks the {permission} permission",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 from stigmem_node.store.db import Database
 
@@ -28,9 +28,24 @@ class AuditRepo:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def last_hash(self) -> str | None:
-        row = self.db.one("SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+    def head(self) -> tuple[int, str, str] | None:
+        """(seq, hash, event_type) of the newest row."""
+        row = self.db.one("SELECT seq, hash, event_type FROM audit_log ORDER BY seq DESC LIMIT 1")
+        return (row[0], row[1], row[2]) if row else None
+
+    def last_seq_of(self, event_type: str) -> int:
+        """The seq of the newest row of ``event_type``, 0 if none (index audit_log_event)."""
+        row = self.db.one("SELECT MAX(seq) FROM audit_log WHERE event_type = ?", (event_type,))
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def ts_after(self, seq: int) -> str | None:
+        """The ts of the first row after ``seq``."""
+        row = self.db.one("SELECT ts FROM audit_log WHERE seq > ? ORDER BY seq LIMIT 1", (seq,))
         return row[0] if row else None
+
+    def by_seq(self, seq: int) -> AuditRow | None:
+        row = self.db.one(f"SELECT {_COLS} FROM audit_log WHERE seq = ?", (seq,))
+        return AuditRow(*row) if row else None
 
     def insert(self, row: AuditRow) -> int:
         cur = self.db.execute(
@@ -45,6 +60,11 @@ class AuditRepo:
         """The largest seq ever handed out (survives deletion of the newest rows)."""
         row = self.db.one("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'")
         return int(row[0]) if row else 0
+
+    def highest_seq_issued_raw(self) -> Any:
+        """The same value as stored (a checker must not trust its type)."""
+        row = self.db.one("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'")
+        return row[0] if row else 0
 
     def page(
         self, *, after: int = 0, before: int | None = None, limit: int = 100, peer_id: str | None = None,
