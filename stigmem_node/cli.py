@@ -433,7 +433,7 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ConfigError(message=f"cannot write the export to {args.out}: {exc.strerror or exc}") from None
     try:
-        for row in node.store.audit.iter_all():
+        for row in node.store.audit.iter_listing():
             if (filters["peer_id"] and row.peer_id != filters["peer_id"]) \
                     or (filters["event_type"] and row.event_type != filters["event_type"]) \
                     or (filters["since"] and row.ts < filters["since"]) or (filters["until"] and row.ts >= filters["until"]):

@@ -117,3 +117,24 @@ def test_an_internal_error_is_one_line_and_exit_70(db: Path, capsys, monkeypatch
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "internal error (KeyError)" in err and "Traceback" not in err
     json.dumps(err)
+
+
+@pytest.mark.parametrize("column,value", [("detail", "x'00ff01'"), ("actor", "CAST(x'ff41' AS TEXT)"),
+                                          ("detail", "42"), ("reason", "x'c3'"), ("peer_id", "3.5")])
+def test_audit_listings_show_a_tampered_row_instead_of_failing(column, value, db: Path, capsys, monkeypatch):
+    """A row whose column holds a BLOB, a number, NULL or text that is not UTF-8 is listed as
+    it is; `audit verify` (tests/test_audit_readonly.py) reports it as broken."""
+    import sqlite3
+
+    monkeypatch.delenv("STIGMEM_DEBUG", raising=False)
+    conn = sqlite3.connect(db)
+    conn.execute(f"UPDATE audit_log SET {column} = {value} WHERE seq = 1")
+    conn.commit()
+    conn.close()
+    for argv in (["audit", "list"], ["audit", "list", "--json"], ["audit", "tail"], ["audit", "tail", "--json"],
+                 ["audit", "export"]):
+        assert run(argv, db) == 0, argv
+        out, err = capsys.readouterr()
+        assert err == "" and "apikey_created" in out, (argv, err)
+    assert run(["audit", "verify"], db) == 1
+    assert "BROKEN at row 1" in capsys.readouterr().out

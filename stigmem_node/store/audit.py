@@ -8,6 +8,17 @@ from typing import Any, Iterator
 from stigmem_node.store.db import Database
 
 _COLS = "seq, ts, event_type, peer_id, actor, reason, detail, remote_addr, prev_hash, hash"
+# For listing: every text column read as hex and decoded leniently, so that a tampered row
+# (a BLOB, a number, text that is not UTF-8) is shown as it is instead of failing the read.
+# ``audit verify`` reads the raw values (``iter_all``) and reports such rows as broken.
+_TEXT_COLS = ("ts", "event_type", "peer_id", "actor", "reason", "detail", "remote_addr", "prev_hash", "hash")
+_DISPLAY_COLS = "seq, " + ", ".join(f"hex({c}), {c} IS NULL" for c in _TEXT_COLS)
+
+
+def _display_row(row: tuple) -> "AuditRow":
+    values = [None if row[i + 1] else bytes.fromhex(row[i]).decode("utf-8", "replace")
+              for i in range(1, 2 * len(_TEXT_COLS), 2)]
+    return AuditRow(int(row[0]), *values)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -88,10 +99,17 @@ class AuditRepo:
             params.append(until)
         order = "DESC" if descending else "ASC"
         rows = self.db.all(
-            f"SELECT {_COLS} FROM audit_log WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT ?",
+            f"SELECT {_DISPLAY_COLS} FROM audit_log WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT ?",
             (*params, limit),
         )
-        return [AuditRow(*r) for r in rows]
+        return [_display_row(r) for r in rows]
+
+    def iter_listing(self, batch: int = 1000) -> Iterator[AuditRow]:
+        """Every row in seq order, read as ``page`` reads them (for exports)."""
+        after = 0
+        while rows := self.page(after=after, limit=batch):
+            yield from rows
+            after = rows[-1].seq
 
     def iter_all(self, batch: int = 1000) -> Iterator[AuditRow]:
         after = 0
