@@ -12,6 +12,11 @@ The guard rails live here and only here:
   is read, and the raw bytes are read in chunks against the size cap, so what is counted is
   what is kept in memory (a small compressed body cannot inflate behind the cap's back);
 - the environment's proxy settings are ignored.
+
+``Outbound`` is that module configured once by the node (its timeout, whether plain http is
+allowed, and the transport every client it makes uses), and handed to the use cases that
+fetch: the peer registry (well-known documents) and the subscriber (pages).  A test passes
+another transport (``httpx.MockTransport``, ``httpx.ASGITransport``) to reach an app in process.
 """
 
 from __future__ import annotations
@@ -186,10 +191,44 @@ async def get_json(url: str, *, timeout_s: float, max_bytes: int, allow_insecure
         raise OutboundError("invalid_response", f"{answer.url} did not answer JSON") from None
 
 
-async def fetch_well_known(node_url: str, *, timeout_s: float, allow_insecure_http: bool) -> dict[str, Any]:
+async def fetch_well_known(node_url: str, *, timeout_s: float, allow_insecure_http: bool,
+                           client: httpx.AsyncClient | None = None) -> dict[str, Any]:
     url = node_base(node_url).join("/.well-known/stigmem")
     doc = await get_json(url, timeout_s=timeout_s, max_bytes=WELL_KNOWN_MAX_BYTES,
-                         allow_insecure_http=allow_insecure_http)
+                         allow_insecure_http=allow_insecure_http, client=client)
     if not isinstance(doc, dict):
         raise OutboundError("invalid_response", "the well-known document is not a JSON object")
     return doc
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """The guard rails above, configured once: the default timeout, whether plain http to a
+    non-loopback host is allowed, and the transport of every client made here (None: the
+    network)."""
+
+    timeout_s: float
+    allow_insecure_http: bool
+    transport: httpx.AsyncBaseTransport | None = None
+
+    def client(self, *, timeout_s: float | None = None, limits: httpx.Limits | None = None) -> httpx.AsyncClient:
+        """A client for ``fetch`` (close it, or use it in ``async with``)."""
+        return new_client(timeout_s=self.timeout_s if timeout_s is None else timeout_s, transport=self.transport,
+                          limits=limits)
+
+    def check_url(self, url: str) -> tuple[node_urls.NodeUrl, str]:
+        """``check_url`` with this node's setting for plain http."""
+        return check_url(url, allow_insecure_http=self.allow_insecure_http)
+
+    async def fetch(self, url: str, *, client: httpx.AsyncClient, max_bytes: int, timeout_s: float | None = None,
+                    headers: dict[str, str] | None = None, max_redirects: int = MAX_REDIRECTS) -> Answer:
+        """``fetch`` with this node's settings, on ``client`` (one of ``self.client()``)."""
+        return await fetch(url, timeout_s=self.timeout_s if timeout_s is None else timeout_s, max_bytes=max_bytes,
+                           allow_insecure_http=self.allow_insecure_http, client=client, headers=headers,
+                           max_redirects=max_redirects)
+
+    async def fetch_well_known(self, node_url: str) -> dict[str, Any]:
+        """A node's ``/.well-known/stigmem`` document (a JSON object).  Raises ``OutboundError``."""
+        async with self.client() as client:
+            return await fetch_well_known(node_url, timeout_s=self.timeout_s,
+                                          allow_insecure_http=self.allow_insecure_http, client=client)
