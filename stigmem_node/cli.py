@@ -333,7 +333,8 @@ def _peer_action(name: str, verb: str):
 def cmd_peers_refresh(args: argparse.Namespace) -> int:
     node = _node(args)
     peer = node.federation.get(args.peer)
-    reason = asyncio.run(node.federation.refresh_peer_keys(peer, actor=_cli_actor().name))
+    outcome = asyncio.run(node.federation.refresh_peer_keys(peer, actor=_cli_actor().name))
+    reason = None if outcome.rotated else outcome.value
     view = {**peer_view(node.federation.get(peer.id)), "refresh": reason or "key_rotated"}
 
     def human(v: dict) -> str:

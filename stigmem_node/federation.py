@@ -7,11 +7,13 @@ transaction.  The well-known fetch is injected, so this module knows nothing of 
 
 from __future__ import annotations
 
+import builtins
 import hmac
 import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any, Awaitable, Callable
 
 from stigmem_node import audit as ev
@@ -26,6 +28,7 @@ from stigmem_node.identity import NodeIdentity, endorsement_payload, key_id_of, 
 from stigmem_node.ratelimit import UnauthenticatedAuditGate
 from stigmem_node.store import IntegrityConflict, Store
 from stigmem_node.store.peers import PeerKey, PeerRecord
+from stigmem_node.store.replication import ReplicationState
 
 log = logging.getLogger("stigmem_node.federation")
 
@@ -37,6 +40,22 @@ FEDERATABLE_SCOPES = ("team", "company", "public")
 WELL_KNOWN_UNREACHABLE = "well_known_unreachable"
 WELL_KNOWN_NODE_ID_MISMATCH = "well_known_node_id_mismatch"
 WELL_KNOWN_PUBKEY_MISMATCH = "well_known_pubkey_mismatch"
+
+
+class KeyRefresh(StrEnum):
+    """The outcome of ``Federation.refresh_peer_keys``; its value is the code ``peers
+    refresh`` shows (a ``StrEnum``: it is that string, in comparisons and in JSON)."""
+
+    ROTATED = "key_rotated"
+    UNCHANGED = "key_unchanged"
+    WELL_KNOWN_UNREACHABLE = WELL_KNOWN_UNREACHABLE
+    WELL_KNOWN_NODE_ID_MISMATCH = WELL_KNOWN_NODE_ID_MISMATCH
+    NOT_ENDORSED = "rotation_not_endorsed"
+
+    @property
+    def rotated(self) -> bool:
+        """Whether a new key of the peer was adopted."""
+        return self is KeyRefresh.ROTATED
 
 
 @dataclass(frozen=True)
@@ -74,8 +93,8 @@ def peer_view(peer: PeerRecord) -> dict[str, Any]:
     }
 
 
-def replication_view(state) -> dict[str, Any]:
-    """The subscriber's view of a peer (a ``store.replication.ReplicationState``)."""
+def replication_view(state: ReplicationState) -> dict[str, Any]:
+    """The subscriber's view of a peer."""
     return {
         "cursor": state.cursor, "last_attempt_at": state.last_attempt_at, "last_success_at": state.last_success_at,
         "last_error": state.last_error, "facts_ingested": state.facts_ingested, "facts_rejected": state.facts_rejected,
@@ -110,16 +129,16 @@ class Federation:
             raise NotFound("peer_not_found", "no peer with this id")
         return peer
 
-    def list(self, status: str | None = None) -> list[PeerRecord]:
+    def list(self, status: str | None = None) -> builtins.list[PeerRecord]:
         return self.store.peers.list(status)
 
-    def views(self, peers: list[PeerRecord]) -> list[dict[str, Any]]:
+    def views(self, peers: builtins.list[PeerRecord]) -> builtins.list[dict[str, Any]]:
         """Peer views with their replication status."""
         states = self.store.replication.all()
         empty = self.store.replication.get("")
         return [{**peer_view(p), "replication": replication_view(states.get(p.id, empty))} for p in peers]
 
-    def history(self, peer: PeerRecord, limit: int = 200) -> list[dict[str, Any]]:
+    def history(self, peer: PeerRecord, limit: int = 200) -> builtins.list[dict[str, Any]]:
         return [entry_dict(r) for r in self.store.audit.page(peer_id=peer.id, limit=limit)]
 
     # -- registration ----------------------------------------------------------------
@@ -213,11 +232,11 @@ class Federation:
 
     # -- key rotation -------------------------------------------------------------------
     async def refresh_peer_keys(self, peer: PeerRecord, *, actor: str = "node:refresh",
-                                audit_gate: UnauthenticatedAuditGate | None = None) -> str | None:
+                                audit_gate: UnauthenticatedAuditGate | None = None) -> KeyRefresh:
         """Fetch the peer's well-known and adopt a rotated key if a chain of endorsements
         links it to a key we pinned (see docs/protocol.md, key rotation).
 
-        Returns None if a new key was adopted, else a reason code (``key_unchanged``,
+        Returns ``KeyRefresh.ROTATED`` if a new key was adopted, else why not (``key_unchanged``,
         ``well_known_unreachable``, ``well_known_node_id_mismatch``, ``rotation_not_endorsed``).
         An adopted or refused rotation is audited; a refusal within ``audit_gate``'s budgets
         when the refresh was caused by unauthenticated traffic (a failing token).
@@ -227,15 +246,15 @@ class Federation:
         except OutboundError as exc:
             log.warning("key refresh of %s: cannot fetch its well-known: %s (%s)", ascii(peer.node_id[:80]),
                         exc.message, exc.code)
-            return WELL_KNOWN_UNREACHABLE
+            return KeyRefresh.WELL_KNOWN_UNREACHABLE
         if doc.get("node_id") != peer.node_id:
-            return WELL_KNOWN_NODE_ID_MISMATCH
+            return KeyRefresh.WELL_KNOWN_NODE_ID_MISMATCH
         new_pub, new_kid = doc.get("federation_pubkey"), doc.get("key_id")
         now = self.clock.now()
         pinned = [k for k in self.store.peers.keys(peer.id)
                   if not (k.retire_after and parse_rfc3339(k.retire_after) <= now)]
         if not isinstance(new_pub, str) or any(k.public_key == new_pub for k in pinned):
-            return "key_unchanged"
+            return KeyRefresh.UNCHANGED
         chain = _endorsement_chain(peer.node_id, doc, {k.public_key for k in pinned})
         if chain is None:
             extra = audit_gate.admit("refresh", peer.node_id) if audit_gate is not None else {}
@@ -244,11 +263,11 @@ class Federation:
                                   reason="rotation_not_endorsed",
                                   detail={"node_id": peer.node_id, "offered_fingerprint": fingerprint(new_pub),
                                           **extra})
-            return "rotation_not_endorsed"
+            return KeyRefresh.NOT_ENDORSED
         try:
             kid = key_id_of(new_pub)
         except ValueError:
-            return "rotation_not_endorsed"
+            return KeyRefresh.NOT_ENDORSED
         stamp = self.clock.now_iso()
         with self.store.transaction():
             self.store.peers.add_key(peer.id, PeerKey(kid, new_pub, stamp, None))
@@ -260,7 +279,7 @@ class Federation:
             self.audit.record(ev.PEER_KEY_ROTATED, peer_id=peer.id, actor=actor,
                               detail={"node_id": peer.node_id, "key_id": kid, "declared_key_id": new_kid,
                                       "pubkey_fingerprint": fingerprint(new_pub)})
-        return None
+        return KeyRefresh.ROTATED
 
     # -- operator actions ---------------------------------------------------------------
     def approve(self, ref: str, pubkey_fingerprint: Any, *, actor: Actor) -> PeerRecord:

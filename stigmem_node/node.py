@@ -1,6 +1,8 @@
 """The node: settings, storage, identity and the services built on them, wired once.
 
-Both the HTTP app and the CLI work through a ``Node``.
+Both the HTTP app and the CLI work through a ``Node``.  Each service receives the
+collaborators it uses (repositories, the clock, the audit trail, the outbound client),
+never the node.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import asyncio
 import threading
 import time
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stigmem_node import audit as ev
 from stigmem_node import declaration, identity, manifest, tokens
@@ -19,11 +21,15 @@ from stigmem_node.clock import Clock
 from stigmem_node.config import Settings
 from stigmem_node.federation import Federation
 from stigmem_node.local_facts import LocalFacts
-from stigmem_node.outbound import fetch_well_known
+from stigmem_node.outbound import Outbound
 from stigmem_node.peer_auth import PeerAuthenticator
 from stigmem_node.publish import Publisher
 from stigmem_node.ratelimit import FailureLimiter, UnauthenticatedAuditGate
+from stigmem_node.replication import Ingest, PageFetcher, PullOptions, Subscriber
 from stigmem_node.store import Store
+
+if TYPE_CHECKING:
+    import httpx
 
 DECLARATION_REFRESH = timedelta(hours=1)
 KEY_REFRESH_EVERY_S = 300.0
@@ -32,12 +38,15 @@ RESIGN_PENDING = "resign_pending"  # node_meta: key id whose re-signing of local
 
 class Node:
     def __init__(self, settings: Settings, *, clock: Clock | None = None, serving: bool = False,
-                 create: bool = True) -> None:
+                 create: bool = True, transport: httpx.AsyncBaseTransport | None = None) -> None:
         """``create``: make the database, identity and pepper where there are none (``init``
         and ``serve``).  Without it, the database must already be a stigmem node's and the
-        pepper is read only when API keys are hashed (a missing one is an error)."""
+        pepper is read only when API keys are hashed (a missing one is an error).
+        ``transport``: what every outbound request goes through (None: the network)."""
         self.settings = settings
         self.clock = clock or Clock()
+        self.outbound = Outbound(timeout_s=settings.outbound_timeout_s,
+                                 allow_insecure_http=settings.allow_insecure_http, transport=transport)
         self.store = Store(settings.db_path, settings.synchronous, create=create)
 
         def peppers() -> Peppers:
@@ -56,7 +65,7 @@ class Node:
                                 checkpoint_rows=settings.audit_checkpoint_rows)
         self.federation = Federation(
             self.store, self.identity, self.audit, self.clock,
-            fetch_well_known=self._fetch_well_known,
+            fetch_well_known=self.outbound.fetch_well_known,
             leeway=timedelta(seconds=settings.clock_leeway_s),
             max_declaration_age=timedelta(seconds=settings.declaration_max_age_s),
         )
@@ -74,15 +83,9 @@ class Node:
         self._declaration: declaration.Declaration | None = None
         self._manifest: dict[str, Any] | None = None
         self._refresh_not_before: dict[str, float] = {}
-        self._background: set[asyncio.Task] = set()
+        self._key_refreshes: set[asyncio.Task[Any]] = set()
         self._declaration_at: datetime | None = None
         self._lock = threading.Lock()
-
-    async def _fetch_well_known(self, node_url: str) -> dict[str, Any]:
-        return await fetch_well_known(
-            node_url, timeout_s=self.settings.outbound_timeout_s,
-            allow_insecure_http=self.settings.allow_insecure_http,
-        )
 
     def declaration(self) -> declaration.Declaration:
         """This node's signed declaration, re-signed every hour so it is always fresh."""
@@ -102,12 +105,21 @@ class Node:
                 self._manifest = manifest.build(self.identity, now)
                 self._declaration_at = now
 
-    def subscriber(self):
-        from stigmem_node.replication import Subscriber
-
+    def pull_options(self) -> PullOptions:
         s = self.settings
-        return Subscriber(self, concurrency=s.pull_concurrency, timeout_s=s.pull_timeout_s,
-                          attempts=s.pull_attempts, backoff_s=s.pull_backoff_s)
+        return PullOptions(concurrency=s.pull_concurrency, timeout_s=s.pull_timeout_s, attempts=s.pull_attempts,
+                           backoff_s=s.pull_backoff_s)
+
+    def subscriber(self, options: PullOptions | None = None) -> Subscriber:
+        """A subscriber pulling with ``options`` (default: ``pull_options()``)."""
+        o = options or self.pull_options()
+        pages = PageFetcher(self.outbound, self.mint_peer_token, timeout_s=o.timeout_s, attempts=o.attempts,
+                            backoff_s=o.backoff_s, max_backoff_s=o.max_backoff_s, max_page_bytes=o.max_page_bytes)
+        ingest = Ingest(self.store, self.audit, self.clock, lambda: self.facts.hlc,
+                        federate_instructions=self.settings.federate_instructions)
+        return Subscriber(self.store, self.clock, pages, ingest, find_peer=self.federation.get,
+                          refresh_keys=self.federation.refresh_peer_keys, concurrency=o.concurrency,
+                          page_limit=o.page_limit, max_pages=o.max_pages)
 
     def rotate_key(self, grace: timedelta, *, actor: str) -> dict[str, Any]:
         """Make a new signing key, keep the old one verifying for ``grace``, then re-sign
@@ -159,8 +171,8 @@ class Node:
         self._refresh_not_before[node_id] = now + KEY_REFRESH_EVERY_S
         task = asyncio.get_running_loop().create_task(
             self.federation.refresh_peer_keys(peer, actor="node:auth", audit_gate=self.unauth_audit))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._key_refreshes.add(task)
+        task.add_done_callback(self._key_refreshes.discard)
 
     def reload_identity_if_rotated(self) -> bool:
         """Pick up a key rotated by another process (the CLI) without a restart."""

@@ -174,7 +174,7 @@ class PeerAuthenticator:
         extra = self.audit_gate.admit("token", remote_addr)
         if extra is None:
             return
-        detail: dict = {"issuer": exc.issuer, "skew_ms": exc.skew_ms, "path": (path_qs or "")[:200], **extra}
+        detail: dict[str, Any] = {"issuer": exc.issuer, "skew_ms": exc.skew_ms, "path": (path_qs or "")[:200], **extra}
         replay = exc.code == "nonce_already_seen"
         self.audit.record(REPLAY_ATTEMPT if replay else TOKEN_REJECTED, peer_id=peer_id, actor=None,
                           reason=exc.code, detail=detail, remote_addr=remote_addr)

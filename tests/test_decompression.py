@@ -14,6 +14,7 @@ import asyncio
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -173,8 +174,7 @@ def test_the_subscriber_asks_for_identity_and_ignores_an_encoded_error_body(tmp_
     peer.then(Behaviour("status", status=503, headers=BOMB_HEADERS))
     node = Node(from_env({}).with_overrides(db_path=db))
     try:
-        sub = node.subscriber()
-        sub.backoff_s = 0.0
+        sub = node.subscriber(replace(node.pull_options(), backoff_s=0.0))
         result = asyncio.run(sub.run_pass())
     finally:
         node.close()

@@ -794,18 +794,20 @@ def test_inv13_bad_pages_are_refused_with_stable_codes_and_nothing_moves(start_n
     # with a small cap, against the same real peer over real HTTP, refuses it while reading.
     from stigmem_node.config import Settings, validate
     from stigmem_node.node import Node
-    from stigmem_node.replication import Subscriber
+    from stigmem_node.replication import PullOptions
 
     f.add(*[f.make(f"big-{i}", "public", "x" * 2000) for i in range(5)])
     node = Node(validate(Settings(db_path=p.db)))
     try:
         # Not even one fact fits: the subscriber halves its limit down to 1, then gives up.
-        result = asyncio.run(Subscriber(node, attempts=1, timeout_s=2, max_page_bytes=1500).run_pass(f.node_id))
+        sub = node.subscriber(PullOptions(attempts=1, timeout_s=2, max_page_bytes=1500))
+        result = asyncio.run(sub.run_pass(f.node_id))
         (res,) = result.peers
         assert not res.ok and res.error_code == "page_too_large" and res.new == 0, res
         assert len(received(p.db)) == 600
         # Two facts fit: it asks for fewer facts per page and takes them all.
-        result = asyncio.run(Subscriber(node, attempts=1, timeout_s=2, max_page_bytes=8192).run_pass(f.node_id))
+        sub = node.subscriber(PullOptions(attempts=1, timeout_s=2, max_page_bytes=8192))
+        result = asyncio.run(sub.run_pass(f.node_id))
         (res,) = result.peers
         assert res.ok and res.new == 5 and res.pages >= 3, res
     finally:

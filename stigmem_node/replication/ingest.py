@@ -1,0 +1,211 @@
+"""Ingesting a pulled page: check every fact, then store the good ones with the cursor.
+
+Each pulled fact must have the right CID, come from the peer itself (no relaying), carry a
+scope the peer declared and we granted (never ``local``), verify under one of the peer's
+pinned keys, and neither reuse a stored id with another CID nor extend a stored
+``valid_until``.  Checking needs no storage, so it can run in a worker thread.  Storing
+writes the valid facts, the new cursor and the counters in one transaction, and audits the
+invalid facts in it (at most ``AUDIT_ROWS_PER_PAGE`` rows, then one summary row).  The
+cursor moves by compare-and-set: a page that another run already stored is dropped
+(``Overlap``).
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from stigmem_node import facts as fm
+from stigmem_node.audit import AuditTrail
+from stigmem_node.clock import Clock, parse_rfc3339
+from stigmem_node.errors import ValidationError
+from stigmem_node.identity import public_key_from_b64
+from stigmem_node.store.facts import FactRepo
+from stigmem_node.store.peers import PeerRecord, PeerRepo
+from stigmem_node.store.replication import ReplicationRepo
+
+FACT_REJECTED = "fact_rejected"
+FACTS_REJECTED_SUMMARY = "facts_rejected_summary"
+AUDIT_ROWS_PER_PAGE = 20
+FEDERATABLE = frozenset({"team", "company", "public"})
+
+# A rejected fact: its id (when the entry had a string one) and why.
+Rejection = tuple[str | None, ValidationError]
+
+
+class IngestStore(Protocol):
+    """The storage ingest uses (``stigmem_node.store.Store`` is one)."""
+
+    @property
+    def peers(self) -> PeerRepo: ...
+
+    @property
+    def facts(self) -> FactRepo: ...
+
+    @property
+    def replication(self) -> ReplicationRepo: ...
+
+    def transaction(self) -> AbstractContextManager[object]: ...
+
+
+class Overlap(Exception):
+    """Another run advanced this peer's cursor first."""
+
+
+@dataclass(frozen=True)
+class CheckedPage:
+    entries: list[fm.PulledEntry]
+    rejections: list[Rejection]
+
+    @property
+    def bad_signature(self) -> bool:
+        """Whether a fact failed its origin signature (perhaps the peer rotated its key)."""
+        return any(exc.code == "invalid_origin_signature" for _, exc in self.rejections)
+
+
+@dataclass(frozen=True)
+class StoredPage:
+    new: int
+    duplicates: int
+    rejected: int
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+class Ingest:
+    def __init__(self, store: IngestStore, audit: AuditTrail, clock: Clock, hlc: Callable[[], fm.HLC], *,
+                 federate_instructions: bool = False) -> None:
+        """``hlc``: the node's hybrid logical clock (read when a page is stored, so that it is
+        seeded only when one is)."""
+        self.store = store
+        self.audit = audit
+        self.clock = clock
+        self.hlc = hlc
+        self.federate_instructions = federate_instructions
+
+    def peer_keys(self, peer: PeerRecord) -> list[Ed25519PublicKey]:
+        """The peer's pinned keys that are not past their retirement."""
+        now = self.clock.now()
+        keys = []
+        for k in self.store.peers.keys(peer.id):
+            if k.retire_after and parse_rfc3339(k.retire_after) < now:
+                continue
+            try:
+                keys.append(public_key_from_b64(k.public_key))
+            except ValueError:
+                continue
+        return keys
+
+    def check_page(self, peer: PeerRecord, raw_facts: list[Any], keys: list[Ed25519PublicKey]) -> CheckedPage:
+        """Check every entry of a page (no storage access: safe in a worker thread)."""
+        checked: list[fm.PulledEntry] = []
+        rejections: list[Rejection] = []
+        for i, raw in enumerate(raw_facts):
+            try:
+                checked.append(self._check(peer, raw, keys, i))
+            except ValidationError as exc:
+                body = raw.get("fact") if isinstance(raw, dict) else None
+                fid = body.get("id") if isinstance(body, dict) else None
+                rejections.append((fid if isinstance(fid, str) else None, exc))
+        return CheckedPage(checked, rejections)
+
+    def _check(self, peer: PeerRecord, raw: Any, keys: list[Ed25519PublicKey], index: int) -> fm.PulledEntry:
+        entry = fm.entry_from_wire(raw, field_prefix=f"facts[{index}].")
+        fact, origin = entry.fact, entry.origin
+        if origin.node_id != peer.node_id:
+            raise ValidationError("origin_not_sender",
+                                  "the fact's origin is not the peer that sent it (relaying is off)",
+                                  field=f"facts[{index}].origin.node_id")
+        if fact.scope not in FEDERATABLE or fact.scope not in peer.allowed_scopes \
+                or fact.scope not in origin.allowed_scopes:
+            raise ValidationError("scope_not_granted", f"scope {fact.scope!r} was not granted for this peer",
+                                  field=f"facts[{index}].scope")
+        if fm.is_instruction(fact) and not self.federate_instructions:
+            raise ValidationError("instruction_not_accepted",
+                                  "instruction facts are accepted only with STIGMEM_FEDERATE_INSTRUCTIONS",
+                                  field=f"facts[{index}].value.interpret_as")
+        if not fm.verify_fact_origin(keys, fact, origin, entry.origin_sig):
+            raise ValidationError("invalid_origin_signature",
+                                  "the origin signature does not verify under the peer's keys",
+                                  field=f"facts[{index}].origin_sig")
+        return entry
+
+    def store_page(self, peer: PeerRecord, page: CheckedPage, cursor_before: str | None,
+                   cursor_after: str | None) -> StoredPage:
+        """Store the checked facts, the cursor and the counters in one transaction, and audit
+        the rejections in it.  Raises ``Overlap`` (nothing stored) if the cursor moved."""
+        rejections = list(page.rejections)
+        now = self.clock.now_iso()
+        hlc = self.hlc()
+        with self.store.transaction():
+            known = self.store.facts.known([e.fact.id for e in page.entries])
+            rows, dup = [], 0
+            seen: dict[str, tuple[str, str | None]] = {}  # id -> (cid, valid_until) stored from this page
+            for entry in page.entries:
+                fact = entry.fact
+                stored = known.get(fact.id) or seen.get(fact.id)
+                if stored is not None:
+                    if stored[0] != fact.cid:
+                        rejections.append((fact.id, ValidationError("id_collision",
+                                                                    "a stored fact has this id and another CID")))
+                    elif _extends(stored[1], fact.valid_until):
+                        rejections.append((fact.id, ValidationError("valid_until_extension",
+                                                                    "the fact would extend a stored valid_until")))
+                    else:
+                        dup += 1
+                    continue
+                seen[fact.id] = (fact.cid, fact.valid_until)
+                if fact.hlc:
+                    try:
+                        hlc.receive(fact.hlc)
+                    except ValidationError:
+                        pass  # a skewed peer clock must not drag ours; the fact keeps its own HLC
+                stamp = fact.hlc or hlc.tick()
+                fact = replace(fact, hlc=stamp, received_from=peer.node_id, received_at=now)
+                wire = {"fact": fm.fact_wire(fact), "origin": entry.origin.to_wire(), "origin_sig": entry.origin_sig}
+                rows.append((
+                    fact.id, fact.cid, fact.entity, fact.relation, fact.value_type, fact.value_v, fact.interpret_as,
+                    fact.source, fact.timestamp, stamp, fact.valid_until, fact.confidence, fact.scope,
+                    fact.origin_node_id, entry.origin_sig, _dumps(wire), peer.node_id, now,
+                ))
+            if not self.store.replication.advance(peer.id, expected_cursor=cursor_before, cursor=cursor_after,
+                                                  ingested=len(rows), rejected=len(rejections)):
+                raise Overlap()
+            self.store.facts.insert_many(rows)
+            self._audit_rejections(peer, rejections)
+        return StoredPage(len(rows), dup, len(rejections))
+
+    def _audit_rejections(self, peer: PeerRecord, rejections: list[Rejection]) -> None:
+        """One row per rejected fact, up to a bound per page; the rest in one summary row
+        that still names every fact and its reason (so a peer cannot flood the trail)."""
+        actor = f"peer:{peer.node_id}"
+        for fact_id, exc in rejections[:AUDIT_ROWS_PER_PAGE]:
+            self.audit.record(FACT_REJECTED, peer_id=peer.id, actor=actor, reason=exc.code,
+                              detail={"fact_id": (fact_id or "")[:256] or None, "field": exc.field,
+                                      "message": exc.message[:300]})
+        rest = rejections[AUDIT_ROWS_PER_PAGE:]
+        if rest:
+            by_reason: dict[str, int] = {}
+            for _, exc in rest:
+                by_reason[exc.code] = by_reason.get(exc.code, 0) + 1
+            self.audit.record(FACTS_REJECTED_SUMMARY, peer_id=peer.id, actor=actor, reason="many_rejections",
+                              detail={"count": len(rest), "by_reason": by_reason,
+                                      "facts": [[(fid or "")[:64], exc.code] for fid, exc in rest]})
+
+
+def _extends(stored: str | None, incoming: str | None) -> bool:
+    """Whether ``incoming`` would extend a stored finite ``valid_until``."""
+    if stored is None:
+        return False
+    if incoming is None:
+        return True
+    try:
+        return fm.parse_time(incoming) > fm.parse_time(stored)
+    except (TypeError, ValueError, OverflowError):
+        return True

@@ -1,0 +1,180 @@
+"""The subscriber: pull every active peer's facts, verify each one, store it exactly once.
+
+For each peer (concurrently, bounded): page through ``GET /v1/federation/facts``
+(``transport.PageFetcher``: a fresh token per request, retries) until ``has_more`` is
+false, checking each page off the event loop and storing it with the new cursor in one
+transaction (``ingest.Ingest``).  A signature failure first triggers one refresh of the
+peer's keys per pass (an endorsed key rotation is followed).  When a peer cannot be pulled
+it is reported failed and the others go on; two overlapping runs never double-count (the
+loser stops for that peer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import httpx
+
+from stigmem_node.clock import Clock
+from stigmem_node.errors import OutboundError, StigmemError
+from stigmem_node.federation import KeyRefresh
+from stigmem_node.replication.ingest import Ingest, Overlap
+from stigmem_node.replication.results import PassResult, PeerResult, PullError
+from stigmem_node.replication.transport import MAX_PAGE_BYTES, PageFetcher
+from stigmem_node.store.peers import PeerRecord, PeerRepo
+from stigmem_node.store.replication import ReplicationRepo
+
+log = logging.getLogger("stigmem_node.replication")
+
+# A pass takes at most this many pages from one peer (a million facts at 500 a page), so a
+# peer that always answers has_more cannot keep a cron run going for ever.
+MAX_PAGES_PER_PASS = 2000
+
+
+@dataclass(frozen=True)
+class PullOptions:
+    """How a subscriber pulls (``Node.pull_options()`` reads them from the settings)."""
+
+    concurrency: int = 4
+    page_limit: int = 500
+    timeout_s: float = 10.0
+    attempts: int = 4
+    backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+    max_page_bytes: int = MAX_PAGE_BYTES
+    max_pages: int = MAX_PAGES_PER_PASS
+
+
+class SubscriberStore(Protocol):
+    """The storage the subscriber itself uses (``stigmem_node.store.Store`` is one)."""
+
+    @property
+    def peers(self) -> PeerRepo: ...
+
+    @property
+    def replication(self) -> ReplicationRepo: ...
+
+
+class KeyRefresher(Protocol):
+    """Re-reads a peer's well-known to follow a key rotation (``Federation.refresh_peer_keys``)."""
+
+    async def __call__(self, peer: PeerRecord, *, actor: str) -> KeyRefresh: ...
+
+
+class Subscriber:
+    def __init__(self, store: SubscriberStore, clock: Clock, pages: PageFetcher, ingest: Ingest, *,
+                 find_peer: Callable[[str], PeerRecord], refresh_keys: KeyRefresher,
+                 concurrency: int = 4, page_limit: int = 500, max_pages: int = MAX_PAGES_PER_PASS) -> None:
+        """``find_peer``: a peer by peer id or node id (raises ``NotFound``)."""
+        self.store = store
+        self.clock = clock
+        self.pages = pages
+        self.ingest = ingest
+        self.find_peer = find_peer
+        self.refresh_keys = refresh_keys
+        self.concurrency = concurrency
+        self.page_limit = page_limit
+        self.max_pages = max_pages
+
+    def active_peers(self) -> list[PeerRecord]:
+        return self.store.peers.list("active")
+
+    def client(self, *, pool_per_peer: bool = False) -> httpx.AsyncClient:
+        # A pass holds at most ``concurrency`` peers, each using one connection at a time.  The
+        # schedule runs every peer on its own, so its pool must not be smaller than the number
+        # of peers: otherwise hanging peers fill it and a live peer waits for a slot (and fails
+        # with a pool timeout reported as peer_timeout).
+        return self.pages.client(None if pool_per_peer else self.concurrency * 2)
+
+    async def run_pass(self, peer_ref: str | None = None,
+                       progress: Callable[[PeerResult], None] | None = None) -> PassResult:
+        """Pull every active peer once (or only ``peer_ref``)."""
+        started = time.monotonic()
+        peers = [self.find_peer(peer_ref)] if peer_ref else self.active_peers()
+        sem = asyncio.Semaphore(self.concurrency)
+        async with self.client() as client:
+            async def one(peer: PeerRecord) -> PeerResult:
+                async with sem:
+                    result = await self.pull_peer(client, peer)
+                if progress:
+                    progress(result)
+                return result
+
+            results = await asyncio.gather(*(one(p) for p in peers))
+        return PassResult(list(results), time.monotonic() - started)
+
+    async def pull_peer(self, client: httpx.AsyncClient, peer: PeerRecord) -> PeerResult:
+        result = PeerResult(peer.id, peer.node_id)
+        started = time.monotonic()
+        error: PullError | None = None
+        try:
+            self.store.replication.attempt(peer.id, self.clock.now_iso())
+            if peer.status != "active":
+                raise PullError("peer_not_active", f"peer is {peer.status}, not active")
+            self.pages.check_peer_url(peer)
+            await self._pull(client, peer, result)
+        except OutboundError as exc:
+            error = PullError(exc.code, exc.message)
+        except PullError as exc:
+            error = exc
+        except StigmemError as exc:  # e.g. database_busy
+            error = PullError(exc.code, exc.message)
+        except Exception:  # one peer's surprise must not end the pass for the others
+            log.exception("pull from %s failed unexpectedly", peer.node_id)
+            error = PullError("internal_error", "the pull failed unexpectedly; see the node's log")
+        if error is not None:
+            result.ok, result.error, result.error_code = False, error.message, error.code
+        result.duration_s = time.monotonic() - started
+        try:
+            self.store.replication.finish(peer.id, self.clock.now_iso(),
+                                          None if error is None else f"{error.code}: {error.message}")
+        except sqlite3.Error:
+            log.exception("cannot record the pull status of %s", peer.node_id)
+        return result
+
+    async def _pull(self, client: httpx.AsyncClient, peer: PeerRecord, result: PeerResult) -> None:
+        """Page through the peer from its stored cursor, counting into ``result``."""
+        cursor = self.store.replication.get(peer.id).cursor
+        keys = self.ingest.peer_keys(peer)
+        refreshed = False
+        limit = self.page_limit
+        while True:
+            if result.pages >= self.max_pages:
+                result.note = f"stopped after {self.max_pages} pages; the next pass carries on"
+                return
+            try:
+                page = await self.pages.fetch(client, peer, cursor, limit)
+            except PullError as exc:
+                if exc.code != "page_too_large" or limit == 1:
+                    raise
+                limit = max(1, limit // 2)  # large facts: ask for fewer per page
+                continue
+            result.pages += 1
+            next_cursor = page.cursor if page.cursor is not None else cursor
+            # Checking (signatures above all) runs off the event loop: a serving node keeps
+            # answering requests while it ingests.
+            checked = await asyncio.to_thread(self.ingest.check_page, peer, page.facts, keys)
+            if not refreshed and checked.bad_signature:
+                # Perhaps the peer rotated its key: follow an endorsed rotation once per pass.
+                refreshed = True
+                if (await self.refresh_keys(peer, actor="node:pull")).rotated:
+                    keys = self.ingest.peer_keys(peer)
+                    checked = await asyncio.to_thread(self.ingest.check_page, peer, page.facts, keys)
+            try:
+                stored = self.ingest.store_page(peer, checked, cursor, next_cursor)
+            except Overlap:
+                result.note = "another pull advanced this peer's cursor first; this run stopped for it"
+                return
+            result.new += stored.new
+            result.duplicates += stored.duplicates
+            result.rejected += stored.rejected
+            if not page.has_more:
+                return
+            if next_cursor == cursor:
+                raise PullError("cursor_stuck", "the peer said has_more but did not move its cursor")
+            cursor = next_cursor
