@@ -2,7 +2,9 @@
 
 Both the HTTP app and the CLI work through a ``Node``.  Each service receives the
 collaborators it uses (repositories, the clock, the audit trail, the outbound client),
-never the node.
+never the node.  A serving node's background work (database upkeep, group commit of
+nonces, the key watch, audit sealing, the pull schedule) is started and stopped here
+(``start_background``, ``stop_background``), from the app's lifespan.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +20,7 @@ from stigmem_node import audit as ev
 from stigmem_node import declaration, identity, manifest, tokens
 from stigmem_node.apikeys import ApiKeys, Peppers
 from stigmem_node.audit import AuditTrail
+from stigmem_node.background import Maintenance, seal_audit, watch_identity
 from stigmem_node.clock import Clock
 from stigmem_node.config import Settings
 from stigmem_node.federation import Federation
@@ -25,8 +29,9 @@ from stigmem_node.outbound import Outbound
 from stigmem_node.peer_auth import PeerAuthenticator
 from stigmem_node.publish import Publisher
 from stigmem_node.ratelimit import FailureLimiter, UnauthenticatedAuditGate
-from stigmem_node.replication import Ingest, PageFetcher, PullOptions, Subscriber
+from stigmem_node.replication import Ingest, PageFetcher, PullOptions, Scheduler, Subscriber
 from stigmem_node.store import Store
+from stigmem_node.store.db import GroupCommit
 
 if TYPE_CHECKING:
     import httpx
@@ -34,6 +39,15 @@ if TYPE_CHECKING:
 DECLARATION_REFRESH = timedelta(hours=1)
 KEY_REFRESH_EVERY_S = 300.0
 RESIGN_PENDING = "resign_pending"  # node_meta: key id whose re-signing of local facts is unfinished
+
+
+@dataclass
+class _Background:
+    """What ``start_background`` started, for ``stop_background``."""
+
+    maintenance: Maintenance
+    scheduler: Scheduler | None
+    tasks: list[asyncio.Task[None]]
 
 
 class Node:
@@ -84,6 +98,7 @@ class Node:
         self._manifest: dict[str, Any] | None = None
         self._refresh_not_before: dict[str, float] = {}
         self._key_refreshes: set[asyncio.Task[Any]] = set()
+        self._background: _Background | None = None
         self._declaration_at: datetime | None = None
         self._lock = threading.Lock()
 
@@ -120,6 +135,41 @@ class Node:
         return Subscriber(self.store, self.clock, pages, ingest, find_peer=self.federation.get,
                           refresh_keys=self.federation.refresh_peer_keys, concurrency=o.concurrency,
                           page_limit=o.page_limit, max_pages=o.max_pages)
+
+    # -- a serving node's background work --------------------------------------------------
+    def start_background(self) -> None:
+        """Start the background work of a serving node, on the running event loop: database
+        upkeep (a thread), the group commit of nonces, the key watch, audit sealing and, with
+        a pull interval, the pull schedule.  ``stop_background`` ends it all."""
+        if self._background is not None:
+            raise RuntimeError("the background work is already running")
+        maintenance = Maintenance(self.store.db, self.clock.now_ms)
+        self.peer_auth.use_group_commit(GroupCommit(self.store.db))
+        scheduler = None
+        if self.settings.pull_interval_s > 0:
+            scheduler = Scheduler(self.subscriber(), self.settings.pull_interval_s)
+            scheduler.start()
+        tasks = [
+            asyncio.create_task(watch_identity(self.reload_identity_if_rotated, lambda: self.identity.key_id),
+                                name="stigmem-key-watch"),
+            asyncio.create_task(seal_audit(self.audit, self.settings.audit_checkpoint_interval_s),
+                                name="stigmem-audit-seal"),
+        ]
+        self._background = _Background(maintenance, scheduler, tasks)
+
+    async def stop_background(self) -> None:
+        """Stop what ``start_background`` started (pulls in flight are cancelled; each page
+        they stored is committed)."""
+        work, self._background = self._background, None
+        if work is None:
+            return
+        for task in work.tasks:
+            task.cancel()
+        await asyncio.gather(*work.tasks, return_exceptions=True)
+        if work.scheduler is not None:
+            await work.scheduler.stop()
+        self.peer_auth.use_group_commit(None)
+        work.maintenance.stop()
 
     def rotate_key(self, grace: timedelta, *, actor: str) -> dict[str, Any]:
         """Make a new signing key, keep the old one verifying for ``grace``, then re-sign

@@ -9,6 +9,7 @@ after every other check has passed (invariant 3) and kept until
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from stigmem_node.errors import StigmemError
 from stigmem_node.identity import public_key_from_b64
 from stigmem_node.ratelimit import FailureLimiter, UnauthenticatedAuditGate
 from stigmem_node.store import Store
+from stigmem_node.store.db import GroupCommit
 from stigmem_node.tokens import PeerAuth, TokenRejected, VerifiedToken
 
 TOKEN_REJECTED = "token_rejected"
@@ -68,12 +70,22 @@ class PeerAuthenticator:
         self.max_lifetime_ms = max_lifetime_ms
         self.failures = failures or FailureLimiter(max_failures=30, window_s=60)
         self.audit_gate = audit_gate or UnauthenticatedAuditGate()
-        # Set by a serving node (store.db.GroupCommit): nonce inserts then share commits.
-        self.group = None
+        # A serving node's group commit (``use_group_commit``): nonce inserts then share commits.
+        self.group: GroupCommit | None = None
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._scope_cache: dict[str, tuple[str, ...]] = {}  # few distinct values: scope sets
         self._cache: dict[str, tuple[PeerAuth, tuple[str, ...], int]] = {}
         self._cache_stamp: tuple[int, int] = (-1, -1)
+
+    def use_group_commit(self, group: GroupCommit | None) -> None:
+        """Let nonce inserts share commits (a serving node, on its event loop), or stop (None)."""
+        self.group = group
+
+    def pending_commit(self) -> asyncio.Future[None] | None:
+        """The open group commit, if any: await it before answering a rejection, so that the
+        rejection's audit row is durable first."""
+        group = self.group
+        return group.pending if group is not None else None
 
     def _peer(self, node_id: str, now_ms: int) -> tuple[PeerAuth, tuple[str, ...]] | None:
         """The peer's status, keys and granted scopes, cached until anything changes.

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 from typing import AsyncIterator
 
 from starlette.applications import Starlette
@@ -18,29 +16,6 @@ from stigmem_node.http.errors import http_error, stigmem_error, unexpected_error
 from stigmem_node.http.forwarded import ForwardedFor
 from stigmem_node.http.middleware import BodyLimit, RequestId
 from stigmem_node.node import Node
-from stigmem_node.store.db import GroupCommit
-from stigmem_node.store.maintenance import Maintenance
-
-log = logging.getLogger("stigmem_node.http")
-
-
-async def _watch_identity(node: Node, interval_s: float = 2.0) -> None:
-    """Adopt a key rotated by the CLI while the server runs."""
-    while True:
-        await asyncio.sleep(interval_s)
-        if node.reload_identity_if_rotated():
-            log.info("signing key rotated: now %s", node.identity.key_id)
-
-
-async def _seal_audit(node: Node) -> None:
-    """Append a signed audit checkpoint once a row has waited the interval unsealed."""
-    interval = node.settings.audit_checkpoint_interval_s
-    while True:
-        try:
-            node.audit.checkpoint_if_due(interval)
-        except StigmemError as exc:  # the database was busy: try again at the next tick
-            log.warning("audit checkpoint postponed: %s", exc.message)
-        await asyncio.sleep(min(interval, 60.0))
 
 
 def create_app(node: Node) -> Starlette:
@@ -67,25 +42,11 @@ def create_app(node: Node) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         node.resign_if_pending()  # a rotation whose re-signing was interrupted
-        maintenance = Maintenance(node.store.db, node.clock.now_ms)
-        node.peer_auth.group = GroupCommit(node.store.db)
-        scheduler = None
-        if node.settings.pull_interval_s > 0:
-            from stigmem_node.replication import Scheduler
-
-            scheduler = Scheduler(node.subscriber(), node.settings.pull_interval_s)
-            scheduler.start()
-        watcher = asyncio.create_task(_watch_identity(node))
-        sealer = asyncio.create_task(_seal_audit(node))
+        node.start_background()
         try:
             yield
         finally:
-            watcher.cancel()
-            sealer.cancel()
-            if scheduler is not None:
-                await scheduler.stop()
-            node.peer_auth.group = None
-            maintenance.stop()
+            await node.stop_background()
 
     middleware = [Middleware(RequestId), Middleware(BodyLimit)]
     if node.settings.trusted_proxies:

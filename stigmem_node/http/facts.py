@@ -56,9 +56,9 @@ async def authenticate_peer(request: Request):
     except TokenRejected as exc:
         if exc.code == "invalid_signature" and exc.issuer:
             node.refresh_peer_keys_soon(exc.issuer)  # the peer may have rotated its key
-        group = node.peer_auth.group
-        if group is not None and group.pending is not None:
-            await group.pending  # the rejection's audit row is durable before we answer
+        pending = node.peer_auth.pending_commit()
+        if pending is not None:
+            await pending  # the rejection's audit row is durable before we answer
         raise
     if peer.committed is not None:
         await peer.committed

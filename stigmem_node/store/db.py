@@ -195,6 +195,16 @@ class Database:
         with self._lock:
             return self.conn.execute(sql, params).fetchone()
 
+    def disable_autocheckpoint(self) -> None:
+        """Stop this connection from checkpointing the WAL when it commits (a serving node's
+        connection: its checkpoints are run elsewhere, by ``checkpoint``)."""
+        self.execute("PRAGMA wal_autocheckpoint=0")
+
+    def checkpoint(self) -> None:
+        """Move WAL pages into the database file: a PASSIVE checkpoint, which never blocks
+        readers or writers (``StorageBusy`` if it cannot start)."""
+        self.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     def data_version(self) -> int:
         """Changes whenever another connection (another process) commits a change."""
         with self._lock:

@@ -1,0 +1,89 @@
+"""A serving node's background work, started and stopped by the node (``Node.start_background``).
+
+- **Database upkeep** (``Maintenance``): once a second, in a thread of its own and on a
+  connection of its own, delete expired nonces (up to a batch, walking the expiry index) and
+  move WAL pages into the database file (a PASSIVE checkpoint, which never blocks readers or
+  writers).  The serving connection's auto-checkpoint is turned off, so its commits never
+  wait for a checkpoint and its fsync.  Storage offers the operations; this module runs them.
+- **Key watch** (``watch_identity``): adopt a key rotated by the CLI while the server runs.
+- **Audit sealing** (``seal_audit``): a signed audit checkpoint once a row has waited the
+  configured interval unsealed.
+
+The in-server pull schedule is ``stigmem_node.replication.schedule.Scheduler``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Callable
+
+from stigmem_node.audit import AuditTrail
+from stigmem_node.errors import StigmemError
+from stigmem_node.store.db import Database, StorageBusy
+from stigmem_node.store.nonces import NonceRepo
+
+log = logging.getLogger("stigmem_node.background")
+
+MAINTENANCE_INTERVAL_S = 1.0
+NONCE_PRUNE_BATCH = 20_000
+IDENTITY_WATCH_INTERVAL_S = 2.0
+MAX_SEAL_WAIT_S = 60.0
+
+
+class Maintenance:
+    """Database upkeep off the event loop: started at once, ``stop()`` ends it."""
+
+    def __init__(self, db: Database, now_ms: Callable[[], int], interval_s: float = MAINTENANCE_INTERVAL_S,
+                 prune_batch: int = NONCE_PRUNE_BATCH) -> None:
+        self.path = db.path
+        self.now_ms = now_ms
+        self.interval_s = interval_s
+        self.prune_batch = prune_batch
+        self._stop = threading.Event()
+        db.disable_autocheckpoint()
+        self._thread = threading.Thread(target=self._run, name="stigmem-maintenance", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            db = Database(self.path)
+        except Exception:
+            log.exception("database maintenance cannot start: expired nonces will not be pruned")
+            return
+        nonces = NonceRepo(db)
+        try:
+            while not self._stop.wait(self.interval_s):
+                try:
+                    nonces.prune(self.now_ms(), batch=self.prune_batch)
+                    db.checkpoint()
+                except StorageBusy as exc:  # the next round tries again
+                    log.debug("maintenance deferred: %s", exc.message)
+                except Exception:  # keep the thread alive: an unpruned cache only grows
+                    log.exception("database maintenance failed; trying again in %.0f s", self.interval_s)
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+async def watch_identity(adopt_rotated_key: Callable[[], bool], key_id: Callable[[], str],
+                         interval_s: float = IDENTITY_WATCH_INTERVAL_S) -> None:
+    """Every ``interval_s``, adopt a key rotated by another process (the CLI)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        if adopt_rotated_key():
+            log.info("signing key rotated: now %s", key_id())
+
+
+async def seal_audit(audit: AuditTrail, interval_s: float) -> None:
+    """Append a signed audit checkpoint once a row has waited ``interval_s`` unsealed."""
+    while True:
+        try:
+            audit.checkpoint_if_due(interval_s)
+        except StigmemError as exc:  # the database was busy: try again at the next tick
+            log.warning("audit checkpoint postponed: %s", exc.message)
+        await asyncio.sleep(min(interval_s, MAX_SEAL_WAIT_S))
