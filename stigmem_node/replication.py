@@ -33,7 +33,7 @@ from stigmem_node import facts as fm
 from stigmem_node import outbound
 from stigmem_node.clock import parse_rfc3339
 from stigmem_node.errors import OutboundError, StigmemError, ValidationError
-from stigmem_node.identity import public_key_from_b64
+from stigmem_node.keys import public_key_from_b64
 from stigmem_node.store.peers import PeerRecord
 
 log = logging.getLogger("stigmem_node.replication")

@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 from stigmem_node import tokens
 from stigmem_node.encoding import b64url_decode, b64url_encode
 from stigmem_node.facts import entry_from_wire, verify_fact_origin
-from stigmem_node.identity import public_key_from_b64
+from stigmem_node.keys import public_key_from_b64
 from stigmem_node.tokens import MAX_LEEWAY_MS, NONCE_PRUNE_MARGIN_MS, nonce_kept_until
 from tests.nodes import RunningNode
 

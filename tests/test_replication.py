@@ -314,7 +314,7 @@ def test_inv6_an_id_reused_within_one_page_with_another_cid_is_a_collision(start
 def test_inv6_randomly_mutated_entries_never_crash_the_pass_and_only_verified_facts_are_stored(start_node,
                                                                                                  fake_peer):
     from stigmem_node import facts as fm
-    from stigmem_node.identity import public_key_from_b64
+    from stigmem_node.keys import public_key_from_b64
 
     seed = time.time_ns()
     rng = random.Random(seed)
