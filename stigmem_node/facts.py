@@ -82,13 +82,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from stigmem_node.clock import Clock, iso, parse_rfc3339
-from stigmem_node.config import SCOPES
 from stigmem_node.encoding import b64url_decode, b64url_encode, jcs, sha256_hex
 from stigmem_node.errors import ValidationError
+from stigmem_node.vocabulary import INTERPRET_AS, SCOPES, VALUE_TYPES
 
 __all__ = [
-    "VALUE_TYPES",
-    "INTERPRET_AS",
     "DEFAULT_CONFIDENCE",
     "DEFAULT_SCOPE",
     "DEFAULT_TENANT",
@@ -124,8 +122,6 @@ __all__ = [
     "format_hlc",
 ]
 
-VALUE_TYPES = ("string", "text", "number", "boolean", "datetime", "ref", "null")
-INTERPRET_AS = ("content", "instruction")
 DEFAULT_CONFIDENCE = 1.0
 DEFAULT_SCOPE = "local"
 DEFAULT_TENANT = "default"

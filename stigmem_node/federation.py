@@ -27,12 +27,13 @@ from stigmem_node.keys import endorsement_payload, key_id_of, public_key_from_b6
 from stigmem_node.ratelimit import UnauthenticatedAuditGate
 from stigmem_node.store import IntegrityConflict, Store
 from stigmem_node.store.peers import PeerKey, PeerRecord
+from stigmem_node.vocabulary import FEDERATED_SCOPES
 
 log = logging.getLogger("stigmem_node.federation")
 
 FetchWellKnown = Callable[[str], Awaitable[dict[str, Any]]]
 
-FEDERATABLE_SCOPES = ("team", "company", "public")
+FEDERATABLE_SCOPES = FEDERATED_SCOPES
 
 # Registration outcomes beyond the declaration's own reason codes.
 WELL_KNOWN_UNREACHABLE = "well_known_unreachable"

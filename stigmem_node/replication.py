@@ -35,6 +35,7 @@ from stigmem_node.clock import parse_rfc3339
 from stigmem_node.errors import OutboundError, StigmemError, ValidationError
 from stigmem_node.keys import public_key_from_b64
 from stigmem_node.store.peers import PeerRecord
+from stigmem_node.vocabulary import FEDERATED_SCOPES
 
 log = logging.getLogger("stigmem_node.replication")
 
@@ -46,7 +47,7 @@ MAX_PAGE_BYTES = 64 * 1024 * 1024
 # peer that always answers has_more cannot keep a cron run going for ever.
 MAX_PAGES_PER_PASS = 2000
 MAX_RETRY_AFTER_S = 60.0
-FEDERATABLE = frozenset({"team", "company", "public"})
+FEDERATABLE = frozenset(FEDERATED_SCOPES)
 
 
 class PullError(StigmemError):
