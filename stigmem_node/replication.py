@@ -30,6 +30,7 @@ from urllib.parse import quote
 import httpx
 
 from stigmem_node import facts as fm
+from stigmem_node import origin as om
 from stigmem_node import outbound
 from stigmem_node.clock import parse_rfc3339
 from stigmem_node.errors import OutboundError, StigmemError, ValidationError
@@ -296,8 +297,8 @@ class Subscriber:
                 continue
         return keys
 
-    def _check(self, peer: PeerRecord, raw: Any, keys: list, index: int) -> fm.PulledEntry:
-        entry = fm.entry_from_wire(raw, field_prefix=f"facts[{index}].")
+    def _check(self, peer: PeerRecord, raw: Any, keys: list, index: int) -> om.PulledEntry:
+        entry = om.entry_from_wire(raw, field_prefix=f"facts[{index}].")
         fact, origin = entry.fact, entry.origin
         if origin.node_id != peer.node_id:
             raise ValidationError("origin_not_sender", "the fact's origin is not the peer that sent it (relaying is off)",
@@ -310,15 +311,15 @@ class Subscriber:
             raise ValidationError("instruction_not_accepted",
                                   "instruction facts are accepted only with STIGMEM_FEDERATE_INSTRUCTIONS",
                                   field=f"facts[{index}].value.interpret_as")
-        if not fm.verify_fact_origin(keys, fact, origin, entry.origin_sig):
+        if not om.verify_fact_origin(keys, fact, origin, entry.origin_sig):
             raise ValidationError("invalid_origin_signature", "the origin signature does not verify under the peer's keys",
                                   field=f"facts[{index}].origin_sig")
         return entry
 
     def _check_page(self, peer: PeerRecord, raw_facts: list,
-                    keys: list) -> tuple[list[fm.PulledEntry], list[tuple[str | None, ValidationError]]]:
+                    keys: list) -> tuple[list[om.PulledEntry], list[tuple[str | None, ValidationError]]]:
         """Check every entry of a page (no storage access: safe in a worker thread)."""
-        checked: list[fm.PulledEntry] = []
+        checked: list[om.PulledEntry] = []
         rejections: list[tuple[str | None, ValidationError]] = []
         for i, raw in enumerate(raw_facts):
             try:
@@ -328,7 +329,7 @@ class Subscriber:
                 rejections.append((fid if isinstance(fid, str) else None, exc))
         return checked, rejections
 
-    def _store_page(self, peer: PeerRecord, checked: list[fm.PulledEntry],
+    def _store_page(self, peer: PeerRecord, checked: list[om.PulledEntry],
                     rejections: list[tuple[str | None, ValidationError]], cursor_before: str | None,
                     cursor_after: str | None) -> tuple[int, int, int]:
         """Store the checked facts, the cursor and the counters in one transaction."""

@@ -36,7 +36,7 @@ def test_vocabularies_are_consistent() -> None:
 
 
 def test_validators_use_the_vocabulary_objects() -> None:
-    from stigmem_node import apikeys, config, declaration, facts, federation, replication
+    from stigmem_node import apikeys, config, declaration, facts, federation, replication, values
     from stigmem_node.http import params, peers
 
     assert apikeys.PERMISSIONS is v.PERMISSIONS
@@ -45,8 +45,9 @@ def test_validators_use_the_vocabulary_objects() -> None:
     assert config.Settings().shared_scopes is v.DEFAULT_SHARED_SCOPES
     assert declaration.SCOPES is v.SCOPES
     assert facts.SCOPES is v.SCOPES
-    assert facts.VALUE_TYPES is v.VALUE_TYPES
-    assert facts.INTERPRET_AS is v.INTERPRET_AS
+    assert facts.VALUE_TYPES is v.VALUE_TYPES  # value_from_text
+    assert values.VALUE_TYPES is v.VALUE_TYPES
+    assert values.INTERPRET_AS is v.INTERPRET_AS
     assert federation.FEDERATABLE_SCOPES is v.FEDERATED_SCOPES
     assert replication.FEDERATABLE == frozenset(v.FEDERATED_SCOPES)
     assert params.SCOPES is v.SCOPES

@@ -14,7 +14,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from stigmem_node.encoding import b64url_encode, jcs
-from stigmem_node.facts import new_fact, origin_for, origin_sig_payload, sign_fact_origin, validate_new_fact
+from stigmem_node.facts import new_fact, validate_new_fact
+from stigmem_node.origin import origin_for, origin_sig_payload, sign_fact_origin
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 NODE_ID = "stigmem:node:4be895b3-188b-47a3-8a96-2b20584a25ec"
