@@ -47,7 +47,13 @@ from stigmem_node.encoding import sha256_hex
 from stigmem_node.errors import InternalValidationError, ValidationError
 from stigmem_node.hlc import format_hlc, parse_hlc
 from stigmem_node.values import (
-    DEFAULT_INTERPRET_AS, decode_value, invalid_fact, new_value_text, utf8, value_object, wire_value_text,
+    DEFAULT_INTERPRET_AS,
+    decode_value,
+    invalid_fact,
+    new_value_text,
+    utf8,
+    value_object,
+    wire_value_text,
 )
 from stigmem_node.vocabulary import SCOPES, VALUE_TYPES
 
@@ -431,6 +437,8 @@ def _fact_from_wire(obj: Any, origin_node_id: str, p: str) -> Fact:
     value_v, alt_value_v = wire_value_text(vtype, value.get("v"), p + "value.v")
     timestamp = obj.get("timestamp")
     try:
+        if not isinstance(timestamp, str):
+            raise TypeError("not a string")
         parse_time(timestamp)
     except (TypeError, ValueError, OverflowError):
         raise invalid_fact(p + "timestamp", f"{p}timestamp must be an ISO 8601 time") from None

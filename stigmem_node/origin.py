@@ -22,7 +22,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from stigmem_node.encoding import b64url_decode, b64url_encode, jcs
 from stigmem_node.errors import ValidationError
 from stigmem_node.facts import (
-    DEFAULT_TENANT, Fact, Origin, check_string, fact_from_wire, fact_wire, required_text, unexpected_error,
+    DEFAULT_TENANT,
+    Fact,
+    Origin,
+    check_string,
+    fact_from_wire,
+    fact_wire,
+    required_text,
+    unexpected_error,
 )
 from stigmem_node.keys import Signer
 from stigmem_node.values import invalid_fact

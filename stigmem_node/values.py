@@ -214,7 +214,8 @@ def _number(v: Any, field: str) -> str:
     if isinstance(v, float) and not math.isfinite(v):
         raise invalid_fact(field, f"{field} must be a finite number (no NaN or infinity)")
     if isinstance(v, int) and not INT_MIN <= v <= INT_MAX:
-        raise invalid_fact(field, f"{field} is an integer outside the signed 64-bit range; send it as a float or a string")
+        raise invalid_fact(field, f"{field} is an integer outside the signed 64-bit range; "
+                                  "send it as a float or a string")
     return encode_number(v)
 
 
@@ -228,4 +229,5 @@ def _check_datetime_value(v: str, field: str) -> None:
         if not v.isascii():
             raise ValueError
     except (TypeError, ValueError, OverflowError):
-        raise invalid_fact(field, "value.v must be an RFC 3339 date-time with an offset, or a date (YYYY-MM-DD)") from None
+        raise invalid_fact(field, "value.v must be an RFC 3339 date-time with an offset, "
+                                  "or a date (YYYY-MM-DD)") from None

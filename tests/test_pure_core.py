@@ -23,7 +23,8 @@ CORE = ("clock", "declaration", "encoding", "errors", "facts", "hlc", "keys", "m
 def loaded_after(imports: str) -> list[str]:
     """The modules of FORBIDDEN, or under them, that a fresh interpreter has loaded after ``imports``."""
     code = (f"import sys\n{imports}\nimport json\n"
-            f"print(json.dumps(sorted(m for m in sys.modules if any(m == f or m.startswith(f + '.') for f in {FORBIDDEN!r}))))")
+            f"print(json.dumps(sorted(m for m in sys.modules\n"
+            f"                        if any(m == f or m.startswith(f + '.') for f in {FORBIDDEN!r}))))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return list(json.loads(proc.stdout))

@@ -72,7 +72,8 @@ def test_validators_accept_exactly_the_vocabulary() -> None:
     for scope in v.SCOPES:
         assert validate_new_fact({**body, "scope": scope}).scope == scope
     for interp in v.INTERPRET_AS:
-        assert validate_new_fact({**body, "value": {"type": "string", "v": "x", "interpret_as": interp}}).interpret_as == interp
+        value = {"type": "string", "v": "x", "interpret_as": interp}
+        assert validate_new_fact({**body, "value": value}).interpret_as == interp
     for bad in ({**body, "scope": "galaxy"}, {**body, "value": {"type": "blob", "v": "x"}}):
         try:
             validate_new_fact(bad)
