@@ -22,9 +22,9 @@ from stigmem_node.clock import Clock, parse_rfc3339
 from stigmem_node.errors import ConfigError, NotFound, Unauthorized, ValidationError
 from stigmem_node.store.apikeys import ApiKeyRecord, ApiKeyRepo
 from stigmem_node.store.files import make_private
+from stigmem_node.vocabulary import PERMISSIONS
 
 PREFIX = "stgm"
-PERMISSIONS = ("federate", "admin:federation", "audit:read", "facts:write", "facts:read")
 _KEY_RE = re.compile(r"^stgm_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 _TOUCH_EVERY_S = 60
 

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from stigmem_node.audit import AUDIT_CHECKPOINT, GENESIS, checkpoint_payload, row_hash
 from stigmem_node.encoding import b64url_decode
-from stigmem_node.identity import public_key_from_b64
+from stigmem_node.keys import public_key_from_b64
 from stigmem_node.store.audit import AuditRepo, AuditRow
 
 TEXT_COLUMNS = ("ts", "event_type", "detail", "prev_hash", "hash")

@@ -15,12 +15,11 @@ from stigmem_node import node_id as node_ids
 from stigmem_node import node_url as node_urls
 from stigmem_node.errors import ConfigError
 from stigmem_node.tokens import MAX_LEEWAY_MS
+from stigmem_node.vocabulary import DEFAULT_SHARED_SCOPES, SCOPES
 
-SCOPES = ("local", "team", "company", "public")
 DEFAULT_PORT = 8765
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_DB = "stigmem.db"
-DEFAULT_SHARED_SCOPES = ("company", "public")
 REQUEST_TIMEOUT_RANGE = (0.1, 3600.0)
 MAX_CONNECTIONS_RANGE = (1, 100_000)
 

@@ -4,37 +4,41 @@ A declaration says "I am node_id at node_url, I sign with federation_pubkey, and
 willing to share allowed_scopes", signed at signed_at.  The signed bytes are the compact,
 key-sorted JSON of exactly those five fields (reference-compatible, see docs/protocol.md).
 
-Verification never raises on bad input: it returns a reason code.
+Pure: signing takes a ``keys.Signer``; verification raises ``DeclarationRejected`` with a
+stable reason code (``parse`` for the shape, ``authenticate`` for the signature and the
+freshness, ``verified`` for both) and never anything else on bad input.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 from cryptography.exceptions import InvalidSignature
 
 from stigmem_node import node_id as node_ids
 from stigmem_node import node_url as node_urls
 from stigmem_node.clock import iso_seconds, parse_rfc3339
-from stigmem_node.config import SCOPES
 from stigmem_node.encoding import b64url_decode, b64url_encode, sorted_json
-from stigmem_node.identity import NodeIdentity, public_key_from_b64
+from stigmem_node.errors import ValidationError
+from stigmem_node.keys import Signer, public_key_from_b64
+from stigmem_node.vocabulary import SCOPES
 
-SIGNED_FIELDS = ("allowed_scopes", "federation_pubkey", "node_id", "node_url", "signed_at")
-MAX_FIELD_LEN = 2048
-MAX_AGE = timedelta(days=7)
+SIGNED_FIELDS: Final = ("allowed_scopes", "federation_pubkey", "node_id", "node_url", "signed_at")
+MAX_FIELD_LEN: Final = 2048
+MAX_AGE: Final = timedelta(days=7)
 
 # Reason codes (stable; listed in docs/protocol.md).
-MALFORMED = "malformed_declaration"
-INVALID_SCOPE = "invalid_scope"
-INVALID_PUBKEY = "invalid_pubkey"
-INVALID_SIGNATURE = "invalid_signature"
-STALE = "declaration_stale"
-FUTURE = "declaration_in_future"
-INVALID_NODE_ID = node_ids.InvalidNodeId.code
-INVALID_NODE_URL = node_urls.InvalidNodeUrl.code
+MALFORMED: Final = "malformed_declaration"
+INVALID_SCOPE: Final = "invalid_scope"
+INVALID_PUBKEY: Final = "invalid_pubkey"
+INVALID_SIGNATURE: Final = "invalid_signature"
+STALE: Final = "declaration_stale"
+FUTURE: Final = "declaration_in_future"
+INVALID_NODE_ID: Final = node_ids.InvalidNodeId.code
+INVALID_NODE_URL: Final = node_urls.InvalidNodeUrl.code
 
 
 @dataclass(frozen=True)
@@ -59,33 +63,36 @@ class Declaration:
         return {**self.signed_fields(), "declaration_sig": self.declaration_sig}
 
 
-class DeclarationRejected(Exception):
-    """Raised only by ``parse``; carries a reason code and the offending field."""
+class DeclarationRejected(ValidationError):
+    """A declaration is refused: ``reason`` (= ``code``) is one of the reason codes above,
+    ``field`` the offending member when there is one."""
 
-    def __init__(self, reason: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.field = field
+    code = MALFORMED
+
+    def __init__(self, reason: str, message: str | None = None, field: str | None = None) -> None:
+        super().__init__(reason, message, field=field)
+
+    @property
+    def reason(self) -> str:
+        return self.code
 
 
 def canonical_bytes(fields: dict[str, Any]) -> bytes:
     return sorted_json({k: fields[k] for k in SIGNED_FIELDS})
 
 
-def sign(identity: NodeIdentity, scopes: tuple[str, ...] | list[str], now: datetime) -> Declaration:
-    fields = {
-        "allowed_scopes": sorted(set(scopes)),
-        "federation_pubkey": identity.public_key,
-        "node_id": identity.node_id,
-        "node_url": identity.node_url,
+def sign(signer: Signer, scopes: Iterable[str], now: datetime, *, node_id: str, node_url: str) -> Declaration:
+    """A declaration of ``node_id`` at ``node_url`` signed by ``signer`` at ``now`` (scopes sorted)."""
+    scopes_sorted = sorted(set(scopes))
+    fields: dict[str, Any] = {
+        "allowed_scopes": scopes_sorted,
+        "federation_pubkey": signer.public_key,
+        "node_id": node_id,
+        "node_url": node_url,
         "signed_at": iso_seconds(now),
     }
-    sig = b64url_encode(identity.sign(canonical_bytes(fields)))
-    return Declaration(
-        fields["node_url"], fields["node_id"], fields["federation_pubkey"], tuple(fields["allowed_scopes"]),
-        fields["signed_at"], sig,
-    )
+    sig = b64url_encode(signer.sign(canonical_bytes(fields)))
+    return Declaration(node_url, node_id, signer.public_key, tuple(scopes_sorted), fields["signed_at"], sig)
 
 
 def parse(obj: Any) -> Declaration:
@@ -124,35 +131,51 @@ def parse(obj: Any) -> Declaration:
     )
 
 
-def check(decl: Declaration, now: datetime, *, leeway: timedelta, max_age: timedelta = MAX_AGE) -> str | None:
-    """Signature and freshness.  Returns None when valid, else a reason code."""
+def authenticate(decl: Declaration, now: datetime, *, leeway: timedelta,
+                 max_age: timedelta = MAX_AGE) -> Declaration:
+    """Check the signature and the freshness; return ``decl``.
+
+    Raises ``DeclarationRejected``: ``invalid_pubkey``, ``invalid_signature``,
+    ``malformed_declaration`` (``signed_at``), ``declaration_in_future`` or
+    ``declaration_stale``.
+    """
     try:
         key = public_key_from_b64(decl.federation_pubkey)
     except ValueError:
-        return INVALID_PUBKEY
+        raise DeclarationRejected(INVALID_PUBKEY, "federation_pubkey is not a valid Ed25519 public key",
+                                  "federation_pubkey") from None
     try:
         sig = b64url_decode(decl.declaration_sig)
-    except ValueError:
-        return INVALID_SIGNATURE
-    try:
         key.verify(sig, canonical_bytes(decl.signed_fields()))
-    except InvalidSignature:
-        return INVALID_SIGNATURE
+    except (ValueError, InvalidSignature):
+        raise DeclarationRejected(INVALID_SIGNATURE, "the declaration's signature does not verify",
+                                  "declaration_sig") from None
     try:
         signed_at = parse_rfc3339(decl.signed_at)
     except ValueError:
-        return MALFORMED
+        raise DeclarationRejected(MALFORMED, "signed_at must be an RFC 3339 UTC time", "signed_at") from None
     if signed_at > now + leeway:
-        return FUTURE
+        raise DeclarationRejected(FUTURE, "signed_at is in the future", "signed_at")
     if now - signed_at > max_age:
-        return STALE
-    return None
+        raise DeclarationRejected(STALE, "the declaration is older than the maximum age", "signed_at")
+    return decl
 
 
-def verify(obj: Any, now: datetime, *, leeway: timedelta, max_age: timedelta = MAX_AGE) -> tuple[Declaration | None, str | None]:
-    """Parse and check; never raises.  Returns (declaration or None, reason or None)."""
+def verified(obj: Any, now: datetime, *, leeway: timedelta, max_age: timedelta = MAX_AGE) -> Declaration:
+    """``parse`` then ``authenticate``.  Raises ``DeclarationRejected``."""
+    return authenticate(parse(obj), now, leeway=leeway, max_age=max_age)
+
+
+def verify(obj: Any, now: datetime, *, leeway: timedelta,
+           max_age: timedelta = MAX_AGE) -> tuple[Declaration | None, str | None]:
+    """Compatibility form of ``verified`` for callers that want no exception: (the parsed
+    declaration or None, the reason code or None).  Prefer ``verified``."""
     try:
         decl = parse(obj)
     except DeclarationRejected as exc:
         return None, exc.reason
-    return decl, check(decl, now, leeway=leeway, max_age=max_age)
+    try:
+        authenticate(decl, now, leeway=leeway, max_age=max_age)
+    except DeclarationRejected as exc:
+        return decl, exc.reason
+    return decl, None

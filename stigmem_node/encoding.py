@@ -9,9 +9,7 @@ import base64
 import binascii
 import hashlib
 import json
-import math
 from typing import Any
-
 
 
 def b64url_encode(data: bytes) -> str:
@@ -56,28 +54,6 @@ def sorted_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
 
 
-def _jcs_number(value: int | float) -> str:
-    if isinstance(value, bool):  # pragma: no cover - guarded by caller
-        raise TypeError("bool is not a number")
-    if isinstance(value, int):
-        return str(value)
-    if not math.isfinite(value):
-        raise ValueError("JCS cannot encode NaN or infinity")
-    if value == 0:
-        return "0"
-    if value.is_integer() and abs(value) < 1e21:
-        return str(int(value))
-    # ECMAScript Number::toString: shortest round-trip digits, exponent form outside [1e-6, 1e21).
-    text = repr(value)
-    if "e" in text or "E" in text:
-        mantissa, exp = text.lower().split("e")
-        exp_i = int(exp)
-        if mantissa.endswith(".0"):
-            mantissa = mantissa[:-2]
-        return f"{mantissa}e{'+' if exp_i > 0 else '-'}{abs(exp_i)}"
-    return text
-
-
 def _jcs(obj: Any, out: list[str]) -> None:
     if obj is None:
         out.append("null")
@@ -86,7 +62,7 @@ def _jcs(obj: Any, out: list[str]) -> None:
     elif obj is False:
         out.append("false")
     elif isinstance(obj, (int, float)):
-        out.append(_jcs_number(obj))
+        raise TypeError("canonical JSON here carries no numbers (see encoding.jcs)")
     elif isinstance(obj, str):
         out.append(json.dumps(obj, ensure_ascii=False))
     elif isinstance(obj, (list, tuple)):
@@ -97,12 +73,12 @@ def _jcs(obj: Any, out: list[str]) -> None:
             _jcs(item, out)
         out.append("]")
     elif isinstance(obj, dict):
+        if not all(isinstance(key, str) for key in obj):
+            raise TypeError("JSON object keys must be strings")
         out.append("{")
         # RFC 8785 §3.2.3: sort by UTF-16 code units.
-        keys = sorted(obj, key=lambda k: k.encode("utf-16-be"))
+        keys = sorted(obj, key=lambda k: k.encode("utf-16-be", "surrogatepass"))
         for i, key in enumerate(keys):
-            if not isinstance(key, str):
-                raise TypeError("JSON object keys must be strings")
             if i:
                 out.append(",")
             out.append(json.dumps(key, ensure_ascii=False))
@@ -113,16 +89,11 @@ def _jcs(obj: Any, out: list[str]) -> None:
         raise TypeError(f"cannot canonicalise {type(obj).__name__}")
 
 
-_SAFE_INT = 2**53
-
-
 def _plain(obj: Any) -> bool:
     """True when ``json.dumps(sort_keys=True, compact, ensure_ascii=False)`` is already JCS:
-    no floats, integers within ±2**53, ASCII keys (so code-point order is UTF-16 order)."""
+    no numbers and ASCII keys (so code-point order is UTF-16 order)."""
     if obj is None or isinstance(obj, (str, bool)):
         return True
-    if isinstance(obj, int):
-        return -_SAFE_INT < obj < _SAFE_INT
     if isinstance(obj, (list, tuple)):
         return all(_plain(x) for x in obj)
     if isinstance(obj, dict):
@@ -131,7 +102,17 @@ def _plain(obj: Any) -> bool:
 
 
 def jcs(obj: Any) -> bytes:
-    """RFC 8785 (JCS) canonical JSON, UTF-8."""
+    """RFC 8785 (JCS) canonical JSON, UTF-8, of a value made of objects, arrays, strings,
+    booleans and null.
+
+    Numbers are refused (``TypeError``): nothing this node signs with JCS (the origin
+    tuple, the manifest) holds one, and the reference node signs those values with
+    ``canonicaljson``, which agrees with RFC 8785 on such values but writes numbers
+    differently (``1e-06`` where RFC 8785 writes ``0.000001``), so a signed number could
+    not be verified by both.  Refusing keeps a future mistake from going out silently
+    (see docs/protocol.md, "Canonical JSON").  A lone surrogate in a string raises
+    ``ValueError`` (``UnicodeEncodeError``), as RFC 8785 requires valid Unicode.
+    """
     if _plain(obj):
         # Same bytes as the general path below, an order of magnitude faster.
         return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

@@ -39,6 +39,14 @@ class ValidationError(StigmemError):
         self.field = field
 
 
+class InternalValidationError(ValidationError):
+    """A check itself failed unexpectedly (a bug in this node, logged with its traceback):
+    the input was neither accepted nor rejected on its merits.  Kept apart from
+    ``invalid_fact`` so that fuzzing can tell a crash from a rejection."""
+
+    code = "internal_validation_error"
+
+
 class NotFound(StigmemError):
     code = "not_found"
 

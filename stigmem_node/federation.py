@@ -24,17 +24,19 @@ from cryptography.exceptions import InvalidSignature
 from stigmem_node.clock import Clock, iso, parse_rfc3339
 from stigmem_node.encoding import b64url_decode, fingerprint
 from stigmem_node.errors import Conflict, NotFound, OutboundError, ValidationError
-from stigmem_node.identity import NodeIdentity, endorsement_payload, key_id_of, public_key_from_b64
+from stigmem_node.identity import NodeIdentity
+from stigmem_node.keys import endorsement_payload, key_id_of, public_key_from_b64
 from stigmem_node.ratelimit import UnauthenticatedAuditGate
 from stigmem_node.store import IntegrityConflict, Store
 from stigmem_node.store.peers import PeerKey, PeerRecord
 from stigmem_node.store.replication import ReplicationState
+from stigmem_node.vocabulary import FEDERATED_SCOPES
 
 log = logging.getLogger("stigmem_node.federation")
 
 FetchWellKnown = Callable[[str], Awaitable[dict[str, Any]]]
 
-FEDERATABLE_SCOPES = ("team", "company", "public")
+FEDERATABLE_SCOPES = FEDERATED_SCOPES
 
 # Registration outcomes beyond the declaration's own reason codes.
 WELL_KNOWN_UNREACHABLE = "well_known_unreachable"
@@ -168,7 +170,11 @@ class Federation:
                                   field="allowed_scopes")
         self._refuse_existing(decl.node_id, actor)
 
-        reason = decl_mod.check(decl, self.clock.now(), leeway=self.leeway, max_age=self.max_declaration_age)
+        reason: str | None = None
+        try:
+            decl_mod.authenticate(decl, self.clock.now(), leeway=self.leeway, max_age=self.max_declaration_age)
+        except decl_mod.DeclarationRejected as exc:
+            reason = exc.reason
         fetch_error = None
         if reason is None:
             reason, fetch_error = await self._check_well_known(decl)

@@ -2,7 +2,8 @@
 
 Keys live in the store's ``node_keys`` table; this module decides what to create, which
 key signs and which keys still verify.  Private keys never leave this module except
-through ``NodeIdentity.sign``.
+through ``NodeIdentity.sign`` (``NodeIdentity`` is a ``stigmem_node.keys.Signer``) and the
+token minter's ``private_key``.  The pure key helpers are in ``stigmem_node.keys``.
 """
 
 from __future__ import annotations
@@ -12,58 +13,13 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from stigmem_node.clock import Clock, iso, parse_rfc3339
-from stigmem_node.encoding import b64url_decode, b64url_encode, fingerprint, key_id, sorted_json
+from stigmem_node.encoding import b64url_decode, b64url_encode, fingerprint
 from stigmem_node.errors import ConfigError
+from stigmem_node.keys import endorsement_payload, generate_keypair, key_id_of
 from stigmem_node.store.meta import KeyRow, MetaRepo
-
-
-def generate_keypair() -> tuple[str, str]:
-    """A new Ed25519 keypair as (private, public) raw 32-byte keys in base64url."""
-    private = Ed25519PrivateKey.generate()
-    raw_private = private.private_bytes(
-        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-    )
-    raw_public = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return b64url_encode(raw_private), b64url_encode(raw_public)
-
-
-# Encodings of the Ed25519 points of small order (and their non-canonical forms), with
-# the sign bit of the last byte cleared.  A "public key" among them verifies a trivial
-# signature over every message, so such keys are refused wherever a key is accepted.
-_SMALL_ORDER = frozenset(bytes.fromhex(h) for h in (
-    "0000000000000000000000000000000000000000000000000000000000000000",
-    "0100000000000000000000000000000000000000000000000000000000000000",
-    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
-    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
-    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
-    "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
-    "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
-))
-
-
-def is_weak_public_key(raw: bytes) -> bool:
-    return raw[:31] + bytes([raw[31] & 0x7F]) in _SMALL_ORDER
-
-
-def public_key_from_b64(text: str) -> Ed25519PublicKey:
-    """Parse a base64url raw Ed25519 public key.  Raises ``ValueError``.
-
-    Refuses keys of small order (see ``is_weak_public_key``).
-    """
-    raw = b64url_decode(text)
-    if len(raw) != 32:
-        raise ValueError("an Ed25519 public key is 32 bytes")
-    if is_weak_public_key(raw):
-        raise ValueError("an Ed25519 public key of small order is refused")
-    return Ed25519PublicKey.from_public_bytes(raw)
-
-
-def key_id_of(pubkey_b64: str) -> str:
-    return key_id(b64url_decode(pubkey_b64))
 
 
 @dataclass(frozen=True)
@@ -71,15 +27,6 @@ class VerifyKey:
     key_id: str
     public_key: str  # base64url
     retire_after: str | None
-
-
-ROTATION = "stigmem-key-rotation"
-
-
-def endorsement_payload(node_id: str, new_key_id: str, new_public_key: str) -> bytes:
-    """What a retiring key signs to vouch for its successor (see docs/protocol.md, key rotation)."""
-    return sorted_json({"federation_pubkey": new_public_key, "key_id": new_key_id, "node_id": node_id,
-                        "type": ROTATION})
 
 
 @dataclass(frozen=True)
@@ -92,7 +39,7 @@ class PastKey:
     endorses: str | None  # key id of the successor
     endorsement: str | None  # base64url signature by this key over endorsement_payload(successor)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, str | None]:
         return {"key_id": self.key_id, "federation_pubkey": self.public_key, "retire_after": self.retire_after,
                 "endorses": self.endorses, "endorsement": self.endorsement}
 
@@ -114,7 +61,7 @@ class NodeIdentity:
     def fingerprint(self) -> str:
         return fingerprint(self.public_key)
 
-    def sign(self, message: bytes) -> bytes:
+    def sign(self, message: bytes, /) -> bytes:
         return self._private.sign(message)
 
     @property

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from stigmem_node import facts as fm
+from stigmem_node import origin as om
 from stigmem_node.clock import Clock
 from stigmem_node.errors import NotFound, ValidationError
+from stigmem_node.hlc import HLC
 from stigmem_node.identity import NodeIdentity
 from stigmem_node.store import Store
 from stigmem_node.store.facts import FactRow
@@ -53,14 +55,14 @@ class LocalFacts:
         # Called (inside the write transaction) when another process rotated the key, so
         # that no fact is signed with a key that is already retiring.
         self.on_rotation = on_rotation
-        self._hlc: fm.HLC | None = None
+        self._hlc: HLC | None = None
 
     @property
-    def hlc(self) -> fm.HLC:
+    def hlc(self) -> HLC:
         """The node's clock, seeded on first use from the newest HLC it issued (so that
         commands that write no fact never scan the facts table for it)."""
         if self._hlc is None:
-            self._hlc = fm.HLC(self.clock, seed=self.store.facts.max_local_hlc())
+            self._hlc = HLC(self.clock, seed=self.store.facts.max_local_hlc())
         return self._hlc
 
     def validate_one(self, item: Any) -> fm.FactInput:
@@ -103,9 +105,9 @@ class LocalFacts:
                     continue
                 fact = fm.new_fact(inp, origin_node_id=ident.node_id, hlc=self.hlc.tick(),
                                    timestamp=self.clock.now_iso())
-                origin = fm.origin_for(fact, node_id=ident.node_id, entity_uri=ident.node_url)
-                sig = fm.sign_fact_origin(ident.private_key, fact, origin)
-                entry = fm.pull_entry(fact, origin, sig)
+                origin = om.origin_for(fact, node_id=ident.node_id, entity_uri=ident.node_url)
+                sig = om.sign_fact_origin(ident.private_key, fact, origin)
+                entry = om.pull_entry(fact, origin, sig)
                 body = entry["fact"]
                 rows.append((
                     fact.id, fact.cid, fact.entity, fact.relation, fact.value_type, fact.value_v, fact.interpret_as,
@@ -134,7 +136,7 @@ class LocalFacts:
             for seq, text in rows:
                 entry = json.loads(text)
                 o, f = entry["origin"], entry["fact"]
-                sig = fm.sign_origin(
+                sig = om.sign_origin(
                     self.identity.private_key, fact_id=f["id"], cid=f["cid"], entity_uri=o["entity_uri"],
                     origin_node_id=o["node_id"], origin_allowed_scopes=o["allowed_scopes"],
                     origin_allowed_tenants=o["allowed_tenants"], origin_tenant=o["tenant"],

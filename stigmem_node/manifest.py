@@ -9,24 +9,25 @@ JSON of every other member.  Without it, a reference node silently drops our fac
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 from stigmem_node.clock import iso_seconds
 from stigmem_node.encoding import b64url_encode, jcs
-from stigmem_node.identity import NodeIdentity
+from stigmem_node.keys import Signer
 
-VALIDITY = timedelta(days=30)
+VALIDITY: Final = timedelta(days=30)
 
 
-def build(identity: NodeIdentity, now: datetime) -> dict[str, Any]:
+def build(signer: Signer, now: datetime, *, node_id: str, node_url: str) -> dict[str, Any]:
+    """The manifest of ``node_id`` at ``node_url`` for ``signer``'s key, valid from ``now``."""
     body: dict[str, Any] = {
-        "entities": [identity.node_url, identity.node_id],
-        "entity_uri": identity.node_url,
+        "entities": [node_url, node_id],
+        "entity_uri": node_url,
         "expires_at": iso_seconds(now + VALIDITY),
         "issued_at": iso_seconds(now),
-        "key_id": identity.key_id,
-        "public_key": identity.public_key,
+        "key_id": signer.key_id,
+        "public_key": signer.public_key,
         "rotation_events": [],
     }
-    body["signature"] = b64url_encode(identity.sign(jcs(body)))
+    body["signature"] = b64url_encode(signer.sign(jcs(body)))
     return body

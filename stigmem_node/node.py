@@ -116,8 +116,10 @@ class Node:
         now = self.clock.now()
         with self._lock:
             if self._declaration_at is None or now - self._declaration_at > DECLARATION_REFRESH:
-                self._declaration = declaration.sign(self.identity, self.settings.shared_scopes, now)
-                self._manifest = manifest.build(self.identity, now)
+                ident = self.identity
+                self._declaration = declaration.sign(ident, self.settings.shared_scopes, now,
+                                                     node_id=ident.node_id, node_url=ident.node_url)
+                self._manifest = manifest.build(ident, now, node_id=ident.node_id, node_url=ident.node_url)
                 self._declaration_at = now
 
     def pull_options(self) -> PullOptions:

@@ -20,7 +20,7 @@ from stigmem_node import tokens
 from stigmem_node.audit import AuditTrail
 from stigmem_node.clock import Clock, parse_rfc3339
 from stigmem_node.errors import StigmemError
-from stigmem_node.identity import public_key_from_b64
+from stigmem_node.keys import public_key_from_b64
 from stigmem_node.ratelimit import FailureLimiter, UnauthenticatedAuditGate
 from stigmem_node.store import Store
 from stigmem_node.store.db import GroupCommit

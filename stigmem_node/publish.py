@@ -15,7 +15,7 @@ import json
 from stigmem_node.audit import AuditTrail
 from stigmem_node.clock import Clock
 from stigmem_node.errors import Forbidden
-from stigmem_node.facts import format_hlc
+from stigmem_node.hlc import format_hlc
 from stigmem_node.local_facts import parse_cursor
 from stigmem_node.peer_auth import AuthenticatedPeer
 from stigmem_node.store import Store

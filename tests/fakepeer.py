@@ -37,8 +37,10 @@ from starlette.routing import Route
 
 from stigmem_node import declaration as decl_mod
 from stigmem_node import facts as fm
+from stigmem_node import origin as om
 from stigmem_node.clock import iso, iso_seconds
 from stigmem_node.encoding import b64url_encode, fingerprint
+from stigmem_node.hlc import HLC
 
 from tests.nodes import free_port
 
@@ -120,7 +122,7 @@ class FakePeer:
         self.hits: list[Hit] = []
         # (body, headers) served as the well-known instead of the real document, when set.
         self.well_known_raw: tuple[bytes, dict[str, str]] | None = None
-        self.hlc = fm.HLC()
+        self.hlc = HLC()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._server: uvicorn.Server | None = None
@@ -163,16 +165,16 @@ class FakePeer:
                                     "source": "fakepeer", "scope": scope, "valid_until": valid_until})
         fact = fm.new_fact(inp, origin_node_id=origin_node_id or self.node_id, hlc=self.hlc.tick(),
                            timestamp=iso(datetime.now(timezone.utc)), fact_id=fact_id)
-        origin = fm.origin_for(fact, node_id=origin_node_id or self.node_id, entity_uri=self.url)
+        origin = om.origin_for(fact, node_id=origin_node_id or self.node_id, entity_uri=self.url)
         if origin_scopes is not None:
             origin = fm.Origin(origin.tenant, origin.node_id, tuple(origin_scopes), origin.allowed_tenants,
                                origin.entity_uri)
-        return fm.pull_entry(fact, origin, fm.sign_fact_origin(key or self.key, fact, origin))
+        return om.pull_entry(fact, origin, om.sign_fact_origin(key or self.key, fact, origin))
 
     def resign(self, entry: dict[str, Any], key: Ed25519PrivateKey | None = None) -> dict[str, Any]:
         """Sign an (edited) entry again, so that only the intended defect remains."""
-        parsed = fm.entry_from_wire(entry)
-        entry["origin_sig"] = fm.sign_fact_origin(key or self.key, parsed.fact, parsed.origin)
+        parsed = om.entry_from_wire(entry)
+        entry["origin_sig"] = om.sign_fact_origin(key or self.key, parsed.fact, parsed.origin)
         return entry
 
     def add(self, *entries: dict[str, Any]) -> list[dict[str, Any]]:

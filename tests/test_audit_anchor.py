@@ -20,7 +20,7 @@ from stigmem_node.audit_anchor import ANCHOR_FIELDS, anchor_payload
 from stigmem_node.clock import Clock
 from stigmem_node.config import Settings
 from stigmem_node.encoding import b64url_decode, b64url_encode, key_id
-from stigmem_node.identity import public_key_from_b64
+from stigmem_node.keys import public_key_from_b64
 from stigmem_node.node import Node
 from tests.audit_tools import cli_env, make_trail, read_rows, rehash, truncate, verify
 from tests.nodes import run_cli

@@ -25,28 +25,27 @@ from stigmem_node.clock import Clock
 from stigmem_node.encoding import b64url_encode
 from stigmem_node.errors import ValidationError
 from stigmem_node.facts import (
-    HLC,
-    MAX_VALUE_BYTES,
     Fact,
     Origin,
     compute_cid,
-    decode_value,
-    entry_from_wire,
     fact_from_wire,
     fact_wire,
-    format_hlc,
     is_instruction,
     new_fact,
+    validate_new_fact,
+)
+from stigmem_node.hlc import HLC, format_hlc, parse_hlc
+from stigmem_node.origin import (
+    entry_from_wire,
     origin_for,
     origin_sig_payload,
-    parse_hlc,
     pull_entry,
     sign_fact_origin,
     sign_origin,
-    validate_new_fact,
     verify_fact_origin,
     verify_origin,
 )
+from stigmem_node.values import MAX_VALUE_BYTES, decode_value
 
 try:
     import orjson
@@ -764,6 +763,7 @@ def test_fuzz_validate_new_fact_only_raises_validation_error(obj: Any) -> None:
     try:
         inp = validate_new_fact(obj)
     except ValidationError as exc:
+        assert exc.code != "internal_validation_error", exc.message  # a crash of the checks, not a verdict
         assert exc.code in ("invalid_fact", "value_too_large")
         return
     assert inp.cid.startswith("sha256:")
@@ -781,6 +781,7 @@ def test_fuzz_fact_from_wire_only_raises_validation_error(obj: Any) -> None:
     try:
         fact_from_wire(obj)
     except ValidationError as exc:
+        assert exc.code != "internal_validation_error", exc.message
         assert exc.code in ("invalid_fact", "value_too_large", "cid_mismatch")
 
 
@@ -790,8 +791,45 @@ def test_fuzz_fact_from_wire_only_raises_validation_error(obj: Any) -> None:
 def test_fuzz_entry_from_wire_only_raises_validation_error(obj: Any) -> None:
     try:
         entry_from_wire(obj)
-    except ValidationError:
-        pass
+    except ValidationError as exc:
+        assert exc.code != "internal_validation_error", exc.message
+        assert exc.code in ("invalid_fact", "value_too_large", "cid_mismatch")
+
+
+class _Exploding(dict):  # type: ignore[type-arg]
+    """A mapping whose lookups fail with an error no check expects (a stand-in for a bug)."""
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        raise KeyError(key)
+
+    def __getitem__(self, key: Any) -> Any:
+        raise KeyError(key)
+
+
+def test_a_crash_in_the_checks_is_internal_validation_error_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """The guard of each validator turns an unexpected exception into its own code, never
+    ``invalid_fact``, and logs it with its traceback."""
+    from stigmem_node.errors import InternalValidationError
+    from stigmem_node.origin import origin_from_wire
+
+    good_entry = json.loads(json.dumps(pull_entry(_fact(GOOD), origin_for(_fact(GOOD), node_id=NODE_ID,
+                                                                             entity_uri=ENTITY_URI), "A" * 86)))
+    bad = _Exploding({"entity": "e", "relation": "r", "source": "s", "id": "x", "tenant": "t"})
+    cases = [
+        (lambda: validate_new_fact(bad), None),
+        (lambda: fact_from_wire(bad, field_prefix="fact."), "fact"),
+        (lambda: origin_from_wire(bad), "origin"),
+        (lambda: entry_from_wire({**good_entry, "origin": bad}), "origin"),
+        (lambda: entry_from_wire({**good_entry, "fact": bad}), "fact"),
+    ]
+    for call, field in cases:
+        caplog.clear()
+        with caplog.at_level("ERROR", logger="stigmem_node.facts"):
+            with pytest.raises(InternalValidationError) as err:
+                call()
+        assert err.value.code == "internal_validation_error" and err.value.field == field
+        assert isinstance(err.value, ValidationError) and "KeyError" in err.value.message
+        assert [r.exc_info is not None for r in caplog.records] == [True], caplog.records
 
 
 @settings(max_examples=200, deadline=None)

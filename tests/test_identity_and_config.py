@@ -57,8 +57,7 @@ def test_well_known_has_reference_fields_and_a_valid_declaration(node):
     assert doc["federation"] == "enabled"
     assert doc["federation_endpoints"]["facts"] == "/v1/federation/facts"
     assert doc["node_url"] == node.url
-    decl, reason = d.verify(doc["declaration"], Clock().now(), leeway=d.timedelta(seconds=30))
-    assert reason is None
+    decl = d.verified(doc["declaration"], Clock().now(), leeway=d.timedelta(seconds=30))  # raises if rejected
     assert decl.federation_pubkey == doc["federation_pubkey"] and decl.node_id == doc["node_id"]
     assert doc["pubkey_fingerprint"] == fingerprint(doc["federation_pubkey"])
     health = httpx.get(node.url + "/healthz").json()
@@ -120,7 +119,7 @@ def test_a_file_that_is_not_a_database_fails_cleanly(tmp_path):
 
 def test_manifest_is_self_signed_over_canonical_json(node):
     from stigmem_node.encoding import b64url_decode, jcs
-    from stigmem_node.identity import public_key_from_b64
+    from stigmem_node.keys import public_key_from_b64
 
     doc = node.well_known()
     man = httpx.get(node.url + "/.well-known/stigmem-manifest.json").json()

@@ -62,7 +62,7 @@ def test_rotation_is_endorsed_adopted_by_the_server_and_followed_by_peers(pair):
 def test_an_unendorsed_key_change_is_refused_and_audited(pair, tmp_path):
     import sqlite3
 
-    from stigmem_node.identity import generate_keypair, key_id_of
+    from stigmem_node.keys import generate_keypair, key_id_of
 
     a, b = pair
     approve(a, b)

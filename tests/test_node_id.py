@@ -126,4 +126,6 @@ def test_config_and_declarations_share_the_one_validator():
         with pytest.raises(ConfigError):
             from_env({"STIGMEM_NODE_ID": value})
         body = signed_declaration(node_url="http://127.0.0.1:1", node_id=value)
-        assert d.verify(body, datetime.now(timezone.utc), leeway=timedelta(seconds=30))[1] == "invalid_node_id"
+        with pytest.raises(d.DeclarationRejected) as rejected:
+            d.verified(body, datetime.now(timezone.utc), leeway=timedelta(seconds=30))
+        assert rejected.value.reason == "invalid_node_id"

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from stigmem_node import declaration as d
 from stigmem_node.clock import iso_seconds
 from stigmem_node.encoding import b64url_decode, b64url_encode, fingerprint
-from stigmem_node.identity import generate_keypair
+from stigmem_node.keys import generate_keypair
 from tests.nodes import free_port
 
 

@@ -36,8 +36,8 @@ from hypothesis import strategies as st
 
 from stigmem_node import tokens
 from stigmem_node.encoding import b64url_decode, b64url_encode
-from stigmem_node.facts import entry_from_wire, verify_fact_origin
-from stigmem_node.identity import public_key_from_b64
+from stigmem_node.origin import entry_from_wire, verify_fact_origin
+from stigmem_node.keys import public_key_from_b64
 from stigmem_node.tokens import MAX_LEEWAY_MS, NONCE_PRUNE_MARGIN_MS, nonce_kept_until
 from tests.nodes import RunningNode
 
@@ -873,6 +873,7 @@ def test_inv2_any_bearer_gets_a_4xx_with_a_stable_code_never_a_5xx(fed_for_hypot
     event(body.get("error", "?"))
     assert set(body) == ERROR_KEYS | ({"retry_after"} if res.status_code == 429 else set()), body
     assert body["error"] == body["detail"] and body["error"] in PULL_CODES, body
+    assert body["error"] != "internal_validation_error", body
     expected = {"peer_not_active": 403, "scope_not_permitted": 403, "no_permitted_scopes": 403,
                 "too_many_failed_attempts": 429}.get(body["error"], 401)
     assert res.status_code == expected, body

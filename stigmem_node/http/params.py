@@ -5,8 +5,8 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from stigmem_node.clock import iso, parse_rfc3339
-from stigmem_node.config import SCOPES
 from stigmem_node.errors import ValidationError
+from stigmem_node.vocabulary import SCOPES
 
 
 def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:

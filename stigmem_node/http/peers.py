@@ -12,8 +12,7 @@ from stigmem_node.config import parse_scopes
 from stigmem_node.errors import ConfigError, ValidationError
 from stigmem_node.federation import peer_view
 from stigmem_node.http.auth import actor, require
-
-PEER_STATUSES = ("pending_approval", "active", "suspended", "revoked", "rejected")
+from stigmem_node.vocabulary import PEER_STATUSES
 
 
 async def json_body(request: Request, *, required: bool = True) -> dict[str, Any]:

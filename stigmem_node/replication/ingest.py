@@ -20,18 +20,21 @@ from typing import Any, Callable, Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from stigmem_node import facts as fm
+from stigmem_node import origin as om
 from stigmem_node.audit import AuditTrail
 from stigmem_node.clock import Clock, parse_rfc3339
 from stigmem_node.errors import ValidationError
-from stigmem_node.identity import public_key_from_b64
+from stigmem_node.hlc import HLC
+from stigmem_node.keys import public_key_from_b64
 from stigmem_node.store.facts import FactRepo
 from stigmem_node.store.peers import PeerRecord, PeerRepo
 from stigmem_node.store.replication import ReplicationRepo
+from stigmem_node.vocabulary import FEDERATED_SCOPES
 
 FACT_REJECTED = "fact_rejected"
 FACTS_REJECTED_SUMMARY = "facts_rejected_summary"
 AUDIT_ROWS_PER_PAGE = 20
-FEDERATABLE = frozenset({"team", "company", "public"})
+FEDERATABLE = frozenset(FEDERATED_SCOPES)
 
 # A rejected fact: its id (when the entry had a string one) and why.
 Rejection = tuple[str | None, ValidationError]
@@ -58,7 +61,7 @@ class Overlap(Exception):
 
 @dataclass(frozen=True)
 class CheckedPage:
-    entries: list[fm.PulledEntry]
+    entries: list[om.PulledEntry]
     rejections: list[Rejection]
 
     @property
@@ -79,7 +82,7 @@ def _dumps(obj: Any) -> str:
 
 
 class Ingest:
-    def __init__(self, store: IngestStore, audit: AuditTrail, clock: Clock, hlc: Callable[[], fm.HLC], *,
+    def __init__(self, store: IngestStore, audit: AuditTrail, clock: Clock, hlc: Callable[[], HLC], *,
                  federate_instructions: bool = False) -> None:
         """``hlc``: the node's hybrid logical clock (read when a page is stored, so that it is
         seeded only when one is)."""
@@ -104,7 +107,7 @@ class Ingest:
 
     def check_page(self, peer: PeerRecord, raw_facts: list[Any], keys: list[Ed25519PublicKey]) -> CheckedPage:
         """Check every entry of a page (no storage access: safe in a worker thread)."""
-        checked: list[fm.PulledEntry] = []
+        checked: list[om.PulledEntry] = []
         rejections: list[Rejection] = []
         for i, raw in enumerate(raw_facts):
             try:
@@ -115,8 +118,8 @@ class Ingest:
                 rejections.append((fid if isinstance(fid, str) else None, exc))
         return CheckedPage(checked, rejections)
 
-    def _check(self, peer: PeerRecord, raw: Any, keys: list[Ed25519PublicKey], index: int) -> fm.PulledEntry:
-        entry = fm.entry_from_wire(raw, field_prefix=f"facts[{index}].")
+    def _check(self, peer: PeerRecord, raw: Any, keys: list[Ed25519PublicKey], index: int) -> om.PulledEntry:
+        entry = om.entry_from_wire(raw, field_prefix=f"facts[{index}].")
         fact, origin = entry.fact, entry.origin
         if origin.node_id != peer.node_id:
             raise ValidationError("origin_not_sender",
@@ -130,7 +133,7 @@ class Ingest:
             raise ValidationError("instruction_not_accepted",
                                   "instruction facts are accepted only with STIGMEM_FEDERATE_INSTRUCTIONS",
                                   field=f"facts[{index}].value.interpret_as")
-        if not fm.verify_fact_origin(keys, fact, origin, entry.origin_sig):
+        if not om.verify_fact_origin(keys, fact, origin, entry.origin_sig):
             raise ValidationError("invalid_origin_signature",
                                   "the origin signature does not verify under the peer's keys",
                                   field=f"facts[{index}].origin_sig")

@@ -1,0 +1,224 @@
+"""The origin block of a served fact, its signature, and the entries of a v2 pull page.
+
+Pure: the signing key is injected (a ``keys.Signer`` or a bare Ed25519 private key).
+
+**Origin signature** (reference ``origin_sig``, tuple version ``"2.1"``).  Ed25519 over
+the RFC 8785 bytes (``encoding.jcs``) of ``{cid, entity_uri, fact_id,
+origin_allowed_scopes (sorted), origin_allowed_tenants (sorted), origin_node_id,
+origin_tenant, tv: "2.1", valid_until}``; base64url without padding.  The payload holds
+only strings, lists of strings and null, for which RFC 8785 and the reference's
+``canonicaljson`` give the same bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from stigmem_node.encoding import b64url_decode, b64url_encode, jcs
+from stigmem_node.errors import ValidationError
+from stigmem_node.facts import (
+    DEFAULT_TENANT,
+    Fact,
+    Origin,
+    check_string,
+    fact_from_wire,
+    fact_wire,
+    required_text,
+    unexpected_error,
+)
+from stigmem_node.keys import Signer
+from stigmem_node.values import invalid_fact
+
+__all__ = [
+    "ORIGIN_TUPLE_VERSION",
+    "PulledEntry",
+    "entry_from_wire",
+    "origin_for",
+    "origin_from_wire",
+    "origin_sig_payload",
+    "pull_entry",
+    "sign_fact_origin",
+    "sign_origin",
+    "verify_fact_origin",
+    "verify_origin",
+]
+
+ORIGIN_TUPLE_VERSION: Final = "2.1"
+MAX_ORIGIN_LIST: Final = 64
+MAX_ORIGIN_ITEM_CHARS: Final = 2048
+MAX_SIG_CHARS: Final = 128
+
+
+@dataclass(frozen=True, slots=True)
+class PulledEntry:
+    """One entry of a v2 pull page, structurally validated (signature not yet checked)."""
+
+    fact: Fact
+    origin: Origin
+    origin_sig: str
+
+
+# --------------------------------------------------------------------------- origin block
+
+
+def origin_for(fact: Fact, *, node_id: str, entity_uri: str, tenant: str = DEFAULT_TENANT) -> Origin:
+    """The origin block this node serves for one of its own facts (grant = the fact's scope)."""
+    return Origin(
+        tenant=tenant,
+        node_id=node_id,
+        allowed_scopes=(fact.scope,),
+        allowed_tenants=(tenant,),
+        entity_uri=entity_uri,
+    )
+
+
+def origin_from_wire(obj: Any, *, field: str = "origin") -> Origin:
+    """Validate an origin block; raise only ``ValidationError`` (code ``invalid_fact``, or
+    ``internal_validation_error`` for a bug in the checks)."""
+    if not isinstance(obj, dict):
+        raise invalid_fact(field, f"{field} must be an object")
+    try:
+        tenant = required_text(obj, "tenant", field + ".tenant", strict=False)
+        node_id = required_text(obj, "node_id", field + ".node_id", strict=False)
+        entity_uri = required_text(obj, "entity_uri", field + ".entity_uri", strict=False)
+        scopes = _str_list(obj.get("allowed_scopes"), field + ".allowed_scopes")
+        tenants = _str_list(obj.get("allowed_tenants"), field + ".allowed_tenants")
+    except ValidationError:
+        raise
+    except Exception as exc:  # a bug in the checks: internal_validation_error, logged
+        raise unexpected_error(field, exc) from None
+    return Origin(tenant=tenant, node_id=node_id, allowed_scopes=scopes, allowed_tenants=tenants, entity_uri=entity_uri)
+
+
+def _str_list(raw: Any, field: str) -> tuple[str, ...]:
+    if not isinstance(raw, list):
+        raise invalid_fact(field, f"{field} must be a list of strings")
+    if len(raw) > MAX_ORIGIN_LIST:
+        raise invalid_fact(field, f"{field} has more than {MAX_ORIGIN_LIST} items")
+    for i, item in enumerate(raw):
+        if not isinstance(item, str):
+            raise invalid_fact(f"{field}[{i}]", f"{field} must be a list of strings")
+        check_string(item, f"{field}[{i}]", max_chars=MAX_ORIGIN_ITEM_CHARS, strict=False)
+    return tuple(raw)
+
+
+# --------------------------------------------------------------------------- pull entries
+
+
+def pull_entry(fact: Fact, origin: Origin, origin_sig: str) -> dict[str, Any]:
+    """One entry of a v2 pull page: ``{"fact", "origin", "origin_sig"}``."""
+    return {"fact": fact_wire(fact), "origin": origin.to_wire(), "origin_sig": origin_sig}
+
+
+def entry_from_wire(entry: Any, *, field_prefix: str = "") -> PulledEntry:
+    """Structurally validate one pulled entry (fact + origin + signature text).
+
+    The fact's CID is checked; the signature, the sender, the scope grant and the tenant
+    are the caller's to check (``verify_fact_origin`` and policy).  The returned fact has
+    ``origin_node_id`` from the origin block and carries ``origin`` and ``origin_sig``.
+    Field paths are ``fact.value.v``, ``origin.tenant``, ``origin_sig`` and so on.  Raises
+    only ``ValidationError``.
+    """
+    try:
+        return _entry_from_wire(entry, field_prefix)
+    except ValidationError:
+        raise
+    except Exception as exc:  # a bug in the checks: internal_validation_error, logged
+        raise unexpected_error(field_prefix.rstrip(".") or None, exc) from None
+
+
+def _entry_from_wire(entry: Any, p: str) -> PulledEntry:
+    if not isinstance(entry, dict):
+        raise invalid_fact(p.rstrip(".") or None, "entry must be an object {fact, origin, origin_sig}")
+    origin = origin_from_wire(entry.get("origin"), field=p + "origin")
+    sig = entry.get("origin_sig")
+    if not isinstance(sig, str) or not sig or len(sig) > MAX_SIG_CHARS:
+        raise invalid_fact(p + "origin_sig", f"{p}origin_sig must be a base64url signature")
+    fact = fact_from_wire(entry.get("fact"), origin_node_id=origin.node_id, field_prefix=p + "fact.")
+    return PulledEntry(fact=replace(fact, origin=origin, origin_sig=sig), origin=origin, origin_sig=sig)
+
+
+# --------------------------------------------------------------------------- origin signature
+
+
+def origin_sig_payload(
+    fact_id: str,
+    cid: str,
+    entity_uri: str,
+    origin_node_id: str,
+    origin_allowed_scopes: Iterable[str],
+    origin_allowed_tenants: Iterable[str],
+    origin_tenant: str,
+    valid_until: str | None,
+) -> bytes:
+    """RFC 8785 bytes of the signed origin tuple, version ``"2.1"`` (lists sorted)."""
+    return jcs(
+        {
+            "cid": cid,
+            "entity_uri": entity_uri,
+            "fact_id": fact_id,
+            "origin_allowed_scopes": sorted(origin_allowed_scopes),
+            "origin_allowed_tenants": sorted(origin_allowed_tenants),
+            "origin_node_id": origin_node_id,
+            "origin_tenant": origin_tenant,
+            "tv": ORIGIN_TUPLE_VERSION,
+            "valid_until": valid_until,
+        }
+    )
+
+
+def sign_origin(signer: Signer | Ed25519PrivateKey, **fields: Any) -> str:
+    """Ed25519 signature over ``origin_sig_payload(**fields)``, base64url without padding."""
+    return b64url_encode(signer.sign(origin_sig_payload(**fields)))
+
+
+def verify_origin(
+    public_keys: Ed25519PublicKey | Iterable[Ed25519PublicKey],
+    signature: Any,
+    **fields: Any,
+) -> bool:
+    """True if ``signature`` verifies over ``origin_sig_payload(**fields)`` under any of
+    ``public_keys``; never raises on bad input."""
+    keys = [public_keys] if isinstance(public_keys, Ed25519PublicKey) else list(public_keys)
+    if not keys or not isinstance(signature, str) or not fields.get("entity_uri"):
+        return False
+    try:
+        sig = b64url_decode(signature)
+        payload = origin_sig_payload(**fields)
+    except (TypeError, ValueError):  # bad base64, lone surrogates, unsortable lists
+        return False
+    if len(sig) != 64:
+        return False
+    for key in keys:
+        try:
+            key.verify(sig, payload)
+            return True
+        except InvalidSignature:
+            continue
+    return False
+
+
+def _signed_fields(fact: Fact, origin: Origin) -> dict[str, Any]:
+    return {
+        "fact_id": fact.id, "cid": fact.cid, "entity_uri": origin.entity_uri, "origin_node_id": origin.node_id,
+        "origin_allowed_scopes": origin.allowed_scopes, "origin_allowed_tenants": origin.allowed_tenants,
+        "origin_tenant": origin.tenant, "valid_until": fact.valid_until,
+    }
+
+
+def sign_fact_origin(signer: Signer | Ed25519PrivateKey, fact: Fact, origin: Origin) -> str:
+    return sign_origin(signer, **_signed_fields(fact, origin))
+
+
+def verify_fact_origin(
+    public_keys: Ed25519PublicKey | Iterable[Ed25519PublicKey],
+    fact: Fact,
+    origin: Origin,
+    signature: Any,
+) -> bool:
+    return verify_origin(public_keys, signature, **_signed_fields(fact, origin))
