@@ -186,6 +186,9 @@ class ApiKeys:
     def list(self) -> list[ApiKeyRecord]:
         return self.repo.list()
 
+    def count(self) -> int:
+        return self.repo.count()
+
 
 def key_public_dict(rec: ApiKeyRecord) -> dict:
     return {

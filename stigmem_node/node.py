@@ -20,11 +20,13 @@ from stigmem_node import audit as ev
 from stigmem_node import declaration, identity, manifest, tokens
 from stigmem_node.apikeys import ApiKeys, Peppers
 from stigmem_node.audit import AuditTrail
+from stigmem_node.audit_query import AuditQuery
 from stigmem_node.background import Maintenance, seal_audit, watch_identity
 from stigmem_node.clock import Clock
 from stigmem_node.config import Settings
 from stigmem_node.federation import Federation
 from stigmem_node.local_facts import LocalFacts
+from stigmem_node.operator_keys import OperatorKeys
 from stigmem_node.outbound import Outbound
 from stigmem_node.peer_auth import PeerAuthenticator
 from stigmem_node.publish import Publisher
@@ -77,6 +79,8 @@ class Node:
             raise
         self.audit = AuditTrail(self.store.audit, self.clock, signer=lambda: self.identity,
                                 checkpoint_rows=settings.audit_checkpoint_rows)
+        self.audit_query = AuditQuery(self.store.audit, self.store.peers)
+        self.operator_keys = OperatorKeys(self.apikeys, self.audit, self.store.transaction, self.clock)
         self.federation = Federation(
             self.store, self.identity, self.audit, self.clock,
             fetch_well_known=self.outbound.fetch_well_known,
@@ -243,15 +247,7 @@ class Node:
     def first_admin_key(self) -> str | None:
         """On a node without any API key, create one with every permission and return it
         (once; it is never stored in clear).  None if the node already has keys."""
-        from stigmem_node.apikeys import PERMISSIONS
-
-        with self.store.transaction():
-            if self.store.apikeys.count():
-                return None
-            key, rec = self.apikeys.create(PERMISSIONS, label="first admin key")
-            self.audit.record(ev.APIKEY_CREATED, actor="node:first-start", remote_addr="local",
-                              detail={"id": rec.id, "permissions": list(PERMISSIONS), "label": rec.label})
-        return key
+        return self.operator_keys.first_admin_key()
 
     def mint_peer_token(self, peer_node_id: str, scopes: tuple[str, ...] | list[str], *, method: str | None = None,
                         path_qs: str | None = None, ttl_ms: int = tokens.DEFAULT_TTL_MS) -> str:

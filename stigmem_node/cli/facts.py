@@ -1,0 +1,60 @@
+"""``facts``: assert and list this node's facts."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from stigmem_node.cli._click import LIMIT, Arg, command, group
+from stigmem_node.cli._common import EXIT_OK, Globals, emit, open_node, table
+from stigmem_node.vocabulary import SCOPES, VALUE_TYPES
+
+facts = group("facts", help="this node's facts")
+
+
+@command(facts, "add", help="assert a fact")
+@click.argument("entity", cls=Arg, help="what the fact is about")
+@click.argument("relation", cls=Arg, help="what it says about it")
+@click.argument("value", cls=Arg, help="the value as text: true or false for boolean, a JSON number for number, "
+                                       "null for null")
+@click.option("--type", "value_type", type=click.Choice(VALUE_TYPES), default="string", show_default=True)
+@click.option("--scope", type=click.Choice(SCOPES), default="local", show_default=True)
+@click.option("--source", default="cli", show_default=True)
+@click.option("--confidence", type=float, default=1.0, show_default=True)
+@click.option("--valid-until", help="RFC 3339 time")
+def cmd_facts_add(g: Globals, *, entity: str, relation: str, value: str, value_type: str, scope: str, source: str,
+                  confidence: float, valid_until: str | None) -> int:
+    node = open_node(g)
+    from stigmem_node.facts import value_from_text
+
+    v = value_from_text(value_type, value)  # the same JSON value the HTTP API takes
+    body: dict[str, Any] = {"entity": entity, "relation": relation, "value": {"type": value_type, "v": v},
+                            "source": source, "scope": scope, "confidence": confidence}
+    if valid_until:
+        body["valid_until"] = valid_until
+    (stored,) = node.facts.assert_many([node.facts.validate_one(body)])
+    emit(g, stored.fact, lambda f: f"{'Stored' if stored.created else 'Already stored'} {f['id']} "
+                                   f"(seq {f['seq']}, {f['scope']}, {f['cid']})")
+    return EXIT_OK
+
+
+@command(facts, "list", help="list facts, oldest first")
+@click.option("--entity")
+@click.option("--relation")
+@click.option("--scope", type=click.Choice(SCOPES))
+@click.option("--limit", type=LIMIT, default=50, show_default=True)
+def cmd_facts_list(g: Globals, *, entity: str | None, relation: str | None, scope: str | None, limit: int) -> int:
+    node = open_node(g)
+    found, _, _ = node.facts.query(cursor=None, limit=limit, entity=entity, relation=relation, scope=scope, source=None)
+
+    def human(fs: list[dict[str, Any]]) -> str:
+        if not fs:
+            return "No facts."
+        rows = [[str(f["seq"]), f["scope"], f["entity"], f["relation"], json.dumps(f["value"]["v"])[:60],
+                 f["received_from"] or "local"] for f in fs]
+        return table(rows, ["SEQ", "SCOPE", "ENTITY", "RELATION", "VALUE", "FROM"])
+
+    emit(g, found, human)
+    return EXIT_OK

@@ -1,0 +1,86 @@
+"""``serve``, ``init`` and ``demo``: run the node, create it, show it working."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import click
+
+from stigmem_node import __version__
+from stigmem_node.cli._click import command, root
+from stigmem_node.cli._common import EXIT_OK, Globals, emit, open_node, settings_for
+
+
+def _print_first_key(node_id: str, node_url: str, fingerprint: str, key: str) -> None:
+    print(
+        "First start: created the node identity and this admin API key (shown once, store it now):\n"
+        f"  {key}\n"
+        f"  use it as:  curl -H 'Authorization: Bearer {key[:10]}…' {node_url}/v1/federation/peers\n"
+        f"Node {node_id}, key fingerprint {fingerprint}",
+        flush=True,
+    )
+
+
+@command(root, "serve", help="run the node")
+@click.option("--host", help="address to bind (env STIGMEM_HOST, default 127.0.0.1)")
+@click.option("--port", type=int, help="port (env STIGMEM_PORT, default 8765)")
+@click.option("--node-url", help="public URL of this node (env STIGMEM_NODE_URL, default http://HOST:PORT)")
+@click.option("--pull-interval", type=float,
+              help="seconds between pulls from peers, 0: off (env STIGMEM_FEDERATION_PULL_INTERVAL_S, default 0)")
+@click.option("--allow-insecure-http", is_flag=True,
+              help="allow plain http to non-loopback peers (env STIGMEM_ALLOW_INSECURE_HTTP)")
+@click.option("--access-log", is_flag=True, help="log every request")
+@click.option("--trusted-proxies", help="comma-separated addresses whose X-Forwarded-For is believed "
+                                        "(env STIGMEM_TRUSTED_PROXIES; default: none)")
+@click.option("--request-timeout", type=float, help="seconds within which a whole request must arrive "
+                                                    "(env STIGMEM_REQUEST_TIMEOUT_S, default 30)")
+@click.option("--max-connections", type=int, help="open connections served at once; more get 503 "
+                                                  "(env STIGMEM_MAX_CONNECTIONS, default 1000)")
+def cmd_serve(g: Globals, *, host: str | None, port: int | None, node_url: str | None, pull_interval: float | None,
+              allow_insecure_http: bool, access_log: bool, trusted_proxies: str | None,
+              request_timeout: float | None, max_connections: int | None) -> int:
+    from stigmem_node.http.server import bind, serve
+    from stigmem_node.node import Node
+
+    settings = settings_for(g, host=host, port=port, node_url=node_url, pull_interval_s=pull_interval,
+                            allow_insecure_http=True if allow_insecure_http else None,
+                            trusted_proxies=trusted_proxies, request_timeout_s=request_timeout,
+                            max_connections=max_connections)
+    # Listen first: a port in use or a host that does not resolve fails before anything exists.
+    sockets = bind(settings.host, settings.port)
+    try:
+        node = Node(settings, serving=True)
+        key = node.first_admin_key()
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    if key:
+        _print_first_key(node.identity.node_id, node.identity.node_url, node.identity.fingerprint, key)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    print(f"stigmem-node {__version__}: node {node.identity.node_url} listening on {settings.host}:{settings.port} "
+          f"(database {settings.db_path})", flush=True)
+    serve(node, sockets, access_log=access_log)
+    return EXIT_OK
+
+
+@command(root, "init", help="create the database, identity and first admin key, without serving")
+@click.option("--node-url", help="public URL of this node (env STIGMEM_NODE_URL)")
+@click.option("--host", hidden=True)
+@click.option("--port", type=int, hidden=True)
+def cmd_init(g: Globals, *, node_url: str | None, host: str | None, port: int | None) -> int:
+    node = open_node(g, serving=True, node_url=node_url, host=host, port=port)
+    key = node.first_admin_key()
+    info = {**node.info(), "admin_key": key}
+    emit(g, info, lambda i: (f"Node {i['node_id']} is ready in {i['database']} "
+                             f"(fingerprint {i['pubkey_fingerprint']})."
+                             + (f"\nAdmin API key (shown once, store it now):\n  {key}" if key else "")))
+    return EXIT_OK
+
+
+@command(root, "demo", help="two nodes on loopback, federated end to end, in a few seconds", global_options=False)
+def cmd_demo(g: Globals) -> int:
+    from stigmem_node.demo import run_demo
+
+    return asyncio.run(run_demo())
