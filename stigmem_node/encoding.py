@@ -136,3 +136,33 @@ def fingerprint(pubkey_b64: str) -> str:
 def key_id(raw_pubkey: bytes) -> str:
     """Key id of an Ed25519 public key: ``sha256:`` + first 32 hex digits of SHA-256(raw key)."""
     return "sha256:" + sha256_hex(raw_pubkey)[:32]
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("duplicate member name")
+    return obj
+
+
+def reject_json_constant(name: str) -> Any:
+    """A ``parse_constant`` hook: NaN, Infinity and -Infinity are not JSON."""
+    raise ValueError(f"{name} is not JSON")
+
+
+#: Strict JSON: duplicate member names and NaN/Infinity are errors.  Built once (json.loads
+#: with hooks would build a decoder per call).
+STRICT_JSON = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=reject_json_constant)
+
+
+def is_utf8_text(value: object) -> bool:
+    """A non-empty ``str`` that encodes as UTF-8 (no lone surrogates from ``\\ud800`` escapes)."""
+    if not isinstance(value, str) or not value:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

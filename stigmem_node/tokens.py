@@ -55,18 +55,16 @@ Decisions:
   returns, and keeps it until ``nonce_kept_until(exp)``: ``exp`` plus the largest leeway
   any process may run with plus a margin, so that no process sharing the database, whatever
   its own leeway and across restarts, can accept a token whose nonce was already pruned.
-* Exceptions raised by the caller's ``lookup`` propagate unchanged (a storage failure is
-  not the token's fault); anything wrong with the token itself raises ``TokenRejected``.
-* PyJWT does the signature work: its ``EdDSA`` algorithm object, taken from a ``PyJWS``
-  whose algorithm list is pinned to ``["EdDSA"]``, verifies the signing input that this
-  module split out once.  Calling ``PyJWS.decode_complete`` instead would parse and
-  base64-check the whole token a second time per key tried (~20 µs each).
+* Exceptions from the caller's ``lookup`` propagate unchanged (a storage failure is not the
+  token's fault); anything wrong with the token itself raises ``TokenRejected``.
+* ``token_inspect`` explains a token without verifying it (``stigmem-node token inspect``).
+* PyJWT does the signature work: the ``EdDSA`` algorithm of a ``PyJWS`` pinned to
+  ``["EdDSA"]`` verifies the signing input split out once here (``decode_complete`` would
+  parse the whole token again per key tried, ~20 µs each).
 """
 
 from __future__ import annotations
 
-import json
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,7 +73,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from stigmem_node.encoding import b64url_decode
+from stigmem_node.encoding import STRICT_JSON, b64url_decode, is_utf8_text
 from stigmem_node.errors import StigmemError
 
 ALGORITHM = "EdDSA"
@@ -94,21 +92,10 @@ ISSUER_REPORT_CHARS = 256
 
 #: Every code ``verify`` can raise, in check order.
 REJECTION_CODES: tuple[str, ...] = (
-    "peer_token_required",
-    "malformed_token",
-    "invalid_token",
-    "peer_not_registered",
-    "peer_not_active",
-    "invalid_signature",
-    "invalid_sub",
-    "token_expired",
-    "iat_in_future",
-    "token_lifetime_exceeded",
-    "nbf_in_future",
-    "missing_nonce",
-    "token_binding_mismatch",
+    "peer_token_required", "malformed_token", "invalid_token", "peer_not_registered", "peer_not_active",
+    "invalid_signature", "invalid_sub", "token_expired", "iat_in_future", "token_lifetime_exceeded",
+    "nbf_in_future", "missing_nonce", "token_binding_mismatch",
 )
-
 
 
 def nonce_kept_until(exp_ms: int) -> int:
@@ -177,7 +164,7 @@ class VerifiedToken:
 
 
 @dataclass(slots=True)
-class _Parsed:
+class ParsedToken:
     """A structurally valid token, before any check that needs keys or the clock.
 
     Internal and never mutated; not frozen only because frozen dataclasses construct slowly
@@ -226,15 +213,15 @@ def mint(
         raise ValueError(f"ttl_ms must be an integer in 1..{MAX_LIFETIME_MS}")
     if type(now_ms) is not int or not 0 <= now_ms <= MAX_TIME_MS - ttl_ms:
         raise ValueError("now_ms must be epoch milliseconds")
-    if not _is_text(issuer) or not _is_text(audience):
+    if not is_utf8_text(issuer) or not is_utf8_text(audience):
         raise ValueError("issuer and audience must be non-empty strings")
-    if not isinstance(scopes, (list, tuple)) or not all(_is_text(s) for s in scopes):
+    if not isinstance(scopes, (list, tuple)) or not all(is_utf8_text(s) for s in scopes):
         raise ValueError("scopes must be a list of non-empty strings")
-    if key_id is not None and not _is_text(key_id):
+    if key_id is not None and not is_utf8_text(key_id):
         raise ValueError("key_id must be a non-empty string or None")
     if nonce is None:
         nonce = str(uuid.uuid4())
-    elif not _is_text(nonce) or len(nonce) > MAX_NONCE_CHARS:
+    elif not is_utf8_text(nonce) or len(nonce) > MAX_NONCE_CHARS:
         raise ValueError(f"nonce must be a non-empty string of at most {MAX_NONCE_CHARS} characters")
     claims: dict[str, Any] = {
         "iss": issuer,
@@ -245,11 +232,11 @@ def mint(
         "scopes": list(scopes),
     }
     if htm is not None:
-        if not _is_text(htm):
+        if not is_utf8_text(htm):
             raise ValueError("htm must be a non-empty string")
         claims["htm"] = htm.upper()
     if htu is not None:
-        if not _is_text(htu):
+        if not is_utf8_text(htu):
             raise ValueError("htu must be a non-empty string")
         claims["htu"] = htu
     headers = {"typ": "JWT", "kid": key_id} if key_id is not None else {"typ": "JWT"}
@@ -279,14 +266,14 @@ def verify(
     """
     if not token:
         raise TokenRejected("peer_token_required", "A peer token is required.")
-    parsed = _parse(token, now_ms)
+    parsed = parse(token, now_ms)
 
     def rejected(code: str, message: str) -> TokenRejected:
         return TokenRejected(code, message, issuer=_report_issuer(parsed.iss), skew_ms=now_ms - parsed.iat)
 
-    header_problem = _header_problem(parsed.header)
-    if header_problem is not None:
-        raise rejected(*header_problem)
+    problem = header_problem(parsed.header)
+    if problem is not None:
+        raise rejected(*problem)
 
     peer = lookup(parsed.iss)
     if peer is None or peer.node_id != parsed.iss:
@@ -298,14 +285,14 @@ def verify(
     if key_id is None:
         raise rejected("invalid_signature", "The token signature does not verify under the peer's keys.")
 
-    problems = _claim_problems(
+    problems = claim_problems(
         parsed, our_node_id=our_node_id, now_ms=now_ms, leeway_ms=leeway_ms,
         max_lifetime_ms=max_lifetime_ms, method=method, path_qs=path_qs,
     )
     if problems:
         raise rejected(*problems[0])
 
-    assert parsed.nonce is not None  # _claim_problems reports a missing nonce
+    assert parsed.nonce is not None  # claim_problems reports a missing nonce
     return VerifiedToken(
         peer=peer,
         claims=parsed.claims,
@@ -316,7 +303,7 @@ def verify(
     )
 
 
-def _verify_signature(parsed: _Parsed, peer: PeerAuth) -> str | None:
+def _verify_signature(parsed: ParsedToken, peer: PeerAuth) -> str | None:
     """The id of the peer key that verifies the token, or None.
 
     A ``kid`` that names one of the peer's keys selects that key only; otherwise (no
@@ -333,7 +320,7 @@ def _verify_signature(parsed: _Parsed, peer: PeerAuth) -> str | None:
     return None
 
 
-def _header_problem(header: dict[str, Any]) -> tuple[str, str] | None:
+def header_problem(header: dict[str, Any]) -> tuple[str, str] | None:
     """Step 3: the header of a structurally valid token names something we do not accept."""
     alg = header["alg"]
     if not isinstance(alg, str) or alg != ALGORITHM:
@@ -346,8 +333,8 @@ def _header_problem(header: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def _claim_problems(
-    parsed: _Parsed,
+def claim_problems(
+    parsed: ParsedToken,
     *,
     our_node_id: str | None,
     now_ms: int,
@@ -380,7 +367,7 @@ def _claim_problems(
 # --------------------------------------------------------------------------- parsing
 
 
-def _parse(token: str, now_ms: int) -> _Parsed:
+def parse(token: str, now_ms: int) -> ParsedToken:
     """Step 2: split, decode and type-check the token once.  Raises ``TokenRejected``."""
     if not isinstance(token, str):
         raise _malformed("The token is not text.")
@@ -405,7 +392,7 @@ def _parse(token: str, now_ms: int) -> _Parsed:
         raise _malformed("The token kid is not a string.", claims, now_ms)
 
     iss = claims.get("iss")
-    if not _is_text(iss):
+    if not is_utf8_text(iss):
         raise _malformed("The token iss is not a non-empty string.", claims, now_ms)
     iat = _time_claim(claims, "iat", now_ms)
     exp = _time_claim(claims, "exp", now_ms)
@@ -413,29 +400,29 @@ def _parse(token: str, now_ms: int) -> _Parsed:
     if exp < iat:
         raise _malformed("The token expires before it was issued.", claims, now_ms)
     sub = claims.get("sub")
-    if not _is_text(sub):
+    if not is_utf8_text(sub):
         raise _malformed("The token sub is not a non-empty string.", claims, now_ms)
 
     scopes: tuple[str, ...] = ()
     if "scopes" in claims:
         raw_scopes = claims["scopes"]
-        if not isinstance(raw_scopes, list) or not all(_is_text(s) for s in raw_scopes):
+        if not isinstance(raw_scopes, list) or not all(is_utf8_text(s) for s in raw_scopes):
             raise _malformed("The token scopes are not a list of strings.", claims, now_ms)
         scopes = tuple(raw_scopes)
 
     raw_nonce = claims.get("nonce")
     nonce: str | None = None
     if raw_nonce is not None and raw_nonce != "":
-        if not _is_text(raw_nonce) or len(raw_nonce) > MAX_NONCE_CHARS:
+        if not is_utf8_text(raw_nonce) or len(raw_nonce) > MAX_NONCE_CHARS:
             raise _malformed(f"The token nonce is not a string of at most {MAX_NONCE_CHARS} characters.", claims, now_ms)
         nonce = raw_nonce
 
     htm = claims.get("htm")
     htu = claims.get("htu")
-    if ("htm" in claims and not _is_text(htm)) or ("htu" in claims and not _is_text(htu)):
+    if ("htm" in claims and not is_utf8_text(htm)) or ("htu" in claims and not is_utf8_text(htu)):
         raise _malformed("The token htm or htu is not a non-empty string.", claims, now_ms)
 
-    return _Parsed(
+    return ParsedToken(
         header=header,
         claims=claims,
         # The segments passed the base64url check, so they are ASCII.
@@ -452,22 +439,6 @@ def _parse(token: str, now_ms: int) -> _Parsed:
         htm=htm,
         htu=htu,
     )
-
-
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise ValueError("duplicate member name")
-    return obj
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-# Strict JSON: duplicate member names and NaN/Infinity are errors.  Built once (json.loads
-# with hooks would build a decoder per call).
-_STRICT_JSON = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
 
 
 # Parsed headers by segment text.  A peer sends the same header on every request, so this
@@ -489,7 +460,7 @@ def _header_segment(segment: str) -> dict[str, Any]:
 def _json_object_segment(segment: str, what: str) -> dict[str, Any]:
     try:
         text = b64url_decode(segment).decode("utf-8")
-        value = _STRICT_JSON.decode(text)
+        value = STRICT_JSON.decode(text)
     except _DECODE_ERRORS:
         raise _malformed(f"The token {what} is not base64url-encoded JSON.") from None
     if not isinstance(value, dict):
@@ -504,19 +475,6 @@ def _time_claim(claims: dict[str, Any], name: str, now_ms: int) -> int:
     if type(value) is not int or not 0 <= value <= MAX_TIME_MS:
         raise _malformed(f"The token {name} is not epoch milliseconds.", claims, now_ms)
     return value
-
-
-def _is_text(value: object) -> bool:
-    """A non-empty ``str`` that encodes as UTF-8 (no lone surrogates from ``\\ud800`` escapes)."""
-    if not isinstance(value, str) or not value:
-        return False
-    if value.isascii():
-        return True
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _report_issuer(iss: object) -> str | None:
@@ -534,64 +492,3 @@ def _malformed(message: str, claims: dict[str, Any] | None = None, now_ms: int |
         if now_ms is not None and type(iat) is int and 0 <= iat <= MAX_TIME_MS:
             skew_ms = now_ms - iat
     return TokenRejected("malformed_token", message, issuer=issuer, skew_ms=skew_ms)
-
-
-# --------------------------------------------------------------------------- inspection
-
-
-def inspect(
-    token: str,
-    *,
-    now_ms: int | None = None,
-    our_node_id: str | None = None,
-    leeway_ms: int = DEFAULT_LEEWAY_MS,
-    max_lifetime_ms: int = MAX_LIFETIME_MS,
-) -> dict[str, Any]:
-    """Decode a token WITHOUT verifying its signature, for ``stigmem-node token inspect``.
-
-    Returns ``{"header": …, "claims": …, "problems": [{"code", "message"}, …]}``.  ``header``
-    and ``claims`` are whatever JSON the segments hold (None when a segment does not decode).
-    ``problems`` uses ``verify``'s codes: the structural one if any, else every header and
-    claim problem relative to ``now_ms`` (default: the wall clock).  The signature, the peer
-    and the nonce are not checked.  Never raises on bad input.
-    """
-    if now_ms is None:
-        now_ms = int(time.time() * 1000)
-    result: dict[str, Any] = {"header": None, "claims": None, "problems": []}
-    problems: list[dict[str, str]] = result["problems"]
-    if not isinstance(token, str) or not token.strip():
-        problems.append({"code": "peer_token_required", "message": "No token was given."})
-        return result
-    token = token.strip()
-    if token[:7].lower() == "bearer ":
-        token = token[7:].strip()
-
-    segments = token.split(".")
-    if len(segments) >= 2:
-        result["header"] = _lenient_json(segments[0])
-        result["claims"] = _lenient_json(segments[1])
-
-    try:
-        parsed = _parse(token, now_ms)
-    except TokenRejected as exc:
-        problems.append({"code": exc.code, "message": exc.message})
-        return result
-    header_problem = _header_problem(parsed.header)
-    if header_problem is not None:
-        problems.append({"code": header_problem[0], "message": header_problem[1]})
-    for code, message in _claim_problems(
-        parsed, our_node_id=our_node_id, now_ms=now_ms, leeway_ms=leeway_ms,
-        max_lifetime_ms=max_lifetime_ms, method=None, path_qs=None,
-    ):
-        problems.append({"code": code, "message": message})
-    return result
-
-
-def _lenient_json(segment: str) -> Any:
-    """A segment's JSON value for display (padding tolerated), or None."""
-    if len(segment) > MAX_TOKEN_CHARS:
-        return None
-    try:
-        return json.loads(b64url_decode(segment).decode("utf-8"), parse_constant=_reject_constant)
-    except _DECODE_ERRORS:
-        return None

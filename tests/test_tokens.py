@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 
 from stigmem_node import tokens
 from stigmem_node.encoding import b64url_encode, key_id
-from stigmem_node.tokens import PeerAuth, TokenRejected, VerifiedToken, inspect, mint, verify
+from stigmem_node.token_inspect import inspect
+from stigmem_node.tokens import PeerAuth, TokenRejected, VerifiedToken, mint, verify
 
 NOW = 1_795_398_098_885
 US = "stigmem:node:us"

@@ -41,10 +41,10 @@ def cmd_token_mint(g: Globals, *, peer: str, scopes: str | None, ttl: float, met
 @command(token, "inspect", help="decode a token and explain what is wrong with it")
 @click.argument("text", cls=Arg, metavar="TOKEN", help="the token, or - to read it from standard input")
 def cmd_token_inspect(g: Globals, *, text: str) -> int:
-    from stigmem_node import tokens
+    from stigmem_node import token_inspect
 
     raw = sys.stdin.read().strip() if text == "-" else text
-    report = tokens.inspect(raw, now_ms=int(time.time() * 1000))
+    report = token_inspect.inspect(raw, now_ms=int(time.time() * 1000))
 
     def human(r: dict[str, Any]) -> str:
         lines = ["header: " + json.dumps(r["header"], sort_keys=True),
