@@ -41,9 +41,8 @@ def _busy(exc: sqlite3.OperationalError) -> bool:
 
 
 class IntegrityConflict(Conflict):
-    """A uniqueness constraint refused a row (raised by repositories, mapped by callers)."""
-
-    code = "conflict"
+    """A uniqueness constraint refused a row (raised by repositories, mapped by callers);
+    it names the code of the conflict, e.g. ``peer_already_registered``."""
 
 
 def schema_text() -> str:
