@@ -184,7 +184,7 @@ class ApiKeys:
         return self.repo.get(key_id), changed  # type: ignore[return-value]
 
     def list(self) -> list[ApiKeyRecord]:
-        return self.repo.list()
+        return self.repo.list_keys()
 
 
 def key_public_dict(rec: ApiKeyRecord) -> dict:

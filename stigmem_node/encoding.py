@@ -13,7 +13,6 @@ import math
 from typing import Any
 
 
-
 def b64url_encode(data: bytes) -> str:
     """base64url without padding (RFC 7515 §2)."""
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")

@@ -111,7 +111,7 @@ class Federation:
         return peer
 
     def list(self, status: str | None = None) -> list[PeerRecord]:
-        return self.store.peers.list(status)
+        return self.store.peers.list_peers(status)
 
     def views(self, peers: list[PeerRecord]) -> list[dict[str, Any]]:
         """Peer views with their replication status."""

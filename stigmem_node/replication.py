@@ -137,7 +137,7 @@ class Subscriber:
                        progress: Callable[[PeerResult], None] | None = None) -> PassResult:
         """Pull every active peer once (or only ``peer_ref``)."""
         started = time.monotonic()
-        peers = [self.node.federation.get(peer_ref)] if peer_ref else self.store.peers.list("active")
+        peers = [self.node.federation.get(peer_ref)] if peer_ref else self.store.peers.list_peers("active")
         sem = asyncio.Semaphore(self.concurrency)
         async with self._client() as client:
             async def one(peer: PeerRecord) -> PeerResult:
@@ -454,7 +454,7 @@ class Scheduler:
     async def _loop(self) -> None:
         while True:
             try:
-                peers = self.subscriber.store.peers.list("active")
+                peers = self.subscriber.store.peers.list_peers("active")
             except sqlite3.Error:
                 log.exception("cannot list peers to pull; trying again next interval")
                 peers = []

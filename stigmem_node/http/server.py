@@ -65,7 +65,8 @@ def bind(host: str, port: int, backlog: int = BACKLOG) -> list[socket.socket]:
                 sock.bind(address)
                 sock.listen(backlog)
             except OSError as exc:
-                shown = f"[{address[0]}]:{address[1]}" if family == socket.AF_INET6 else f"{address[0]}:{address[1]}"
+                ip, port_ = str(address[0]), str(address[1])  # an IPv4 or IPv6 socket address
+                shown = f"[{ip}]:{port_}" if family == socket.AF_INET6 else f"{ip}:{port_}"
                 raise ConfigError("address_unavailable", f"cannot listen on {shown}: {_reason(exc)}") from None
             sock.set_inheritable(True)
     except BaseException:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from stigmem_node.store.db import Database, StorageBusy
 from stigmem_node.store.nonces import NonceRepo
