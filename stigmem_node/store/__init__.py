@@ -7,6 +7,8 @@ they never see SQL, so another engine can slot in behind the same methods.
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from stigmem_node.store.apikeys import ApiKeyRepo
@@ -32,7 +34,7 @@ class Store:
         self.facts = FactRepo(self.db)
         self.replication = ReplicationRepo(self.db)
 
-    def transaction(self):
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         return self.db.transaction()
 
     def close(self) -> None:
