@@ -43,7 +43,7 @@ class Node:
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("STIGMEM_")}
         env.update({"STIGMEM_LOG_LEVEL": "warning", **(extra_env or {})})
-        self.log = open(workdir / f"{name}.log", "w")
+        self.log = open(workdir / f"{name}.log", "w")  # noqa: SIM115 - open while the node runs, closed by stop()
         self.proc = subprocess.Popen(
             pinned([sys.executable, "-m", "stigmem_node", "serve", "--db", str(self.db), "--port", str(self.port),
                     *args], cpu),
@@ -142,7 +142,7 @@ def fact_rows(db: Path, received: bool | None = None) -> list[tuple]:
 
     where = "" if received is None else f" WHERE received_from IS {'NOT ' if received else ''}NULL"
     with sqlite3.connect(db) as conn:
-        return conn.execute(f"SELECT {INSERT_COLS} FROM facts{where}").fetchall()
+        return conn.execute(f"SELECT {INSERT_COLS} FROM facts{where}").fetchall()  # noqa: S608 - constant text
 
 
 def insert_ceiling(rows: list[tuple], workdir: Path) -> float:
@@ -155,7 +155,7 @@ def insert_ceiling(rows: list[tuple], workdir: Path) -> float:
     marks = ",".join("?" * len(INSERT_COLS.split(",")))
     t0 = time.perf_counter()
     with db.transaction():
-        db.conn.executemany(f"INSERT INTO facts ({INSERT_COLS}) VALUES ({marks})", rows)
+        db.conn.executemany(f"INSERT INTO facts ({INSERT_COLS}) VALUES ({marks})", rows)  # noqa: S608 - constant text
     elapsed = time.perf_counter() - t0
     db.close()
     return elapsed

@@ -24,10 +24,10 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Node, free_port, peer_up, pinned, wrk  # noqa: E402
+from _common import Node, free_port, peer_up, pinned, wrk
 
-from stigmem_node import tokens  # noqa: E402
-from stigmem_node.encoding import b64url_decode  # noqa: E402
+from stigmem_node import tokens
+from stigmem_node.encoding import b64url_decode
 
 
 def _cpu(pid: int) -> float:
@@ -48,7 +48,8 @@ def load_facts(node: Node, n: int) -> None:
             c.post("/v1/facts", json={"facts": batch}).raise_for_status()
 
 
-def mint_tokens(path: Path, count: int, *, iss: str, sub: str, key: Ed25519PrivateKey, key_id: str, req_path: str) -> None:
+def mint_tokens(path: Path, count: int, *, iss: str, sub: str, key: Ed25519PrivateKey, key_id: str,
+                req_path: str) -> None:
     now = int(time.time() * 1000)
     with open(path, "w") as fh:
         for _ in range(count):
@@ -111,7 +112,8 @@ def main() -> None:
         a.stop()
         b.stop()
 
-    print(f"\nwrk -t1 -c{args.connections} -d{args.seconds}s, server on CPU 0, wrk on CPU 1; one fresh token per request")
+    print(f"\nwrk -t1 -c{args.connections} -d{args.seconds}s, server on CPU 0, wrk on CPU 1; "
+          "one fresh token per request")
     print(f"{'limit':>5}  {'token-verified req/s':>20}  {'non-2xx':>7}  {'p99 ms':>6}  {'µs CPU/req':>10}  "
           f"{'floor req/s':>11}  {'floor µs CPU':>12}  {'ratio':>5}  {'server busy':>11}")
     for limit, (res, fl) in results.items():

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Node, fact_rows, insert_ceiling, peer_up  # noqa: E402
-from pull import load_facts  # noqa: E402
+from _common import Node, fact_rows, insert_ceiling, peer_up
+from pull import load_facts
 
 
 def main() -> None:

@@ -183,8 +183,8 @@ class ApiKeys:
         changed = self.repo.revoke(key_id, self.clock.now_iso())
         return self.repo.get(key_id), changed  # type: ignore[return-value]
 
-    def list(self) -> list[ApiKeyRecord]:
-        return self.repo.list()
+    def list_keys(self) -> list[ApiKeyRecord]:
+        return self.repo.list_keys()
 
     def count(self) -> int:
         return self.repo.count()

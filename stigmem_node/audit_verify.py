@@ -50,7 +50,8 @@ class VerifyReport:
 
     def human(self) -> str:
         if self.ok:
-            text = f"Audit trail intact: {self.rows} rows, every link verified, {self.checkpoints} signed checkpoint(s)."
+            text = (f"Audit trail intact: {self.rows} rows, every link verified, "
+                    f"{self.checkpoints} signed checkpoint(s).")
             if self.anchor:
                 text += f" It still holds the anchor of {self.anchor['time']} (row {self.anchor['seq']})."
             return text

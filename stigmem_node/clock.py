@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 class Clock:
@@ -19,7 +19,7 @@ class Clock:
         return int(self.time() * 1000)
 
     def now(self) -> datetime:
-        return datetime.fromtimestamp(self.time(), tz=timezone.utc)
+        return datetime.fromtimestamp(self.time(), tz=UTC)
 
     def now_iso(self) -> str:
         return iso(self.now())
@@ -27,13 +27,14 @@ class Clock:
 
 def iso(dt: datetime) -> str:
     """RFC 3339 UTC with microseconds and a ``Z``; sorts as text (the year is zero-padded)."""
-    dt = dt.astimezone(timezone.utc)
-    return f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}.{dt.microsecond:06d}Z"
+    dt = dt.astimezone(UTC)
+    return (f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}"
+            f"T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}.{dt.microsecond:06d}Z")
 
 
 def iso_seconds(dt: datetime) -> str:
     """RFC 3339 UTC to the second (``2026-11-23T02:07:58Z``), the declaration form."""
-    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_rfc3339(text: str) -> datetime:
@@ -45,6 +46,6 @@ def parse_rfc3339(text: str) -> datetime:
     if dt.tzinfo is None:
         raise ValueError("timestamp has no UTC offset")
     try:
-        return dt.astimezone(timezone.utc)
+        return dt.astimezone(UTC)
     except OverflowError:
         raise ValueError("timestamp out of range") from None

@@ -1,8 +1,9 @@
 """Typed domain errors.
 
-Every error the core raises carries a stable snake_case ``code`` and a one-sentence
-``message``.  Only the HTTP layer (``stigmem_node.http.errors``) maps codes to status
-codes, and only the CLI turns them into exit codes.
+Every error the core raises carries a stable snake_case ``code`` (one of
+``stigmem_node.error_codes.REGISTRY``) and a one-sentence ``message``.  Errors carry no
+HTTP: only the HTTP layer (``stigmem_node.http.errors``) maps codes to status codes and
+headers, and only the CLI turns them into exit codes.
 """
 
 from __future__ import annotations
@@ -11,14 +12,25 @@ from typing import Any
 
 
 class StigmemError(Exception):
-    """Base class of every expected error: a stable code plus one sentence."""
+    """Base class of every expected error: a stable code plus one sentence.
 
-    code: str = "error"
+    ``retry_after``: seconds after which the same request may succeed (a rate limit); the
+    HTTP edge sends it as ``Retry-After`` and in the body.  ``extra``: context fields for
+    the error body (``peer_id``, ``status``, ...).
+    """
 
-    def __init__(self, code: str | None = None, message: str | None = None, **extra: Any) -> None:
+    # The class's default code; the categories below (Conflict, Forbidden, Unauthorized)
+    # have none, so each error raised from them names its own.
+    code: str
+
+    def __init__(self, code: str | None = None, message: str | None = None, *, retry_after: int | None = None,
+                 **extra: Any) -> None:
         if code is not None:
             self.code = code
+        elif not hasattr(self, "code"):
+            raise TypeError(f"{type(self).__name__} needs a code")
         self.message = message or self.code.replace("_", " ")
+        self.retry_after = retry_after
         self.extra = extra
         super().__init__(self.message)
 
@@ -30,11 +42,12 @@ class ConfigError(StigmemError):
 
 
 class ValidationError(StigmemError):
-    """Input does not have the required shape (422)."""
+    """Input does not have the required shape."""
 
     code = "invalid_request"
 
-    def __init__(self, code: str | None = None, message: str | None = None, *, field: str | None = None, **extra: Any) -> None:
+    def __init__(self, code: str | None = None, message: str | None = None, *, field: str | None = None,
+                 **extra: Any) -> None:
         super().__init__(code, message, **extra)
         self.field = field
 
@@ -52,15 +65,15 @@ class NotFound(StigmemError):
 
 
 class Conflict(StigmemError):
-    code = "conflict"
+    pass
 
 
 class Forbidden(StigmemError):
-    code = "forbidden"
+    pass
 
 
 class Unauthorized(StigmemError):
-    code = "unauthorized"
+    pass
 
 
 class OutboundError(StigmemError):

@@ -131,8 +131,8 @@ class Federation:
             raise NotFound("peer_not_found", "no peer with this id")
         return peer
 
-    def list(self, status: str | None = None) -> builtins.list[PeerRecord]:
-        return self.store.peers.list(status)
+    def list_peers(self, status: str | None = None) -> builtins.list[PeerRecord]:
+        return self.store.peers.list_peers(status)
 
     def views(self, peers: builtins.list[PeerRecord]) -> builtins.list[dict[str, Any]]:
         """Peer views with their replication status."""

@@ -58,7 +58,7 @@ class OperatorKeys:
 
     def records(self) -> list[ApiKeyRecord]:
         """Every key's record (never a secret), oldest first."""
-        return self.keys.list()
+        return self.keys.list_keys()
 
     def revoke(self, key_ref: str, *, actor: str) -> tuple[ApiKeyRecord, bool]:
         """Revoke a key by id (or by the whole key): its record and whether it changed.

@@ -147,7 +147,7 @@ class PeerAuthenticator:
         retry = self.failures.retry_after(remote_addr)
         if retry is not None:
             raise StigmemError("too_many_failed_attempts", "too many failed peer authentications; retry later",
-                               headers={"Retry-After": str(retry)}, retry_after=retry)
+                               retry_after=retry)
         now_ms = self.clock.now_ms()
         found: list[tuple[str, tuple[str, ...]]] = []
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict, deque
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 
 
 class FailureLimiter:
@@ -50,6 +51,13 @@ class FailureLimiter:
         q.append(now)
 
 
+@dataclass(slots=True)
+class _Window:
+    start: float
+    used: int = 1
+    suppressed: int = 0
+
+
 class AuditBudget:
     """At most ``per_window`` audit rows per key (client address) per window.
 
@@ -63,31 +71,31 @@ class AuditBudget:
         self.window_s = window_s
         self.max_keys = max_keys
         self.clock = clock
-        self._state: OrderedDict[str, list] = OrderedDict()  # key -> [window_start, used, suppressed]
+        self._state: OrderedDict[str, _Window] = OrderedDict()
 
     def take(self, key: str) -> int | None:
         """None if this row must be suppressed, else how many were suppressed before it."""
         now = self.clock()
         state = self._state.get(key)
-        if state is None or now - state[0] >= self.window_s:
-            suppressed = state[2] if state else 0
-            self._state[key] = [now, 1, 0]
+        if state is None or now - state.start >= self.window_s:
+            suppressed = state.suppressed if state else 0
+            self._state[key] = _Window(now)
             self._state.move_to_end(key)
             while len(self._state) > self.max_keys:
                 self._state.popitem(last=False)
             return suppressed
-        if state[1] < self.per_window:
-            state[1] += 1
-            suppressed, state[2] = state[2], 0
+        if state.used < self.per_window:
+            state.used += 1
+            suppressed, state.suppressed = state.suppressed, 0
             return suppressed
-        state[2] += 1
+        state.suppressed += 1
         return None
 
     def carry(self, key: str, suppressed: int) -> None:
         """Put back a count that ``take`` handed out for a row that was not written after all."""
         state = self._state.get(key)
         if state is not None and suppressed:
-            state[2] += suppressed
+            state.suppressed += suppressed
 
 
 class UnauthenticatedAuditGate:
@@ -127,7 +135,7 @@ class UnauthenticatedAuditGate:
         if everyone is None:
             self.per_address.carry(budget_key, own)  # reported with this address's next written row
             return None
-        extra = {}
+        extra: dict[str, int] = {}
         if own:
             extra["suppressed_before"] = own
         if everyone:

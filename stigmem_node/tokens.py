@@ -118,15 +118,14 @@ _DECODE_ERRORS = (ValueError, TypeError, UnicodeDecodeError, RecursionError)
 class TokenRejected(StigmemError):
     """A peer token failed verification.
 
-    ``code`` is one of ``REJECTION_CODES``; ``status`` is 403 for ``peer_not_active`` and 401
-    otherwise; ``message`` is one sentence and never contains key material.  ``issuer`` is the
+    ``code`` is one of ``REJECTION_CODES`` (its HTTP status is in ``stigmem_node.error_codes``);
+    ``message`` is one sentence and never contains key material.  ``issuer`` is the
     claimed ``iss`` (unverified, at most 256 characters) when it could be read, ``skew_ms`` is
     ``now_ms - iat`` when ``iat`` could be read; both are for the audit trail.
     """
 
     def __init__(self, code: str, message: str, *, issuer: str | None = None, skew_ms: int | None = None) -> None:
         super().__init__(code, message)
-        self.status = 403 if code == "peer_not_active" else 401
         self.issuer = issuer
         self.skew_ms = skew_ms
 

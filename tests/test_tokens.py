@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from stigmem_node import tokens
 from stigmem_node.encoding import b64url_encode, key_id
+from stigmem_node.error_codes import http_status
 from stigmem_node.token_inspect import inspect
 from stigmem_node.tokens import PeerAuth, TokenRejected, VerifiedToken, mint, verify
 
@@ -190,7 +191,8 @@ def test_unknown_kid_falls_back_to_every_key() -> None:
 
 def test_rejects_missing_token() -> None:
     error = rejected("")
-    assert (error.code, error.status, error.issuer, error.skew_ms) == ("peer_token_required", 401, None, None)
+    assert (error.code, http_status(error.code), error.issuer, error.skew_ms) == \
+        ("peer_token_required", 401, None, None)
 
 
 @pytest.mark.parametrize(
@@ -353,7 +355,7 @@ def test_rejects_unsupported_header_parameters(header: dict[str, Any]) -> None:
 
 def test_rejects_unregistered_peer() -> None:
     error = rejected(good_token(issuer="stigmem:node:stranger"))
-    assert (error.code, error.status, error.issuer) == ("peer_not_registered", 401, "stigmem:node:stranger")
+    assert (error.code, http_status(error.code), error.issuer) == ("peer_not_registered", 401, "stigmem:node:stranger")
 
 
 def test_rejects_lookup_returning_another_node() -> None:
@@ -364,7 +366,7 @@ def test_rejects_lookup_returning_another_node() -> None:
 def test_rejects_inactive_peer(status: str) -> None:
     inactive = PeerAuth(ALICE_AUTH.peer_id, ALICE, status, ALICE_AUTH.keys)
     error = rejected(good_token(), lookup=lambda iss: inactive)
-    assert (error.code, error.status) == ("peer_not_active", 403)
+    assert (error.code, http_status(error.code)) == ("peer_not_active", 403)
 
 
 def test_rejects_token_signed_by_another_registered_peer() -> None:
@@ -604,7 +606,7 @@ def _only_token_rejected(token: str) -> None:
         check(token, method="GET", path_qs="/v1/federation/facts")
     except TokenRejected as error:
         assert error.code in tokens.REJECTION_CODES
-        assert error.status in (401, 403)
+        assert http_status(error.code) in (401, 403)
         assert error.issuer is None or len(error.issuer) <= tokens.ISSUER_REPORT_CHARS
         assert error.issuer is None or error.issuer.encode("utf-8")
         return

@@ -105,7 +105,7 @@ def cmd_peers_add(g: Globals, *, url: str, scopes: str | None, declaration: str 
 @click.option("--status", type=click.Choice(PEER_STATUSES))
 def cmd_peers_list(g: Globals, *, status: str | None) -> int:
     node = open_node(g)
-    views = node.federation.views(node.federation.list(status))
+    views = node.federation.views(node.federation.list_peers(status))
 
     def human(vs: list[dict[str, Any]]) -> str:
         if not vs:

@@ -32,7 +32,7 @@ def require(request: Request, permission: str) -> Principal:
     retry = limiter.retry_after(addr)
     if retry is not None:
         raise StigmemError("too_many_failed_attempts", "too many failed authentication attempts; retry later",
-                           headers={"Retry-After": str(retry)}, retry_after=retry)
+                           retry_after=retry)
     try:
         principal = node.apikeys.authenticate(bearer(request))
     except Unauthorized:

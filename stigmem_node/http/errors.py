@@ -1,4 +1,5 @@
-"""Map domain errors to HTTP.  This is the only place that knows status codes.
+"""Map domain errors to HTTP.  This is the only place that turns an error into a status
+code and headers; both come from the registry (``stigmem_node.error_codes``).
 
 Every error body is ``{"error": code, "detail": code, "message": sentence}`` (``detail``
 mirrors the code for clients of the reference node), plus context fields where useful.
@@ -13,24 +14,16 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from stigmem_node.errors import (
-    Conflict, ConfigError, Forbidden, NotFound, OutboundError, StigmemError, Unauthorized, ValidationError,
-)
+from stigmem_node import error_codes
+from stigmem_node.errors import StigmemError, ValidationError
 
 log = logging.getLogger("stigmem_node.http")
 
-# Codes whose status differs from their class default.
-STATUS_BY_CODE = {
-    "database_busy": 503,
-    "invalid_json": 400,
-    "fingerprint_mismatch": 400,
-    "body_too_large": 413,
-    "too_many_failed_attempts": 429,
-}
-STATUS_BY_CLASS: list[tuple[type, int]] = [
-    (ValidationError, 422), (NotFound, 404), (Conflict, 409), (Forbidden, 403), (Unauthorized, 401),
-    (OutboundError, 502), (ConfigError, 500),
-]
+# Framework-level HTTP errors (routing, request parsing) with a code of their own; any other
+# status the framework raises is ``http_error`` with that status.
+_FRAMEWORK_CODES = {error_codes.http_status(code): code
+                    for code in ("not_found", "method_not_allowed", "bad_request", "body_too_large")}
+_FRAMEWORK_MESSAGES = {"not_found": "no such endpoint", "method_not_allowed": "method not allowed on this endpoint"}
 
 
 def error_response(http_status: int, code: str, message: str, headers: dict[str, str] | None = None,
@@ -41,37 +34,43 @@ def error_response(http_status: int, code: str, message: str, headers: dict[str,
 
 
 def status_for(exc: StigmemError) -> int:
-    status = getattr(exc, "status", None)
-    if isinstance(status, int):
-        return status
-    if exc.code in STATUS_BY_CODE:
-        return STATUS_BY_CODE[exc.code]
-    for cls, st in STATUS_BY_CLASS:
-        if isinstance(exc, cls):
-            return st
-    return 400
+    """The registry's status for the error's code.  A code that is not in the registry, or is
+    not an HTTP answer there, is a bug: 500, logged (tests/test_error_codes.py keeps the
+    source free of such codes)."""
+    entry = error_codes.lookup(exc.code)
+    if entry is None or entry.status is None:
+        log.error("error code %r %s; answering 500", exc.code,
+                  "is not in the registry" if entry is None else "is not an HTTP error code")
+        return 500
+    return entry.status
+
+
+def retry_after_for(exc: StigmemError) -> int | None:
+    """Seconds for ``Retry-After``: the error's own wait, else its code's fixed one."""
+    if exc.retry_after is not None:
+        return exc.retry_after
+    entry = error_codes.lookup(exc.code)
+    return entry.retry_after if entry is not None else None
 
 
 async def stigmem_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StigmemError)
+    if not isinstance(exc, StigmemError):  # registered for StigmemError only
+        raise TypeError(f"not a StigmemError: {type(exc).__name__}")
     extra = dict(exc.extra)
-    headers = extra.pop("headers", None)
-    if exc.code == "database_busy":
-        headers = {"Retry-After": "1"}
+    retry_after = retry_after_for(exc)
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    if exc.retry_after is not None:
+        extra["retry_after"] = exc.retry_after  # an error's own wait is also in the body
     if isinstance(exc, ValidationError) and exc.field:
         extra["field"] = exc.field
     return error_response(status_for(exc), exc.code, exc.message, headers=headers, **extra)
 
 
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "body_too_large"}
-
-
 async def http_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, HTTPException)
-    code = _HTTP_CODES.get(exc.status_code, "http_error")
-    message = {"not_found": "no such endpoint", "method_not_allowed": "method not allowed on this endpoint"}.get(
-        code, str(exc.detail)
-    )
+    if not isinstance(exc, HTTPException):  # registered for HTTPException only
+        raise TypeError(f"not an HTTPException: {type(exc).__name__}")
+    code = _FRAMEWORK_CODES.get(exc.status_code, "http_error")
+    message = _FRAMEWORK_MESSAGES.get(code, str(exc.detail))
     return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
 
 
@@ -79,5 +78,6 @@ async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # This handler runs outside the request-id middleware, so it sets the header itself.
     rid = request.scope.get("state", {}).get("request_id", "")
     log.exception("unexpected error on %s %s (request %s)", request.method, request.url.path, rid)
-    return error_response(500, "internal_error", "the node hit an unexpected error; it has been logged",
+    return error_response(error_codes.http_status("internal_error"), "internal_error",
+                          "the node hit an unexpected error; it has been logged",
                           headers={"X-Request-Id": rid} if rid else None)

@@ -9,6 +9,8 @@ import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from stigmem_node.error_codes import http_status
+
 MAX_BODY_BYTES = 1024 * 1024
 _RID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # Request ids: a random per-process prefix and a counter (unique, and cheaper than a UUID).
@@ -20,12 +22,13 @@ def new_request_id() -> str:
     return f"{_RID_PREFIX}-{next(_RID_COUNTER):x}"
 
 
-async def _send_json(send: Send, status: int, body: dict, extra_headers: list[tuple[bytes, bytes]] = ()) -> None:
-    data = json.dumps(body).encode()
+async def _send_error(send: Send, code: str, message: str) -> None:
+    """An error answer written before the app runs (so not by ``http.errors``); the status
+    is the registry's for ``code``."""
+    data = json.dumps({"error": code, "detail": code, "message": message}).encode()
     await send({
-        "type": "http.response.start", "status": status,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
-                    *extra_headers],
+        "type": "http.response.start", "status": http_status(code),
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
     })
     await send({"type": "http.response.body", "body": data})
 
@@ -45,16 +48,14 @@ class BodyLimit:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        too_large = {"error": "body_too_large", "detail": "body_too_large",
-                     "message": f"request bodies are limited to {self.max_bytes} bytes"}
+        too_large = f"request bodies are limited to {self.max_bytes} bytes"
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if not value.isdigit():
-                    await _send_json(send, 400, {"error": "bad_request", "detail": "bad_request",
-                                                 "message": "invalid Content-Length"})
+                    await _send_error(send, "bad_request", "invalid Content-Length")
                     return
                 if int(value) > self.max_bytes:
-                    await _send_json(send, 413, too_large)
+                    await _send_error(send, "body_too_large", too_large)
                     return
         chunks: list[bytes] = []
         size = 0
@@ -65,7 +66,7 @@ class BodyLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await _send_json(send, 413, too_large)
+                await _send_error(send, "body_too_large", too_large)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):

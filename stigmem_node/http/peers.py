@@ -60,7 +60,7 @@ async def list_peers(request: Request) -> JSONResponse:
     if status is not None and status not in PEER_STATUSES:
         raise ValidationError("invalid_request", f"status must be one of {', '.join(PEER_STATUSES)}", field="status")
     fed = request.app.state.node.federation
-    return JSONResponse({"peers": fed.views(fed.list(status))})
+    return JSONResponse({"peers": fed.views(fed.list_peers(status))})
 
 
 async def show_peer(request: Request) -> JSONResponse:

@@ -24,15 +24,16 @@ import json
 import logging
 import socket
 import time
+from http import HTTPStatus
 from typing import Any
 
+from stigmem_node import error_codes
 from stigmem_node.errors import ConfigError
 from stigmem_node.http.middleware import new_request_id
 
 log = logging.getLogger("stigmem_node.http.server")
 
 BACKLOG = 2048
-RETRY_AFTER_S = 1
 REFUSED_LINGER_S = 2.0  # how long a refused connection is kept to let the client read the 503
 FD_MARGIN = 256  # file descriptors kept for the database, log files and refused connections
 
@@ -64,7 +65,8 @@ def bind(host: str, port: int, backlog: int = BACKLOG) -> list[socket.socket]:
                 sock.bind(address)
                 sock.listen(backlog)
             except OSError as exc:
-                shown = f"[{address[0]}]:{address[1]}" if family == socket.AF_INET6 else f"{address[0]}:{address[1]}"
+                ip, port_ = str(address[0]), str(address[1])  # an IPv4 or IPv6 socket address
+                shown = f"[{ip}]:{port_}" if family == socket.AF_INET6 else f"{ip}:{port_}"
                 raise ConfigError("address_unavailable", f"cannot listen on {shown}: {_reason(exc)}") from None
             sock.set_inheritable(True)
     except BaseException:
@@ -99,10 +101,14 @@ def raise_fd_limit(max_connections: int) -> None:
 
 
 # -- the protocol ---------------------------------------------------------------------
-def _response(status: bytes, code: str, message: str, default_headers: list[tuple[bytes, bytes]],
-              extra: tuple[tuple[bytes, bytes], ...] = ()) -> bytes:
+def _response(code: str, message: str, default_headers: list[tuple[bytes, bytes]]) -> bytes:
+    """A whole error answer written by the protocol itself, which then closes the connection;
+    status and any ``Retry-After`` are the registry's for ``code``."""
+    entry = error_codes.REGISTRY[code]
+    status = HTTPStatus(error_codes.http_status(code))
     body = json.dumps({"error": code, "detail": code, "message": message}, separators=(",", ":")).encode()
-    head = [b"HTTP/1.1 " + status + b"\r\n"]
+    extra = [] if entry.retry_after is None else [(b"retry-after", str(entry.retry_after).encode())]
+    head = [f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode()]
     for name, value in (*default_headers, (b"content-type", b"application/json"),
                         (b"content-length", str(len(body)).encode()), *extra, (b"connection", b"close"),
                         (b"x-request-id", new_request_id().encode())):
@@ -204,16 +210,15 @@ def protocol_class(request_timeout_s: float, max_connections: int) -> type[async
                     cycle.disconnected = True  # the app now reads a disconnect and writes nothing
                 if answer:
                     transport.write(_response(
-                        b"408 Request Timeout", "request_timeout",
-                        f"the request was not complete within {timeout_text} s", self.server_state.default_headers))
+                        "request_timeout", f"the request was not complete within {timeout_text} s",
+                        self.server_state.default_headers))
                 notices.note("timeout", f"closed connections whose request was not complete within {timeout_text} s")
             transport.close()
 
         def _refuse(self, transport: asyncio.Transport) -> None:
             transport.write(_response(
-                b"503 Service Unavailable", "server_busy",
-                f"the node has {max_connections} open connections, its limit; retry later",
-                self.server_state.default_headers, ((b"retry-after", str(RETRY_AFTER_S).encode()),)))
+                "server_busy", f"the node has {max_connections} open connections, its limit; retry later",
+                self.server_state.default_headers))
             if transport.can_write_eof():
                 transport.write_eof()
             transport.set_protocol(_Refused(transport, self.loop, min(REFUSED_LINGER_S, request_timeout_s)))

@@ -82,7 +82,7 @@ class Subscriber:
         self.max_pages = max_pages
 
     def active_peers(self) -> list[PeerRecord]:
-        return self.store.peers.list("active")
+        return self.store.peers.list_peers("active")
 
     def client(self, *, pool_per_peer: bool = False) -> httpx.AsyncClient:
         # A pass holds at most ``concurrency`` peers, each using one connection at a time.  The

@@ -20,7 +20,7 @@ from stigmem_node.store.nonces import NonceRepo
 from stigmem_node.store.peers import PeerRepo
 from stigmem_node.store.replication import ReplicationRepo
 
-__all__ = ["Store", "Database", "IntegrityConflict"]
+__all__ = ["Database", "IntegrityConflict", "Store"]
 
 
 class Store:

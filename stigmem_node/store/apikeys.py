@@ -44,11 +44,12 @@ class ApiKeyRepo:
         row = self.db.one(f"SELECT {_COLS} FROM api_keys WHERE id = ?", (key_id,))
         return _record(row) if row else None
 
-    def list(self) -> list[ApiKeyRecord]:
+    def list_keys(self) -> list[ApiKeyRecord]:
         return [_record(r) for r in self.db.all(f"SELECT {_COLS} FROM api_keys ORDER BY created_at, id")]
 
     def count(self) -> int:
-        return int(self.db.one("SELECT COUNT(*) FROM api_keys")[0])
+        row = self.db.one("SELECT COUNT(*) FROM api_keys")
+        return int(row[0]) if row else 0
 
     def revoke(self, key_id: str, when: str) -> bool:
         cur = self.db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (when, key_id))

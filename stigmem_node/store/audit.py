@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
-from stigmem_node.store.db import Database
+from stigmem_node.store.db import Queryable
 
 _COLS = "seq, ts, event_type, peer_id, actor, reason, detail, remote_addr, prev_hash, hash"
 # For listing: every text column read as hex and decoded leniently, so that a tampered row
@@ -15,7 +16,7 @@ _TEXT_COLS = ("ts", "event_type", "peer_id", "actor", "reason", "detail", "remot
 _DISPLAY_COLS = "seq, " + ", ".join(f"hex({c}), {c} IS NULL" for c in _TEXT_COLS)
 
 
-def _display_row(row: tuple) -> "AuditRow":
+def _display_row(row: tuple) -> AuditRow:
     values = [None if row[i + 1] else bytes.fromhex(row[i]).decode("utf-8", "replace")
               for i in range(1, 2 * len(_TEXT_COLS), 2)]
     return AuditRow(int(row[0]), *values)  # type: ignore[arg-type]
@@ -36,7 +37,7 @@ class AuditRow:
 
 
 class AuditRepo:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Queryable) -> None:
         self.db = db
 
     def head(self) -> tuple[int, str, str] | None:
@@ -65,7 +66,9 @@ class AuditRepo:
             (row.ts, row.event_type, row.peer_id, row.actor, row.reason, row.detail, row.remote_addr,
              row.prev_hash, row.hash),
         )
-        return int(cur.lastrowid)
+        if cur.lastrowid is None:  # pragma: no cover - an INSERT always sets it
+            raise RuntimeError("the audit row got no seq")
+        return cur.lastrowid
 
     def highest_seq_issued(self) -> int:
         """The largest seq ever handed out (survives deletion of the newest rows)."""
@@ -81,7 +84,8 @@ class AuditRepo:
         self, *, after: int = 0, before: int | None = None, limit: int = 100, peer_id: str | None = None,
         event_type: str | None = None, since: str | None = None, until: str | None = None, descending: bool = False,
     ) -> list[AuditRow]:
-        where, params = ["seq > ?"], [after]
+        where: list[str] = ["seq > ?"]
+        params: list[Any] = [after]
         if before is not None:
             where.append("seq < ?")
             params.append(before)

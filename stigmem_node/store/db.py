@@ -7,10 +7,11 @@ import logging
 import os
 import sqlite3
 import threading
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Protocol
 
 from stigmem_node.errors import ConfigError, Conflict, StigmemError
 from stigmem_node.store import files
@@ -29,6 +30,21 @@ MIGRATIONS: dict[int, str] = {
 }
 
 
+class Queryable(Protocol):
+    """What a repository runs its SQL on: a ``Database``, or a ``readonly.ReadOnlyDatabase``
+    for the checks that only read (SQLite refuses a write on its read-only connection)."""
+
+    path: Path
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None: ...
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor: ...
+
+    def transaction(self) -> AbstractContextManager[object]: ...
+
+
 class StorageBusy(StigmemError):
     """Another connection held the database's write lock for longer than the busy timeout."""
 
@@ -41,9 +57,8 @@ def _busy(exc: sqlite3.OperationalError) -> bool:
 
 
 class IntegrityConflict(Conflict):
-    """A uniqueness constraint refused a row (raised by repositories, mapped by callers)."""
-
-    code = "conflict"
+    """A uniqueness constraint refused a row (raised by repositories, mapped by callers);
+    it names the code of the conflict, e.g. ``peer_already_registered``."""
 
 
 def schema_text() -> str:
@@ -187,13 +202,14 @@ class Database:
         with self._lock:
             return self._run(sql, params)
 
-    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return self.conn.execute(sql, params).fetchall()
 
-    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         with self._lock:
-            return self.conn.execute(sql, params).fetchone()
+            row: tuple[Any, ...] | None = self.conn.execute(sql, params).fetchone()
+            return row
 
     def disable_autocheckpoint(self) -> None:
         """Stop this connection from checkpointing the WAL when it commits (a serving node's
@@ -233,9 +249,9 @@ class GroupCommit:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._pending: "asyncio.Future[None] | None" = None
+        self._pending: asyncio.Future[None] | None = None
 
-    def join(self) -> "asyncio.Future[None] | None":
+    def join(self) -> asyncio.Future[None] | None:
         """The future of the open group (opening one), or None when no group can be opened
         (another transaction is open: the caller's write then commits with it)."""
         if self._pending is None:
@@ -247,7 +263,7 @@ class GroupCommit:
         return self._pending
 
     @property
-    def pending(self) -> "asyncio.Future[None] | None":
+    def pending(self) -> asyncio.Future[None] | None:
         return self._pending
 
     def _commit(self) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any
 
 from stigmem_node.store.db import Database
 
@@ -75,7 +76,8 @@ class FactRepo:
 
     def query(self, *, after: int = 0, limit: int = 100, entity: str | None = None, relation: str | None = None,
               scope: str | None = None, source: str | None = None) -> list[FactRow]:
-        where, params = ["seq > ?"], [after]
+        where: list[str] = ["seq > ?"]
+        params: list[Any] = [after]
         for column, value in (("entity", entity), ("relation", relation), ("scope", scope), ("source", source)):
             if value is not None:
                 where.append(f"{column} = ?")
@@ -130,4 +132,5 @@ class FactRepo:
         return row[0] if row else None
 
     def count(self) -> int:
-        return int(self.db.one("SELECT COUNT(*) FROM facts")[0])
+        row = self.db.one("SELECT COUNT(*) FROM facts")
+        return int(row[0]) if row else 0

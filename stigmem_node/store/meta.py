@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from stigmem_node.store.db import Database
+from stigmem_node.store.db import Queryable
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,7 @@ class KeyRow:
 
 
 class MetaRepo:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Queryable) -> None:
         self.db = db
 
     def get(self, key: str) -> str | None:
@@ -42,7 +42,8 @@ class MetaRepo:
 
     def keys(self) -> list[KeyRow]:
         rows = self.db.all(
-            "SELECT key_id, public_key, private_key, created_at, status, retire_after FROM node_keys ORDER BY created_at"
+            "SELECT key_id, public_key, private_key, created_at, status, retire_after FROM node_keys "
+            "ORDER BY created_at"
         )
         return [KeyRow(*r) for r in rows]
 

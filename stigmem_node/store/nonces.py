@@ -31,4 +31,5 @@ class NonceRepo:
         return cur.rowcount
 
     def count(self) -> int:
-        return int(self.db.one("SELECT COUNT(*) FROM nonce_cache")[0])
+        row = self.db.one("SELECT COUNT(*) FROM nonce_cache")
+        return int(row[0]) if row else 0

@@ -67,12 +67,14 @@ class PeerRepo:
                 for key in keys:
                     self.add_key(peer.id, key)
         except sqlite3.IntegrityError as exc:
-            raise IntegrityConflict("peer_already_registered", "a peer with this node id is already registered") from exc
+            raise IntegrityConflict("peer_already_registered",
+                                    "a peer with this node id is already registered") from exc
 
     def add_key(self, peer_id: str, key: PeerKey) -> None:
         self.writes += 1
         self.db.execute(
-            "INSERT OR IGNORE INTO peer_keys (peer_id, key_id, public_key, added_at, retire_after) VALUES (?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO peer_keys (peer_id, key_id, public_key, added_at, retire_after) "
+            "VALUES (?, ?, ?, ?, ?)",
             (peer_id, key.key_id, key.public_key, key.added_at, key.retire_after),
         )
 
@@ -91,7 +93,7 @@ class PeerRepo:
         row = self.db.one(f"SELECT {_COLS} FROM peers WHERE node_id = ?", (node_id,))
         return _record(row) if row else None
 
-    def list(self, status: str | None = None) -> list[PeerRecord]:
+    def list_peers(self, status: str | None = None) -> list[PeerRecord]:
         if status:
             rows = self.db.all(f"SELECT {_COLS} FROM peers WHERE status = ? ORDER BY created_at, id", (status,))
         else:

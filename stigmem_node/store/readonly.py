@@ -27,9 +27,10 @@ import os
 import shutil
 import sqlite3
 import tempfile
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from stigmem_node.errors import ConfigError
 
@@ -109,11 +110,20 @@ class ReadOnlyDatabase:
         finally:
             self.conn.execute("ROLLBACK")
 
-    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
-        return self.conn.execute(sql, params).fetchone()
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = self.conn.execute(sql, params).fetchone()
+        return row
 
-    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self.conn.execute(sql, params).fetchall()
+
+    # With the two below, repositories (store.db.Queryable) read through this database; the
+    # connection is read-only, so SQLite refuses any write they attempt.
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self.conn.execute(sql, params)
+
+    def transaction(self) -> AbstractContextManager[object]:
+        return self.snapshot()
 
     def close(self) -> None:
         conn = getattr(self, "conn", None)
@@ -124,7 +134,7 @@ class ReadOnlyDatabase:
             self._tmp.cleanup()
             self._tmp = None
 
-    def __enter__(self) -> "ReadOnlyDatabase":
+    def __enter__(self) -> ReadOnlyDatabase:
         return self
 
     def __exit__(self, *exc: object) -> None:
