@@ -19,10 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stigmem_node.apikeys import PERMISSIONS
 from stigmem_node.config import Settings
 from stigmem_node.errors import Unauthorized
 from stigmem_node.node import Node
+from stigmem_node.vocabulary import PERMISSIONS
 
 
 def per_call_ns(authenticate, key: str, batch: int) -> float:

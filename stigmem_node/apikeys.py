@@ -14,9 +14,10 @@ import hmac
 import os
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 from stigmem_node.clock import Clock, parse_rfc3339
 from stigmem_node.errors import ConfigError, NotFound, Unauthorized, ValidationError
@@ -39,7 +40,7 @@ class Peppers:
         self.current = max(versions)
 
     @classmethod
-    def load(cls, path: Path, env_value: str | None, *, create: bool = True) -> "Peppers":
+    def load(cls, path: Path, env_value: str | None, *, create: bool = True) -> Peppers:
         """From ``STIGMEM_API_KEY_PEPPER`` (``secret`` or ``1:secret,2:secret``), else the pepper file,
         created (mode 0600) with one random pepper on first use if ``create``, else required.
         An existing pepper file readable by other users is made private (0600)."""
@@ -190,7 +191,7 @@ class ApiKeys:
         return self.repo.count()
 
 
-def key_public_dict(rec: ApiKeyRecord) -> dict:
+def key_public_dict(rec: ApiKeyRecord) -> dict[str, Any]:
     return {
         "id": rec.id, "prefix": f"{PREFIX}_{rec.id}_", "permissions": list(rec.permissions), "label": rec.label,
         "created_at": rec.created_at, "expires_at": rec.expires_at, "revoked_at": rec.revoked_at,

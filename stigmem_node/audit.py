@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from stigmem_node.clock import Clock, parse_rfc3339
 from stigmem_node.encoding import b64url_encode, sha256_hex, sorted_json
 from stigmem_node.store.audit import AuditRepo, AuditRow
+
+if TYPE_CHECKING:
+    from stigmem_node.audit_verify import VerifyReport
 
 GENESIS = "0" * 64
 
@@ -56,7 +60,8 @@ class Signer(Protocol):
     def sign(self, message: bytes) -> bytes: ...
 
 
-def checkpoint_payload(*, node_id: str, key_id: str, seq: int, hash: str, prev_checkpoint: int, ts: str) -> bytes:
+def checkpoint_payload(*, node_id: str, key_id: str, seq: int, hash: str,  # noqa: A002 - the row's field
+                       prev_checkpoint: int, ts: str) -> bytes:
     """The bytes a checkpoint signs: the sealed row's seq and hash, the previous
     checkpoint's seq (0 for the first), the checkpoint row's own ts, node and key."""
     return sorted_json({"type": CHECKPOINT_TYPE, "v": 1, "node_id": node_id, "key_id": key_id, "seq": seq,
@@ -145,7 +150,7 @@ class AuditTrail:
         return self.repo.insert(AuditRow(0, ts, AUDIT_CHECKPOINT, None, CHECKPOINT_ACTOR, trigger, text, None, digest,
                                          row_digest))
 
-    def verify(self):
+    def verify(self) -> VerifyReport:
         """Check the chain and its checkpoints on this (live) database; see ``audit_verify``."""
         from stigmem_node.audit_verify import verify_chain
 

@@ -8,8 +8,9 @@ Writing the trail is ``audit.AuditTrail``; checking it is ``audit_verify``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from stigmem_node.audit import entry_dict
 from stigmem_node.store.audit import AuditRepo, AuditRow

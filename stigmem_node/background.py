@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from stigmem_node.audit import AuditTrail
 from stigmem_node.errors import StigmemError

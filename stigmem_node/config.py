@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from stigmem_node import node_id as node_ids
 from stigmem_node import node_url as node_urls
@@ -60,7 +61,7 @@ class Settings:
     def pepper_path(self) -> Path:
         return self.db_path.with_name(self.db_path.name + ".pepper")
 
-    def with_overrides(self, **overrides: Any) -> "Settings":
+    def with_overrides(self, **overrides: Any) -> Settings:
         clean = {k: v for k, v in overrides.items() if v is not None}
         return validate(replace(self, **clean))
 
@@ -232,5 +233,6 @@ def validate(s: Settings) -> Settings:
     if not (isinstance(s.max_connections, int) and lo <= s.max_connections <= hi):
         raise ConfigError(message=f"max connections must be between {lo} and {hi}, got {s.max_connections!r}")
     if s.log_level.lower() not in ("critical", "error", "warning", "info", "debug"):
-        raise ConfigError(message=f"log level must be one of critical, error, warning, info, debug; got {s.log_level!r}")
+        raise ConfigError(
+            message=f"log level must be one of critical, error, warning, info, debug; got {s.log_level!r}")
     return s

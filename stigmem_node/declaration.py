@@ -127,7 +127,8 @@ def parse(obj: Any) -> Declaration:
     except ValueError:
         raise DeclarationRejected(MALFORMED, "signed_at must be an RFC 3339 UTC time", "signed_at") from None
     return Declaration(
-        obj["node_url"], obj["node_id"], obj["federation_pubkey"], tuple(scopes), obj["signed_at"], obj["declaration_sig"],
+        obj["node_url"], obj["node_id"], obj["federation_pubkey"], tuple(scopes), obj["signed_at"],
+        obj["declaration_sig"],
     )
 
 

@@ -6,8 +6,8 @@ import asyncio
 import shutil
 import socket
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import uvicorn
 
@@ -54,7 +54,8 @@ async def run_demo(say: Callable[[str], None] = print) -> int:
             settings = Settings(db_path=workdir / f"{name}.db", port=port, node_url=f"http://127.0.0.1:{port}")
             nodes[name] = Node(settings, serving=True)
             servers.append(await _serve(nodes[name], port))
-            say(f"1. started node {name} at {settings.public_url} (fingerprint {nodes[name].identity.fingerprint[:19]}…)")
+            fingerprint = nodes[name].identity.fingerprint[:19]
+            say(f"1. started node {name} at {settings.public_url} (fingerprint {fingerprint}…)")
         alpha, beta = nodes["alpha"], nodes["beta"]
         operator = Actor("demo:operator", "local")
         for me, other in ((alpha, beta), (beta, alpha)):
@@ -68,9 +69,9 @@ async def run_demo(say: Callable[[str], None] = print) -> int:
         alpha.facts.assert_many(alpha.facts.validate_batch(bodies))
         say(f"3. alpha stored {len(bodies)} facts: one local, one team, two company, two public")
         result = await beta.subscriber().run_pass()
-        peer = result.peers[0]
-        say(f"4. beta pulled from alpha with single-use signed tokens: {peer.new} new facts, "
-            f"{peer.rejected} rejected, in {result.duration_s * 1000:.0f} ms")
+        pulled = result.peers[0]
+        say(f"4. beta pulled from alpha with single-use signed tokens: {pulled.new} new facts, "
+            f"{pulled.rejected} rejected, in {result.duration_s * 1000:.0f} ms")
         got, _, _ = beta.facts.query(cursor=None, limit=50)
         for f in got:
             say(f"   received {f['scope']:<8} {f['entity']}  {f['relation']} = {f['value']['v']!r}")
@@ -79,7 +80,7 @@ async def run_demo(say: Callable[[str], None] = print) -> int:
             "(alpha shares company and public by default)")
         rows = beta.audit.verify()
         say(f"6. beta's audit trail: {rows.rows} rows, hash chain {'intact' if rows.ok else 'BROKEN'}")
-        ok = result.ok and peer.new == 4 and not scopes & {"local", "team"}
+        ok = result.ok and pulled.new == 4 and not scopes & {"local", "team"}
         say("Done: two nodes federated end to end." if ok else "The demo did not go as expected.")
         return 0 if ok else 1
     finally:

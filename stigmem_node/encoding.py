@@ -9,7 +9,7 @@ import base64
 import binascii
 import hashlib
 import json
-from typing import Any
+from typing import Any, TypeGuard
 
 
 def b64url_encode(data: bytes) -> str:
@@ -155,7 +155,7 @@ def reject_json_constant(name: str) -> Any:
 STRICT_JSON = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=reject_json_constant)
 
 
-def is_utf8_text(value: object) -> bool:
+def is_utf8_text(value: object) -> TypeGuard[str]:
     """A non-empty ``str`` that encodes as UTF-8 (no lone surrogates from ``\\ud800`` escapes)."""
     if not isinstance(value, str) or not value:
         return False

@@ -39,7 +39,7 @@ import math
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from stigmem_node.clock import iso, parse_rfc3339
@@ -278,8 +278,8 @@ def parse_time(text: Any) -> datetime:
     value = text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text
     dt = datetime.fromisoformat(value)
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
 
 
 # --------------------------------------------------------------------------- new facts
@@ -297,7 +297,7 @@ def validate_new_fact(obj: Any) -> FactInput:
         return _validate_new_fact(obj)
     except ValidationError:
         raise
-    except Exception as exc:  # a bug in the checks: internal_validation_error, logged
+    except Exception as exc:  # noqa: BLE001 - a bug in the checks: internal_validation_error, logged
         raise unexpected_error(None, exc) from None
 
 
@@ -420,7 +420,7 @@ def fact_from_wire(
         return _fact_from_wire(obj, origin_node_id, field_prefix)
     except ValidationError:
         raise
-    except Exception as exc:  # a bug in the checks: internal_validation_error, logged
+    except Exception as exc:  # noqa: BLE001 - a bug in the checks: internal_validation_error, logged
         raise unexpected_error(field_prefix.rstrip(".") or None, exc) from None
 
 

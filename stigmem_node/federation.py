@@ -11,16 +11,17 @@ import builtins
 import hmac
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Awaitable, Callable
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
 
 from stigmem_node import audit as ev
 from stigmem_node import declaration as decl_mod
 from stigmem_node.audit import AuditTrail, entry_dict
-from cryptography.exceptions import InvalidSignature
-
 from stigmem_node.clock import Clock, iso, parse_rfc3339
 from stigmem_node.encoding import b64url_decode, fingerprint
 from stigmem_node.errors import Conflict, NotFound, OutboundError, ValidationError
@@ -166,7 +167,8 @@ class Federation:
         granted = tuple(sorted(set(decl.allowed_scopes) & set(FEDERATABLE_SCOPES) & set(scopes or FEDERATABLE_SCOPES)))
         if not granted:
             self._refused(actor, "no_shared_scopes", detail)
-            raise ValidationError("no_shared_scopes", "the declaration and the allowed scopes share no federatable scope",
+            raise ValidationError("no_shared_scopes",
+                                  "the declaration and the allowed scopes share no federatable scope",
                                   field="allowed_scopes")
         self._refuse_existing(decl.node_id, actor)
 

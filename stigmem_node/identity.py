@@ -148,7 +148,7 @@ def rotate(meta: MetaRepo, clock: Clock, *, grace: timedelta) -> NodeIdentity:
         node_id = meta.get("node_id") or ""
         private, public = generate_keypair()
         row = KeyRow(key_id_of(public), public, private, iso(now), "active", None)
-        for k in meta.keys():
+        for k in meta.keys():  # noqa: SIM118 - the repository's keys, not a dict
             if k.status == "active":
                 old = Ed25519PrivateKey.from_private_bytes(b64url_decode(k.private_key))
                 sig = b64url_encode(old.sign(endorsement_payload(node_id, row.key_id, public)))

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from stigmem_node import facts as fm
 from stigmem_node import origin as om
@@ -39,7 +40,7 @@ def _dumps(obj: Any) -> str:
 
 def row_view(row: FactRow) -> dict[str, Any]:
     """The API view of a stored fact: its wire body plus seq and provenance."""
-    view = json.loads(row.entry)["fact"]
+    view: dict[str, Any] = json.loads(row.entry)["fact"]
     view["seq"] = row.seq
     view["received_from"] = row.received_from
     view["origin_node_id"] = row.origin_node_id
@@ -87,7 +88,7 @@ class LocalFacts:
         """Store validated facts in one transaction; returns them in input order."""
         ident = self.identity
         results: list[Stored | None] = [None] * len(inputs)
-        rows: list[tuple] = []
+        rows: list[tuple[Any, ...]] = []
         new: dict[tuple[str, str | None], int] = {}  # (cid, valid_until) -> index of the first new fact
         with self.store.transaction():
             if self.on_rotation is not None and self.store.meta.get("current_key_id") != ident.key_id:
@@ -155,7 +156,8 @@ class LocalFacts:
             raise NotFound("fact_not_found", "no fact with this id")
         return row_view(row)
 
-    def query(self, *, cursor: str | None, limit: int, **filters: str | None) -> tuple[list[dict[str, Any]], str | None, bool]:
+    def query(self, *, cursor: str | None, limit: int,
+              **filters: str | None) -> tuple[list[dict[str, Any]], str | None, bool]:
         after = parse_cursor(cursor)
         rows = self.store.facts.query(after=after, limit=limit + 1, **filters)
         has_more = len(rows) > limit

@@ -7,9 +7,10 @@ a request is ``apikeys.ApiKeys.authenticate``; this module only manages keys.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import timedelta
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from stigmem_node import audit as ev
 from stigmem_node.apikeys import ApiKeys, parse_permissions

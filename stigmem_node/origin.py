@@ -90,7 +90,7 @@ def origin_from_wire(obj: Any, *, field: str = "origin") -> Origin:
         tenants = _str_list(obj.get("allowed_tenants"), field + ".allowed_tenants")
     except ValidationError:
         raise
-    except Exception as exc:  # a bug in the checks: internal_validation_error, logged
+    except Exception as exc:  # noqa: BLE001 - a bug in the checks: internal_validation_error, logged
         raise unexpected_error(field, exc) from None
     return Origin(tenant=tenant, node_id=node_id, allowed_scopes=scopes, allowed_tenants=tenants, entity_uri=entity_uri)
 
@@ -128,7 +128,7 @@ def entry_from_wire(entry: Any, *, field_prefix: str = "") -> PulledEntry:
         return _entry_from_wire(entry, field_prefix)
     except ValidationError:
         raise
-    except Exception as exc:  # a bug in the checks: internal_validation_error, logged
+    except Exception as exc:  # noqa: BLE001 - a bug in the checks: internal_validation_error, logged
         raise unexpected_error(field_prefix.rstrip(".") or None, exc) from None
 
 

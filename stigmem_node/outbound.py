@@ -151,7 +151,7 @@ async def _fetch(http: httpx.AsyncClient, origin: node_urls.NodeUrl, target: str
                     return Answer(current, resp.status_code, resp.headers, body)
                 if encoding:
                     raise OutboundError("unexpected_content_encoding",
-                                        f"{current} answered with Content-Encoding {ascii(encoding[:60])}; "
+                                        f"{current} answered with Content-Encoding {encoding[:60]!a}; "
                                         "only identity was asked for")
                 return Answer(current, 200, resp.headers, await _read(resp, max_bytes, url=current))
         except httpx.TimeoutException:

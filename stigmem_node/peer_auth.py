@@ -26,7 +26,7 @@ from stigmem_node.store import Store
 from stigmem_node.store.db import GroupCommit
 from stigmem_node.tokens import PeerAuth, TokenRejected, VerifiedToken
 
-TOKEN_REJECTED = "token_rejected"
+TOKEN_REJECTED = "token_rejected"  # noqa: S105 - an audit event name
 REPLAY_ATTEMPT = "replay_attempt"
 PEER_AUTH_THROTTLED = "peer_auth_throttled"
 
@@ -167,7 +167,8 @@ class PeerAuthenticator:
                 max_lifetime_ms=self.max_lifetime_ms, method=method, path_qs=path_qs,
             )
             committed = self.group.join() if self.group is not None else None
-            if not self.store.nonces.consume(verified.nonce, verified.peer.peer_id, tokens.nonce_kept_until(verified.exp_ms)):
+            kept_until = tokens.nonce_kept_until(verified.exp_ms)
+            if not self.store.nonces.consume(verified.nonce, verified.peer.peer_id, kept_until):
                 raise TokenRejected("nonce_already_seen", "this token was already used", issuer=verified.peer.node_id,
                                     skew_ms=now_ms - int(verified.claims["iat"]))
         except TokenRejected as exc:

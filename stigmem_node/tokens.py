@@ -291,11 +291,13 @@ def verify(
     if problems:
         raise rejected(*problems[0])
 
-    assert parsed.nonce is not None  # claim_problems reports a missing nonce
+    nonce = parsed.nonce
+    if nonce is None:  # claim_problems reports a missing nonce first; this narrows the type
+        raise rejected("missing_nonce", "The token has no nonce.")
     return VerifiedToken(
         peer=peer,
         claims=parsed.claims,
-        nonce=parsed.nonce,
+        nonce=nonce,
         exp_ms=parsed.exp,
         scopes=parsed.scopes,
         key_id=key_id,
@@ -342,7 +344,7 @@ def claim_problems(
     method: str | None,
     path_qs: str | None,
 ) -> list[tuple[str, str]]:
-    """Steps 7–13: every failing claim check as ``(code, message)``, in verification order."""
+    """Steps 7 to 13: every failing claim check as ``(code, message)``, in verification order."""
     problems: list[tuple[str, str]] = []
     if our_node_id is not None and parsed.sub != our_node_id:
         problems.append(("invalid_sub", "The token is addressed to another node."))
@@ -413,7 +415,8 @@ def parse(token: str, now_ms: int) -> ParsedToken:
     nonce: str | None = None
     if raw_nonce is not None and raw_nonce != "":
         if not is_utf8_text(raw_nonce) or len(raw_nonce) > MAX_NONCE_CHARS:
-            raise _malformed(f"The token nonce is not a string of at most {MAX_NONCE_CHARS} characters.", claims, now_ms)
+            raise _malformed(f"The token nonce is not a string of at most {MAX_NONCE_CHARS} characters.",
+                             claims, now_ms)
         nonce = raw_nonce
 
     htm = claims.get("htm")

@@ -12,7 +12,7 @@ command is a plain function ``cmd_*(g, **options) -> exit code``, exported here.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from stigmem_node.cli._click import root
 from stigmem_node.cli._common import EXIT_FAIL, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, Globals
@@ -37,13 +37,40 @@ from stigmem_node.cli.serve import cmd_demo, cmd_init, cmd_serve
 from stigmem_node.cli.token import cmd_token_inspect, cmd_token_mint
 
 __all__ = [
-    "main", "root", "Globals", "EXIT_OK", "EXIT_FAIL", "EXIT_USAGE", "EXIT_INTERNAL",
-    "cmd_serve", "cmd_init", "cmd_demo", "cmd_info", "cmd_pull",
-    "cmd_peers_add", "cmd_peers_list", "cmd_peers_show", "cmd_peers_approve", "cmd_peers_suspend",
-    "cmd_peers_resume", "cmd_peers_revoke", "cmd_peers_refresh", "cmd_peers_remove",
-    "cmd_audit_list", "cmd_audit_tail", "cmd_audit_verify", "cmd_audit_anchor", "cmd_audit_export",
-    "cmd_apikey_create", "cmd_apikey_list", "cmd_apikey_revoke", "cmd_keys_rotate",
-    "cmd_token_mint", "cmd_token_inspect", "cmd_facts_add", "cmd_facts_list",
+    "EXIT_FAIL",
+    "EXIT_INTERNAL",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "Globals",
+    "cmd_apikey_create",
+    "cmd_apikey_list",
+    "cmd_apikey_revoke",
+    "cmd_audit_anchor",
+    "cmd_audit_export",
+    "cmd_audit_list",
+    "cmd_audit_tail",
+    "cmd_audit_verify",
+    "cmd_demo",
+    "cmd_facts_add",
+    "cmd_facts_list",
+    "cmd_info",
+    "cmd_init",
+    "cmd_keys_rotate",
+    "cmd_peers_add",
+    "cmd_peers_approve",
+    "cmd_peers_list",
+    "cmd_peers_refresh",
+    "cmd_peers_remove",
+    "cmd_peers_resume",
+    "cmd_peers_revoke",
+    "cmd_peers_show",
+    "cmd_peers_suspend",
+    "cmd_pull",
+    "cmd_serve",
+    "cmd_token_inspect",
+    "cmd_token_mint",
+    "main",
+    "root",
 ]
 
 

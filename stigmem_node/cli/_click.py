@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -61,16 +62,16 @@ def normalize(command: click.Command, ctx: click.Context, args: list[str], *, gr
             options.append(rest.pop(0))
 
     while rest:
-        token = rest.pop(0)
-        if token == "--" or not _is_option(token):
+        arg = rest.pop(0)
+        if arg == "--" or not _is_option(arg):
             if group:
-                return [*options, token, *rest]
-            positionals.extend(rest if token == "--" else [token])
-            if token == "--":
+                return [*options, arg, *rest]
+            positionals.extend(rest if arg == "--" else [arg])
+            if arg == "--":
                 break
             continue
-        if token.startswith("--"):
-            name, eq, value = token.partition("=")
+        if arg.startswith("--"):
+            name, eq, value = arg.partition("=")
             if name not in longs:
                 matches = [o for o in longs if o.startswith(name)]
                 if len(matches) > 1:
@@ -81,13 +82,13 @@ def normalize(command: click.Command, ctx: click.Context, args: list[str], *, gr
             if longs.get(name) and not eq:
                 take_value(name)
             continue
-        options.append(token)
-        for i in range(1, len(token)):  # a cluster of short options: -fn 5, -n5
-            name = "-" + token[i]
+        options.append(arg)
+        for i in range(1, len(arg)):  # a cluster of short options: -fn 5, -n5
+            name = "-" + arg[i]
             if name not in shorts:
                 break
             if shorts[name]:
-                if i == len(token) - 1:
+                if i == len(arg) - 1:
                     take_value(name)
                 break
     return [*options, "--", *positionals] if positionals else options

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -37,7 +37,7 @@ def cmd_apikey_list(g: Globals) -> int:
     def human(ks: list[dict[str, Any]]) -> str:
         if not ks:
             return "No API keys."
-        now = iso(datetime.now(timezone.utc))
+        now = iso(datetime.now(UTC))
         def state(k: dict[str, Any]) -> str:
             if k["revoked_at"]:
                 return "revoked"

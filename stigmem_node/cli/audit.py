@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -121,7 +122,7 @@ def cmd_audit_export(g: Globals, *, peer: str | None, event_type: str | None, si
     node = open_node(g)
     where = _where(node, peer, event_type, since, until)
     try:
-        sink = open(out, "w", encoding="utf-8") if out else sys.stdout
+        sink = open(out, "w", encoding="utf-8") if out else sys.stdout  # noqa: SIM115 - closed below
     except OSError as exc:
         raise ConfigError(message=f"cannot write the export to {out}: {exc.strerror or exc}") from None
     try:

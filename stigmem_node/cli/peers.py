@@ -44,8 +44,8 @@ def peer_human(p: dict[str, Any]) -> str:
                      f"cursor {r['cursor']}")
         if r["last_error"]:
             lines.append(f"last error:   {r['last_error']}")
-    for h in p.get("history", []):
-        lines.append(f"  {h['ts']}  {h['event_type']}  {h['actor'] or ''}  {h['reason'] or ''}".rstrip())
+    lines.extend(f"  {h['ts']}  {h['event_type']}  {h['actor'] or ''}  {h['reason'] or ''}".rstrip()
+                 for h in p.get("history", []))
     return "\n".join(lines)
 
 

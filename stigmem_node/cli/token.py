@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -53,7 +53,7 @@ def cmd_token_inspect(g: Globals, *, text: str) -> int:
         for name in ("iat", "exp", "nbf"):
             if isinstance(claims.get(name), int) and not isinstance(claims.get(name), bool):
                 try:
-                    lines.append(f"{name}: {iso(datetime.fromtimestamp(claims[name] / 1000, tz=timezone.utc))}")
+                    lines.append(f"{name}: {iso(datetime.fromtimestamp(claims[name] / 1000, tz=UTC))}")
                 except (OverflowError, OSError, ValueError):
                     pass
         if r["problems"]:

@@ -18,6 +18,14 @@ from stigmem_node.replication.subscriber import PullOptions, Subscriber
 from stigmem_node.replication.transport import PageFetcher
 
 __all__ = [
-    "FACT_REJECTED", "FACTS_REJECTED_SUMMARY", "Ingest", "PageFetcher", "PassResult", "PeerResult", "PullError",
-    "PullOptions", "Scheduler", "Subscriber",
+    "FACTS_REJECTED_SUMMARY",
+    "FACT_REJECTED",
+    "Ingest",
+    "PageFetcher",
+    "PassResult",
+    "PeerResult",
+    "PullError",
+    "PullOptions",
+    "Scheduler",
+    "Subscriber",
 ]

@@ -61,7 +61,8 @@ class Scheduler:
             await asyncio.sleep(self.interval_s)
 
     async def _pull(self, peer: PeerRecord) -> None:
-        assert self._client is not None
+        if self._client is None:
+            raise RuntimeError("the scheduler is not running")
         result = await self.subscriber.pull_peer(self._client, peer)
         if result.ok:
             self._failures.pop(peer.id, None)

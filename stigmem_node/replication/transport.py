@@ -14,7 +14,7 @@ import asyncio
 import json
 import random
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -85,7 +85,7 @@ class PageFetcher:
                 if attempt == self.attempts:
                     raise retry.error from None
                 delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
-                delay *= 1 + random.random() * 0.25
+                delay *= 1 + random.random() * 0.25  # noqa: S311 - jitter, not a secret
                 if retry.retry_after is not None:
                     delay = max(delay, min(retry.retry_after, MAX_RETRY_AFTER_S))
                 await asyncio.sleep(delay)
@@ -151,8 +151,8 @@ def retry_after_s(value: str | None) -> float | None:
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _error_code(body: bytes) -> str | None:
