@@ -107,6 +107,8 @@ _CODES: Final[tuple[ErrorCode, ...]] = (
     _e("scope_not_permitted", 403, "A pull of a scope outside the permitted scopes", _H),
     _e("no_permitted_scopes", 403, "No scope is both granted to the peer and shared by this node", _H),
     _e("invalid_fact", 422, "A fact, entry or origin block is malformed (see field)", _H, _FR),
+    _e("internal_validation_error", 422, "Checking a fact failed unexpectedly: a bug in the node, logged; "
+       "the fact was neither accepted nor judged", _H, _FR),
     _e("value_too_large", 422, "A value's text is over 256 KiB as UTF-8", _H, _FR),
     _e("batch_too_large", 422, "More than 500 facts in one request", _H),
     _e("fact_not_found", 404, "No fact with this id", _H),

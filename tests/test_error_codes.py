@@ -198,6 +198,9 @@ def _modules() -> list[_Module]:
             if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
                     and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
                 constants[node.targets[0].id] = node.value.value
+            elif (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)  # NAME: Final = "…"
+                    and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
+                constants[node.target.id] = node.value.value
         out.append(_Module(path, tree, constants))
     return out
 
@@ -288,12 +291,14 @@ def raised_codes() -> list[Found]:
 
     def init_of(name: str) -> ast.FunctionDef | None:
         cls = classes.get(name)
-        while cls is not None:
+        seen: set[str] = set()
+        while cls is not None and cls.name not in seen:  # class Command(click.Command) names itself
+            seen.add(cls.name)
             for item in cls.body:
                 if isinstance(item, ast.FunctionDef) and item.name == "__init__":
                     return item
             bases = [_base_name(b) for b in cls.bases]
-            cls = next((classes[b] for b in bases if b in classes), None)
+            cls = next((classes[b] for b in bases if b in classes and b != cls.name), None)
         return None
 
     constructors: dict[str, tuple[int | None, str]] = {}
