@@ -24,12 +24,15 @@ bind-then-close race.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import io
 import json
+import logging
 import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -94,6 +97,22 @@ def run_cli_process(*args: str, db: Path | str | None = None, env: dict[str, str
 
 
 _cli_lock = threading.Lock()
+_in_cli: contextvars.ContextVar[bool] = contextvars.ContextVar("in_cli", default=False)
+
+
+class _CliStderr(logging.Handler):
+    """What a CLI process prints of its log records: with no handler configured, Python's
+    last-resort handler writes WARNING and above, message only, to stderr.  Only records of
+    the command (its thread, its event loop, its worker threads) are taken, not those of
+    nodes served in other threads at the same time."""
+
+    def __init__(self, stream: io.StringIO) -> None:
+        super().__init__(logging.WARNING)
+        self.stream = stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if _in_cli.get():
+            self.stream.write(self.format(record) + "\n")
 
 
 @contextlib.contextmanager
@@ -116,27 +135,77 @@ def cli_environment(env: dict[str, str] | None = None, cwd: Path | str | None = 
         os.environ.update(saved)
 
 
+_connect = sqlite3.connect
+_cli_connections: contextvars.ContextVar[list[sqlite3.Connection] | None] = contextvars.ContextVar(
+    "cli_connections", default=None)
+
+
+def _tracked_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+    conn = _connect(*args, **kwargs)
+    opened = _cli_connections.get()
+    if opened is not None:
+        opened.append(conn)
+    return conn
+
+
+sqlite3.connect = _tracked_connect  # type: ignore[assignment]  # records the connections a command opens
+
+
 def run_cli(*args: str, db: Path | str | None = None, env: dict[str, str] | None = None,
             cwd: Path | str | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
     """Run the real CLI in this process: ``stigmem_node.cli.main(argv)`` with the environment
     of ``node_env(env)``, empty stdin and captured stdout and stderr; the exit code is what
     ``main`` returned (or the code of a ``SystemExit``), as the subprocess would exit with.
 
-    ``timeout`` is accepted for the subprocess form's sake; an exception other than
-    ``SystemExit`` is not turned into an exit code: it fails the test with its traceback.
+    An exception other than ``SystemExit`` is not turned into an exit code: it fails the
+    test with its traceback.  ``timeout`` bounds ``serve`` only (see below).
     """
     from stigmem_node import cli
 
     argv = [*args, *(["--db", str(db)] if db is not None else [])]
     out, err = io.StringIO(), io.StringIO()
+    result: dict[str, Any] = {}
+
+    def call() -> None:
+        token = _in_cli.set(True)
+        opened: list[sqlite3.Connection] = []
+        tracking = _cli_connections.set(opened)
+        try:
+            result["code"] = cli.main(argv)
+        except SystemExit as exc:
+            result["code"] = exc.code
+        except BaseException as exc:  # raised again in the test's thread
+            result["error"] = exc
+        finally:
+            # A process's connections end with it: close what the command left open.
+            for conn in opened:
+                with contextlib.suppress(sqlite3.ProgrammingError):  # made and closed by another thread
+                    conn.close()
+            _cli_connections.reset(tracking)
+            _in_cli.reset(token)
+
     with _cli_lock, cli_environment(env, cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         stdin, sys.stdin = sys.stdin, io.StringIO("")
+        handler = _CliStderr(err)
+        logging.getLogger().addHandler(handler)
         try:
-            code = cli.main(argv)
-        except SystemExit as exc:
-            code = exc.code
+            if args[:1] == ("serve",):
+                # Tests run `serve` in process only where it must refuse to start: in a thread
+                # (where it could not install its signal handlers), so that a serve that
+                # starts after all fails the test instead of serving for ever.
+                worker = threading.Thread(target=call, name="cli-serve", daemon=True)
+                worker.start()
+                worker.join(timeout)
+                if worker.is_alive():
+                    raise AssertionError(f"stigmem-node {' '.join(argv)} was still running after {timeout} s")
+            else:
+                call()
         finally:
+            logging.getLogger().removeHandler(handler)
             sys.stdin = stdin
+    if "error" in result:
+        raise result["error"]
+    code = result.get("code")
     if code is None:
         code = 0
     elif not isinstance(code, int):  # SystemExit("message"): printed to stderr, exit 1
