@@ -152,9 +152,9 @@ sqlite3.connect = _tracked_connect  # type: ignore[assignment]  # records the co
 
 
 def run_cli(*args: str, db: Path | str | None = None, env: dict[str, str] | None = None,
-            cwd: Path | str | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
+            cwd: Path | str | None = None, timeout: float = 30, input: str = "") -> subprocess.CompletedProcess:
     """Run the real CLI in this process: ``stigmem_node.cli.main(argv)`` with the environment
-    of ``node_env(env)``, empty stdin and captured stdout and stderr; the exit code is what
+    of ``node_env(env)``, ``input`` on stdin and captured stdout and stderr; the exit code is what
     ``main`` returned (or the code of a ``SystemExit``), as the subprocess would exit with.
 
     An exception other than ``SystemExit`` is not turned into an exit code: it fails the
@@ -185,7 +185,7 @@ def run_cli(*args: str, db: Path | str | None = None, env: dict[str, str] | None
             _in_cli.reset(token)
 
     with _cli_lock, cli_environment(env, cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        stdin, sys.stdin = sys.stdin, io.StringIO("")
+        stdin, sys.stdin = sys.stdin, io.StringIO(input)
         handler = _CliStderr(err)
         logging.getLogger().addHandler(handler)
         try:
@@ -230,8 +230,8 @@ class _NodeSurface:
     def well_known(self) -> dict[str, Any]:
         return httpx.get(self.url + "/.well-known/stigmem", timeout=5).json()
 
-    def cli(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        return run_cli(*args, db=self.db, env=env)
+    def cli(self, *args: str, env: dict[str, str] | None = None, input: str = "") -> subprocess.CompletedProcess:
+        return run_cli(*args, db=self.db, env=env, input=input)
 
     def cli_json(self, *args: str) -> Any:
         res = self.cli(*args, "--json")
