@@ -261,6 +261,23 @@ def _serve_overrides(args: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+class _ThreadLog(logging.Handler):
+    """The log records of one thread, formatted as `serve` formats them."""
+
+    def __init__(self, thread: threading.Thread) -> None:
+        super().__init__(logging.WARNING)
+        self.thread = thread
+        self.lines: list[str] = []
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread.ident:
+            self.lines.append(self.format(record))
+
+    def text(self) -> str:
+        return "".join(line + "\n" for line in self.lines)
+
+
 class ServedNode(_NodeSurface):
     def __init__(self, workdir: Path, name: str = "node", env: dict[str, str] | None = None,
                  args: tuple[str, ...] = (), port: int | None = None, db: Path | None = None,
@@ -294,6 +311,8 @@ class ServedNode(_NodeSurface):
         self._server.config.timeout_graceful_shutdown = 5
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=f"node:{name}:{self.port}", daemon=True)
+        self._log = _ThreadLog(self._thread)
+        logging.getLogger().addHandler(self._log)
         self._thread.start()
         deadline = time.monotonic() + 20
         while not self._server.started:
@@ -312,6 +331,10 @@ class ServedNode(_NodeSurface):
     def running(self) -> bool:
         return self._thread.is_alive()
 
+    def log(self) -> str:
+        """What the node logged from its server thread (WARNING and above, as `serve` logs)."""
+        return self._log.text()
+
     def begin_stop(self) -> None:
         """Ask the server to shut down (as SIGTERM does); ``stop()`` waits for it."""
         self._server.should_exit = True
@@ -325,6 +348,7 @@ class ServedNode(_NodeSurface):
                 self._thread.join(10)
         self._sock.close()
         self.node.close()
+        logging.getLogger().removeHandler(self._log)
 
 
 # -- a node in its own process ------------------------------------------------------------------
