@@ -37,6 +37,29 @@ def _nodes_stopped() -> Iterator[None]:
     finish_stops()
 
 
+DEFAULT_SEED = 20_261_130
+
+
+@pytest.fixture
+def seed(request: pytest.FixtureRequest) -> int:
+    """The seed of a test's random choices: fixed, so that a run can be repeated; another one
+    with TEST_SEED=<n>.  A failing test that used it shows it in its report."""
+    value = int(os.environ.get("TEST_SEED", DEFAULT_SEED))
+    request.node.stash[_SEED] = value
+    return value
+
+
+_SEED = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    if report.failed and _SEED in item.stash:
+        report.sections.append(("seed", f"TEST_SEED={item.stash[_SEED]}"))
+    return report
+
+
 @pytest.fixture
 def start_node(tmp_path: Path) -> Iterator[Callable[..., ServedNode]]:
     """Start real nodes served in this process (see tests/nodes.py); all are stopped at teardown."""
