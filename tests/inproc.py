@@ -23,7 +23,7 @@ from stigmem_node.config import from_env
 from stigmem_node.http import create_app
 from stigmem_node.node import Node
 from tests.fakepeer import raw_public
-from tests.nodes import free_port
+from tests.nodes import free_port, listening_socket
 
 
 class InProcessNode:
@@ -109,14 +109,15 @@ def signed_declaration(*, node_url: str, node_id: str | None = None, key: Ed2551
 
 
 class ThreadServer:
-    """A starlette app served by uvicorn in a thread on a free 127.0.0.1 port."""
+    """A starlette app served by uvicorn in a thread on a reserved 127.0.0.1 port."""
 
     def __init__(self, app: Starlette) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error",
                                                      lifespan="off", access_log=False))
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [listening_socket(self.port)]},
+                                        daemon=True)
 
     def __enter__(self) -> "ThreadServer":
         self._thread.start()
