@@ -30,6 +30,14 @@ def _ssl_context(verify=True, cert=None, trust_env=True):
 _httpx_transports.create_ssl_context = _ssl_context
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """With pytest-xdist (``-n``), the tests of one interop module run in one worker, as they
+    share their reference nodes (module fixtures); every other test may run in any worker."""
+    for item in items:
+        if item.get_closest_marker("interop") is not None:
+            item.add_marker(pytest.mark.xdist_group(f"interop:{item.module.__name__}"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _nodes_stopped() -> Iterator[None]:
     """Every node stopped in the background has stopped, cleanly, by the end of the session."""

@@ -27,7 +27,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import httpx
 import pytest
@@ -236,8 +236,18 @@ def ids(entries: list[dict]) -> list[str]:
 
 
 @pytest.fixture
-def fed(start_node) -> Fed:
-    a = start_node("a")
+def fed(start_node) -> Iterator[Fed]:
+    yield from _federation(start_node("a"), start_node)
+
+
+@pytest.fixture
+def fed_processes(start_process_node, start_node) -> Iterator[Fed]:
+    """As ``fed``, with A a ``serve`` process of its own: for tests whose point is that
+    several processes serve and write at once."""
+    yield from _federation(start_process_node("a"), start_node)
+
+
+def _federation(a: RunningNode | ServedNode, start_node) -> Iterator[Fed]:
     b = start_node("b", env={"STIGMEM_FEDERATION_SCOPES": "company,public,team"})
     c = start_node("c")
     # B declares company, public and team, so A grants it all three; A itself shares only
@@ -251,12 +261,21 @@ def fed(start_node) -> Fed:
     f.close()
 
 
-@pytest.fixture
-def replica(fed: Fed, tmp_path: Path) -> RunningNode:
+def _replica(fed: Fed, tmp_path: Path) -> Iterator[RunningNode]:
     """A second `serve` process on A's database file (a replica behind a load balancer)."""
     server = RunningNode(tmp_path / "replica", "a2", db=fed.a.db, args=("--node-url", fed.a.url))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def replica(fed: Fed, tmp_path: Path) -> Iterator[RunningNode]:
+    yield from _replica(fed, tmp_path)
+
+
+@pytest.fixture
+def replica_processes(fed_processes: Fed, tmp_path: Path) -> Iterator[RunningNode]:
+    yield from _replica(fed_processes, tmp_path)
 
 
 def nonce_row(db: Path, nonce: str) -> tuple | None:
@@ -895,9 +914,12 @@ def test_inv2_any_bearer_gets_a_4xx_with_a_stable_code_never_a_5xx(fed_for_hypot
 
 
 @pytest.mark.slow
-def test_inv7_concurrent_writes_while_paging_deliver_every_fact_exactly_once(fed: Fed, replica: RunningNode):
+def test_inv7_concurrent_writes_while_paging_deliver_every_fact_exactly_once(fed_processes: Fed,
+                                                                            replica_processes: RunningNode):
     """10,000 facts written by 4 threads (two through A, two through a second process on A's
-    database) in batches of 100-500, while B pages with limit 500 and a fresh token per page."""
+    database) in batches of 100-500, while B pages with limit 500 and a fresh token per page.
+    A and the second one are serve processes, so that writing and paging really run at once."""
+    fed, replica = fed_processes, replica_processes
     c0 = fed.end_cursor()
     total, writers = 10_000, 4
     expected: set[str] = set()
