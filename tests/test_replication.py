@@ -573,7 +573,7 @@ def test_uninterrupted_10000_fact_pull_throughput(start_node):
     wall = time.monotonic() - t0
     assert rc == 0 and summary["new"] == 10_000 and summary["peers"][0]["pages"] == 20
     rate = 10_000 / summary["peers"][0]["duration_s"]
-    print(f"\n10,000 facts: {rate:.0f} facts/s in the pass, {10_000 / wall:.0f} facts/s including process start")
+    print(f"\n10,000 facts: {rate:.0f} facts/s in the pass, {10_000 / wall:.0f} facts/s including the command's start")
 
 
 # -- 5. two overlapping passes on one database -------------------------------------------
