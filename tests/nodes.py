@@ -340,6 +340,8 @@ class ServedNode(_NodeSurface):
         self._server.should_exit = True
 
     def stop(self) -> None:
+        """Shut the server down (its lifespan's end included) and close the node; raises what
+        the server raised, if it failed."""
         if self._thread.is_alive():
             self._server.should_exit = True
             self._thread.join(15)
@@ -349,6 +351,9 @@ class ServedNode(_NodeSurface):
         self._sock.close()
         self.node.close()
         logging.getLogger().removeHandler(self._log)
+        error, self._error = self._error, None
+        if error is not None:
+            raise RuntimeError(f"node {self.name} failed while serving") from error
 
 
 # -- a node in its own process ------------------------------------------------------------------
@@ -413,15 +418,15 @@ class RunningNode(_NodeSurface):
         self._log.close()
 
 
-
 _stopping: list[threading.Thread] = []
-_stop_errors: list[BaseException] = []
+_stop_errors: list[tuple[str, BaseException]] = []
 
 
 def stop_all(nodes: Sequence[ServedNode | RunningNode], *, wait: bool = False) -> None:
-    """Stop nodes: ask each to shut down at once, then wait for them in a background thread
-    (a shutdown takes a fifth of a second of waiting; the next test need not wait for it).
-    ``finish_stops()`` waits for every such thread and raises what a shutdown raised."""
+    """Stop nodes: ask each to shut down at once, then wait for them, in a background thread
+    unless ``wait`` (a shutdown takes a fifth of a second of waiting; the next test need not
+    wait for it).  ``finish_stops()`` waits for every such thread and raises what a shutdown
+    raised."""
     nodes = list(nodes)
     for n in nodes:
         n.begin_stop()
@@ -431,20 +436,23 @@ def stop_all(nodes: Sequence[ServedNode | RunningNode], *, wait: bool = False) -
             try:
                 n.stop()
             except BaseException as exc:  # raised again by finish_stops()
-                _stop_errors.append(exc)
+                _stop_errors.append((f"{n.name} ({n.workdir})", exc))
 
     if wait:
         finish()
+        finish_stops()
     else:
         thread = threading.Thread(target=finish, name="stop-nodes", daemon=True)
         thread.start()
         _stopping.append(thread)
-    if _stop_errors:
-        raise _stop_errors.pop(0)
 
 
 def finish_stops() -> None:
+    """Wait for the nodes stopping in the background; raise if any did not stop cleanly."""
     while _stopping:
         _stopping.pop(0).join(60)
     if _stop_errors:
-        raise _stop_errors.pop(0)
+        failed = list(_stop_errors)
+        _stop_errors.clear()
+        names = ", ".join(name for name, _ in failed)
+        raise RuntimeError(f"nodes did not stop cleanly: {names}") from failed[0][1]
