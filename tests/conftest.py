@@ -1,16 +1,90 @@
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx._transports.default as _httpx_transports
 import pytest
 
-from tests.nodes import RunningNode
+from tests.nodes import RunningNode, ServedNode, finish_stops, stop_all
+
+# Every httpx client builds an SSL context from the system's CA bundle (tens of ms), even
+# for plain-http loopback; clients in tests and in the nodes served in this process share
+# one per configuration instead.  Only https would use it, and nothing here speaks https.
+_create_ssl_context = _httpx_transports.create_ssl_context
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_ssl_context(verify: bool, trust_env: bool, cert_file: str | None, cert_dir: str | None):
+    return _create_ssl_context(verify=verify, trust_env=trust_env)
+
+
+def _ssl_context(verify=True, cert=None, trust_env=True):
+    if isinstance(verify, bool) and cert is None:
+        return _cached_ssl_context(verify, trust_env, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    return _create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
+
+
+_httpx_transports.create_ssl_context = _ssl_context
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """With pytest-xdist (``-n``), the tests of one interop module run in one worker, as they
+    share their reference nodes (module fixtures); every other test may run in any worker."""
+    for item in items:
+        if item.get_closest_marker("interop") is not None:
+            item.add_marker(pytest.mark.xdist_group(f"interop:{item.module.__name__}"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nodes_stopped() -> Iterator[None]:
+    """Every node stopped in the background has stopped, cleanly, by the end of the session."""
+    yield
+    finish_stops()
+
+
+DEFAULT_SEED = 20_261_130
 
 
 @pytest.fixture
-def start_node(tmp_path: Path) -> Iterator[Callable[..., RunningNode]]:
-    """Start real nodes (subprocesses on free loopback ports); all are stopped at teardown."""
+def seed(request: pytest.FixtureRequest) -> int:
+    """The seed of a test's random choices: fixed, so that a run can be repeated; another one
+    with TEST_SEED=<n>.  A failing test that used it shows it in its report."""
+    value = int(os.environ.get("TEST_SEED", DEFAULT_SEED))
+    request.node.stash[_SEED] = value
+    return value
+
+
+_SEED = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    if report.failed and _SEED in item.stash:
+        report.sections.append(("seed", f"TEST_SEED={item.stash[_SEED]}"))
+    return report
+
+
+@pytest.fixture
+def start_node(tmp_path: Path) -> Iterator[Callable[..., ServedNode]]:
+    """Start real nodes served in this process (see tests/nodes.py); all are stopped at teardown."""
+    started: list[ServedNode] = []
+
+    def start(name: str = "node", env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> ServedNode:
+        node = ServedNode(tmp_path / name, name, env=env, args=args)
+        started.append(node)
+        return node
+
+    yield start
+    stop_all(started)
+
+
+@pytest.fixture
+def start_process_node(tmp_path: Path) -> Iterator[Callable[..., RunningNode]]:
+    """Start real nodes as `stigmem-node serve` subprocesses; all are stopped at teardown."""
     started: list[RunningNode] = []
 
     def start(name: str = "node", env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> RunningNode:
@@ -19,16 +93,15 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., RunningNode]]:
         return node
 
     yield start
-    for node in started:
-        node.stop()
+    stop_all(started)
 
 
 @pytest.fixture
-def node(start_node) -> RunningNode:
+def node(start_node) -> ServedNode:
     return start_node("a")
 
 
 @pytest.fixture
-def pair(start_node) -> tuple[RunningNode, RunningNode]:
+def pair(start_node) -> tuple[ServedNode, ServedNode]:
     """Two real nodes, a and b, not yet peered."""
     return start_node("a"), start_node("b")

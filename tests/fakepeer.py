@@ -5,12 +5,14 @@ Ed25519 identity, serves ``/.well-known/stigmem`` with a valid signed declaratio
 serves ``/v1/federation/facts`` pages that it builds itself with ``stigmem_node.facts``
 (correctly signed facts, or tampered ones that the test puts in).  Its behaviour can be
 switched at any time: answer normally, answer a status (500, 429 with Retry-After, 401),
-hang beyond the puller's timeout, send a non-JSON body, send more facts than asked for,
-keep saying ``has_more`` without moving the cursor, redirect elsewhere, or be down
-(``down()`` closes the listening socket; ``up()`` opens it again on the same port).
+hang beyond the puller's timeout (until the puller gives up), send a non-JSON body, send
+more facts than asked for, keep saying ``has_more`` without moving the cursor, redirect
+elsewhere, or be down (``down()`` closes the listening socket; ``up()`` opens it again on
+the same port, which stays reserved for the peer in between).
 
 Every request to the facts endpoint is recorded (time, query, token claims) so that tests
-can check retries, back-off and ``Retry-After``.
+can check retries, back-off and ``Retry-After``; ``open_hangs`` counts the requests that
+are hanging right now.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from stigmem_node.clock import iso, iso_seconds
 from stigmem_node.encoding import b64url_encode, fingerprint
 from stigmem_node.hlc import HLC
 
-from tests.nodes import free_port
+from tests.nodes import free_port, listening_socket
 
 
 def raw_public(key: Ed25519PrivateKey) -> str:
@@ -120,6 +122,7 @@ class FakePeer:
         self.behaviour = Behaviour()
         self.script: list[Behaviour] = []  # one-shot behaviours for the next requests, then ``behaviour``
         self.hits: list[Hit] = []
+        self.open_hangs = 0  # requests hanging right now (the puller has not given up on them yet)
         # (body, headers) served as the well-known instead of the real document, when set.
         self.well_known_raw: tuple[bytes, dict[str, str]] | None = None
         self.hlc = HLC()
@@ -208,8 +211,15 @@ class FakePeer:
                                 status_code=b.status, headers=b.headers)
         if b.kind == "hang":
             deadline = time.monotonic() + b.hang_s
-            while time.monotonic() < deadline and not self._stopping.is_set():
-                await asyncio.sleep(0.05)
+            with self._lock:
+                self.open_hangs += 1
+            try:
+                while (time.monotonic() < deadline and not self._stopping.is_set()
+                       and not await request.is_disconnected()):
+                    await asyncio.sleep(0.05)
+            finally:
+                with self._lock:
+                    self.open_hangs -= 1
         if b.kind == "drip":
             # Headers at once, then one byte of a valid page every ``interval_s`` (slowloris):
             # every single read is quick, the whole page takes ``hang_s``.
@@ -247,7 +257,9 @@ class FakePeer:
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error", lifespan="off",
                                 access_log=False, timeout_graceful_shutdown=1)
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name=f"fakepeer:{self.port}", daemon=True)
+        sock = listening_socket(self.port)  # the port is reserved for this peer (free_port)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
+                                        name=f"fakepeer:{self.port}", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 10
         while not self._server.started:

@@ -23,7 +23,7 @@ from stigmem_node.config import from_env
 from stigmem_node.http import create_app
 from stigmem_node.node import Node
 from tests.fakepeer import raw_public
-from tests.nodes import free_port
+from tests.nodes import free_port, listening_socket
 
 
 class InProcessNode:
@@ -55,6 +55,45 @@ class InProcessNode:
         self.node.close()
 
 
+async def asgi_get(app: Any, path: str, *, client: tuple[str, int], headers: dict[str, str] | None = None
+                   ) -> tuple[int, bytes]:
+    """One GET through ``app`` as an ASGI server would deliver it, from ``client``: (status,
+    body).  For tests that send thousands of requests: the same app and scope as httpx's ASGI
+    transport gives, without a client library's own work per request."""
+    raw_path, _, query = path.partition("?")
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+        "path": raw_path, "raw_path": raw_path.encode(), "query_string": query.encode(), "root_path": "",
+        "headers": [(b"host", b"node.test"), *((k.lower().encode(), v.encode()) for k, v in (headers or {}).items())],
+        "server": ("node.test", 80), "client": client,
+    }
+    sent = False
+    status: int | None = None
+    body: list[bytes] = []
+    done = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            await done.wait()
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif message["type"] == "http.response.body":
+            body.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                done.set()
+
+    await app(scope, receive, send)
+    assert status is not None and done.is_set()
+    return status, b"".join(body)
+
+
 def signed_declaration(*, node_url: str, node_id: str | None = None, key: Ed25519PrivateKey | None = None,
                        scopes: tuple[str, ...] = ("company", "public")) -> dict[str, Any]:
     """A correctly signed declaration carrying exactly the given node_url and node_id."""
@@ -70,14 +109,15 @@ def signed_declaration(*, node_url: str, node_id: str | None = None, key: Ed2551
 
 
 class ThreadServer:
-    """A starlette app served by uvicorn in a thread on a free 127.0.0.1 port."""
+    """A starlette app served by uvicorn in a thread on a reserved 127.0.0.1 port."""
 
     def __init__(self, app: Starlette) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error",
                                                      lifespan="off", access_log=False))
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [listening_socket(self.port)]},
+                                        daemon=True)
 
     def __enter__(self) -> "ThreadServer":
         self._thread.start()

@@ -1,7 +1,8 @@
 """Operator API keys, end to end: the real CLI, real servers, real SQLite files (design §6, §7).
 
-Every test talks to `stigmem-node serve` subprocesses over HTTP and edits nothing but the
-database file itself (with sqlite3) where a test needs a state the CLI cannot make.
+Every test talks to a real server over HTTP (served in process, or a `stigmem-node serve`
+subprocess where the first start's output is checked) and edits nothing but the database
+file itself (with sqlite3) where a test needs a state the CLI cannot make.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """The audit trail (design §6, invariants 10 and 11), driven by real actions on real nodes.
 
-One pair of nodes is started for the module: node A registers node B (a real signed
-declaration, a real well-known fetch), the operator approves, suspends and resumes it,
-API keys are made and revoked with the CLI, and one loopback address trips the failed
-authentication limit.  Tampering is done with sqlite3 on snapshots of A's database, so
-the live chain stays intact for the other tests.
+Each test gets a pair of nodes (served in process): node A registers node B (a real
+signed declaration, a real well-known fetch), the operator approves, suspends and resumes
+it, API keys are made and revoked with the CLI, and one loopback address trips the failed
+authentication limit.  Tampering is done with sqlite3 on snapshots of A's database.
 """
 
 from __future__ import annotations
@@ -14,13 +13,13 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
 
 from stigmem_node.audit import GENESIS, row_hash
-from tests.nodes import RunningNode, node_env, run_cli
+from tests.nodes import ServedNode, node_env, run_cli
 
 AUDIT = "/v1/federation/audit"
 PEERS = "/v1/federation/peers"
@@ -28,7 +27,7 @@ THROTTLED_ADDR = "127.0.0.2"
 
 
 class Fed:
-    def __init__(self, a: RunningNode, b: RunningNode, peer_id: str, b_node_id: str, reader: str, no_audit: str):
+    def __init__(self, a: ServedNode, b: ServedNode, peer_id: str, b_node_id: str, reader: str, no_audit: str):
         self.a, self.b = a, b
         self.peer_id, self.b_node_id = peer_id, b_node_id
         self.reader, self.no_audit = reader, no_audit
@@ -56,50 +55,41 @@ class Fed:
         self.suspended = not self.suspended
 
 
-def _key(node: RunningNode, perms: str) -> str:
+def _key(node: ServedNode, perms: str) -> str:
     return node.cli_json("apikey", "create", "--permissions", perms)["key"]
 
 
-@pytest.fixture(scope="module")
-def fed(tmp_path_factory) -> Iterator[Fed]:
-    root = tmp_path_factory.mktemp("audit")
-    a = RunningNode(root / "a", "a")
-    try:
-        b = RunningNode(root / "b", "b")
-    except Exception:
-        a.stop()
-        raise
-    try:
-        reader = _key(a, "audit:read")
-        no_audit = _key(a, "federate,admin:federation")
-        spare = a.cli_json("apikey", "create", "--permissions", "federate")
-        assert a.cli("apikey", "revoke", spare["id"]).returncode == 0
+@pytest.fixture
+def fed(start_node) -> Fed:
+    a = start_node("a")
+    b = start_node("b")
+    reader = _key(a, "audit:read")
+    no_audit = _key(a, "federate,admin:federation")
+    spare = a.cli_json("apikey", "create", "--permissions", "federate")
+    assert a.cli("apikey", "revoke", spare["id"]).returncode == 0
 
-        decl = b.well_known()["declaration"]
-        with a.client() as c:
-            reg = c.post(PEERS, json=decl)
-            assert reg.status_code == 201, reg.text
-            peer = reg.json()
-            assert peer["status"] == "pending_approval"
-            wrong = c.post(f"{PEERS}/{peer['peer_id']}/approve", json={"pubkey_fingerprint": "sha256:" + "0" * 64})
-            assert wrong.status_code == 400 and wrong.json()["error"] == "fingerprint_mismatch", wrong.text
-            ok = c.post(f"{PEERS}/{peer['peer_id']}/approve", json={"pubkey_fingerprint": peer["pubkey_fingerprint"]})
-            assert ok.status_code == 200 and ok.json()["status"] == "active", ok.text
-            assert c.post(f"{PEERS}/{decl['node_id']}/suspend", json={"reason": "maintenance"}).status_code == 200
-            assert c.post(f"{PEERS}/{decl['node_id']}/resume").status_code == 200
-            assert c.post(PEERS, json={"node_id": "x"}).status_code == 422
+    decl = b.well_known()["declaration"]
+    with a.client() as c:
+        reg = c.post(PEERS, json=decl)
+        assert reg.status_code == 201, reg.text
+        peer = reg.json()
+        assert peer["status"] == "pending_approval"
+        wrong = c.post(f"{PEERS}/{peer['peer_id']}/approve", json={"pubkey_fingerprint": "sha256:" + "0" * 64})
+        assert wrong.status_code == 400 and wrong.json()["error"] == "fingerprint_mismatch", wrong.text
+        ok = c.post(f"{PEERS}/{peer['peer_id']}/approve", json={"pubkey_fingerprint": peer["pubkey_fingerprint"]})
+        assert ok.status_code == 200 and ok.json()["status"] == "active", ok.text
+        assert c.post(f"{PEERS}/{decl['node_id']}/suspend", json={"reason": "maintenance"}).status_code == 200
+        assert c.post(f"{PEERS}/{decl['node_id']}/resume").status_code == 200
+        assert c.post(PEERS, json={"node_id": "x"}).status_code == 422
 
-        # Trip the failed-attempt limit from another loopback address, so that 127.0.0.1
-        # (every other request of this module) stays usable.
-        with httpx.Client(base_url=a.url, transport=httpx.HTTPTransport(local_address=THROTTLED_ADDR),
-                          timeout=10) as bad:
-            codes = [bad.get(AUDIT, headers={"Authorization": f"Bearer wrong-{i}"}).status_code for i in range(11)]
-        assert codes == [401] * 10 + [429]
+    # Trip the failed-attempt limit from another loopback address, so that 127.0.0.1
+    # (every other request of this module) stays usable.
+    with httpx.Client(base_url=a.url, transport=httpx.HTTPTransport(local_address=THROTTLED_ADDR),
+                      timeout=10) as bad:
+        codes = [bad.get(AUDIT, headers={"Authorization": f"Bearer wrong-{i}"}).status_code for i in range(11)]
+    assert codes == [401] * 10 + [429]
 
-        yield Fed(a, b, peer["peer_id"], decl["node_id"], reader, no_audit)
-    finally:
-        b.stop()
-        a.stop()
+    return Fed(a, b, peer["peer_id"], decl["node_id"], reader, no_audit)
 
 
 def snapshot(fed: Fed, dest: Path) -> Path:

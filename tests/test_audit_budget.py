@@ -1,7 +1,7 @@
 """Audit rows that traffic without a valid credential can cause share one set of budgets.
 
 In-process: a real node on a real SQLite file, driven through its ASGI app with a
-different client address per transport (the address the failure limits and budgets key
+different client address per request (the address the failure limits and budgets key
 on).  The budgets' clock is moved by the test, so "one window" is exact.
 """
 
@@ -12,7 +12,6 @@ import json
 import sqlite3
 from pathlib import Path
 
-import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -22,6 +21,7 @@ from stigmem_node.http import create_app
 from stigmem_node.node import Node
 from stigmem_node.ratelimit import UnauthenticatedAuditGate
 from tests.fakepeer import FakePeer, raw_public
+from tests.inproc import asgi_get
 
 PULL = "/v1/federation/facts"
 PEERS = "/v1/federation/peers"
@@ -43,9 +43,8 @@ def addr(i: int) -> str:
 
 
 async def fail(app, address: str, path: str, times: int) -> list[int]:
-    transport = httpx.ASGITransport(app=app, client=(address, 40000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://node.test") as c:
-        return [(await c.get(path, headers={"Authorization": f"Bearer bad.{i}"})).status_code for i in range(times)]
+    return [(await asgi_get(app, path, client=(address, 40000), headers={"Authorization": f"Bearer bad.{i}"}))[0]
+            for i in range(times)]
 
 
 def rows(db: Path) -> list[dict]:

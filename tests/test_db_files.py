@@ -20,12 +20,21 @@ from stigmem_node import cli
 from stigmem_node.store import Store
 from stigmem_node.store.db import Database, schema_text
 from stigmem_node.store.files import CORE_TABLES
+from tests import nodes
 from tests.nodes import RunningNode, node_env
 
 
 def run_cli(*args: str, db: Path, env: dict[str, str] | None = None, cwd: Path | None = None,
             umask: int = -1, user: int | None = None) -> subprocess.CompletedProcess:
-    """The real CLI in a subprocess, optionally with another umask or as another user."""
+    """The real CLI, optionally with another umask: in process, or in a subprocess to run as
+    another user."""
+    if user is None:
+        old = os.umask(umask) if umask >= 0 else None
+        try:
+            return nodes.run_cli(*args, db=db, env=env, cwd=cwd)
+        finally:
+            if old is not None:
+                os.umask(old)
     return subprocess.run([sys.executable, "-m", "stigmem_node", *args, "--db", str(db)], capture_output=True,
                           text=True, env=node_env(env), cwd=cwd, timeout=30, umask=umask, user=user)
 

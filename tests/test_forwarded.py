@@ -1,7 +1,7 @@
 """X-Forwarded-For from trusted proxies: only IP literals are believed.
 
 In-process (the real app on a real SQLite file, through httpx's ASGI transport with a
-chosen socket address), plus one real server end to end.  The evidence is the audit row
+chosen socket address), plus one real server on a real socket.  The evidence is the audit row
 of a refused peer token, which records the client address.
 """
 
@@ -16,7 +16,7 @@ from stigmem_node.config import Settings, validate
 from stigmem_node.http import create_app
 from stigmem_node.http.forwarded import MAX_HOPS, TrustedProxies, parse_ip
 from stigmem_node.node import Node
-from tests.nodes import RunningNode
+from tests.nodes import ServedNode
 
 PROXY = "10.1.2.3"  # the socket address of every in-process request, inside the trusted network
 
@@ -122,8 +122,8 @@ def test_parse_ip_and_trust_rules():
 
 
 def test_a_real_server_behind_a_trusted_proxy_stores_no_forged_address(tmp_path):
-    """End to end through `serve`: the 6 KB header that was once stored as an address."""
-    node = RunningNode(tmp_path / "a", "a", env={"STIGMEM_TRUSTED_PROXIES": "127.0.0.1"})
+    """End to end over a real socket: the 6 KB header that was once stored as an address."""
+    node = ServedNode(tmp_path / "a", "a", env={"STIGMEM_TRUSTED_PROXIES": "127.0.0.1"})
     try:
         for forwarded, expected in (("x" * 6000, "127.0.0.1"), ("203.0.113.9", "203.0.113.9")):
             res = httpx.get(node.url + "/v1/federation/facts", timeout=10,

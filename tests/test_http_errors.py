@@ -2,9 +2,7 @@
 rejection is a 4xx with the ``{"error", "detail", "message"}`` shape and an
 ``X-Request-Id``, and request bodies are capped at 1 MiB.
 
-One server serves the whole module (bodies are sent with a valid admin key, so the
-failed-authentication limit of 10 per minute is never reached).  Tests that must leave
-a node in a broken state start their own.
+Each test has a real server of its own, served in process (tests/nodes.py).
 """
 
 from __future__ import annotations
@@ -12,7 +10,7 @@ from __future__ import annotations
 import json
 import socket
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -21,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stigmem_node.encoding import b64url_encode
-from tests.nodes import RunningNode
+from tests.nodes import ServedNode
 
 MiB = 1024 * 1024
 PEERS = "/v1/federation/peers"
@@ -29,16 +27,12 @@ AUDIT = "/v1/federation/audit"
 SIGNED_FIELDS = ("allowed_scopes", "federation_pubkey", "node_id", "node_url", "signed_at", "declaration_sig")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[RunningNode]:
-    node = RunningNode(tmp_path_factory.mktemp("errors"), "e")
-    try:
-        yield node
-    finally:
-        node.stop()
+@pytest.fixture
+def server(start_node) -> ServedNode:
+    return start_node("e")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def own_declaration(server) -> dict[str, Any]:
     return server.well_known()["declaration"]
 
@@ -56,11 +50,11 @@ def assert_error(r: httpx.Response, status: int, code: str, field: str | None = 
     return body
 
 
-def fresh(server: RunningNode, key: str | None = None) -> httpx.Client:
+def fresh(server: ServedNode, key: str | None = None) -> httpx.Client:
     return server.client(key)
 
 
-def post(server: RunningNode, path: str, **kw: Any) -> httpx.Response:
+def post(server: ServedNode, path: str, **kw: Any) -> httpx.Response:
     with fresh(server) as c:
         return c.post(path, **kw)
 
@@ -168,7 +162,7 @@ def test_inv12_chunked_body_over_1_mib_without_content_length_is_413(server):
     assert_error(under, 400, "invalid_json")  # 1 MiB of blanks: read in full, then refused as empty
 
 
-def _raw(server: RunningNode, request: bytes) -> tuple[int, dict[str, str], bytes]:
+def _raw(server: ServedNode, request: bytes) -> tuple[int, dict[str, str], bytes]:
     """Send raw bytes, return (status, headers, body) of the first response."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
         try:
@@ -194,7 +188,7 @@ def _raw(server: RunningNode, request: bytes) -> tuple[int, dict[str, str], byte
     return status, headers, body
 
 
-def _head(server: RunningNode, extra: str) -> bytes:
+def _head(server: ServedNode, extra: str) -> bytes:
     return (f"POST {PEERS} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nAuthorization: Bearer {server.api_key}\r\n"
             f"Content-Type: application/json\r\n{extra}\r\n").encode()
 

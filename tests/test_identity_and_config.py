@@ -12,7 +12,7 @@ import httpx
 from stigmem_node import declaration as d
 from stigmem_node.clock import Clock
 from stigmem_node.encoding import fingerprint
-from tests.nodes import RunningNode, free_port, run_cli
+from tests.nodes import RunningNode, ServedNode, free_port, run_cli
 
 
 def test_first_start_creates_identity_and_restart_keeps_it(tmp_path):
@@ -40,7 +40,7 @@ def test_first_start_creates_identity_and_restart_keeps_it(tmp_path):
 
 def test_configured_node_id_and_url_are_used(tmp_path):
     url = "http://127.0.0.1:9/"
-    node = RunningNode(tmp_path, "n", env={"STIGMEM_NODE_ID": "stigmem://test-node-a", "STIGMEM_NODE_URL": url})
+    node = ServedNode(tmp_path, "n", env={"STIGMEM_NODE_ID": "stigmem://test-node-a", "STIGMEM_NODE_URL": url})
     try:
         doc = node.well_known()
     finally:
@@ -64,7 +64,8 @@ def test_well_known_has_reference_fields_and_a_valid_declaration(node):
     assert health == {"status": "ok", "node_id": doc["node_id"]}
 
 
-def test_private_key_is_never_served_or_printed(node):
+def test_private_key_is_never_served_or_printed(start_process_node):
+    node = start_process_node("a")  # its log is what `serve` printed
     with sqlite3.connect(node.db) as conn:
         (priv,) = conn.execute("SELECT private_key FROM node_keys").fetchone()
     assert priv not in json.dumps(node.well_known())
@@ -133,12 +134,12 @@ def test_manifest_is_self_signed_over_canonical_json(node):
 def test_an_explicit_node_url_is_kept_until_another_is_given(tmp_path):
     db = tmp_path / "n.db"
     assert run_cli("init", "--node-url", "https://node.example.org", db=db).returncode == 0
-    node = RunningNode(tmp_path, "n")  # no --node-url: the recorded one stays
+    node = ServedNode(tmp_path, "n")  # no --node-url: the recorded one stays
     try:
         assert node.well_known()["node_url"] == "https://node.example.org"
     finally:
         node.stop()
-    node = RunningNode(tmp_path, "n", env={"STIGMEM_NODE_URL": "https://other.example.org"})
+    node = ServedNode(tmp_path, "n", env={"STIGMEM_NODE_URL": "https://other.example.org"})
     try:
         assert node.well_known()["node_url"] == "https://other.example.org"
     finally:

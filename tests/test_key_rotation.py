@@ -75,9 +75,9 @@ def test_an_unendorsed_key_change_is_refused_and_audited(pair, tmp_path):
         conn.execute("INSERT INTO node_keys VALUES (?, ?, ?, '2026-01-01T00:00:00.000000Z', 'active', NULL)",
                      (key_id_of(pub), pub, priv))
         conn.execute("UPDATE node_meta SET value = ? WHERE key = 'current_key_id'", (key_id_of(pub),))
-    from tests.nodes import RunningNode
+    from tests.nodes import ServedNode
 
-    b2 = RunningNode(b.workdir, b.name, port=b.port)
+    b2 = ServedNode(b.workdir, b.name, port=b.port)
     try:
         res = a.cli("peers", "refresh", b2.well_known()["node_id"], "--json")
         assert res.returncode == 1

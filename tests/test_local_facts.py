@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -22,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from stigmem_node.encoding import b64url_decode, b64url_encode
 from stigmem_node.keys import public_key_from_b64
-from tests.nodes import RunningNode, node_env
+from tests.nodes import ServedNode, run_cli
 
 FACTS = "/v1/facts"
 ERROR_KEYS = {"error", "detail", "message"}
@@ -31,11 +29,9 @@ HLC_RE = re.compile(r"[0-9]{13}\.[0-9]{3}")
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 
-@pytest.fixture(scope="module")
-def n(tmp_path_factory) -> RunningNode:
-    node = RunningNode(tmp_path_factory.mktemp("facts") / "n", "n")
-    yield node
-    node.stop()
+@pytest.fixture
+def n(start_node) -> ServedNode:
+    return start_node("n")
 
 
 def tag() -> str:
@@ -54,7 +50,7 @@ def assert_error(res: httpx.Response, status: int, code: str) -> dict:
     return body
 
 
-def listed(n: RunningNode, **params: Any) -> list[dict]:
+def listed(n: ServedNode, **params: Any) -> list[dict]:
     res = n.client().get(FACTS, params={"limit": 500, **params})
     assert res.status_code == 200, res.text
     return res.json()["facts"]
@@ -68,7 +64,7 @@ def private_key_text(db: Path) -> str:
 # --------------------------------------------------------------------------- POST /v1/facts
 
 
-def test_single_fact_is_201_and_the_same_body_again_is_200_with_the_same_fact(n: RunningNode):
+def test_single_fact_is_201_and_the_same_body_again_is_200_with_the_same_fact(n: ServedNode):
     body = fact(f"single:{tag()}", "hello", scope="company", confidence=0.5)
     res = n.client().post(FACTS, json=body)
     assert res.status_code == 201, res.text
@@ -89,13 +85,13 @@ def test_single_fact_is_201_and_the_same_body_again_is_200_with_the_same_fact(n:
     assert other.json()["seq"] > created["seq"] and other.json()["hlc"] > created["hlc"]
 
 
-def test_defaults_scope_local_confidence_one(n: RunningNode):
+def test_defaults_scope_local_confidence_one(n: ServedNode):
     res = n.client().post(FACTS, json=fact(f"defaults:{tag()}"))
     assert res.status_code == 201
     assert (res.json()["scope"], res.json()["confidence"]) == ("local", 1.0)
 
 
-def test_a_batch_of_500_is_stored_in_one_transaction_and_is_idempotent(n: RunningNode):
+def test_a_batch_of_500_is_stored_in_one_transaction_and_is_idempotent(n: ServedNode):
     t = tag()
     batch = [fact(f"batch:{t}:{i}", i, "number", scope="public") for i in range(500)]
     res = n.client().post(FACTS, json={"facts": batch})
@@ -123,7 +119,7 @@ def test_a_batch_of_500_is_stored_in_one_transaction_and_is_idempotent(n: Runnin
     assert len(listed(n, entity=f"batch:{t}:dup")) == 1
 
 
-def test_batch_limits_and_shape(n: RunningNode):
+def test_batch_limits_and_shape(n: ServedNode):
     t = tag()
     res = n.client().post(FACTS, json={"facts": [fact(f"big:{t}:{i}") for i in range(501)]})
     body = assert_error(res, 422, "batch_too_large")
@@ -133,7 +129,7 @@ def test_batch_limits_and_shape(n: RunningNode):
         assert_error(n.client().post(FACTS, json={"facts": bad}), 422, "invalid_request")
 
 
-def test_one_invalid_fact_refuses_the_whole_batch(n: RunningNode):
+def test_one_invalid_fact_refuses_the_whole_batch(n: ServedNode):
     t = tag()
     batch = [fact(f"atomic:{t}:{i}") for i in range(6)]
     batch[3]["value"]["v"] = 17  # a number for a string
@@ -185,7 +181,7 @@ INVALID = [
 
 
 @pytest.mark.parametrize("case", INVALID, ids=[c[0] for c in INVALID])
-def test_invalid_fact_is_422_naming_the_field(n: RunningNode, case):
+def test_invalid_fact_is_422_naming_the_field(n: ServedNode, case):
     _, changes, field = case
     entity = f"invalid:{tag()}"
     body = {**fact(entity), **changes}
@@ -198,7 +194,7 @@ def test_invalid_fact_is_422_naming_the_field(n: RunningNode, case):
     assert listed(n, entity=f"{entity}:ok") == []
 
 
-def test_non_finite_numbers_oversize_values_and_bad_json_are_4xx(n: RunningNode):
+def test_non_finite_numbers_oversize_values_and_bad_json_are_4xx(n: ServedNode):
     c = n.client()
     headers = {"content-type": "application/json"}
     for raw in ('{"entity":"e","relation":"r","source":"s","value":{"type":"number","v":NaN}}',
@@ -220,7 +216,7 @@ def test_non_finite_numbers_oversize_values_and_bad_json_are_4xx(n: RunningNode)
     assert_error(too_big, 413, "body_too_large")
 
 
-def test_integers_stay_integers_and_floats_stay_floats(n: RunningNode):
+def test_integers_stay_integers_and_floats_stay_floats(n: ServedNode):
     t = tag()
     c = n.client()
     made = {}
@@ -243,7 +239,7 @@ def test_integers_stay_integers_and_floats_stay_floats(n: RunningNode):
 # --------------------------------------------------------------------------- GET /v1/facts
 
 
-def test_list_filters_and_cursor_pagination(n: RunningNode):
+def test_list_filters_and_cursor_pagination(n: ServedNode):
     t = tag()
     rows = [fact(f"list:{t}:{e}", f"{e}{r}{s}", relation=f"rel:{t}:{r}", scope=sc, source=f"src:{t}:{s}")
             for e in ("a", "b") for r in ("x", "y") for s in ("p", "q") for sc in ("local", "public")]
@@ -285,14 +281,16 @@ def test_list_filters_and_cursor_pagination(n: RunningNode):
     end = n.client().get(FACTS, params={"entity": f"list:{t}:a", "cursor": cursor}).json()
     assert end == {"facts": [], "cursor": cursor, "has_more": False}
 
-    assert len(n.client().get(FACTS).json()["facts"]) == 50  # the default limit (the module wrote more)
+    more = n.client().post(FACTS, json={"facts": [fact(f"more:{t}:{i}", i, "number") for i in range(40)]})
+    assert more.status_code == 201, more.text
+    assert len(n.client().get(FACTS).json()["facts"]) == 50  # the default limit (the node holds 56)
     assert_error(n.client().get(FACTS, params={"cursor": "abc"}), 422, "invalid_cursor")
     for bad in ("0", "501", "x"):
         assert assert_error(n.client().get(FACTS, params={"limit": bad}), 422, "invalid_request")["field"] == "limit"
     assert_error(n.client().get(FACTS, params={"scope": "galaxy"}), 422, "invalid_scope")
 
 
-def test_get_one_fact_and_404(n: RunningNode):
+def test_get_one_fact_and_404(n: ServedNode):
     created = n.client().post(FACTS, json=fact(f"one:{tag()}", "v1")).json()
     got = n.client().get(f"{FACTS}/{created['id']}")
     assert got.status_code == 200
@@ -302,7 +300,7 @@ def test_get_one_fact_and_404(n: RunningNode):
         assert set(body) == ERROR_KEYS
 
 
-def test_facts_permissions(n: RunningNode):
+def test_facts_permissions(n: ServedNode):
     def key(perms: str) -> str:
         res = n.cli("apikey", "create", "--permissions", perms, "--json")
         assert res.returncode == 0, res.stderr
@@ -325,7 +323,7 @@ def test_facts_permissions(n: RunningNode):
         assert anon.get(FACTS).status_code == 401
 
 
-def test_facts_are_append_only_in_the_database(n: RunningNode):
+def test_facts_are_append_only_in_the_database(n: ServedNode):
     created = n.client().post(FACTS, json=fact(f"append:{tag()}", "keep")).json()
     conn = sqlite3.connect(n.db, timeout=10)
     try:
@@ -346,7 +344,7 @@ def test_facts_are_append_only_in_the_database(n: RunningNode):
 # --------------------------------------------------------------------------- CLI
 
 
-def test_cli_facts_add_and_list(n: RunningNode):
+def test_cli_facts_add_and_list(n: ServedNode):
     t = tag()
     res = n.cli("facts", "add", f"cli:{t}", "answer", "42", "--type", "number", "--scope", "company", "--json")
     assert res.returncode == 0, res.stderr
@@ -386,23 +384,20 @@ def _crafted_token(key: Ed25519PrivateKey, claims: dict) -> str:
     return f"{signing_input}.{b64url_encode(key.sign(signing_input.encode()))}"
 
 
-@pytest.fixture(scope="module")
-def p(n: RunningNode, tmp_path_factory) -> RunningNode:
+@pytest.fixture
+def p(n: ServedNode, start_node) -> ServedNode:
     """A second node; it and ``n`` have registered and approved each other."""
-    peer = RunningNode(tmp_path_factory.mktemp("peer") / "p", "p")
-    try:
-        for host, wk in ((n, peer.well_known()), (peer, n.well_known())):
-            rec = host.client().post("/v1/federation/peers", json=wk["declaration"])
-            assert rec.status_code == 201, rec.text
-            ok = host.client().post(f"/v1/federation/peers/{rec.json()['peer_id']}/approve",
-                                    json={"pubkey_fingerprint": wk["pubkey_fingerprint"]})
-            assert ok.status_code == 200, ok.text
-        yield peer
-    finally:
-        peer.stop()
+    peer = start_node("p")
+    for host, wk in ((n, peer.well_known()), (peer, n.well_known())):
+        rec = host.client().post("/v1/federation/peers", json=wk["declaration"])
+        assert rec.status_code == 201, rec.text
+        ok = host.client().post(f"/v1/federation/peers/{rec.json()['peer_id']}/approve",
+                                json={"pubkey_fingerprint": wk["pubkey_fingerprint"]})
+        assert ok.status_code == 200, ok.text
+    return peer
 
 
-def test_cli_token_mint_and_inspect(n: RunningNode, p: RunningNode):
+def test_cli_token_mint_and_inspect(n: ServedNode, p: ServedNode):
     wk_n, wk_p = n.well_known(), p.well_known()
     secret = private_key_text(n.db)
 
@@ -434,8 +429,7 @@ def test_cli_token_mint_and_inspect(n: RunningNode, p: RunningNode):
     # Human output is the bare token; --scopes narrows it; a token from stdin is read too.
     bare = n.cli("token", "mint", "--peer", wk_p["node_id"], "--scopes", "public", "--ttl", "5")
     assert bare.returncode == 0 and bare.stdout.strip().count(".") == 2
-    piped = subprocess.run([sys.executable, "-m", "stigmem_node", "token", "inspect", "-", "--json"],
-                           input=bare.stdout, capture_output=True, text=True, env=node_env(), timeout=30)
+    piped = run_cli("token", "inspect", "-", "--json", input=bare.stdout)
     assert piped.returncode == 0, piped.stderr
     piped_claims = json.loads(piped.stdout)["claims"]
     assert piped_claims["scopes"] == ["public"] and piped_claims["exp"] - piped_claims["iat"] == 5000
@@ -463,13 +457,13 @@ def test_cli_token_mint_and_inspect(n: RunningNode, p: RunningNode):
     public_key_from_b64(wk_n["federation_pubkey"]).verify(b64url_decode(sig), f"{h}.{pl}".encode())
 
 
-def test_cli_token_mint_refuses_a_bad_ttl_without_a_traceback(n: RunningNode, p: RunningNode):
+def test_cli_token_mint_refuses_a_bad_ttl_without_a_traceback(n: ServedNode, p: ServedNode):
     for ttl in ("3601", "0", "-1", "nan"):
         res = n.cli("token", "mint", "--peer", p.well_known()["node_id"], "--ttl", ttl)
         assert res.returncode in (1, 2) and "Traceback" not in res.stderr, (ttl, res.stderr)
 
 
-def test_same_content_with_another_valid_until_is_a_new_fact(n: RunningNode):
+def test_same_content_with_another_valid_until_is_a_new_fact(n: ServedNode):
     body = {"entity": f"stigmem://t/vu/{uuid.uuid4().hex}", "relation": "memory:x",
             "value": {"type": "string", "v": "x"}, "source": "s", "scope": "company"}
     first = n.client().post("/v1/facts", json=body)
@@ -480,7 +474,7 @@ def test_same_content_with_another_valid_until_is_a_new_fact(n: RunningNode):
     assert later.json()["cid"] == first.json()["cid"] and later.json()["valid_until"] == "2999-01-01T00:00:00.000000Z"
 
 
-def test_nul_characters_in_text_values_are_refused(n: RunningNode):
+def test_nul_characters_in_text_values_are_refused(n: ServedNode):
     body = {"entity": "stigmem://t/nul", "relation": "memory:x", "value": {"type": "text", "v": "a\x00b"},
             "source": "s", "scope": "company"}
     res = n.client().post("/v1/facts", json=body)
@@ -504,7 +498,7 @@ def _fact_like():
                               "source": "s", "scope": "company"}), field, _values() | value)
 
 
-def test_inv2_no_fact_body_gives_a_5xx(n: RunningNode):
+def test_inv2_no_fact_body_gives_a_5xx(n: ServedNode):
     client = n.client()
 
     @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))

@@ -1,15 +1,16 @@
 """The pull endpoint ``GET /v1/federation/facts`` and peer-token authentication, end to end.
 
-Real ``stigmem-node serve`` subprocesses, real HTTP, real Ed25519 keys (read from the
-nodes' own SQLite files).  Node A serves; B is the puller, registered on A and approved
-by fingerprint; C is a third registered peer (granted ``public`` only) whose key is used
-to forge tokens that claim to be B.
+Real nodes (served in process, see tests/nodes.py; a second ``stigmem-node serve``
+process on A's database where two processes must share one), real HTTP, real Ed25519
+keys (read from the nodes' own SQLite files).  Each test gets its own federation: node A
+serves; B is the puller, registered on A and approved by fingerprint; C is a third
+registered peer (granted ``public`` only) whose key is used to forge tokens that claim
+to be B.
 
 A refuses peer presentations per client address after 30 failures a minute and writes
-at most 20 audit rows per address a minute.  Tests that present failing tokens
-therefore send from their own loopback source addresses (``127.x.y.z`` all reach a
-server bound to 127.0.0.1), so that they do not share those budgets; the table of
-rejection codes alone uses 127.0.0.1 and stays within both budgets.
+at most 20 audit rows per address a minute.  Tests that present many failing tokens
+send from their own loopback source addresses (``127.x.y.z`` all reach a server bound
+to 127.0.0.1), so that the requests of one test do not share those budgets.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import httpx
 import pytest
@@ -39,7 +40,7 @@ from stigmem_node.encoding import b64url_decode, b64url_encode
 from stigmem_node.origin import entry_from_wire, verify_fact_origin
 from stigmem_node.keys import public_key_from_b64
 from stigmem_node.tokens import MAX_LEEWAY_MS, NONCE_PRUNE_MARGIN_MS, nonce_kept_until
-from tests.nodes import RunningNode
+from tests.nodes import RunningNode, ServedNode
 
 PULL = "/v1/federation/facts"
 AUDIT = "/v1/federation/audit"
@@ -234,36 +235,47 @@ def ids(entries: list[dict]) -> list[str]:
     return [e["fact"]["id"] for e in entries]
 
 
-@pytest.fixture(scope="module")
-def fed(tmp_path_factory) -> Fed:
-    root = tmp_path_factory.mktemp("pull")
-    specs = [("a", None), ("b", {"STIGMEM_FEDERATION_SCOPES": "company,public,team"}), ("c", None)]
-    with ThreadPoolExecutor(3) as pool:
-        futures = [pool.submit(RunningNode, root / name, name, env) for name, env in specs]
-        nodes = [f.result() for f in futures]
-    a, b, c = nodes
-    try:
-        # B declares company, public and team, so A grants it all three; A itself shares only
-        # company and public.  C is granted only public by A's operator.
-        b_peer = register_and_approve(a, b)
-        c_peer = register_and_approve(a, c, scopes="public")
-        assert b_peer["allowed_scopes"] == ["company", "public", "team"]
-        assert c_peer["allowed_scopes"] == ["public"]
-        f = Fed(a, b, c, b_peer, c_peer)
-        yield f
-        f.close()
-    finally:
-        for n in nodes:
-            n.stop()
+@pytest.fixture
+def fed(start_node) -> Iterator[Fed]:
+    yield from _federation(start_node("a"), start_node)
 
 
-@pytest.fixture(scope="module")
-def replica(fed: Fed, tmp_path_factory) -> RunningNode:
+@pytest.fixture
+def fed_processes(start_process_node, start_node) -> Iterator[Fed]:
+    """As ``fed``, with A a ``serve`` process of its own: for tests whose point is that
+    several processes serve and write at once."""
+    yield from _federation(start_process_node("a"), start_node)
+
+
+def _federation(a: RunningNode | ServedNode, start_node) -> Iterator[Fed]:
+    b = start_node("b", env={"STIGMEM_FEDERATION_SCOPES": "company,public,team"})
+    c = start_node("c")
+    # B declares company, public and team, so A grants it all three; A itself shares only
+    # company and public.  C is granted only public by A's operator.
+    b_peer = register_and_approve(a, b)
+    c_peer = register_and_approve(a, c, scopes="public")
+    assert b_peer["allowed_scopes"] == ["company", "public", "team"]
+    assert c_peer["allowed_scopes"] == ["public"]
+    f = Fed(a, b, c, b_peer, c_peer)
+    yield f
+    f.close()
+
+
+def _replica(fed: Fed, tmp_path: Path) -> Iterator[RunningNode]:
     """A second `serve` process on A's database file (a replica behind a load balancer)."""
-    workdir = tmp_path_factory.mktemp("replica")
-    server = RunningNode(workdir, "a2", db=fed.a.db, args=("--node-url", fed.a.url))
+    server = RunningNode(tmp_path / "replica", "a2", db=fed.a.db, args=("--node-url", fed.a.url))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def replica(fed: Fed, tmp_path: Path) -> Iterator[RunningNode]:
+    yield from _replica(fed, tmp_path)
+
+
+@pytest.fixture
+def replica_processes(fed_processes: Fed, tmp_path: Path) -> Iterator[RunningNode]:
+    yield from _replica(fed_processes, tmp_path)
 
 
 def nonce_row(db: Path, nonce: str) -> tuple | None:
@@ -701,7 +713,7 @@ def test_envelope_shape_origin_signatures_and_cids_verify(fed: Fed):
 
 
 def test_failures_are_rate_limited_per_address_and_audit_rows_capped(fed: Fed, tmp_path: Path):
-    a = RunningNode(tmp_path / "rl", "rl")
+    a = ServedNode(tmp_path / "rl", "rl")
     try:
         b_peer = register_and_approve(a, fed.b)
         a_id = a.well_known()["node_id"]
@@ -730,12 +742,32 @@ def test_failures_are_rate_limited_per_address_and_audit_rows_capped(fed: Fed, t
         a.stop()
 
 
+class ManualClock:
+    """A monotonic clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def test_suppressed_audit_rows_are_counted_on_the_next_window(fed: Fed, tmp_path: Path):
-    """A node with a 3-second window (STIGMEM_AUTH_WINDOW_S) instead of a minute, so that a
-    window can pass within the test: rows over the budget are counted, and the first row of
-    the next window carries the count; the address is served again once the window passed."""
+    """A node with a 3-second window (STIGMEM_AUTH_WINDOW_S) instead of a minute: rows over
+    the budget are counted, and the first row of the next window carries the count; the
+    address is served again once the window passed.
+
+    The window is measured on the node's failure limiter and audit budget clock, which the
+    test holds and moves on by hand: the failures fall in one window however slowly they are
+    sent, and the window passes without waiting for it."""
     window = 3.0
-    server = RunningNode(tmp_path / "short", "short", env={"STIGMEM_AUTH_WINDOW_S": str(window)})
+    server = ServedNode(tmp_path / "short", "short", env={"STIGMEM_AUTH_WINDOW_S": str(window)})
+    clock = ManualClock()
+    server.node.peer_auth.failures.clock = clock
+    server.node.unauth_audit.clock = clock
     try:
         key_text = server.api_key
         admin = httpx.Client(base_url=server.url, timeout=30, headers={"Authorization": f"Bearer {key_text}"})
@@ -748,14 +780,14 @@ def test_suppressed_audit_rows_are_counted_on_the_next_window(fed: Fed, tmp_path
                            scopes=["public"], now_ms=now_ms(), htm="GET", htu=PULL)
         addr = new_addr()
         with httpx.Client(base_url=server.url, timeout=30, transport=httpx.HTTPTransport(local_address=addr)) as c:
-            t0 = time.monotonic()
+            t0 = clock()
             for i in range(30):
                 assert_error(c.get(PULL, headers={"Authorization": f"Bearer bad.{i}"}), 401, "malformed_token")
-            assert time.monotonic() - t0 < window, "the 30 failures must fall in one window"
+            assert clock() - t0 < window, "the 30 failures must fall in one window"
             res = c.get(PULL, headers={"Authorization": f"Bearer {good}"})
             assert_error(res, 429, "too_many_failed_attempts")
             assert 1 <= int(res.headers["Retry-After"]) <= window + 1
-            time.sleep(window + 0.3)
+            clock.advance(window + 0.3)
             assert_error(c.get(PULL, headers={"Authorization": "Bearer bad.again"}), 401, "malformed_token")
             assert c.get(PULL, headers={"Authorization": f"Bearer {good}"}).status_code == 200
         rows = admin.get(AUDIT, params={"limit": 500, "event_type": "token_rejected"}).json()["entries"]
@@ -850,7 +882,7 @@ def bearer_values(draw) -> str:
 FED_FOR_HYPOTHESIS: list[Fed] = []
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def fed_for_hypothesis(fed: Fed) -> Fed:
     FED_FOR_HYPOTHESIS[:] = [fed]
     return fed
@@ -883,9 +915,12 @@ def test_inv2_any_bearer_gets_a_4xx_with_a_stable_code_never_a_5xx(fed_for_hypot
 
 
 @pytest.mark.slow
-def test_inv7_concurrent_writes_while_paging_deliver_every_fact_exactly_once(fed: Fed, replica: RunningNode):
+def test_inv7_concurrent_writes_while_paging_deliver_every_fact_exactly_once(fed_processes: Fed,
+                                                                            replica_processes: RunningNode):
     """10,000 facts written by 4 threads (two through A, two through a second process on A's
-    database) in batches of 100-500, while B pages with limit 500 and a fresh token per page."""
+    database) in batches of 100-500, while B pages with limit 500 and a fresh token per page.
+    A and the second one are serve processes, so that writing and paging really run at once."""
+    fed, replica = fed_processes, replica_processes
     c0 = fed.end_cursor()
     total, writers = 10_000, 4
     expected: set[str] = set()

@@ -1,8 +1,9 @@
 """The subscriber end to end: real nodes, real HTTP on 127.0.0.1, real keys, no mocks.
 
-Pullers and origins are ``stigmem-node serve`` subprocesses (``tests/nodes.py``); passes
-run through the real CLI (``stigmem-node pull``) or the in-server schedule
-(``serve --pull-interval``).  A misbehaving peer is ``tests/fakepeer.py``: a real HTTP
+Pullers and origins are nodes served in process (``tests/nodes.py``), or ``stigmem-node
+serve`` subprocesses where a test signals the server; passes run through the real CLI
+(``stigmem-node pull``, in process, or as processes that are killed or race each other on
+one database) or the in-server schedule (``serve --pull-interval``).  A misbehaving peer is ``tests/fakepeer.py``: a real HTTP
 server with its own Ed25519 identity whose pages are built with ``stigmem_node.facts``.
 Databases are read back with sqlite3.
 """
@@ -122,6 +123,7 @@ def audit(n: RunningNode, event_type: str) -> list[dict]:
 
 
 def wait_for(pred, timeout: float, interval: float = 0.05, what: str = "condition") -> float:
+    """Seconds until ``pred()`` holds; ``timeout`` is a failsafe against waiting for ever."""
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         if pred():
@@ -312,11 +314,10 @@ def test_inv6_an_id_reused_within_one_page_with_another_cid_is_a_collision(start
 
 
 def test_inv6_randomly_mutated_entries_never_crash_the_pass_and_only_verified_facts_are_stored(start_node,
-                                                                                                 fake_peer):
+                                                                                                 fake_peer, seed):
     from stigmem_node import origin as om
     from stigmem_node.keys import public_key_from_b64
 
-    seed = time.time_ns()
     rng = random.Random(seed)
     p = start_node("p")
     f = fake_peer()
@@ -437,7 +438,7 @@ def test_retry_after_seconds_and_http_date_are_honoured_before_the_next_attempt(
     assert rc == 0 and summary["new"] == 3, summary
     h = f.hits
     assert [x.kind for x in h] == ["status", "ok"]
-    assert 1.9 <= h[1].t - h[0].t < 6, "Retry-After: 2 was not honoured"
+    assert 1.9 <= h[1].t - h[0].t, "Retry-After: 2 was not honoured"
     assert _distinct_nonces(h)
 
     f.add(f.make("late", "public"))
@@ -448,9 +449,10 @@ def test_retry_after_seconds_and_http_date_are_honoured_before_the_next_attempt(
     assert rc == 0 and summary["new"] == 1, summary
     h = f.hits[n:]
     assert [x.kind for x in h] == ["status", "status", "ok"]
-    assert 1.0 <= h[1].t - h[0].t < 6, "Retry-After as an HTTP-date was not honoured"
-    # A 503 without Retry-After backs off by STIGMEM_PULL_BACKOFF_S only (not the 3 s date again).
-    assert h[2].t - h[1].t < 3
+    assert 1.0 <= h[1].t - h[0].t, "Retry-After as an HTTP-date was not honoured"
+    # A 503 without Retry-After backs off by STIGMEM_PULL_BACKOFF_S only, not by the 3 s of the
+    # date again: less than the wait the date imposed (at most 3 s).
+    assert h[2].t - h[1].t < h[1].t - h[0].t
 
 
 # -- 4. invariant 7: SIGKILL anywhere during a 10,000-fact pull loses and doubles nothing --
@@ -493,8 +495,7 @@ def _ingested(conn: sqlite3.Connection, peer_id: str) -> int:
 
 
 @pytest.mark.slow
-def test_inv7_sigkill_at_random_points_of_a_10000_fact_pull_loses_and_doubles_nothing(start_node):
-    seed = time.time_ns()
+def test_inv7_sigkill_at_random_points_of_a_10000_fact_pull_loses_and_doubles_nothing(start_node, seed):
     rng = random.Random(seed)
     o, p = start_node("o"), start_node("p")
     federate(p, o)
@@ -575,7 +576,7 @@ def test_uninterrupted_10000_fact_pull_throughput(start_node):
     wall = time.monotonic() - t0
     assert rc == 0 and summary["new"] == 10_000 and summary["peers"][0]["pages"] == 20
     rate = 10_000 / summary["peers"][0]["duration_s"]
-    print(f"\n10,000 facts: {rate:.0f} facts/s in the pass, {10_000 / wall:.0f} facts/s including process start")
+    print(f"\n10,000 facts: {rate:.0f} facts/s in the pass, {10_000 / wall:.0f} facts/s including the command's start")
 
 
 # -- 5. two overlapping passes on one database -------------------------------------------
@@ -609,13 +610,13 @@ def test_inv7_two_overlapping_pulls_on_one_database_neither_corrupt_nor_double_c
 
 
 # -- 6. the in-server schedule ----------------------------------------------------------------
-def test_serve_pull_interval_pulls_by_itself_hanging_peers_delay_no_one_and_sigterm_stops_cleanly(start_node,
-                                                                                                 fake_peer):
+def test_serve_pull_interval_pulls_by_itself_hanging_peers_delay_no_one_and_sigterm_stops_cleanly(
+        start_node, start_process_node, fake_peer):
     # Concurrency 1: more hanging peers than the puller's connection pool (2 x concurrency) must
     # still not hold up the live one.
     env = {"STIGMEM_PULL_TIMEOUT_S": "2", "STIGMEM_PULL_ATTEMPTS": "2", "STIGMEM_PULL_BACKOFF_S": "0.2",
            "STIGMEM_PULL_CONCURRENCY": "1"}
-    p = start_node("p", env=env, args=("--pull-interval", "0.5"))
+    p = start_process_node("p", env=env, args=("--pull-interval", "0.5"))  # a process: SIGTERM below
     r = start_node("r")
     federate(p, r)
     r_id = node_id(r)
@@ -627,32 +628,34 @@ def test_serve_pull_interval_pulls_by_itself_hanging_peers_delay_no_one_and_sigt
     f.add(*[f.make(f"f-{i}", "public") for i in range(4)])
 
     # R's facts arrive by themselves, again and again, while every pull of F hangs until its timeout.
-    latencies = []
+    latencies, hanging_at_arrival = [], []
     with r.client() as c:
         for rnd in range(4):
             written = post_facts(r, [fact(f"sched-{rnd}-{i}", SHARED[i % 2]) for i in range(3)], client=c)
             want = {w["id"] for w in written}
-            latencies.append(wait_for(lambda: want <= {x[0] for x in received(p.db, r_id)}, 6, what="R's facts"))
+            latencies.append(wait_for(lambda: want <= {x[0] for x in received(p.db, r_id)}, 30, what="R's facts"))
+            hanging_at_arrival.append(sum(h.open_hangs for h in hanging))
             assert peers_json(p)[r_id]["replication"]["last_error"] is None
             time.sleep(0.4)
-    # A pull of a hanging peer alone takes >= 4 s (2 attempts x 2 s); with concurrency 1,
-    # R's facts would wait behind it if the schedule did not pull each peer on its own.
-    assert max(latencies) < 4, latencies
+    # R's facts arrived while the pulls of all three hanging peers were open: neither pulling
+    # one peer at a time nor one pool of 2 x concurrency connections for all peers could do
+    # that; R's facts would wait behind the hanging pulls.
+    assert len(hanging) in hanging_at_arrival, (hanging_at_arrival, latencies)
     assert all(h.hits and all(x.kind == "hang" for x in h.hits) for h in hanging)
-    wait_for(lambda: (peers_json(p)[f.node_id]["replication"]["last_error"] or "").startswith("peer_timeout"), 6,
+    wait_for(lambda: (peers_json(p)[f.node_id]["replication"]["last_error"] or "").startswith("peer_timeout"), 30,
              what="F's pull to fail with peer_timeout")
     assert len(received(p.db, f.node_id)) == 0
     assert peers_json(p)[r_id]["replication"]["last_error"] is None
 
     # F heals: the schedule catches it up without anyone running `pull`.
     f.set("ok")
-    wait_for(lambda: len(received(p.db, f.node_id)) == 4, 10, what="F's facts after it healed")
-    wait_for(lambda: peers_json(p)[f.node_id]["replication"]["last_error"] is None, 3, what="F's error to clear")
+    wait_for(lambda: len(received(p.db, f.node_id)) == 4, 30, what="F's facts after it healed")
+    wait_for(lambda: peers_json(p)[f.node_id]["replication"]["last_error"] is None, 30, what="F's error to clear")
 
     # SIGTERM while a pull of F is hanging: the server stops cleanly and promptly.
     f.set("hang", hang_s=30)
     n = len(f.hits)
-    wait_for(lambda: len(f.hits) > n, 3, what="a pull of F in flight")
+    wait_for(lambda: len(f.hits) > n, 30, what="a pull of F in flight")
     p.proc.send_signal(signal.SIGTERM)
     rc = p.proc.wait(timeout=20)  # the hanging pull (30 s) must not hold the shutdown up
     # A graceful shutdown: the schedule and its hanging pull were cancelled, the lifespan ended.
@@ -663,8 +666,8 @@ def test_serve_pull_interval_pulls_by_itself_hanging_peers_delay_no_one_and_sigt
     assert count == distinct == 12 + 4
 
 
-def test_serve_exits_0_on_sigterm_with_the_schedule_running(start_node):
-    p = start_node("p", args=("--pull-interval", "0.5"))
+def test_serve_exits_0_on_sigterm_with_the_schedule_running(start_process_node):
+    p = start_process_node("p", args=("--pull-interval", "0.5"))
     time.sleep(0.6)
     p.proc.send_signal(signal.SIGTERM)
     assert p.proc.wait(timeout=10) == 0

@@ -1,7 +1,8 @@
 """Slow clients and connection floods: the request deadline and the connection cap.
 
-Real servers on 127.0.0.1 (``stigmem-node serve`` subprocesses, and uvicorn in a thread
-with the same protocol for handler-side cases); raw sockets play the slow clients.  Times
+Real servers on 127.0.0.1 (nodes served in process with the protocol of ``serve``, and
+uvicorn in a thread with the same protocol around a small app for handler-side cases); raw
+sockets play the slow clients.  Times
 are asserted as lower bounds only; every wait has a generous failsafe.
 """
 
@@ -19,7 +20,7 @@ import pytest
 from stigmem_node.config import from_env
 from stigmem_node.errors import ConfigError
 from stigmem_node.http.server import bind, build_server
-from tests.nodes import RunningNode, run_cli
+from tests.nodes import ServedNode, run_cli
 
 FAILSAFE_S = 60.0
 
@@ -82,7 +83,7 @@ def _read_one_response(sock: socket.socket) -> bytes:
 
 
 @pytest.fixture
-def slow_node(start_node) -> RunningNode:
+def slow_node(start_node) -> ServedNode:
     return start_node("a", env={"STIGMEM_REQUEST_TIMEOUT_S": "1"})
 
 
