@@ -36,7 +36,8 @@ def test_vocabularies_are_consistent() -> None:
 
 
 def test_validators_use_the_vocabulary_objects() -> None:
-    from stigmem_node import apikeys, config, declaration, facts, federation, replication, values
+    from stigmem_node import apikeys, config, declaration, facts, federation, values
+    from stigmem_node.replication import ingest
     from stigmem_node.http import params, peers
 
     assert apikeys.PERMISSIONS is v.PERMISSIONS
@@ -49,7 +50,7 @@ def test_validators_use_the_vocabulary_objects() -> None:
     assert values.VALUE_TYPES is v.VALUE_TYPES
     assert values.INTERPRET_AS is v.INTERPRET_AS
     assert federation.FEDERATABLE_SCOPES is v.FEDERATED_SCOPES
-    assert replication.FEDERATABLE == frozenset(v.FEDERATED_SCOPES)
+    assert ingest.FEDERATABLE == frozenset(v.FEDERATED_SCOPES)
     assert params.SCOPES is v.SCOPES
     assert peers.PEER_STATUSES is v.PEER_STATUSES
 
