@@ -11,8 +11,9 @@ import hashlib
 import json
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from stigmem_node.audit import row_hash
 from stigmem_node.config import Settings

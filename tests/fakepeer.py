@@ -26,7 +26,7 @@ import time
 import uuid
 import zlib
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import uvicorn
@@ -43,7 +43,6 @@ from stigmem_node import origin as om
 from stigmem_node.clock import iso, iso_seconds
 from stigmem_node.encoding import b64url_encode, fingerprint
 from stigmem_node.hlc import HLC
-
 from tests.nodes import free_port, listening_socket
 
 
@@ -143,7 +142,7 @@ class FakePeer:
             "federation_pubkey": self.public_key,
             "node_id": self.node_id,
             "node_url": self.url,
-            "signed_at": iso_seconds(datetime.now(timezone.utc)),
+            "signed_at": iso_seconds(datetime.now(UTC)),
         }
         return {**fields, "declaration_sig": b64url_encode(self.key.sign(decl_mod.canonical_bytes(fields)))}
 
@@ -167,7 +166,7 @@ class FakePeer:
         inp = fm.validate_new_fact({"entity": entity, "relation": "fake:says", "value": {"type": value_type, "v": v},
                                     "source": "fakepeer", "scope": scope, "valid_until": valid_until})
         fact = fm.new_fact(inp, origin_node_id=origin_node_id or self.node_id, hlc=self.hlc.tick(),
-                           timestamp=iso(datetime.now(timezone.utc)), fact_id=fact_id)
+                           timestamp=iso(datetime.now(UTC)), fact_id=fact_id)
         origin = om.origin_for(fact, node_id=origin_node_id or self.node_id, entity_uri=self.url)
         if origin_scopes is not None:
             origin = fm.Origin(origin.tenant, origin.node_id, tuple(origin_scopes), origin.allowed_tenants,
@@ -252,7 +251,7 @@ class FakePeer:
         return JSONResponse(self.page(cursor, limit))
 
     # -- lifecycle -----------------------------------------------------------------------
-    def up(self) -> "FakePeer":
+    def up(self) -> FakePeer:
         self._stopping.clear()
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error", lifespan="off",
                                 access_log=False, timeout_graceful_shutdown=1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,8 @@ from starlette.applications import Starlette
 from stigmem_node import declaration as d
 from stigmem_node.audit import entry_dict
 from stigmem_node.clock import iso_seconds
-from stigmem_node.encoding import b64url_encode
 from stigmem_node.config import from_env
+from stigmem_node.encoding import b64url_encode
 from stigmem_node.http import create_app
 from stigmem_node.node import Node
 from tests.fakepeer import raw_public
@@ -103,7 +103,7 @@ def signed_declaration(*, node_url: str, node_id: str | None = None, key: Ed2551
         "federation_pubkey": raw_public(key),
         "node_id": node_id if node_id is not None else f"stigmem:node:test-{time.monotonic_ns()}",
         "node_url": node_url,
-        "signed_at": iso_seconds(datetime.now(timezone.utc)),
+        "signed_at": iso_seconds(datetime.now(UTC)),
     }
     return {**fields, "declaration_sig": b64url_encode(key.sign(d.canonical_bytes(fields)))}
 
@@ -119,7 +119,7 @@ class ThreadServer:
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [listening_socket(self.port)]},
                                         daemon=True)
 
-    def __enter__(self) -> "ThreadServer":
+    def __enter__(self) -> ThreadServer:
         self._thread.start()
         deadline = time.monotonic() + 10
         while not self._server.started:

@@ -311,5 +311,5 @@ def test_checking_a_database_keeps_the_locks_of_the_connections_already_open_on_
 
 
 def test_core_tables_are_the_tables_of_the_schema():
-    assert CORE_TABLES == set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", schema_text()))
+    assert set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", schema_text())) == CORE_TABLES
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
@@ -14,7 +14,7 @@ from stigmem_node.encoding import b64url_decode, fingerprint
 from stigmem_node.errors import ValidationError
 from stigmem_node.keys import KeySigner, public_key_from_b64
 
-NOW = datetime(2026, 11, 23, 2, 7, 58, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 23, 2, 7, 58, tzinfo=UTC)
 LEEWAY = timedelta(seconds=30)
 
 
@@ -72,8 +72,9 @@ def test_signed_declaration_verifies_and_sorts_scopes(tmp_path):
 def test_scopes_are_verified_in_the_order_signed(tmp_path):
     """The reference signs allowed_scopes in the order given; we verify what was signed."""
     key = Ed25519PrivateKey.generate()
-    from stigmem_node.encoding import b64url_encode
     from cryptography.hazmat.primitives import serialization
+
+    from stigmem_node.encoding import b64url_encode
 
     pub = b64url_encode(key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
     fields = {"allowed_scopes": ["public", "company"], "federation_pubkey": pub, "node_id": "n",

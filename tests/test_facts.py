@@ -133,12 +133,12 @@ SIG_VECTORS = [
     ("2026-12-01T00:00:00.000000Z", "wP914bcW45RJPp_4aqzCmqby-pBQyKeBZTTUCEAZf3lNJ3UASY5KIsxKY5-X1aCgq2lOqUk_yAMfJpVzYHLXCA"),
 ]
 SIG_PAYLOAD_NULL = (
-    '{"cid":"sha256:c04af8f94d99caa5490edfb877b267c5059f932ec397f7670c7ae2a78f81b383",'
-    '"entity_uri":"http://127.0.0.1:18101","fact_id":"e2399474-7a6b-4b0e-9d55-0c1d2e3f4a5b",'
-    '"origin_allowed_scopes":["company","public"],"origin_allowed_tenants":["default"],'
-    '"origin_node_id":"stigmem:node:4be895b3-188b-47a3-8a96-2b20584a25ec","origin_tenant":"default",'
-    '"tv":"2.1","valid_until":null}'
-).encode()
+    b'{"cid":"sha256:c04af8f94d99caa5490edfb877b267c5059f932ec397f7670c7ae2a78f81b383",'
+    b'"entity_uri":"http://127.0.0.1:18101","fact_id":"e2399474-7a6b-4b0e-9d55-0c1d2e3f4a5b",'
+    b'"origin_allowed_scopes":["company","public"],"origin_allowed_tenants":["default"],'
+    b'"origin_node_id":"stigmem:node:4be895b3-188b-47a3-8a96-2b20584a25ec","origin_tenant":"default",'
+    b'"tv":"2.1","valid_until":null}'
+)
 
 
 class FixedClock(Clock):

@@ -14,9 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from stigmem_node.encoding import b64url_decode, b64url_encode
 from stigmem_node.keys import public_key_from_b64
@@ -327,15 +327,12 @@ def test_facts_are_append_only_in_the_database(n: ServedNode):
     created = n.client().post(FACTS, json=fact(f"append:{tag()}", "keep")).json()
     conn = sqlite3.connect(n.db, timeout=10)
     try:
-        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-            with conn:
-                conn.execute("UPDATE facts SET value_v = 'changed' WHERE id = ?", (created["id"],))
-        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-            with conn:
-                conn.execute("DELETE FROM facts WHERE id = ?", (created["id"],))
-        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-            with conn:
-                conn.execute("DELETE FROM facts")
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"), conn:
+            conn.execute("UPDATE facts SET value_v = 'changed' WHERE id = ?", (created["id"],))
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"), conn:
+            conn.execute("DELETE FROM facts WHERE id = ?", (created["id"],))
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"), conn:
+            conn.execute("DELETE FROM facts")
     finally:
         conn.close()
     assert n.client().get(f"{FACTS}/{created['id']}").json()["value"]["v"] == "keep"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from stigmem_node.store import Store
 from stigmem_node.background import Maintenance
+from stigmem_node.store import Store
 
 
 def test_expired_nonces_are_pruned_in_the_background_and_live_ones_kept(tmp_path):

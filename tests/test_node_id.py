@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -127,5 +127,5 @@ def test_config_and_declarations_share_the_one_validator():
             from_env({"STIGMEM_NODE_ID": value})
         body = signed_declaration(node_url="http://127.0.0.1:1", node_id=value)
         with pytest.raises(d.DeclarationRejected) as rejected:
-            d.verified(body, datetime.now(timezone.utc), leeway=timedelta(seconds=30))
+            d.verified(body, datetime.now(UTC), leeway=timedelta(seconds=30))
         assert rejected.value.reason == "invalid_node_id"

@@ -20,8 +20,8 @@ from stigmem_node import tokens
 from stigmem_node.clock import Clock
 from stigmem_node.config import Settings
 from stigmem_node.node import Node
+from stigmem_node.store.db import SCHEMA_VERSION, _split_sql, schema_text
 from stigmem_node.store.peers import PeerKey, PeerRecord
-from stigmem_node.store.db import SCHEMA_VERSION, schema_text, _split_sql
 from tests.fakepeer import raw_public
 
 PEER_NODE_ID = "stigmem:node:replayer"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -88,7 +88,7 @@ def _register(a, body) -> dict:
 def test_bad_declarations_are_rejected_with_distinct_reasons(pair):
     a, b = pair
     b_key = private_key_of(b)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
 
     def attempt(body) -> str:
         peer = _register(a, body)

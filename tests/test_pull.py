@@ -24,10 +24,11 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -37,8 +38,8 @@ from hypothesis import strategies as st
 
 from stigmem_node import tokens
 from stigmem_node.encoding import b64url_decode, b64url_encode
-from stigmem_node.origin import entry_from_wire, verify_fact_origin
 from stigmem_node.keys import public_key_from_b64
+from stigmem_node.origin import entry_from_wire, verify_fact_origin
 from stigmem_node.tokens import MAX_LEEWAY_MS, NONCE_PRUNE_MARGIN_MS, nonce_kept_until
 from tests.nodes import RunningNode, ServedNode
 
@@ -947,7 +948,7 @@ def test_inv7_concurrent_writes_while_paging_deliver_every_fact_exactly_once(fed
                         for f in res.json()["facts"]:
                             (expected if f["scope"] in ("company", "public") else hidden).add(f["id"])
                     n += size
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]

@@ -47,7 +47,7 @@ def _until_closed(sock: socket.socket, first: bytes = b"", filler: bytes = b"", 
                 filler = b""
         try:
             data = sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             continue
         except ConnectionResetError:
             break

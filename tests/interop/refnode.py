@@ -22,9 +22,10 @@ import sys
 import tarfile
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import httpx
 from cryptography.hazmat.primitives import serialization
@@ -89,7 +90,7 @@ def pubkey_fingerprint(pubkey_b64url: str) -> str:
 
 
 def utc_now_z(delta: timedelta = timedelta(0)) -> str:
-    return (datetime.now(timezone.utc) + delta).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (datetime.now(UTC) + delta).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _clean_env() -> dict[str, str]:
@@ -292,7 +293,7 @@ class ReferenceNode:
         env.update(self.extra_env)
         return env
 
-    def start(self) -> "ReferenceNode":
+    def start(self) -> ReferenceNode:
         if self.proc is not None:
             raise RuntimeError("reference node already started")
         if self.venv is None:
@@ -379,7 +380,7 @@ class ReferenceNode:
             self._log_file.close()
             self._log_file = None
 
-    def __enter__(self) -> "ReferenceNode":
+    def __enter__(self) -> ReferenceNode:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
