@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Callable, Iterator
 
 import httpx._transports.default as _httpx_transports
 import pytest

@@ -37,9 +37,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import httpx
 
@@ -153,9 +152,9 @@ sqlite3.connect = _tracked_connect  # type: ignore[assignment]  # records the co
 
 
 def run_cli(*args: str, db: Path | str | None = None, env: dict[str, str] | None = None,
-            cwd: Path | str | None = None, timeout: float = 30, stdin: str = "") -> subprocess.CompletedProcess:
+            cwd: Path | str | None = None, timeout: float = 30, input: str = "") -> subprocess.CompletedProcess:
     """Run the real CLI in this process: ``stigmem_node.cli.main(argv)`` with the environment
-    of ``node_env(env)``, ``stdin`` as its standard input and captured stdout and stderr; the exit code is what
+    of ``node_env(env)``, ``input`` on stdin and captured stdout and stderr; the exit code is what
     ``main`` returned (or the code of a ``SystemExit``), as the subprocess would exit with.
 
     An exception other than ``SystemExit`` is not turned into an exit code: it fails the
@@ -175,7 +174,7 @@ def run_cli(*args: str, db: Path | str | None = None, env: dict[str, str] | None
             result["code"] = cli.main(argv)
         except SystemExit as exc:
             result["code"] = exc.code
-        except BaseException as exc:  # noqa: BLE001 - raised again in the test's thread
+        except BaseException as exc:  # raised again in the test's thread
             result["error"] = exc
         finally:
             # A process's connections end with it: close what the command left open.
@@ -186,7 +185,7 @@ def run_cli(*args: str, db: Path | str | None = None, env: dict[str, str] | None
             _in_cli.reset(token)
 
     with _cli_lock, cli_environment(env, cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        saved_stdin, sys.stdin = sys.stdin, io.StringIO(stdin)
+        stdin, sys.stdin = sys.stdin, io.StringIO(input)
         handler = _CliStderr(err)
         logging.getLogger().addHandler(handler)
         try:
@@ -203,7 +202,7 @@ def run_cli(*args: str, db: Path | str | None = None, env: dict[str, str] | None
                 call()
         finally:
             logging.getLogger().removeHandler(handler)
-            sys.stdin = saved_stdin
+            sys.stdin = stdin
     if "error" in result:
         raise result["error"]
     code = result.get("code")
@@ -231,8 +230,8 @@ class _NodeSurface:
     def well_known(self) -> dict[str, Any]:
         return httpx.get(self.url + "/.well-known/stigmem", timeout=5).json()
 
-    def cli(self, *args: str, env: dict[str, str] | None = None, stdin: str = "") -> subprocess.CompletedProcess:
-        return run_cli(*args, db=self.db, env=env, stdin=stdin)
+    def cli(self, *args: str, env: dict[str, str] | None = None, input: str = "") -> subprocess.CompletedProcess:
+        return run_cli(*args, db=self.db, env=env, input=input)
 
     def cli_json(self, *args: str) -> Any:
         res = self.cli(*args, "--json")
@@ -325,7 +324,7 @@ class ServedNode(_NodeSurface):
     def _run(self) -> None:
         try:
             self._server.run(sockets=[self._sock])
-        except BaseException as exc:  # noqa: BLE001 - reported by __init__ or stop()
+        except BaseException as exc:  # reported by __init__ or stop()
             self._error = exc
 
     @property
@@ -369,7 +368,7 @@ class RunningNode(_NodeSurface):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"{name}.log"
-        self._log = open(self.log_path, "w")  # noqa: SIM115 - the server's output, open while it runs
+        self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "stigmem_node", "serve", "--db", str(self.db), "--port", str(self.port),
              "--host", "127.0.0.1", *args],
@@ -436,7 +435,7 @@ def stop_all(nodes: Sequence[ServedNode | RunningNode], *, wait: bool = False) -
         for n in nodes:
             try:
                 n.stop()
-            except BaseException as exc:  # noqa: BLE001 - raised again by finish_stops()
+            except BaseException as exc:  # raised again by finish_stops()
                 _stop_errors.append((f"{n.name} ({n.workdir})", exc))
 
     if wait:

@@ -429,7 +429,7 @@ def test_cli_token_mint_and_inspect(n: ServedNode, p: ServedNode):
     # Human output is the bare token; --scopes narrows it; a token from stdin is read too.
     bare = n.cli("token", "mint", "--peer", wk_p["node_id"], "--scopes", "public", "--ttl", "5")
     assert bare.returncode == 0 and bare.stdout.strip().count(".") == 2
-    piped = run_cli("token", "inspect", "-", "--json", stdin=bare.stdout)
+    piped = run_cli("token", "inspect", "-", "--json", input=bare.stdout)
     assert piped.returncode == 0, piped.stderr
     piped_claims = json.loads(piped.stdout)["claims"]
     assert piped_claims["scopes"] == ["public"] and piped_claims["exp"] - piped_claims["iat"] == 5000
