@@ -11,11 +11,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from stigmem_node.config import Settings
-from stigmem_node.http import create_app
+from stigmem_node.http.server import bind, serve
 from stigmem_node.node import Node
 from stigmem_node.peer_auth import AuthenticatedPeer
 from stigmem_node.tokens import PeerAuth, VerifiedToken
@@ -37,13 +36,19 @@ class OneSignatureCheck:
         self.public.verify(self.signature, self.message)
         return self.peer
 
+    def use_group_commit(self, group) -> None:  # no nonce is inserted
+        pass
 
-def build(db: Path):
-    node = Node(Settings(db_path=db))
+    def pending_commit(self) -> None:
+        return None
+
+
+def build(db: Path) -> Node:
+    node = Node(Settings(db_path=db, log_level="warning"))
     node.peer_auth = OneSignatureCheck()  # type: ignore[assignment]
-    return create_app(node)
+    return node
 
 
 if __name__ == "__main__":
-    uvicorn.run(build(Path(sys.argv[1])), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning",
-                access_log=False, server_header=False)
+    # Served exactly as `stigmem-node serve` serves (the same protocol, deadline and cap).
+    serve(build(Path(sys.argv[1])), bind("127.0.0.1", int(sys.argv[2])))
