@@ -205,6 +205,9 @@ def test_first_serve_prints_an_admin_key_and_a_restart_prints_none(tmp_path):
         assert first.api_key
         assert "First start" in first.log()
         assert get(first, AUDIT, bearer(first.api_key)).status_code == 200
+        # The hint shows the whole key: copied as it is, it works.
+        hint = next(line for line in first.log().splitlines() if "use it as:" in line)
+        assert f"Authorization: Bearer {first.api_key}'" in hint
     finally:
         first.stop()
     second = RunningNode(tmp_path, "n")  # same directory and name: same database

@@ -308,6 +308,7 @@ def test_peer_lifecycle_token_and_pull(db: Path, peer: FakePeer) -> None:
 
     listing = invoke("peers", "list", "--db", db)
     assert listing.exit_code == 0 and peer.node_id in listing.stdout and "pending_approval" in listing.stdout
+    assert peer.fingerprint in listing.stdout  # whole, for comparing with the peer's operator
     assert as_json(invoke("peers", "list", "--status", "active", "--db", db, "--json")) == []
     shown = as_json(invoke("peers", "show", peer.node_id, "--db", db, "--json"))
     assert shown["peer_id"] == pid and [h["event_type"] for h in shown["history"]] == ["peer_registered"]

@@ -114,7 +114,7 @@ def cmd_peers_list(g: Globals, *, status: str | None) -> int:
         for v in vs:
             r = v["replication"]
             last = (r["last_success_at"] or "never")[:19]
-            rows.append([v["node_id"], v["status"], ",".join(v["allowed_scopes"]), v["pubkey_fingerprint"][:23] + "…",
+            rows.append([v["node_id"], v["status"], ",".join(v["allowed_scopes"]), v["pubkey_fingerprint"],
                          last, str(r["facts_ingested"]), str(r["facts_rejected"]), (r["last_error"] or "")[:50]])
         return table(rows, ["NODE ID", "STATUS", "SCOPES", "FINGERPRINT", "LAST PULL OK", "IN", "REJECTED",
                             "LAST ERROR"])

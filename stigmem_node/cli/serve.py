@@ -16,7 +16,7 @@ def _print_first_key(node_id: str, node_url: str, fingerprint: str, key: str) ->
     print(
         "First start: created the node identity and this admin API key (shown once, store it now):\n"
         f"  {key}\n"
-        f"  use it as:  curl -H 'Authorization: Bearer {key[:10]}…' {node_url}/v1/federation/peers\n"
+        f"  use it as:  curl -H 'Authorization: Bearer {key}' {node_url}/v1/federation/peers\n"
         f"Node {node_id}, key fingerprint {fingerprint}",
         flush=True,
     )
