@@ -56,14 +56,6 @@ class KeySigner:
         self.public_key = b64url_encode(raw)
         self.key_id = key_id(raw)
 
-    @classmethod
-    def from_b64(cls, private_b64: str) -> KeySigner:
-        """From a raw 32-byte private key in base64url.  Raises ``ValueError``."""
-        raw = b64url_decode(private_b64)
-        if len(raw) != 32:
-            raise ValueError("an Ed25519 private key is 32 bytes")
-        return cls(Ed25519PrivateKey.from_private_bytes(raw))
-
     def sign(self, message: bytes, /) -> bytes:
         return self._private.sign(message)
 

@@ -348,3 +348,13 @@ def test_peer_lifecycle_token_and_pull(db: Path, peer: FakePeer) -> None:
                                                                       "--json"))]
     assert ("peer_suspended", "test suspend") in reasons and ("peer_removed", "test remove") not in reasons
     assert [t for t, _ in reasons][-1] == "peer_removed"
+
+
+def test_peers_add_notes_a_declaration_that_names_another_url(db: Path, peer: FakePeer, tmp_path: Path) -> None:
+    """The note compares the URL typed with the one the declaration names; the declaration
+    itself is authenticated once, by the registration."""
+    file = tmp_path / "decl.json"
+    file.write_text(json.dumps(peer.declaration()))
+    res = invoke("peers", "add", "http://127.0.0.1:9", "--declaration", file, "--db", db, "--json")
+    assert f"note: the declaration names {peer.url}, not http://127.0.0.1:9" in res.stderr
+    assert as_json(res)["status"] == "pending_approval"

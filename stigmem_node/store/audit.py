@@ -70,13 +70,9 @@ class AuditRepo:
             raise RuntimeError("the audit row got no seq")
         return cur.lastrowid
 
-    def highest_seq_issued(self) -> int:
-        """The largest seq ever handed out (survives deletion of the newest rows)."""
-        row = self.db.one("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'")
-        return int(row[0]) if row else 0
-
     def highest_seq_issued_raw(self) -> Any:
-        """The same value as stored (a checker must not trust its type)."""
+        """The largest seq ever handed out (survives deletion of the newest rows), as stored:
+        a checker must not trust its type."""
         row = self.db.one("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'")
         return row[0] if row else 0
 
