@@ -145,17 +145,18 @@ def fact_rows(db: Path, received: bool | None = None) -> list[tuple]:
         return conn.execute(f"SELECT {INSERT_COLS} FROM facts{where}").fetchall()  # noqa: S608 - constant text
 
 
-def insert_ceiling(rows: list[tuple], workdir: Path) -> float:
+def insert_ceiling(rows: list[tuple], workdir: Path, database: Path | str | None = None) -> float:
     """Seconds to insert ``rows`` into an empty schema in one transaction: the ceiling that
-    end-to-end rates are compared with."""
-    from stigmem_node.store.db import Database
+    end-to-end rates are compared with (``database``: an empty one to use, default a new
+    SQLite file in ``workdir``)."""
+    from stigmem_node.store import open_database
     from stigmem_node.store.facts import INSERT_COLS
 
-    db = Database(workdir / "ceiling.db")
+    db = open_database(database or workdir / "ceiling.db")
     marks = ",".join("?" * len(INSERT_COLS.split(",")))
     t0 = time.perf_counter()
     with db.transaction():
-        db.conn.executemany(f"INSERT INTO facts ({INSERT_COLS}) VALUES ({marks})", rows)  # noqa: S608 - constant text
+        db.executemany(f"INSERT INTO facts ({INSERT_COLS}) VALUES ({marks})", rows)  # noqa: S608 - constant text
     elapsed = time.perf_counter() - t0
     db.close()
     return elapsed

@@ -155,7 +155,7 @@ def read_anchor_file(path: str) -> str:
     return text
 
 
-def verify_database(db_path: Path, *, checkpoint_rows: int, anchor_file: str | None = None) -> VerifyReport:
+def verify_database(db_path: Path | str, *, checkpoint_rows: int, anchor_file: str | None = None) -> VerifyReport:
     """``audit verify [--anchor FILE]``: read only, from start to end."""
     anchor = None
     if anchor_file is not None:
@@ -172,7 +172,7 @@ def verify_database(db_path: Path, *, checkpoint_rows: int, anchor_file: str | N
     return report  # type: ignore[return-value]
 
 
-def anchor_database(db_path: Path, clock: Clock) -> dict[str, Any]:
+def anchor_database(db_path: Path | str, clock: Clock) -> dict[str, Any]:
     """``audit anchor``: the signed head, read only."""
     with open_read_only(db_path) as db:
         return make_anchor(db, clock)

@@ -28,6 +28,7 @@ from stigmem_node.audit import AUDIT_CHECKPOINT, GENESIS, checkpoint_payload, ro
 from stigmem_node.encoding import b64url_decode
 from stigmem_node.keys import public_key_from_b64
 from stigmem_node.store.audit import AuditRepo, AuditRow
+from stigmem_node.store.db import StorageError
 
 TEXT_COLUMNS = ("ts", "event_type", "detail", "prev_hash", "hash")
 NULLABLE_COLUMNS = ("peer_id", "actor", "reason", "remote_addr")
@@ -166,7 +167,7 @@ def verify_chain(db: Any, *, checkpoint_rows: int) -> VerifyReport:
             prev = row.hash
             expected += 1
         issued = repo.highest_seq_issued_raw()
-    except sqlite3.DatabaseError as exc:
+    except (sqlite3.DatabaseError, StorageError) as exc:
         return VerifyReport(False, count, expected, f"the database cannot be read from here on ({exc})", checkpoints)
     if not isinstance(issued, int) or isinstance(issued, bool):
         return VerifyReport(False, count, expected, f"sqlite_sequence holds {kind_of(issued)} for audit_log",

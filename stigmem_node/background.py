@@ -1,10 +1,10 @@
 """A serving node's background work, started and stopped by the node (``Node.start_background``).
 
-- **Database upkeep** (``Maintenance``): once a second, in a thread of its own and on a
-  connection of its own, delete expired nonces (up to a batch, walking the expiry index) and
-  move WAL pages into the database file (a PASSIVE checkpoint, which never blocks readers or
-  writers).  The serving connection's auto-checkpoint is turned off, so its commits never
-  wait for a checkpoint and its fsync.  Storage offers the operations; this module runs them.
+- **Database upkeep** (``Maintenance``): once a second, in a thread of its own, delete
+  expired nonces (up to a batch, walking the expiry index) and, on SQLite, move WAL pages
+  into the database file (a PASSIVE checkpoint, which never blocks readers or writers).
+  The serving connection's auto-checkpoint is turned off, so its commits never wait for a
+  checkpoint and its fsync.  Storage offers the operations; this module runs them.
 - **Key watch** (``watch_identity``): adopt a key rotated by the CLI while the server runs.
 - **Audit sealing** (``seal_audit``): a signed audit checkpoint once a row has waited the
   configured interval unsealed.
@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from stigmem_node.audit import AuditTrail
 from stigmem_node.errors import StigmemError
-from stigmem_node.store.db import Database, StorageBusy
+from stigmem_node.store.db import Database, StorageBusy, StorageUnavailable
 from stigmem_node.store.nonces import NonceRepo
 
 log = logging.getLogger("stigmem_node.background")
@@ -37,7 +37,7 @@ class Maintenance:
 
     def __init__(self, db: Database, now_ms: Callable[[], int], interval_s: float = MAINTENANCE_INTERVAL_S,
                  prune_batch: int = NONCE_PRUNE_BATCH) -> None:
-        self.path = db.path
+        self.db = db
         self.now_ms = now_ms
         self.interval_s = interval_s
         self.prune_batch = prune_batch
@@ -47,23 +47,16 @@ class Maintenance:
         self._thread.start()
 
     def _run(self) -> None:
-        try:
-            db = Database(self.path)
-        except Exception:
-            log.exception("database maintenance cannot start: expired nonces will not be pruned")
-            return
+        db = self.db
         nonces = NonceRepo(db)
-        try:
-            while not self._stop.wait(self.interval_s):
-                try:
-                    nonces.prune(self.now_ms(), batch=self.prune_batch)
-                    db.checkpoint()
-                except StorageBusy as exc:  # the next round tries again
-                    log.debug("maintenance deferred: %s", exc.message)
-                except Exception:  # keep the thread alive: an unpruned cache only grows
-                    log.exception("database maintenance failed; trying again in %.0f s", self.interval_s)
-        finally:
-            db.close()
+        while not self._stop.wait(self.interval_s):
+            try:
+                nonces.prune(self.now_ms(), batch=self.prune_batch)
+                db.checkpoint()
+            except (StorageBusy, StorageUnavailable) as exc:  # the next round tries again
+                log.debug("maintenance deferred: %s", exc.message)
+            except Exception:  # keep the thread alive: an unpruned cache only grows
+                log.exception("database maintenance failed; trying again in %.0f s", self.interval_s)
 
     def stop(self) -> None:
         self._stop.set()

@@ -30,6 +30,8 @@ class Settings:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     db_path: Path = Path(DEFAULT_DB)
+    database_url: str | None = None  # postgresql://...: PostgreSQL instead of the SQLite file
+    db_busy_timeout_ms: int = 10_000  # a write waits this long for the write lock, then 503
     node_url: str | None = None  # None: http://host:port
     node_id: str | None = None  # None: generated on first start
     synchronous: str = "NORMAL"
@@ -58,12 +60,31 @@ class Settings:
         return self.node_url or f"http://{_url_host(self.host)}:{self.port}"
 
     @property
+    def database(self) -> Path | str:
+        """Where the node's state lives: the PostgreSQL URL, or else the SQLite file."""
+        return self.database_url or self.db_path
+
+    @property
+    def database_label(self) -> str:
+        """``database`` for messages: a URL without its password."""
+        return redact_url(self.database_url) if self.database_url else str(self.db_path)
+
+    @property
     def pepper_path(self) -> Path:
         return self.db_path.with_name(self.db_path.name + ".pepper")
 
     def with_overrides(self, **overrides: Any) -> Settings:
         clean = {k: v for k, v in overrides.items() if v is not None}
         return validate(replace(self, **clean))
+
+
+def redact_url(url: str) -> str:
+    """A database URL without its password, for messages."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not (sep and at and ":" in userinfo):
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
 
 
 def _url_host(host: str) -> str:
@@ -129,6 +150,10 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         kw["port"] = _int("STIGMEM_PORT", env["STIGMEM_PORT"], 1, 65535)
     if env.get("STIGMEM_DB_PATH"):
         kw["db_path"] = Path(env["STIGMEM_DB_PATH"])
+    if env.get("STIGMEM_DATABASE_URL"):
+        kw["database_url"] = env["STIGMEM_DATABASE_URL"]
+    if env.get("STIGMEM_DB_BUSY_TIMEOUT_MS"):
+        kw["db_busy_timeout_ms"] = _int("STIGMEM_DB_BUSY_TIMEOUT_MS", env["STIGMEM_DB_BUSY_TIMEOUT_MS"], 1, 600_000)
     if env.get("STIGMEM_NODE_URL"):
         kw["node_url"] = env["STIGMEM_NODE_URL"]
     if env.get("STIGMEM_NODE_ID"):
@@ -206,6 +231,9 @@ def validate(s: Settings) -> Settings:
             node_ids.check(s.node_id)
         except node_ids.InvalidNodeId as exc:
             raise ConfigError("invalid_node_id", f"STIGMEM_NODE_ID: {exc.message}") from None
+    if s.database_url is not None and not s.database_url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("invalid_database_url", "STIGMEM_DATABASE_URL / --database-url must be a "
+                          f"postgresql:// URL, got {redact_url(s.database_url)[:80]!r}")
     sync = s.synchronous.upper()
     if sync not in ("NORMAL", "FULL"):
         raise ConfigError(message=f"SQLite synchronous mode must be NORMAL or FULL, got {s.synchronous!r}")

@@ -112,7 +112,7 @@ def _load(meta: MetaRepo, clock: Clock, *, node_url: str | None, default_url: st
         stored_id = meta.get("node_id")
         keys = meta.keys()
         if stored_id is None or not any(k.status == "active" for k in keys):
-            raise ConfigError("node_identity_missing", f"the database {meta.db.path} has no node identity yet "
+            raise ConfigError("node_identity_missing", f"the database {meta.db.target} has no node identity yet "
                                                        "(init or serve creates it)")
         url = node_url or meta.get("node_url") or default_url
         past = _past_keys(meta, keys)

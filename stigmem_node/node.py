@@ -63,7 +63,8 @@ class Node:
         self.clock = clock or Clock()
         self.outbound = Outbound(timeout_s=settings.outbound_timeout_s,
                                  allow_insecure_http=settings.allow_insecure_http, transport=transport)
-        self.store = Store(settings.db_path, settings.synchronous, create=create)
+        self.store = Store(settings.database, settings.synchronous, create=create,
+                           busy_timeout_ms=settings.db_busy_timeout_ms)
 
         def peppers() -> Peppers:
             return Peppers.load(settings.pepper_path, settings.pepper, create=create)
@@ -267,7 +268,7 @@ class Node:
             "federation_pubkey": ident.public_key,
             "pubkey_fingerprint": ident.fingerprint,
             "shared_scopes": list(self.settings.shared_scopes),
-            "database": str(self.settings.db_path),
+            "database": self.settings.database_label,
             "declaration": self.declaration().as_dict(),
             "previous_keys": [k.as_dict() for k in ident.past_keys],
         }

@@ -21,6 +21,7 @@ from stigmem_node.cli.audit import cmd_audit_anchor, cmd_audit_export, cmd_audit
 from stigmem_node.cli.facts import cmd_facts_add, cmd_facts_list
 from stigmem_node.cli.info import cmd_info
 from stigmem_node.cli.keys import cmd_keys_rotate
+from stigmem_node.cli.migrate import cmd_migrate
 from stigmem_node.cli.peers import (
     cmd_peers_add,
     cmd_peers_approve,
@@ -56,6 +57,7 @@ __all__ = [
     "cmd_info",
     "cmd_init",
     "cmd_keys_rotate",
+    "cmd_migrate",
     "cmd_peers_add",
     "cmd_peers_approve",
     "cmd_peers_list",

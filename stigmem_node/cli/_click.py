@@ -23,6 +23,8 @@ from stigmem_node.cli._common import PROG, Globals, run
 F = TypeVar("F", bound=Callable[..., int])
 
 DB_HELP = "SQLite database file (env STIGMEM_DB_PATH, default ./stigmem.db)"
+DATABASE_URL_HELP = ("PostgreSQL database instead of the SQLite file, postgresql://USER@HOST:PORT/DB "
+                     "(env STIGMEM_DATABASE_URL)")
 JSON_HELP = "machine-readable output"
 _NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
 
@@ -155,6 +157,7 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 
 def _global_options() -> list[click.Parameter]:
     return [click.Option(["--db"], metavar="FILE", help=DB_HELP),
+            click.Option(["--database-url"], metavar="URL", help=DATABASE_URL_HELP),
             click.Option(["--json"], is_flag=True, help=JSON_HELP)]
 
 
@@ -179,12 +182,14 @@ def _globals(ctx: click.Context | None) -> Globals:
     """``--db`` and ``--json`` wherever they were given: on the command, its group or the
     root (the one nearest the command wins)."""
     db: str | None = None
+    url: str | None = None
     as_json = False
     while ctx is not None:
         db = db or ctx.params.get("db")
+        url = url or ctx.params.get("database_url")
         as_json = as_json or bool(ctx.params.get("json"))
         ctx = ctx.parent
-    return Globals(db=db, json=as_json)
+    return Globals(db=db, json=as_json, database_url=url)
 
 
 def command(parent: click.Group, name: str, *, help: str, global_options: bool = True) -> Callable[[F], F]:
@@ -204,9 +209,10 @@ def command(parent: click.Group, name: str, *, help: str, global_options: bool =
 
         def callback(**values: Any) -> int:
             g = _globals(click.get_current_context())
-            if not global_options and (g.db or g.json):
-                raise click.UsageError(f"{name} takes neither --db nor --json")
+            if not global_options and (g.db or g.json or g.database_url):
+                raise click.UsageError(f"{name} takes neither --db, --database-url nor --json")
             values.pop("db", None)
+            values.pop("database_url", None)
             values.pop("json", None)
             handler = getattr(sys.modules[__package__], func.__name__, func)
             return int(handler(g, **values) or 0)

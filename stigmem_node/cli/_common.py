@@ -34,12 +34,14 @@ class Globals:
 
     db: str | None = None
     json: bool = False
+    database_url: str | None = None
 
 
 # -- settings and the node ---------------------------------------------------------------
 def settings_for(g: Globals, **overrides: Any) -> Settings:
     """The environment's settings, overridden by ``--db`` and the command's flags (None: not given)."""
-    return from_env().with_overrides(db_path=Path(g.db) if g.db else None, **overrides)
+    return from_env().with_overrides(db_path=Path(g.db) if g.db else None, database_url=g.database_url,
+                                     **overrides)
 
 
 def open_node(g: Globals, *, serving: bool = False, create: bool = False, **overrides: Any) -> Node:
@@ -49,7 +51,7 @@ def open_node(g: Globals, *, serving: bool = False, create: bool = False, **over
     from stigmem_node.node import Node
 
     settings = settings_for(g, **overrides)
-    if not (serving or create) and not settings.db_path.exists():
+    if not (serving or create) and settings.database_url is None and not settings.db_path.exists():
         raise ConfigError("database_missing", f"no node database at {settings.db_path}; pass --db or set "
                           "STIGMEM_DB_PATH, or create one with 'stigmem-node init'")
     return Node(settings, serving=serving, create=serving or create)

@@ -99,7 +99,7 @@ def cmd_audit_verify(g: Globals, *, anchor: str | None) -> int:
     from stigmem_node.audit_anchor import verify_database  # read only: no Node, nothing created
 
     settings = settings_for(g)
-    report = verify_database(settings.db_path, checkpoint_rows=settings.audit_checkpoint_rows, anchor_file=anchor)
+    report = verify_database(settings.database, checkpoint_rows=settings.audit_checkpoint_rows, anchor_file=anchor)
     emit(g, report.as_dict(), lambda _: report.human())
     return EXIT_OK if report.ok else EXIT_FAIL
 
@@ -110,7 +110,7 @@ def cmd_audit_anchor(g: Globals, *, out: str | None) -> int:
     from stigmem_node.audit_anchor import anchor_database, write_anchor
     from stigmem_node.clock import Clock
 
-    write_anchor(anchor_database(settings_for(g).db_path, Clock()), out)
+    write_anchor(anchor_database(settings_for(g).database, Clock()), out)
     return EXIT_OK
 
 

@@ -60,7 +60,7 @@ def cmd_serve(g: Globals, *, host: str | None, port: int | None, node_url: str |
         _print_first_key(node.identity.node_id, node.identity.node_url, node.identity.fingerprint, key)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     print(f"stigmem-node {__version__}: node {node.identity.node_url} listening on {settings.host}:{settings.port} "
-          f"(database {settings.db_path})", flush=True)
+          f"(database {settings.database_label})", flush=True)
     serve(node, sockets, access_log=access_log)
     return EXIT_OK
 

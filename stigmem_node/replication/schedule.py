@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 
 import httpx
 
 from stigmem_node.replication.subscriber import Subscriber
+from stigmem_node.store.db import StorageError
 from stigmem_node.store.peers import PeerRecord
 
 log = logging.getLogger("stigmem_node.replication")
@@ -45,7 +45,7 @@ class Scheduler:
         while True:
             try:
                 peers = self.subscriber.active_peers()
-            except sqlite3.Error:
+            except StorageError:
                 log.exception("cannot list peers to pull; trying again next interval")
                 peers = []
             now = time.monotonic()

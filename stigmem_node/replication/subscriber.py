@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from stigmem_node.federation import KeyRefresh
 from stigmem_node.replication.ingest import Ingest, Overlap
 from stigmem_node.replication.results import PassResult, PeerResult, PullError
 from stigmem_node.replication.transport import MAX_PAGE_BYTES, PageFetcher
+from stigmem_node.store.db import StorageError
 from stigmem_node.store.peers import PeerRecord, PeerRepo
 from stigmem_node.store.replication import ReplicationRepo
 
@@ -134,7 +134,7 @@ class Subscriber:
         try:
             self.store.replication.finish(peer.id, self.clock.now_iso(),
                                           None if error is None else f"{error.code}: {error.message}")
-        except sqlite3.Error:
+        except StorageError:
             log.exception("cannot record the pull status of %s", peer.node_id)
         return result
 

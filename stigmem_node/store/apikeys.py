@@ -52,8 +52,8 @@ class ApiKeyRepo:
         return int(row[0]) if row else 0
 
     def revoke(self, key_id: str, when: str) -> bool:
-        cur = self.db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (when, key_id))
-        return cur.rowcount == 1
+        return self.db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                               (when, key_id)) == 1
 
     def touch(self, key_id: str, when: str) -> None:
         self.db.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (when, key_id))

@@ -13,7 +13,6 @@ _COLS = "seq, ts, event_type, peer_id, actor, reason, detail, remote_addr, prev_
 # (a BLOB, a number, text that is not UTF-8) is shown as it is instead of failing the read.
 # ``audit verify`` reads the raw values (``iter_all``) and reports such rows as broken.
 _TEXT_COLS = ("ts", "event_type", "peer_id", "actor", "reason", "detail", "remote_addr", "prev_hash", "hash")
-_DISPLAY_COLS = "seq, " + ", ".join(f"hex({c}), {c} IS NULL" for c in _TEXT_COLS)
 
 
 def _display_row(row: tuple) -> AuditRow:
@@ -39,6 +38,8 @@ class AuditRow:
 class AuditRepo:
     def __init__(self, db: Queryable) -> None:
         self.db = db
+        hex_text = db.dialect.hex_text
+        self._display_cols = "seq, " + ", ".join(f"{hex_text.format(c)}, {c} IS NULL" for c in _TEXT_COLS)
 
     def head(self) -> tuple[int, str, str] | None:
         """(seq, hash, event_type) of the newest row."""
@@ -60,20 +61,18 @@ class AuditRepo:
         return AuditRow(*row) if row else None
 
     def insert(self, row: AuditRow) -> int:
-        cur = self.db.execute(
+        (seq,) = self.db.returning(
             "INSERT INTO audit_log (ts, event_type, peer_id, actor, reason, detail, remote_addr, prev_hash, hash)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
             (row.ts, row.event_type, row.peer_id, row.actor, row.reason, row.detail, row.remote_addr,
              row.prev_hash, row.hash),
         )
-        if cur.lastrowid is None:  # pragma: no cover - an INSERT always sets it
-            raise RuntimeError("the audit row got no seq")
-        return cur.lastrowid
+        return int(seq)
 
     def highest_seq_issued_raw(self) -> Any:
         """The largest seq ever handed out (survives deletion of the newest rows), as stored:
         a checker must not trust its type."""
-        row = self.db.one("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'")
+        row = self.db.one(self.db.dialect.audit_seq_issued)
         return row[0] if row else 0
 
     def page(
@@ -99,7 +98,7 @@ class AuditRepo:
             params.append(until)
         order = "DESC" if descending else "ASC"
         rows = self.db.all(
-            f"SELECT {_DISPLAY_COLS} FROM audit_log WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT ?",
+            f"SELECT {self._display_cols} FROM audit_log WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT ?",
             (*params, limit),
         )
         return [_display_row(r) for r in rows]

@@ -44,7 +44,7 @@ class FactRepo:
 
     def insert_many(self, rows: Sequence[tuple]) -> None:
         """Insert rows in ``INSERT_COLS`` order (call inside a transaction for one commit)."""
-        self.db.conn.executemany(
+        self.db.executemany(
             f"INSERT INTO facts ({INSERT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
         )
 
@@ -65,8 +65,8 @@ class FactRepo:
     def local_by_content(self, cid: str, valid_until: str | None) -> FactRow | None:
         """This node's own fact with this CID and this valid_until (which the CID leaves out)."""
         row = self.db.one(
-            f"SELECT {ROW_COLS} FROM facts WHERE cid = ? AND valid_until IS ? AND received_from IS NULL"
-            f" ORDER BY seq LIMIT 1", (cid, valid_until)
+            f"SELECT {ROW_COLS} FROM facts WHERE cid = ? AND valid_until IS NOT DISTINCT FROM ?"
+            f" AND received_from IS NULL ORDER BY seq LIMIT 1", (cid, valid_until)
         )
         return FactRow(*row) if row else None
 
@@ -110,7 +110,7 @@ class FactRepo:
             return self.db.all(sql, params), False
         rows: list[tuple[int, str, str]] = []
         size = 0
-        for row in self.db.execute(sql, params):
+        for row in self.db.iterate(sql, params):
             size += len(row[1])
             if rows and size > max_chars:
                 return rows, True
@@ -124,7 +124,7 @@ class FactRepo:
 
     def set_signatures(self, rows: Sequence[tuple[str, str, int]]) -> None:
         """(origin_sig, entry, seq) rows: renew signatures only (the content is immutable)."""
-        self.db.conn.executemany("UPDATE facts SET origin_sig = ?, entry = ? WHERE seq = ?", rows)
+        self.db.executemany("UPDATE facts SET origin_sig = ?, entry = ? WHERE seq = ?", rows)
 
     def max_local_hlc(self) -> str | None:
         """The newest HLC this node issued (received facts carry their origin's clock)."""

@@ -37,7 +37,7 @@ class MetaRepo:
     def set_if_absent(self, key: str, value: str) -> str:
         """Insert unless present; return the stored value (first writer wins across processes)."""
         with self.db.transaction():
-            self.db.execute("INSERT OR IGNORE INTO node_meta (key, value) VALUES (?, ?)", (key, value))
+            self.db.execute("INSERT INTO node_meta (key, value) VALUES (?, ?) ON CONFLICT DO NOTHING", (key, value))
             return self.get(key)  # type: ignore[return-value]
 
     def keys(self) -> list[KeyRow]:

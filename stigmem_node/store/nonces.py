@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from stigmem_node.store.db import Database
 
 
@@ -15,20 +17,25 @@ class NonceRepo:
         One INSERT on the primary key: atomic across connections and processes, so of any
         number of concurrent presentations exactly one succeeds.
         """
-        cur = self.db.execute(
-            "INSERT OR IGNORE INTO nonce_cache (nonce, peer_id, expires_at_ms) VALUES (?, ?, ?)",
+        return self.db.execute(
+            "INSERT INTO nonce_cache (nonce, peer_id, expires_at_ms) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
             (nonce, peer_id, expires_at_ms),
-        )
-        return cur.rowcount == 1
+        ) == 1
+
+    def consume_batch(self, items: Sequence[tuple[str, str, int]]) -> list[bool]:
+        """Record (nonce, peer_id, expires_at_ms) rows in one transaction (one commit for all):
+        True where the nonce is fresh, False where it was already there, in input order.  A
+        nonce twice in one batch is fresh once."""
+        with self.db.transaction(exclusive=False):
+            return [self.consume(*item) for item in items]
 
     def prune(self, now_ms: int, batch: int = 5000) -> int:
         """Delete up to ``batch`` expired nonces, walking the expiry index."""
-        cur = self.db.execute(
+        return self.db.execute(
             "DELETE FROM nonce_cache WHERE nonce IN"
             " (SELECT nonce FROM nonce_cache WHERE expires_at_ms < ? ORDER BY expires_at_ms LIMIT ?)",
             (now_ms, batch),
         )
-        return cur.rowcount
 
     def count(self) -> int:
         row = self.db.one("SELECT COUNT(*) FROM nonce_cache")

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 
-from stigmem_node.store.db import Database, IntegrityConflict
+from stigmem_node.store.db import ConstraintViolation, Database, IntegrityConflict
 
 _COLS = (
     "id, node_id, node_url, federation_pubkey, allowed_scopes, declaration, signed_at, status, reject_reason,"
@@ -66,15 +65,15 @@ class PeerRepo:
                 )
                 for key in keys:
                     self.add_key(peer.id, key)
-        except sqlite3.IntegrityError as exc:
+        except ConstraintViolation as exc:
             raise IntegrityConflict("peer_already_registered",
                                     "a peer with this node id is already registered") from exc
 
     def add_key(self, peer_id: str, key: PeerKey) -> None:
         self.writes += 1
         self.db.execute(
-            "INSERT OR IGNORE INTO peer_keys (peer_id, key_id, public_key, added_at, retire_after) "
-            "VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO peer_keys (peer_id, key_id, public_key, added_at, retire_after) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (peer_id, key.key_id, key.public_key, key.added_at, key.retire_after),
         )
 
@@ -107,12 +106,11 @@ class PeerRepo:
         """Compare-and-set the status; False if the peer was not in an expected status."""
         self.writes += 1
         marks = ",".join("?" * len(expected))
-        cur = self.db.execute(
+        return self.db.execute(
             f"UPDATE peers SET status = ?, updated_at = ?, approved_at = COALESCE(?, approved_at),"
             f" approved_by = COALESCE(?, approved_by) WHERE id = ? AND status IN ({marks})",
             (status, updated_at, approved_at, approved_by, peer_id, *expected),
-        )
-        return cur.rowcount == 1
+        ) == 1
 
     def set_pubkey(self, peer_id: str, public_key: str, updated_at: str) -> None:
         self.writes += 1
@@ -143,6 +141,5 @@ class PeerRepo:
     def delete(self, peer_id: str, *, expected: tuple[str, ...]) -> bool:
         self.writes += 1
         marks = ",".join("?" * len(expected))
-        cur = self.db.execute(f"DELETE FROM peers WHERE id = ? AND status IN ({marks})", (peer_id, *expected))
-        return cur.rowcount == 1
+        return self.db.execute(f"DELETE FROM peers WHERE id = ? AND status IN ({marks})", (peer_id, *expected)) == 1
 

@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from stigmem_node.errors import ConfigError
+from stigmem_node.store.db import is_postgres_url
+from stigmem_node.store.sqlite import DIALECT
 
 
 def _text(raw: bytes) -> str | bytes:
@@ -54,8 +56,12 @@ def _signature(path: Path) -> tuple[bool, int, int]:
 class ReadOnlyDatabase:
     """A read-only SQLite connection with the ``one``/``all`` reads of ``Database``."""
 
+    engine = "sqlite"
+    dialect = DIALECT
+
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self.target = str(self.path)
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._seen = _signature(self.path)
         self.how = ""
@@ -119,11 +125,23 @@ class ReadOnlyDatabase:
 
     # With the two below, repositories (store.db.Queryable) read through this database; the
     # connection is read-only, so SQLite refuses any write they attempt.
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
-        return self.conn.execute(sql, params)
+    def iterate(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        yield from self.conn.execute(sql, params)
 
-    def transaction(self) -> AbstractContextManager[object]:
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self.conn.execute(sql, params).rowcount
+
+    def returning(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...]:
+        return tuple(self.conn.execute(sql, params).fetchall()[0])
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.conn.executemany(sql, rows)
+
+    def transaction(self, *, exclusive: bool = True) -> AbstractContextManager[object]:
         return self.snapshot()
+
+    def ping(self) -> None:
+        self.conn.execute("SELECT 1").fetchone()
 
     def close(self) -> None:
         conn = getattr(self, "conn", None)
@@ -142,11 +160,16 @@ class ReadOnlyDatabase:
 
 
 def open_read_only(path: Path | str) -> ReadOnlyDatabase:
-    """Open an existing stigmem database for reading only (see the module docstring).
+    """Open an existing stigmem database for reading only (see the module docstring; a
+    PostgreSQL URL gives ``postgres.ReadOnlySnapshot``, with the same reads).
 
     Raises ``ConfigError``: ``database_missing`` if there is no file, ``database_unavailable``
     if it cannot be read or is not a stigmem database.
     """
+    if is_postgres_url(path):
+        from stigmem_node.store.postgres import ReadOnlySnapshot
+
+        return ReadOnlySnapshot(str(path))  # type: ignore[return-value]
     path = Path(path)
     try:
         exists = path.is_file()

@@ -32,7 +32,7 @@ class ReplicationRepo:
         return {r[0]: ReplicationState(*r) for r in self.db.all(f"SELECT {_COLS} FROM replication_state")}
 
     def _ensure(self, peer_id: str) -> None:
-        self.db.execute("INSERT OR IGNORE INTO replication_state (peer_id) VALUES (?)", (peer_id,))
+        self.db.execute("INSERT INTO replication_state (peer_id) VALUES (?) ON CONFLICT DO NOTHING", (peer_id,))
 
     def attempt(self, peer_id: str, when: str) -> None:
         with self.db.transaction():
@@ -47,12 +47,11 @@ class ReplicationRepo:
         changed) if another run moved the cursor meanwhile.
         """
         self._ensure(peer_id)
-        cur = self.db.execute(
+        return self.db.execute(
             "UPDATE replication_state SET cursor = ?, facts_ingested = facts_ingested + ?,"
-            " facts_rejected = facts_rejected + ? WHERE peer_id = ? AND cursor IS ?",
+            " facts_rejected = facts_rejected + ? WHERE peer_id = ? AND cursor IS NOT DISTINCT FROM ?",
             (cursor, ingested, rejected, peer_id, expected_cursor),
-        )
-        return cur.rowcount == 1
+        ) == 1
 
     def finish(self, peer_id: str, when: str, error: str | None) -> None:
         with self.db.transaction():

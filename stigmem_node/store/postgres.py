@@ -1,0 +1,418 @@
+"""The PostgreSQL engine: a connection pool shared by the threads of one process, one
+database shared by every replica of a node.
+
+- **Reads** outside a transaction take a pooled connection for one statement (autocommit),
+  and never wait for a writer.
+- **Write transactions** keep one pooled connection for their thread and take the node-wide
+  write lock first: a transaction-scoped advisory lock (``WRITE_LOCK``), released by
+  COMMIT or ROLLBACK, or by the server when the connection dies.  So read-then-write
+  sequences (the audit chain, compare-and-set of a peer's status, the first identity) are
+  serialised across every replica exactly as SQLite's ``BEGIN IMMEDIATE`` serialises them
+  across processes.  ``transaction(exclusive=False)`` skips the lock for writes that need
+  no ordering (single-use nonces: their primary key makes a replay fail in any replica).
+- **seq** of facts and audit rows is drawn under the same lock by a trigger
+  (schema_postgres.sql), so seq order is commit order: a pull never skips a fact that
+  committed late with a smaller seq.
+- A write waits at most ``busy_timeout_ms`` for the lock or a pooled connection
+  (``StorageBusy``); a database that cannot be reached gives ``StorageUnavailable``.
+
+The schema version lives in the table ``stigmem_schema``; the schema and the numbered
+migrations are applied under an advisory lock, so replicas starting together migrate once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from stigmem_node.errors import ConfigError
+from stigmem_node.store.db import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    ConstraintViolation,
+    Dialect,
+    StorageBusy,
+    StorageFailure,
+    StorageUnavailable,
+    off_loop,
+    schema_text,
+    split_sql,
+)
+
+try:
+    import psycopg
+    import psycopg.errors
+    from psycopg_pool import ConnectionPool, PoolTimeout
+except ImportError:  # pragma: no cover - the postgresql extra is not installed
+    psycopg = None  # type: ignore[assignment]
+
+log = logging.getLogger("stigmem_node.store")
+
+WRITE_LOCK = 8386093285  # the node-wide write lock (also in schema_postgres.sql)
+MIGRATE_LOCK = 8386093286
+DIALECT = Dialect(
+    name="postgresql",
+    hex_text="encode(convert_to({}, 'UTF8'), 'hex')",
+    audit_seq_issued="SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM audit_log_seq",
+)
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}"))
+
+
+@lru_cache(maxsize=1024)
+def _sql(sql: str) -> str:
+    """``?`` placeholders as psycopg's ``%s`` (and a literal ``%`` doubled)."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+def _split_complete(text: str) -> bool:
+    return text.count("$$") % 2 == 0
+
+
+def _translate(exc: Exception) -> Exception:
+    if isinstance(exc, psycopg.errors.IntegrityError):
+        return ConstraintViolation(str(exc).splitlines()[0])
+    if isinstance(exc, psycopg.errors.LockNotAvailable | PoolTimeout | psycopg.errors.QueryCanceled):
+        return StorageBusy()
+    if isinstance(exc, psycopg.OperationalError):
+        return StorageUnavailable(f"the database is unavailable ({str(exc).splitlines()[0][:200]})")
+    return StorageFailure(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+
+
+class _Tx:
+    """The write transaction of one thread: its connection and nesting depth."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.depth = 0
+
+
+class PostgresDatabase:
+    engine = "postgresql"
+    dialect = DIALECT
+
+    def __init__(self, url: str, busy_timeout_ms: int = 10_000, *, create: bool = True, pool_size: int = 16,
+                 connect_timeout_s: float = 10.0) -> None:
+        if psycopg is None:
+            raise ConfigError("postgresql_unsupported",
+                              "PostgreSQL needs the postgresql extra: pip install 'stigmem-node[postgresql]'")
+        self.url = url
+        self.target = redact(url)
+        self.busy_timeout_s = busy_timeout_ms / 1000
+        self._local = threading.local()
+        lock_timeout = f"{int(busy_timeout_ms)}ms"
+
+        def configure(conn: Any) -> None:
+            conn.execute(f"SET lock_timeout = '{lock_timeout}'")
+            conn.execute("SET idle_in_transaction_session_timeout = '60s'")
+
+        self.pool = ConnectionPool(
+            url, min_size=1, max_size=pool_size, open=False, timeout=self.busy_timeout_s,
+            kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout_s)),
+                    "application_name": "stigmem-node"},
+            configure=configure, name="stigmem",
+        )
+        try:
+            self.pool.open(wait=True, timeout=connect_timeout_s)
+        except (PoolTimeout, psycopg.Error) as exc:
+            self.pool.close()
+            raise ConfigError("database_unavailable", f"cannot connect to {self.target}: {exc}") from None
+        try:
+            self._migrate(create)
+        except BaseException:
+            self.pool.close()
+            raise
+
+    # -- schema ----------------------------------------------------------------------------
+    def _migrate(self, create: bool) -> None:
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
+                tables = {r[0] for r in conn.execute(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")}
+                if "stigmem_schema" not in tables:
+                    if tables:
+                        raise ConfigError("not_a_stigmem_database",
+                                          f"{self.target} holds other tables and no stigmem schema: "
+                                          "use an empty database of its own")
+                    if not create:
+                        raise ConfigError("not_a_stigmem_database",
+                                          f"{self.target} has no stigmem schema yet "
+                                          "(only init or serve creates a node)")
+                    conn.execute("CREATE TABLE stigmem_schema (version INTEGER NOT NULL)")
+                    conn.execute("REVOKE ALL ON stigmem_schema FROM PUBLIC")
+                    conn.execute("INSERT INTO stigmem_schema (version) VALUES (0)")
+                row = conn.execute("SELECT version FROM stigmem_schema").fetchone()
+                version = int(row[0]) if row else 0
+                if version > SCHEMA_VERSION:
+                    raise ConfigError("schema_too_new", f"database schema version {version} is newer than "
+                                      f"this node understands ({SCHEMA_VERSION})")
+                if version == SCHEMA_VERSION:
+                    return
+                if version == 0:
+                    for statement in split_sql(schema_text("postgresql"), _split_complete):
+                        conn.execute(statement)
+                    version = 1
+                while version < SCHEMA_VERSION:
+                    version += 1
+                    for statement in split_sql(MIGRATIONS[version], _split_complete):
+                        conn.execute(statement)
+                conn.execute("UPDATE stigmem_schema SET version = %s", (version,))
+        except psycopg.Error as exc:
+            raise ConfigError("database_unavailable", f"{self.target} is not a usable stigmem database: "
+                              f"{str(exc).splitlines()[0]}") from None
+
+    def is_empty(self) -> bool:
+        """No node in it yet: no identity, peer, fact, audit row or API key."""
+        for table in ("node_meta", "node_keys", "peers", "facts", "audit_log", "api_keys", "nonce_cache"):
+            if self.one(f"SELECT 1 FROM {table} LIMIT 1") is not None:
+                return False
+        return True
+
+    # -- transactions ----------------------------------------------------------------------
+    def _tx(self) -> _Tx | None:
+        tx: _Tx | None = getattr(self._local, "tx", None)
+        return tx
+
+    @contextmanager
+    def transaction(self, *, exclusive: bool = True) -> Iterator[Any]:
+        """A write transaction; nested calls are savepoints.  ``exclusive`` (the default)
+        takes the node-wide write lock at BEGIN."""
+        off_loop()
+        tx = self._tx()
+        if tx is not None:
+            yield from self._savepoint(tx)
+            return
+        try:
+            conn = self.pool.getconn(timeout=self.busy_timeout_s)
+        except (PoolTimeout, psycopg.Error) as exc:
+            raise _translate(exc) from None
+        tx = _Tx(conn)
+        broken = False
+        try:
+            try:
+                conn.execute("BEGIN")
+                if exclusive:
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+            except psycopg.Error as exc:
+                broken = True
+                raise _translate(exc) from None
+            self._local.tx = tx
+            tx.depth = 1
+            try:
+                yield conn
+            except BaseException:
+                self._local.tx = None
+                try:
+                    conn.execute("ROLLBACK")
+                except psycopg.Error:
+                    broken = True
+                raise
+            self._local.tx = None
+            try:
+                conn.execute("COMMIT")
+            except psycopg.Error as exc:
+                broken = True
+                raise _translate(exc) from None
+        finally:
+            self._local.tx = None
+            if broken:
+                conn.close()
+            self.pool.putconn(conn)
+
+    def _savepoint(self, tx: _Tx) -> Iterator[Any]:
+        name = f"sp{tx.depth}"
+        tx.conn.execute(f"SAVEPOINT {name}")
+        tx.depth += 1
+        try:
+            yield tx.conn
+        except BaseException:
+            tx.depth -= 1
+            tx.conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            tx.conn.execute(f"RELEASE SAVEPOINT {name}")
+            raise
+        tx.depth -= 1
+        tx.conn.execute(f"RELEASE SAVEPOINT {name}")
+
+    @contextmanager
+    def _conn(self) -> Iterator[Any]:
+        """The thread's transaction connection, or a pooled one for one statement."""
+        tx = self._tx()
+        if tx is not None:
+            yield tx.conn
+            return
+        try:
+            with self.pool.connection(timeout=self.busy_timeout_s) as conn:
+                yield conn
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            raise _translate(exc) from None
+
+    def _run(self, sql: str, params: Sequence[Any], fetch: str) -> Any:
+        off_loop()
+        try:
+            with self._conn() as conn:
+                cur = conn.execute(_sql(sql), tuple(params) if params else None)
+                if fetch == "all":
+                    return cur.fetchall()
+                if fetch == "one":
+                    return cur.fetchone()
+                return cur.rowcount
+        except psycopg.Error as exc:
+            raise _translate(exc) from None
+
+    # -- statements --------------------------------------------------------------------------
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        rowcount: int = self._run(sql, params, "rowcount")
+        return rowcount
+
+    def returning(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...]:
+        row: tuple[Any, ...] = self._run(sql, params, "one")
+        return row
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        off_loop()
+        if not rows:
+            return
+        try:
+            with self._conn() as conn, conn.cursor() as cur:
+                cur.executemany(_sql(sql), [tuple(r) for r in rows])
+        except psycopg.Error as exc:
+            raise _translate(exc) from None
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = self._run(sql, params, "all")
+        return rows
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = self._run(sql, params, "one")
+        return row
+
+    def iterate(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        """Rows one at a time, streamed from the server."""
+        off_loop()
+        try:
+            with self._conn() as conn, conn.cursor() as cur:
+                yield from cur.stream(_sql(sql), tuple(params) if params else None)
+        except psycopg.Error as exc:
+            raise _translate(exc) from None
+
+    def ping(self) -> None:
+        self.one("SELECT 1 FROM node_meta LIMIT 1")
+
+    # -- locks -----------------------------------------------------------------------------
+    @contextmanager
+    def try_lock(self, name: str) -> Iterator[bool]:
+        """A session advisory lock named ``name`` for the duration, on a connection kept
+        aside: True if taken, False if another process holds it.  The server releases it
+        when the holder's connection dies, so a crashed replica never keeps it."""
+        off_loop()
+        try:
+            conn = self.pool.getconn(timeout=self.busy_timeout_s)
+        except (PoolTimeout, psycopg.Error) as exc:
+            raise _translate(exc) from None
+        try:
+            row = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (name,)).fetchone()
+            taken = bool(row and row[0])
+            try:
+                yield taken
+            finally:
+                if taken:
+                    conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (name,))
+        except psycopg.Error as exc:
+            conn.close()
+            raise _translate(exc) from None
+        finally:
+            self.pool.putconn(conn)
+
+    # -- upkeep ------------------------------------------------------------------------------
+    def disable_autocheckpoint(self) -> None:
+        """Nothing to do: PostgreSQL checkpoints on its own."""
+
+    def checkpoint(self) -> None:
+        """Nothing to do: PostgreSQL checkpoints on its own."""
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+class ReadOnlySnapshot:
+    """A PostgreSQL database read in one REPEATABLE READ, READ ONLY transaction: every read
+    sees one moment, and the server refuses any write (``store.readonly`` for SQLite)."""
+
+    engine = "postgresql"
+    dialect = DIALECT
+    how = "snapshot"
+
+    def __init__(self, url: str) -> None:
+        if psycopg is None:
+            raise ConfigError("postgresql_unsupported",
+                              "PostgreSQL needs the postgresql extra: pip install 'stigmem-node[postgresql]'")
+        self.target = redact(url)
+        try:
+            self.conn = psycopg.connect(url, autocommit=True, connect_timeout=10, application_name="stigmem-node")
+        except psycopg.Error as exc:
+            raise ConfigError("database_unavailable", f"cannot connect to {self.target}: {exc}") from None
+        tables = {r[0] for r in self.conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")}
+        if not {"stigmem_schema", "audit_log", "node_meta", "node_keys"} <= tables:
+            self.conn.close()
+            raise ConfigError("database_unavailable", f"{self.target} is not a usable stigmem database: "
+                              "it has no audit trail")
+
+    def changed(self) -> bool:
+        return False
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        self.conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        try:
+            yield
+        finally:
+            self.conn.execute("ROLLBACK")
+
+    def transaction(self, *, exclusive: bool = True) -> Any:
+        return self.snapshot()
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = self.conn.execute(_sql(sql), tuple(params) if params else None).fetchone()
+        return row
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.conn.execute(_sql(sql), tuple(params) if params else None).fetchall()
+
+    def iterate(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        yield from self.all(sql, params)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        raise StorageFailure("a read-only snapshot cannot write")
+
+    def returning(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...]:
+        raise StorageFailure("a read-only snapshot cannot write")
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        raise StorageFailure("a read-only snapshot cannot write")
+
+    def ping(self) -> None:
+        self.conn.execute("SELECT 1")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> ReadOnlySnapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
