@@ -33,7 +33,6 @@ from stigmem_node.publish import Publisher
 from stigmem_node.ratelimit import FailureLimiter, UnauthenticatedAuditGate
 from stigmem_node.replication import Ingest, PageFetcher, PullOptions, Scheduler, Subscriber
 from stigmem_node.store import Store
-from stigmem_node.store.db import GroupCommit
 
 if TYPE_CHECKING:
     import httpx
@@ -151,7 +150,7 @@ class Node:
         if self._background is not None:
             raise RuntimeError("the background work is already running")
         maintenance = Maintenance(self.store.db, self.clock.now_ms)
-        self.peer_auth.use_group_commit(GroupCommit(self.store.db))
+        self.peer_auth.use_group_commit(None)
         scheduler = None
         if self.settings.pull_interval_s > 0:
             scheduler = Scheduler(self.subscriber(), self.settings.pull_interval_s)

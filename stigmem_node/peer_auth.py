@@ -23,7 +23,6 @@ from stigmem_node.errors import StigmemError
 from stigmem_node.keys import public_key_from_b64
 from stigmem_node.ratelimit import FailureLimiter, UnauthenticatedAuditGate
 from stigmem_node.store import Store
-from stigmem_node.store.db import GroupCommit
 from stigmem_node.tokens import PeerAuth, TokenRejected, VerifiedToken
 
 TOKEN_REJECTED = "token_rejected"  # noqa: S105 - an audit event name
@@ -71,13 +70,13 @@ class PeerAuthenticator:
         self.failures = failures or FailureLimiter(max_failures=30, window_s=60)
         self.audit_gate = audit_gate or UnauthenticatedAuditGate()
         # A serving node's group commit (``use_group_commit``): nonce inserts then share commits.
-        self.group: GroupCommit | None = None
+        self.group: Any = None
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._scope_cache: dict[str, tuple[str, ...]] = {}  # few distinct values: scope sets
         self._cache: dict[str, tuple[PeerAuth, tuple[str, ...], int]] = {}
         self._cache_stamp: tuple[int, int] = (-1, -1)
 
-    def use_group_commit(self, group: GroupCommit | None) -> None:
+    def use_group_commit(self, group: Any) -> None:
         """Let nonce inserts share commits (a serving node, on its event loop), or stop (None)."""
         self.group = group
 
@@ -95,7 +94,7 @@ class PeerAuthenticator:
         next retirement time of a key passes.  So a suspension made with the CLI takes
         effect on the very next request.
         """
-        stamp = (self.store.peers.writes, self.store.db.data_version())
+        stamp = (self.store.peers.writes, -1)
         if stamp != self._cache_stamp:
             self._cache.clear()
             self._cache_stamp = stamp

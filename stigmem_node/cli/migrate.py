@@ -21,8 +21,9 @@ def _human(r: dict[str, Any]) -> str:
     if audit["ok"]:
         lines.append(f"Row counts match. Audit trail intact in the target: {audit['rows']} rows, "
                      f"{audit['checkpoints']} signed checkpoint(s).")
-        lines.append("The SQLite file is unchanged. Serve the node from PostgreSQL with "
-                     "STIGMEM_DATABASE_URL (or --database-url) and the same STIGMEM_API_KEY_PEPPER.")
+        lines.append("The SQLite file is unchanged. Serve the node from PostgreSQL with STIGMEM_DATABASE_URL "
+                     "(or --database-url). Every replica needs this node's API-key pepper: set "
+                     f"STIGMEM_API_KEY_PEPPER to the lines of {r['pepper_file']} joined by commas.")
     else:
         lines.append(f"Audit trail NOT verified in the target: {audit['problem']}")
     return "\n".join(lines)
@@ -46,5 +47,5 @@ def cmd_migrate(g: Globals, to: str) -> int:
             print(f"  {table}: {done:,} rows", file=sys.stderr, flush=True)
 
     report = migrate(settings.db_path, to, checkpoint_rows=settings.audit_checkpoint_rows, progress=progress)
-    emit(g, report.as_dict(), _human)
+    emit(g, {**report.as_dict(), "pepper_file": str(settings.pepper_path)}, _human)
     return EXIT_OK if report.audit is not None and report.audit.ok else EXIT_FAIL

@@ -132,6 +132,12 @@ class Database(Queryable, Protocol):
 
     def checkpoint(self) -> None: ...
 
+    def try_lock(self, name: str) -> AbstractContextManager[bool]:
+        """Hold the lock ``name`` for the duration if no one holds it (True), else False at
+        once.  On PostgreSQL it holds across every replica and ends with its holder's
+        connection, so a replica that dies never keeps it."""
+        ...
+
 
 def off_loop() -> None:
     """Refuse a storage call from a thread that runs an asyncio event loop."""

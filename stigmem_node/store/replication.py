@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from stigmem_node.store.db import Database
@@ -52,6 +53,11 @@ class ReplicationRepo:
             " facts_rejected = facts_rejected + ? WHERE peer_id = ? AND cursor IS NOT DISTINCT FROM ?",
             (cursor, ingested, rejected, peer_id, expected_cursor),
         ) == 1
+
+    def pull_lease(self, peer_id: str) -> AbstractContextManager[bool]:
+        """Whether this process may pull ``peer_id`` now (True for the duration): at most
+        one replica pulls a peer at a time."""
+        return self.db.try_lock(f"stigmem-pull:{peer_id}")
 
     def finish(self, peer_id: str, when: str, error: str | None) -> None:
         with self.db.transaction():

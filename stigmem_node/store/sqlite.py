@@ -117,6 +117,8 @@ class SqliteDatabase:
         self._local = threading.local()
         self._readers: weakref.WeakSet[_Reader] = weakref.WeakSet()
         self._closed = False
+        self._names: set[str] = set()  # try_lock
+        self._names_lock = threading.Lock()
         try:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'FULL' else 'NORMAL'}")
@@ -296,6 +298,25 @@ class SqliteDatabase:
     def ping(self) -> None:
         """A trivial read: raises a storage error if the database does not answer."""
         self.one("SELECT 1 FROM node_meta LIMIT 1")
+
+    # -- locks -----------------------------------------------------------------------------
+    @contextmanager
+    def try_lock(self, name: str) -> Iterator[bool]:
+        """A lock named ``name`` for the duration, without waiting: True if taken, False if
+        another thread of this process holds it.  (A SQLite node is served by one process;
+        PostgreSQL's version of this holds across replicas.)"""
+        with self._names_lock:
+            if name in self._names:
+                taken = False
+            else:
+                self._names.add(name)
+                taken = True
+        try:
+            yield taken
+        finally:
+            if taken:
+                with self._names_lock:
+                    self._names.discard(name)
 
     # -- upkeep ------------------------------------------------------------------------------
     def disable_autocheckpoint(self) -> None:

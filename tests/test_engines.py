@@ -1,0 +1,252 @@
+"""The two storage engines, below the node: what each guarantees on its own.
+
+PostgreSQL: seq handed out in commit order (a raw connection cannot break it), append-only
+facts, a busy write lock gives ``StorageBusy``, replicas starting together migrate once, a
+database of something else is refused, the private keys are closed to other roles.
+SQLite: reads go on while another process holds the write lock; the write waits for the
+busy timeout, then ``StorageBusy``.  Both: storage refuses to run on an event loop's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from stigmem_node.errors import ConfigError
+from stigmem_node.store import ConstraintViolation, StorageBusy, StorageUnavailable, Store
+from stigmem_node.store.facts import INSERT_COLS
+from tests.pgtools import database_url, fresh_database
+
+psycopg = pytest.importorskip("psycopg")
+
+
+@pytest.fixture
+def pg_url():
+    with fresh_database() as url:
+        yield url
+
+
+def _fact_row(fact_id: str) -> tuple:
+    return (fact_id, f"cid-{fact_id}", "ex:e", "ex:r", "string", "v", "content", "ex:s", "2026-01-01T00:00:00Z",
+            "0001", None, 1.0, "team", "ex:node", None, "{}", None, None)
+
+
+_INSERT = f"INSERT INTO facts ({INSERT_COLS}) VALUES ({', '.join(['%s'] * 18)})"
+
+
+def _waiting_on_lock(url: str, pid: int) -> bool:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+    return bool(row and row[0] == "Lock")
+
+
+def test_pg_seq_is_commit_ordered_even_for_a_raw_connection(pg_url):
+    """A second inserter waits until the first commits, so a later commit never holds a
+    smaller seq; shown with raw connections that skip the node's own write lock."""
+    Store(pg_url).close()  # the schema
+    first = psycopg.connect(pg_url)
+    second = psycopg.connect(pg_url)
+    try:
+        first.execute(_INSERT, _fact_row("a"))  # draws its seq, holds the lock until commit
+        done = threading.Event()
+
+        def insert_second() -> None:
+            second.execute(_INSERT, _fact_row("b"))
+            second.commit()
+            done.set()
+
+        thread = threading.Thread(target=insert_second)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not _waiting_on_lock(pg_url, second.info.backend_pid):
+            assert time.monotonic() < deadline, "the second insert did not wait for the first to commit"
+            time.sleep(0.02)
+        assert not done.is_set()
+        first.commit()
+        thread.join(10)
+        assert done.is_set()
+        with psycopg.connect(pg_url) as conn:
+            seqs = dict(conn.execute("SELECT id, seq FROM facts").fetchall())
+        assert seqs["a"] < seqs["b"]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_pg_facts_are_append_only(pg_url):
+    store = Store(pg_url)
+    try:
+        with store.transaction():
+            store.facts.insert_many([tuple(_fact_row("a"))])
+        seq = store.facts.get("a").seq
+        for sql in ("UPDATE facts SET value_v = 'x' WHERE id = 'a'", "DELETE FROM facts WHERE id = 'a'",
+                    "TRUNCATE facts"):
+            with pytest.raises(ConstraintViolation, match="append-only"):
+                store.db.execute(sql)
+        with store.transaction():  # only the signature may be renewed
+            store.facts.set_signatures([("sig", '{"x":1}', seq)])
+        assert store.facts.get("a").origin_sig == "sig"
+    finally:
+        store.close()
+
+
+def test_pg_write_waits_for_the_busy_timeout_then_storage_busy(pg_url):
+    Store(pg_url).close()
+    store = Store(pg_url, busy_timeout_ms=300)
+    holder = psycopg.connect(pg_url)
+    try:
+        holder.execute("SELECT pg_advisory_xact_lock(8386093285)")  # another replica's write transaction
+        started = time.monotonic()
+        with pytest.raises(StorageBusy), store.transaction():
+            store.meta.set("k", "v")
+        assert time.monotonic() - started >= 0.25
+        assert store.meta.get("node_id") is None  # reads never wait
+        holder.rollback()
+        store.meta.set("k", "v")
+        assert store.meta.get("k") == "v"
+    finally:
+        holder.close()
+        store.close()
+
+
+def test_pg_replicas_starting_together_migrate_once(pg_url):
+    stores: list[Store] = []
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            stores.append(Store(pg_url))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    try:
+        assert errors == [] and len(stores) == 4
+        assert stores[0].db.one("SELECT version FROM stigmem_schema") == (2,)
+        assert stores[0].db.one("SELECT COUNT(*) FROM stigmem_schema") == (1,)
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_pg_refuses_a_database_of_something_else_and_an_empty_one_without_create(pg_url):
+    with pytest.raises(ConfigError) as empty:
+        Store(pg_url, create=False)
+    assert empty.value.code == "not_a_stigmem_database"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER)")
+    with pytest.raises(ConfigError) as other:
+        Store(pg_url)
+    assert other.value.code == "not_a_stigmem_database"
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # nothing was written to it
+        tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    assert tables == {"invoices"}
+
+
+def test_pg_unreachable_server_is_a_clear_error():
+    with pytest.raises(ConfigError) as exc:
+        Store("postgresql://postgres@127.0.0.1:1/nothing")
+    assert exc.value.code == "database_unavailable"
+    assert "127.0.0.1:1" in exc.value.message
+
+
+def test_pg_private_keys_are_closed_to_other_roles(pg_url):
+    Store(pg_url).close()
+    role = f"stigmem_t_{uuid.uuid4().hex[:10]}"
+    name = pg_url.rsplit("/", 1)[1]
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        other = database_url(name).replace("postgres@", f"{role}@", 1)
+        with psycopg.connect(other, autocommit=True) as conn:
+            for table in ("node_keys", "api_keys", "node_meta", "facts"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(f"SELECT * FROM {table}")
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute(f'DROP ROLE "{role}"')
+
+
+def test_pg_connection_lost_mid_run_is_storage_unavailable(pg_url):
+    store = Store(pg_url)
+    try:
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE application_name = 'stigmem-node' AND datname = current_database()")
+        # The pool notices the broken connection; a call either succeeds on a fresh one or
+        # says the database is unavailable: never a driver error.
+        try:
+            store.meta.get("x")
+        except (StorageBusy, StorageUnavailable) as exc:
+            assert exc.code in ("database_unavailable", "database_busy")
+        assert store.meta.get("x") is None
+    finally:
+        store.close()
+
+
+# -- SQLite ----------------------------------------------------------------------------------
+_HOLD = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("ROLLBACK")
+"""
+
+
+def test_sqlite_reads_go_on_while_another_process_holds_the_write_lock(tmp_path: Path):
+    store = Store(tmp_path / "n.db", busy_timeout_ms=500)
+    store.meta.set("k", "v")
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path / "n.db"), "3"], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        results: dict[str, object] = {}
+
+        def write() -> None:
+            try:
+                store.meta.set("k", "w")
+            except StorageBusy as exc:
+                results["write"] = exc
+
+        writer = threading.Thread(target=write)
+        writer.start()  # waits on the lock in its thread ...
+        time.sleep(0.1)
+        assert store.meta.get("k") == "v"  # ... while this thread reads
+        writer.join(10)
+        assert isinstance(results.get("write"), StorageBusy)
+    finally:
+        holder.wait(10)
+        store.close()
+
+
+def test_storage_refuses_the_event_loop_thread(tmp_path: Path):
+    store = Store(tmp_path / "n.db")
+
+    async def on_loop() -> None:
+        store.meta.get("node_id")
+
+    try:
+        with pytest.raises(RuntimeError, match="event loop"):
+            asyncio.run(on_loop())
+        assert store.meta.get("node_id") is None  # fine off the loop
+
+        async def in_thread() -> str | None:
+            return await asyncio.to_thread(store.meta.get, "node_id")
+
+        assert asyncio.run(in_thread()) is None
+    finally:
+        store.close()
+

@@ -1,0 +1,93 @@
+"""``stigmem-node migrate --to``: a SQLite node moved into an empty PostgreSQL database is the
+same node there (identity, keys, facts with their seq, API keys, the audit trail), the
+SQLite file is untouched, and a database that already holds a node is refused."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.nodes import run_cli
+from tests.pgtools import fresh_database
+
+psycopg = pytest.importorskip("psycopg")
+
+
+def _ok(*args: str, **kw) -> str:
+    res = run_cli(*args, **kw)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def _sqlite_node(tmp_path: Path) -> Path:
+    db = tmp_path / "n.db"
+    _ok("init", db=db)
+    for i in range(25):
+        _ok("facts", "add", f"ex:e{i}", "ex:r", f"value {i}", "--scope", "team", db=db)
+    _ok("apikey", "create", "--permissions", "facts:read", "--label", "reader", db=db)
+    _ok("keys", "rotate", "--grace", "1", db=db)  # a second key, audit rows, re-signed facts
+    return db
+
+
+def _digest(path: Path) -> tuple[str, int]:
+    return hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns
+
+
+@pytest.fixture
+def pg_url():
+    with fresh_database() as url:
+        yield url
+
+
+def test_migrate_moves_the_whole_node_and_leaves_the_file_untouched(tmp_path: Path, pg_url: str):
+    db = _sqlite_node(tmp_path)
+    before = _digest(db)
+    files_before = sorted(p.name for p in tmp_path.iterdir())
+    report = json.loads(_ok("migrate", "--to", pg_url, "--json", db=db))
+    assert report["audit_chain"]["ok"] is True
+    assert report["copied"]["facts"] == 25 and report["copied"]["node_keys"] == 2
+    assert report["copied"]["api_keys"] == 2 and report["copied"]["audit_log"] >= 3
+    assert _digest(db) == before and sorted(p.name for p in tmp_path.iterdir()) == files_before
+
+    lite = json.loads(_ok("info", "--json", db=db))
+    pg = json.loads(_ok("info", "--json", "--database-url", pg_url))
+    for field in ("node_id", "node_url", "key_id", "federation_pubkey", "pubkey_fingerprint", "previous_keys"):
+        assert pg[field] == lite[field], field
+    facts_lite = json.loads(_ok("facts", "list", "--json", "--limit", "100", db=db))
+    facts_pg = json.loads(_ok("facts", "list", "--json", "--limit", "100", "--database-url", pg_url))
+    assert facts_pg == facts_lite
+    keys = json.loads(_ok("apikey", "list", "--json", "--database-url", pg_url))
+    assert sorted(k["label"] or "" for k in keys) == sorted(
+        k["label"] or "" for k in json.loads(_ok("apikey", "list", "--json", db=db)))
+
+    # The node goes on there: seq continues past the copied ones, the chain stays whole.
+    _ok("facts", "add", "ex:new", "ex:r", "after", "--database-url", pg_url)
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT seq FROM facts WHERE entity = 'ex:new'").fetchone()[0] > 25
+    assert "intact" in _ok("audit", "verify", "--database-url", pg_url)
+
+
+def test_migrate_refuses_a_target_that_holds_a_node(tmp_path: Path, pg_url: str):
+    db = _sqlite_node(tmp_path)
+    _ok("migrate", "--to", pg_url, db=db)
+    with psycopg.connect(pg_url) as conn:
+        counts = conn.execute("SELECT (SELECT COUNT(*) FROM facts), (SELECT COUNT(*) FROM audit_log)").fetchone()
+    _ok("facts", "add", "ex:more", "ex:r", "v", db=db)
+    res = run_cli("migrate", "--to", pg_url, db=db)
+    assert res.returncode == 1 and "migration_refused" in res.stderr and "Traceback" not in res.stderr
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT (SELECT COUNT(*) FROM facts), (SELECT COUNT(*) FROM audit_log)").fetchone() \
+            == counts
+
+
+def test_migrate_refuses_bad_arguments_in_one_line(tmp_path: Path, pg_url: str):
+    res = run_cli("migrate", "--to", str(tmp_path / "other.db"), db=tmp_path / "n.db")
+    assert res.returncode == 2 and "postgresql://" in res.stderr
+    res = run_cli("migrate", "--to", pg_url, db=tmp_path / "missing.db")
+    assert res.returncode == 2 and "no node database" in res.stderr
+    assert not (tmp_path / "missing.db").exists()
+    res = run_cli("migrate", "--to", "postgresql://postgres@127.0.0.1:1/none", db=_sqlite_node(tmp_path))
+    assert res.returncode == 2 and "cannot connect" in res.stderr and "Traceback" not in res.stderr
