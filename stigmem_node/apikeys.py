@@ -23,6 +23,7 @@ from stigmem_node.clock import Clock, parse_rfc3339
 from stigmem_node.errors import ConfigError, NotFound, Unauthorized, ValidationError
 from stigmem_node.store.apikeys import ApiKeyRecord, ApiKeyRepo
 from stigmem_node.store.files import make_private
+from stigmem_node.store.meta import MetaRepo
 from stigmem_node.vocabulary import PERMISSIONS
 
 PREFIX = "stgm"
@@ -40,13 +41,19 @@ class Peppers:
         self.current = max(versions)
 
     @classmethod
-    def load(cls, path: Path, env_value: str | None, *, create: bool = True) -> Peppers:
+    def load(cls, path: Path, env_value: str | None, *, create: bool = True, shared: bool = False) -> Peppers:
         """From ``STIGMEM_API_KEY_PEPPER`` (``secret`` or ``1:secret,2:secret``), else the pepper file,
         created (mode 0600) with one random pepper on first use if ``create``, else required.
-        An existing pepper file readable by other users is made private (0600)."""
+        An existing pepper file readable by other users is made private (0600).  ``shared``
+        (a PostgreSQL node, which replicas share): never create one, as each replica would
+        make its own."""
         if env_value:
             return cls(_parse_peppers(env_value, "STIGMEM_API_KEY_PEPPER"))
         if not path.exists():
+            if shared:
+                raise ConfigError("pepper_missing", "a node on PostgreSQL takes its API key pepper from "
+                                  "STIGMEM_API_KEY_PEPPER (the same on every replica), or from an existing pepper "
+                                  f"file at {path}; neither is there")
             if not create:
                 raise ConfigError("pepper_missing", f"the API key pepper file {path} is missing (restore it from the "
                                                     "backup of this node, or set STIGMEM_API_KEY_PEPPER)")
@@ -57,6 +64,25 @@ class Peppers:
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(message=f"cannot read the API key pepper file {path}: {exc}") from None
         return cls(_parse_peppers(text, str(path)))
+
+
+PEPPER_CHECK = b"stigmem-node pepper check"
+
+
+def check_peppers(peppers: Peppers, meta: MetaRepo) -> None:
+    """Refuse peppers that differ from those the node's keys were hashed with.
+
+    The node keeps, per pepper version, HMAC(pepper, a constant) in ``node_meta`` (the first
+    process to see a version records it).  A replica, or a restored node, started with
+    another pepper under the same version is refused at start (``pepper_mismatch``) instead
+    of answering 401 to every valid key.  The value reveals nothing usable: the peppers are
+    256-bit random secrets."""
+    for version, secret in sorted(peppers.versions.items()):
+        check = hmac.new(secret, PEPPER_CHECK, hashlib.sha256).hexdigest()[:32]
+        if meta.set_if_absent(f"pepper_check:{version}", check) != check:
+            raise ConfigError("pepper_mismatch", f"API key pepper version {version} is not the one this node's keys "
+                              "were hashed with: give every process of the node the same pepper "
+                              "(STIGMEM_API_KEY_PEPPER or the pepper file)")
 
 
 def _create_pepper_file(path: Path) -> None:

@@ -161,6 +161,8 @@ _CODES: Final[tuple[ErrorCode, ...]] = (
     _e("insecure_file_mode", None, "A private file is readable by other users and cannot be made private",
        _CLI, exit_status=2),
     _e("pepper_missing", None, "No API key pepper file and no pepper in the environment", _CLI, exit_status=2),
+    _e("pepper_mismatch", None, "The pepper differs from the one the node's API keys were hashed with", _CLI,
+       exit_status=2),
     _e("schema_too_new", None, "The database was written by a newer version", _CLI, exit_status=2),
     _e("schema_missing", None, "The installation lacks schema.sql", _CLI, exit_status=2),
     _e("invalid_declaration_file", None, "peers add --declaration FILE cannot read JSON from FILE", _CLI,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from stigmem_node import audit as ev
 from stigmem_node import declaration, identity, manifest, tokens
-from stigmem_node.apikeys import ApiKeys, Peppers
+from stigmem_node.apikeys import ApiKeys, Peppers, check_peppers
 from stigmem_node.audit import AuditTrail
 from stigmem_node.audit_query import AuditQuery
 from stigmem_node.background import Maintenance, seal_audit, watch_identity
@@ -66,7 +66,10 @@ class Node:
                            busy_timeout_ms=settings.db_busy_timeout_ms)
 
         def peppers() -> Peppers:
-            return Peppers.load(settings.pepper_path, settings.pepper, create=create)
+            loaded = Peppers.load(settings.pepper_path, settings.pepper, create=create,
+                                  shared=settings.database_url is not None)
+            check_peppers(loaded, self.store.meta)
+            return loaded
 
         try:
             self.identity = identity.load_or_create(
