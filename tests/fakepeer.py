@@ -88,7 +88,8 @@ BOMB_HEADERS = {"Content-Encoding": "gzip, gzip"}
 class Behaviour:
     """What the facts endpoint does for one request.
 
-    kind: ok | status | hang | drip | raw | too_many | stuck | redirect
+    kind: ok | status | hang | drip | raw | too_many | stuck | redirect | slow (a valid page
+    after ``hang_s``)
     """
 
     kind: str = "ok"
@@ -122,6 +123,8 @@ class FakePeer:
         self.script: list[Behaviour] = []  # one-shot behaviours for the next requests, then ``behaviour``
         self.hits: list[Hit] = []
         self.open_hangs = 0  # requests hanging right now (the puller has not given up on them yet)
+        self.in_flight = 0  # facts requests being answered right now, and the most there ever were
+        self.max_in_flight = 0
         # (body, headers) served as the well-known instead of the real document, when set.
         self.well_known_raw: tuple[bytes, dict[str, str]] | None = None
         self.hlc = HLC()
@@ -200,6 +203,16 @@ class FakePeer:
 
     async def _facts(self, request: Request) -> Response:
         with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._answer(request)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    async def _answer(self, request: Request) -> Response:
+        with self._lock:
             b = self.script.pop(0) if self.script else self.behaviour
             self.hits.append(Hit(time.monotonic(), dict(request.query_params),
                                  token_claims(request.headers.get("authorization")), b.kind))
@@ -208,6 +221,8 @@ class FakePeer:
         if b.kind == "status":
             return JSONResponse({"error": f"fake_{b.status}", "detail": f"fake_{b.status}", "message": "fake"},
                                 status_code=b.status, headers=b.headers)
+        if b.kind == "slow":
+            await asyncio.sleep(b.hang_s)
         if b.kind == "hang":
             deadline = time.monotonic() + b.hang_s
             with self._lock:

@@ -183,7 +183,7 @@ def test_pg_connection_lost_mid_run_is_storage_unavailable(pg_url):
     try:
         with psycopg.connect(pg_url, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                          "WHERE application_name = 'stigmem-node' AND datname = current_database()")
+                          "WHERE application_name LIKE 'stigmem-node:%%' AND datname = current_database()")
         # The pool notices the broken connection; a call either succeeds on a fresh one or
         # says the database is unavailable: never a driver error.
         try:

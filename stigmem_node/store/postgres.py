@@ -23,6 +23,7 @@ migrations are applied under an advisory lock, so replicas starting together mig
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -122,7 +123,7 @@ class PostgresDatabase:
         self.pool = ConnectionPool(
             url, min_size=1, max_size=pool_size, open=False, timeout=self.busy_timeout_s,
             kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout_s)),
-                    "application_name": "stigmem-node"},
+                    "application_name": f"stigmem-node:{os.getpid()}"},
             configure=configure, name="stigmem",
         )
         try:
