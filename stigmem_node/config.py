@@ -32,6 +32,7 @@ class Settings:
     db_path: Path = Path(DEFAULT_DB)
     database_url: str | None = None  # postgresql://...: PostgreSQL instead of the SQLite file
     db_busy_timeout_ms: int = 10_000  # a write waits this long for the write lock, then 503
+    db_pool_size: int = 20  # PostgreSQL: most connections one process opens
     node_url: str | None = None  # None: http://host:port
     node_id: str | None = None  # None: generated on first start
     synchronous: str = "NORMAL"
@@ -154,6 +155,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         kw["database_url"] = env["STIGMEM_DATABASE_URL"]
     if env.get("STIGMEM_DB_BUSY_TIMEOUT_MS"):
         kw["db_busy_timeout_ms"] = _int("STIGMEM_DB_BUSY_TIMEOUT_MS", env["STIGMEM_DB_BUSY_TIMEOUT_MS"], 1, 600_000)
+    if env.get("STIGMEM_DB_POOL_SIZE"):
+        kw["db_pool_size"] = _int("STIGMEM_DB_POOL_SIZE", env["STIGMEM_DB_POOL_SIZE"], 2, 1000)
     if env.get("STIGMEM_NODE_URL"):
         kw["node_url"] = env["STIGMEM_NODE_URL"]
     if env.get("STIGMEM_NODE_ID"):

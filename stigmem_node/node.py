@@ -63,7 +63,7 @@ class Node:
         self.outbound = Outbound(timeout_s=settings.outbound_timeout_s,
                                  allow_insecure_http=settings.allow_insecure_http, transport=transport)
         self.store = Store(settings.database, settings.synchronous, create=create,
-                           busy_timeout_ms=settings.db_busy_timeout_ms)
+                           busy_timeout_ms=settings.db_busy_timeout_ms, pool_size=settings.db_pool_size)
 
         def peppers() -> Peppers:
             loaded = Peppers.load(settings.pepper_path, settings.pepper, create=create,

@@ -33,12 +33,13 @@ __all__ = ["ConstraintViolation", "Database", "IntegrityConflict", "StorageBusy"
 
 
 def open_database(target: Path | str, synchronous: str = "NORMAL", *, create: bool = True,
-                  busy_timeout_ms: int = 10_000) -> Database:
-    """The database at ``target``: a ``postgresql://`` URL, or else a SQLite file path."""
+                  busy_timeout_ms: int = 10_000, pool_size: int = 20) -> Database:
+    """The database at ``target``: a ``postgresql://`` URL (``pool_size`` connections at
+    most), or else a SQLite file path."""
     if is_postgres_url(target):
         from stigmem_node.store.postgres import PostgresDatabase
 
-        return PostgresDatabase(str(target), busy_timeout_ms, create=create)
+        return PostgresDatabase(str(target), busy_timeout_ms, create=create, pool_size=pool_size)
     from stigmem_node.store.sqlite import SqliteDatabase
 
     return SqliteDatabase(target, synchronous, busy_timeout_ms, create=create)
@@ -46,8 +47,9 @@ def open_database(target: Path | str, synchronous: str = "NORMAL", *, create: bo
 
 class Store:
     def __init__(self, target: Path | str, synchronous: str = "NORMAL", *, create: bool = True,
-                 busy_timeout_ms: int = 10_000) -> None:
-        self.db = open_database(target, synchronous, create=create, busy_timeout_ms=busy_timeout_ms)
+                 busy_timeout_ms: int = 10_000, pool_size: int = 20) -> None:
+        self.db = open_database(target, synchronous, create=create, busy_timeout_ms=busy_timeout_ms,
+                                pool_size=pool_size)
         self.meta = MetaRepo(self.db)
         self.peers = PeerRepo(self.db)
         self.audit = AuditRepo(self.db)

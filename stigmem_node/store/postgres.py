@@ -105,7 +105,7 @@ class PostgresDatabase:
     engine = "postgresql"
     dialect = DIALECT
 
-    def __init__(self, url: str, busy_timeout_ms: int = 10_000, *, create: bool = True, pool_size: int = 16,
+    def __init__(self, url: str, busy_timeout_ms: int = 10_000, *, create: bool = True, pool_size: int = 20,
                  connect_timeout_s: float = 10.0) -> None:
         if psycopg is None:
             raise ConfigError("postgresql_unsupported",
