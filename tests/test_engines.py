@@ -250,3 +250,40 @@ def test_storage_refuses_the_event_loop_thread(tmp_path: Path):
     finally:
         store.close()
 
+
+
+def test_pg_pull_lease_is_one_holder_across_processes_and_dies_with_its_connection(pg_url):
+    one, two = Store(pg_url), Store(pg_url)
+    try:
+        held = one.replication.pull_lease("peer-1")
+        assert held is not None
+        assert two.replication.pull_lease("peer-1") is None  # another replica: not now
+        other = two.replication.pull_lease("peer-2")  # another peer: free
+        assert other is not None
+        other.release()
+        held.release()
+        again = two.replication.pull_lease("peer-1")
+        assert again is not None
+        two_conn_pid = again.conn.info.backend_pid
+        with psycopg.connect(pg_url, autocommit=True) as admin:  # its replica dies
+            admin.execute("SELECT pg_terminate_backend(%s)", (two_conn_pid,))
+        deadline = time.monotonic() + 10
+        while (taken := one.replication.pull_lease("peer-1")) is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        taken.release()
+        again.release()  # releasing a lock whose connection died is harmless
+    finally:
+        one.close()
+        two.close()
+
+
+def test_sqlite_pull_lease_is_one_holder_per_process(tmp_path: Path):
+    store = Store(tmp_path / "n.db")
+    try:
+        held = store.replication.pull_lease("p")
+        assert held is not None and store.replication.pull_lease("p") is None
+        held.release()
+        assert store.replication.pull_lease("p") is not None
+    finally:
+        store.close()

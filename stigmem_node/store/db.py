@@ -94,6 +94,12 @@ class Dialect:
     audit_seq_issued: str
 
 
+class HeldLock(Protocol):
+    """A lock taken by ``Database.try_lock``."""
+
+    def release(self) -> None: ...
+
+
 class Queryable(Protocol):
     """What repositories run their SQL on (``?`` placeholders on both engines): a
     ``Database``, or a read-only view of one (``store.readonly``), which refuses writes."""
@@ -132,10 +138,10 @@ class Database(Queryable, Protocol):
 
     def checkpoint(self) -> None: ...
 
-    def try_lock(self, name: str) -> AbstractContextManager[bool]:
-        """Hold the lock ``name`` for the duration if no one holds it (True), else False at
-        once.  On PostgreSQL it holds across every replica and ends with its holder's
-        connection, so a replica that dies never keeps it."""
+    def try_lock(self, name: str) -> HeldLock | None:
+        """Take the lock ``name`` if no one holds it (release it with ``HeldLock.release``),
+        else None at once.  On PostgreSQL it holds across every replica and ends with its
+        holder's connection, so a replica that dies never keeps it."""
         ...
 
 

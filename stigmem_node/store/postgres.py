@@ -93,6 +93,25 @@ def _translate(exc: Exception) -> Exception:
     return StorageFailure(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
 
 
+class _SessionLock:
+    def __init__(self, pool: Any, conn: Any, name: str) -> None:
+        self.pool, self.conn, self.name = pool, conn, name
+
+    def release(self) -> None:
+        """Unlock and give the connection back (a broken one is discarded: the server has
+        released the lock with it)."""
+        off_loop()
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        try:
+            conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (self.name,))
+        except psycopg.Error:
+            log.warning("could not release the lock %s; closing its connection releases it", self.name)
+            conn.close()
+        self.pool.putconn(conn)
+
+
 class _Tx:
     """The write transaction of one thread: its connection and nesting depth."""
 
@@ -314,11 +333,10 @@ class PostgresDatabase:
         self.one("SELECT 1 FROM node_meta LIMIT 1")
 
     # -- locks -----------------------------------------------------------------------------
-    @contextmanager
-    def try_lock(self, name: str) -> Iterator[bool]:
-        """A session advisory lock named ``name`` for the duration, on a connection kept
-        aside: True if taken, False if another process holds it.  The server releases it
-        when the holder's connection dies, so a crashed replica never keeps it."""
+    def try_lock(self, name: str) -> _SessionLock | None:
+        """A session advisory lock named ``name``, on a connection kept aside until
+        ``release``: None if another process holds it.  The server releases it when the
+        holder's connection dies, so a crashed replica never keeps it."""
         off_loop()
         try:
             conn = self.pool.getconn(timeout=self.busy_timeout_s)
@@ -326,17 +344,14 @@ class PostgresDatabase:
             raise _translate(exc) from None
         try:
             row = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (name,)).fetchone()
-            taken = bool(row and row[0])
-            try:
-                yield taken
-            finally:
-                if taken:
-                    conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (name,))
         except psycopg.Error as exc:
             conn.close()
-            raise _translate(exc) from None
-        finally:
             self.pool.putconn(conn)
+            raise _translate(exc) from None
+        if not (row and row[0]):
+            self.pool.putconn(conn)
+            return None
+        return _SessionLock(self.pool, conn, name)
 
     # -- upkeep ------------------------------------------------------------------------------
     def disable_autocheckpoint(self) -> None:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-from stigmem_node.store.db import Database
+from stigmem_node.store.db import Database, HeldLock
 
 _COLS = "peer_id, cursor, last_attempt_at, last_success_at, last_error, facts_ingested, facts_rejected"
 
@@ -54,9 +53,9 @@ class ReplicationRepo:
             (cursor, ingested, rejected, peer_id, expected_cursor),
         ) == 1
 
-    def pull_lease(self, peer_id: str) -> AbstractContextManager[bool]:
-        """Whether this process may pull ``peer_id`` now (True for the duration): at most
-        one replica pulls a peer at a time."""
+    def pull_lease(self, peer_id: str) -> HeldLock | None:
+        """The right to pull ``peer_id`` now, until released; None if another process (a
+        replica) or thread is pulling it: at most one pulls a peer at a time."""
         return self.db.try_lock(f"stigmem-pull:{peer_id}")
 
     def finish(self, peer_id: str, when: str, error: str | None) -> None:

@@ -84,6 +84,15 @@ class _Reader:
             log.debug("closing a read connection failed", exc_info=True)
 
 
+class _NamedLock:
+    def __init__(self, db: SqliteDatabase, name: str) -> None:
+        self.db, self.name = db, name
+
+    def release(self) -> None:
+        with self.db._names_lock:
+            self.db._names.discard(self.name)
+
+
 class SqliteDatabase:
     engine = "sqlite"
     dialect = DIALECT
@@ -300,23 +309,15 @@ class SqliteDatabase:
         self.one("SELECT 1 FROM node_meta LIMIT 1")
 
     # -- locks -----------------------------------------------------------------------------
-    @contextmanager
-    def try_lock(self, name: str) -> Iterator[bool]:
-        """A lock named ``name`` for the duration, without waiting: True if taken, False if
-        another thread of this process holds it.  (A SQLite node is served by one process;
-        PostgreSQL's version of this holds across replicas.)"""
+    def try_lock(self, name: str) -> _NamedLock | None:
+        """The lock named ``name``, without waiting: None if another thread of this process
+        holds it.  (A SQLite node is served by one process; PostgreSQL's version of this
+        holds across replicas.)"""
         with self._names_lock:
             if name in self._names:
-                taken = False
-            else:
-                self._names.add(name)
-                taken = True
-        try:
-            yield taken
-        finally:
-            if taken:
-                with self._names_lock:
-                    self._names.discard(name)
+                return None
+            self._names.add(name)
+        return _NamedLock(self, name)
 
     # -- upkeep ------------------------------------------------------------------------------
     def disable_autocheckpoint(self) -> None:
