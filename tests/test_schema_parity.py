@@ -73,6 +73,18 @@ def test_both_schemas_describe_the_same_tables(tmp_path: Path):
         assert pg[table] == lite[table], table
 
 
+def test_postgres_text_compares_as_sqlite_does(tmp_path: Path):
+    """Byte order ("C" collation) on every text column, whatever the database's default, so
+    that times, cursors and ids sort and compare as on SQLite."""
+    with fresh_database() as url:
+        Store(url).close()
+        with psycopg.connect(url) as conn:
+            rows = conn.execute("SELECT table_name, column_name, collation_name FROM information_schema.columns "
+                                "WHERE table_schema = 'public' AND data_type = 'text' "
+                                "AND table_name <> 'stigmem_schema'").fetchall()
+    assert rows and {r[2] for r in rows} == {"C"}, [r for r in rows if r[2] != "C"]
+
+
 def test_both_engines_reach_the_same_version(tmp_path: Path):
     store = Store(tmp_path / "n.db")
     try:
