@@ -64,6 +64,8 @@ _CODES: Final[tuple[ErrorCode, ...]] = (
     _e("internal_error", 500, "An unexpected failure, logged with its traceback", _H, _REP),
     _e("database_busy", 503, "Another connection held the database's write lock past the busy timeout", _H, _REP,
        retry_after=1),
+    _e("database_unavailable", 503, "The database cannot be opened or read (readiness, or a command)", _H, _CLI,
+       exit_status=2),
     _e("invalid_api_key", 401, "Missing, malformed, unknown, wrong, revoked or expired API key", _H),
     _e("permission_required", 403, "The API key lacks the endpoint's permission", _H),
     _e("too_many_failed_attempts", 429, "Too many failed authentications from this address; retry later", _H),
@@ -148,7 +150,6 @@ _CODES: Final[tuple[ErrorCode, ...]] = (
     # -- command line only ----------------------------------------------------------------------
     _e("invalid_config", None, "A setting (environment variable or flag) is invalid", _CLI, exit_status=2),
     _e("database_missing", None, "No database at the path", _CLI, exit_status=2),
-    _e("database_unavailable", None, "The database cannot be opened or read", _CLI, exit_status=2),
     _e("not_a_stigmem_database", None, "The file is not a node's database", _CLI, exit_status=2),
     _e("node_identity_missing", None, "A node database without node id or key", _CLI, exit_status=2),
     _e("insecure_file_mode", None, "A private file is readable by other users and cannot be made private",

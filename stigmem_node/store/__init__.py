@@ -24,8 +24,9 @@ __all__ = ["Database", "IntegrityConflict", "Store"]
 
 
 class Store:
-    def __init__(self, path: Path | str, synchronous: str = "NORMAL", *, create: bool = True) -> None:
-        self.db = Database(path, synchronous=synchronous, create=create)
+    def __init__(self, path: Path | str, synchronous: str = "NORMAL", *, create: bool = True,
+                 busy_timeout_ms: int = 10_000) -> None:
+        self.db = Database(path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms, create=create)
         self.meta = MetaRepo(self.db)
         self.peers = PeerRepo(self.db)
         self.audit = AuditRepo(self.db)
@@ -36,6 +37,10 @@ class Store:
 
     def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         return self.db.transaction()
+
+    def ping(self) -> None:
+        """A trivial read; raises ``StorageUnavailable`` (or ``StorageBusy``) on failure."""
+        self.db.ping()
 
     def close(self) -> None:
         self.db.close()

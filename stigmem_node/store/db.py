@@ -7,8 +7,8 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
@@ -51,6 +51,22 @@ class StorageBusy(StigmemError):
     code = "database_busy"
 
 
+class StorageUnavailable(StigmemError):
+    """The database cannot be reached or read (gone, replaced, unreadable)."""
+
+    code = "database_unavailable"
+
+
+ON_LOOP = "storage called on the event loop thread"
+
+
+def _off_loop() -> None:
+    """Refuse to run storage work on a thread that runs an asyncio event loop: it would
+    block every request of that loop (it belongs in a lane, ``stigmem_node.offload``)."""
+    if asyncio._get_running_loop() is not None:
+        raise RuntimeError(ON_LOOP)
+
+
 def _busy(exc: sqlite3.OperationalError) -> bool:
     text = str(exc).lower()
     return "locked" in text or "busy" in text
@@ -80,11 +96,15 @@ def _create_private_file(path: Path) -> None:
 
 
 class Database:
-    """One SQLite connection in WAL mode, used from one thread at a time.
+    """A SQLite database in WAL mode: one write connection, and one read connection per
+    thread that reads outside a transaction.  Thread-safe; never called on a thread that
+    runs an event loop (``RuntimeError``).
 
     ``transaction()`` opens ``BEGIN IMMEDIATE`` (the write lock up front, so that
     read-then-write sequences such as the audit chain are serialised across processes)
-    and nests as savepoints.
+    and nests as savepoints.  Reads of the thread that holds the transaction see its
+    writes; reads of other threads go through their own connection, so they never wait
+    for a writer (in this process or another) that waits for the write lock.
     """
 
     def __init__(self, path: Path | str, synchronous: str = "NORMAL", busy_timeout_ms: int = 10_000, *,
@@ -93,7 +113,9 @@ class Database:
         file).  Either way, a file that is not a stigmem database is refused before anything
         is written to it (``files.inspect``), and the database and its ``-wal``/``-shm``
         files are made private (0600) before SQLite opens them."""
+        _off_loop()
         self.path = Path(path)
+        self.busy_timeout_ms = int(busy_timeout_ms)
         state = files.inspect(self.path, schema_version=SCHEMA_VERSION)
         if not create and state == files.MISSING:
             raise ConfigError("database_missing", f"no node database at {self.path}")
@@ -108,18 +130,23 @@ class Database:
             self.conn = sqlite3.connect(
                 str(self.path), isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
             )
+            self._identity = _file_identity(self.path)
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError("database_unavailable", f"cannot open database {self.path}: {exc}") from None
         self._lock = threading.RLock()
         self._depth = 0
-        self._group_flush: Callable[[], None] | None = None  # set while a GroupCommit is open
+        self._owner: int | None = None  # the thread that holds the open transaction
+        self._local = threading.local()
+        self._readers: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
         try:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'FULL' else 'NORMAL'}")
             self.conn.execute("PRAGMA foreign_keys=ON")
             # After a checkpoint, the WAL file shrinks back to at most this size.
             self.conn.execute("PRAGMA journal_size_limit=67108864")
-            self.conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            self.conn.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
             self._migrate()
         except sqlite3.DatabaseError as exc:
             self.conn.close()
@@ -146,14 +173,22 @@ class Database:
             self.conn.execute(f"PRAGMA user_version={version}")
 
     @contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        """The write connection, waited for at most the busy timeout (``StorageBusy``)."""
+        if not self._lock.acquire(timeout=self.busy_timeout_ms / 1000):
+            raise StorageBusy(message="the database is busy; retry shortly")
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._depth == 1 and self._group_flush is not None:
-                # A group commit is open: commit it now, so that this transaction commits
-                # (and is durable) when it ends, as always.
-                self._group_flush()
+        _off_loop()
+        with self._write_lock():
             if self._depth == 0:
                 self._run("BEGIN IMMEDIATE")
+                self._owner = threading.get_ident()
             else:
                 self.conn.execute(f"SAVEPOINT sp{self._depth}")
             self._depth += 1
@@ -162,6 +197,7 @@ class Database:
             except BaseException:
                 self._depth -= 1
                 if self._depth == 0:
+                    self._owner = None
                     self.conn.execute("ROLLBACK")
                 else:
                     self.conn.execute(f"ROLLBACK TO sp{self._depth}")
@@ -170,25 +206,15 @@ class Database:
             else:
                 self._depth -= 1
                 if self._depth == 0:
-                    self.conn.execute("COMMIT")
+                    self._owner = None
+                    try:
+                        self._run("COMMIT")
+                    except BaseException:
+                        with suppress(sqlite3.Error):
+                            self.conn.execute("ROLLBACK")
+                        raise
                 else:
                     self.conn.execute(f"RELEASE sp{self._depth}")
-
-    def begin_group(self, flush: Callable[[], None]) -> bool:
-        """Open an outermost write transaction for ``GroupCommit``; False if one is open."""
-        with self._lock:
-            if self._depth != 0:
-                return False
-            self._run("BEGIN IMMEDIATE")
-            self._depth = 1
-            self._group_flush = flush
-            return True
-
-    def end_group(self, commit: bool) -> None:
-        with self._lock:
-            self._depth = 0
-            self._group_flush = None
-            self.conn.execute("COMMIT" if commit else "ROLLBACK")
 
     def _run(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         try:
@@ -198,18 +224,84 @@ class Database:
                 raise StorageBusy(message="the database is busy; retry shortly") from None
             raise
 
+    def _reader(self) -> sqlite3.Connection | None:
+        """This thread's read connection, or None when this thread holds the transaction
+        (its reads must see its own writes: they go through the write connection)."""
+        if self._owner == threading.get_ident():
+            return None
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            try:  # mode=rw: never create a file where the database was removed
+                conn = sqlite3.connect(self.path.resolve().as_uri() + "?mode=rw", uri=True, isolation_level=None,
+                                       check_same_thread=False, timeout=self.busy_timeout_ms / 1000)
+            except sqlite3.Error as exc:
+                raise StorageUnavailable(message=f"the database cannot be opened ({exc})") from None
+            conn.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
+            conn.execute("PRAGMA query_only=ON")
+            with self._readers_lock:
+                if self._closed:
+                    conn.close()
+                    raise StorageUnavailable(message="the database is closed")
+                # Connections of threads that ended are closed here (worker threads come and go).
+                for thread, old in [r for r in self._readers if not r[0].is_alive()]:
+                    old.close()
+                    self._readers.remove((thread, old))
+                self._readers.append((threading.current_thread(), conn))
+            self._local.conn = conn
+        return conn
+
+    def _read(self, sql: str, params: Sequence[Any], many: bool) -> Any:
+        conn = self._reader()
+        if conn is None:
+            with self._lock:
+                cur = self.conn.execute(sql, params)
+                return cur.fetchall() if many else cur.fetchone()
+        try:
+            cur = conn.execute(sql, params)
+            return cur.fetchall() if many else cur.fetchone()
+        except sqlite3.OperationalError as exc:
+            if _busy(exc):
+                raise StorageBusy(message="the database is busy; retry shortly") from None
+            raise
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
-        with self._lock:
+        _off_loop()
+        with self._write_lock():
             return self._run(sql, params)
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return self.conn.execute(sql, params).fetchall()
+        _off_loop()
+        rows: list[tuple[Any, ...]] = self._read(sql, params, True)
+        return rows
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
-        with self._lock:
-            row: tuple[Any, ...] | None = self.conn.execute(sql, params).fetchone()
-            return row
+        _off_loop()
+        row: tuple[Any, ...] | None = self._read(sql, params, False)
+        return row
+
+    def iterate(self, sql: str, params: Sequence[Any] = ()) -> Generator[tuple[Any, ...], None, None]:
+        """The rows of a query one by one (a read, as ``all``), for results too large to
+        hold whole.  Close the generator when done early: its read ends then."""
+        _off_loop()
+        conn = self._reader()
+        with self._lock if conn is None else nullcontext():
+            cur = (conn or self.conn).execute(sql, params)
+            try:
+                yield from cur
+            finally:
+                cur.close()
+
+    def ping(self) -> None:
+        """A trivial read: ``StorageUnavailable`` if the database cannot be read, or its file
+        is gone or was replaced since it was opened (this process would write into a file
+        nobody else sees)."""
+        _off_loop()
+        try:
+            if _file_identity(self.path) != self._identity:
+                raise StorageUnavailable(message=f"the database file {self.path} was removed or replaced")
+            self.one("SELECT 1 FROM node_meta LIMIT 1")
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageUnavailable(message=f"the database cannot be read ({type(exc).__name__})") from None
 
     def disable_autocheckpoint(self) -> None:
         """Stop this connection from checkpointing the WAL when it commits (a serving node's
@@ -221,65 +313,20 @@ class Database:
         readers or writers (``StorageBusy`` if it cannot start)."""
         self.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
-    def data_version(self) -> int:
-        """Changes whenever another connection (another process) commits a change."""
-        with self._lock:
-            return self.conn.execute("PRAGMA data_version").fetchone()[0]
-
     def close(self) -> None:
+        _off_loop()
+        with self._readers_lock:
+            self._closed = True
+            readers, self._readers = self._readers, []
+        for _, conn in readers:
+            conn.close()
         with self._lock:
             self.conn.close()
 
 
-class GroupCommit:
-    """Commit the nonce inserts of many requests together, before any of them is answered.
-
-    The first insert in a turn of the event loop opens a write transaction; every insert
-    until the loop's next turn joins it; one COMMIT then makes them all durable and wakes
-    the requests waiting on ``join``'s future, which only then answer.  So a response never
-    goes out before its nonce is committed (as with one commit per request), but many
-    requests share one commit and one WAL write.
-
-    Replays stay exact: this connection sees its own uncommitted rows, and another process
-    inserting the same nonce waits for the write lock and then finds the row.  Any other
-    transaction opened meanwhile on this connection first commits the group (early), so
-    it stays a transaction of its own that is durable when it ends.  Use only on the event
-    loop's thread.
-    """
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
-        self._pending: asyncio.Future[None] | None = None
-
-    def join(self) -> asyncio.Future[None] | None:
-        """The future of the open group (opening one), or None when no group can be opened
-        (another transaction is open: the caller's write then commits with it)."""
-        if self._pending is None:
-            loop = asyncio.get_running_loop()
-            if not self.db.begin_group(self._commit):
-                return None
-            self._pending = loop.create_future()
-            loop.call_soon(self._commit)
-        return self._pending
-
-    @property
-    def pending(self) -> asyncio.Future[None] | None:
-        return self._pending
-
-    def _commit(self) -> None:
-        future, self._pending = self._pending, None
-        if future is None:
-            return
-        try:
-            self.db.end_group(commit=True)
-        except sqlite3.Error as exc:
-            try:
-                self.db.end_group(commit=False)
-            except sqlite3.Error:
-                log.exception("rollback after a failed group commit failed")
-            future.set_exception(StorageBusy(message=f"the database could not commit ({type(exc).__name__})"))
-            return
-        future.set_result(None)
+def _file_identity(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
 
 def _split_sql(script: str) -> list[str]:

@@ -21,6 +21,13 @@ class NonceRepo:
         )
         return cur.rowcount == 1
 
+    def consume_batch(self, items: list[tuple[str, str, int]]) -> list[bool]:
+        """Record many (nonce, peer_id, expires_at_ms) in one transaction: True where the
+        nonce was fresh, False where it was already there (a replay; also a nonce repeated
+        within ``items`` after its first time), in input order."""
+        with self.db.transaction():
+            return [self.consume(nonce, peer_id, expires) for nonce, peer_id, expires in items]
+
     def prune(self, now_ms: int, batch: int = 5000) -> int:
         """Delete up to ``batch`` expired nonces, walking the expiry index."""
         cur = self.db.execute(
