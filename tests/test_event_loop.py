@@ -40,6 +40,7 @@ print("released", flush=True)
 
 HOLD_S = 5.0
 BAR_MS = 100.0
+READ_EVERY_S = 0.01
 
 
 @contextmanager
@@ -92,15 +93,20 @@ def test_reads_answer_fast_and_writes_get_503_while_another_process_holds_the_wr
         try:
             with node.client() as c:
                 reads = ["/healthz", "/readyz", "/v1/facts?limit=5", "/.well-known/stigmem", "/v1/federation/peers"]
-                # Within the lock's 5 s, leaving a margin for a slow start: up to 400 requests.
-                while time.monotonic() - started < HOLD_S - 1.5 and len(latencies_ms) < 400:
-                    for path in reads:
-                        t0 = time.perf_counter()
-                        res = c.get(path, timeout=30)
-                        latencies_ms.append((time.perf_counter() - t0) * 1000)
-                        assert res.status_code == 200, (path, res.text)
-                        if path == "/healthz":
-                            assert res.json()["database"] == "ok"
+                # An open-loop schedule: one read every 10 ms, each timed from when it was due,
+                # so that a frozen loop counts against every read it held up, not just one.
+                due = time.monotonic() + 0.05
+                k = 0
+                while due - started < HOLD_S - 1.5:
+                    time.sleep(max(0.0, due - time.monotonic()))
+                    path = reads[k % len(reads)]
+                    res = c.get(path, timeout=30)
+                    latencies_ms.append((time.monotonic() - due) * 1000)
+                    assert res.status_code == 200, (path, res.text)
+                    if path == "/healthz":
+                        assert res.json()["database"] == "ok"
+                    k += 1
+                    due += READ_EVERY_S
                 measured_while_locked = still_locked(holder)
         finally:
             writer.join(timeout=30)
