@@ -201,3 +201,23 @@ def test_the_lanes_are_separate_a_full_write_lane_never_delays_a_read():
         assert await stuck and await queued == "second write"
 
     asyncio.run(main())
+
+
+def test_the_busy_timeout_and_lane_sizes_are_settings(tmp_path: Path):
+    from stigmem_node.config import from_env
+    from stigmem_node.errors import ConfigError
+    from stigmem_node.node import Node
+
+    env = {"STIGMEM_DB_PATH": str(tmp_path / "n.db"), "STIGMEM_DB_BUSY_TIMEOUT_MS": "1500",
+           "STIGMEM_READ_LANE_THREADS": "8", "STIGMEM_WRITE_LANE_THREADS": "2"}
+    node = Node(from_env(env))
+    try:
+        assert node.store.db.busy_timeout_ms == 1500
+        assert node.store.db.conn.execute("PRAGMA busy_timeout").fetchone() == (1500,)
+        assert (node.lanes.read_threads, node.lanes.write_threads) == (8, 2)
+    finally:
+        node.close()
+    for name, value in [("STIGMEM_DB_BUSY_TIMEOUT_MS", "soon"), ("STIGMEM_DB_BUSY_TIMEOUT_MS", "-1"),
+                        ("STIGMEM_READ_LANE_THREADS", "0"), ("STIGMEM_WRITE_LANE_THREADS", "2000")]:
+        with pytest.raises(ConfigError, match=name):
+            from_env({name: value})
