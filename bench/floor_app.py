@@ -32,15 +32,9 @@ class OneSignatureCheck:
         self.peer = AuthenticatedPeer(VerifiedToken(PeerAuth("floor", "floor", "active", ()), {}, "n", 0, scopes, "k"),
                                       scopes)
 
-    def authenticate(self, authorization, *, method, path_qs, remote_addr) -> AuthenticatedPeer:
-        self.public.verify(self.signature, self.message)
+    async def authenticate(self, authorization, *, method, path_qs, remote_addr) -> AuthenticatedPeer:
+        self.public.verify(self.signature, self.message)  # on the loop: one check, no storage
         return self.peer
-
-    def use_group_commit(self, group) -> None:  # no nonce is inserted
-        pass
-
-    def pending_commit(self) -> None:
-        return None
 
 
 def build(db: Path) -> Node:

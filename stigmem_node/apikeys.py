@@ -14,6 +14,7 @@ import hmac
 import os
 import re
 import secrets
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,6 +143,28 @@ def parse_permissions(raw: str | list[str]) -> tuple[str, ...]:
     return tuple(p for p in PERMISSIONS if p in perms)
 
 
+class DeferredTouches:
+    """``last_used_at`` updates waiting to be written, coalesced per key (thread-safe).
+
+    A serving node authenticates in the read lane and must never wait for a write there:
+    it queues the touch here, and a background writer (``background.write_touches``)
+    stores the queued touches together, or drops them when the database is busy."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def add(self, key_id: str, when: str) -> None:
+        with self._lock:
+            if len(self._pending) < 10_000:
+                self._pending[key_id] = when
+
+    def take(self) -> dict[str, str]:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        return pending
+
+
 class ApiKeys:
     def __init__(self, repo: ApiKeyRepo, peppers: Peppers | Callable[[], Peppers], clock: Clock) -> None:
         """``peppers``: the peppers, or a function that loads them when a key is first hashed
@@ -150,6 +173,13 @@ class ApiKeys:
         self._peppers = peppers
         self.clock = clock
         self._decoy: ApiKeyRecord | None = None
+        # A serving node's queue of touches (``defer_touches``); None: touch at once.
+        self.touches: DeferredTouches | None = None
+
+    def defer_touches(self, touches: DeferredTouches | None) -> None:
+        """Queue ``last_used_at`` updates in ``touches`` (so that authenticating only reads),
+        or write them at once again (None)."""
+        self.touches = touches
 
     @property
     def peppers(self) -> Peppers:
@@ -198,7 +228,11 @@ class ApiKeys:
         if not (ok and live) or rec is decoy:
             raise Unauthorized("invalid_api_key", "a valid API key is required")
         if rec.last_used_at is None or (now - parse_rfc3339(rec.last_used_at)).total_seconds() > _TOUCH_EVERY_S:
-            self.repo.touch(rec.id, self.clock.now_iso())
+            touches = self.touches
+            if touches is not None:
+                touches.add(rec.id, self.clock.now_iso())
+            else:
+                self.repo.touch(rec.id, self.clock.now_iso())
         return Principal(rec.id, frozenset(rec.permissions))
 
     def revoke(self, key_id: str) -> tuple[ApiKeyRecord, bool]:

@@ -8,6 +8,11 @@
 - **Key watch** (``watch_identity``): adopt a key rotated by the CLI while the server runs.
 - **Audit sealing** (``seal_audit``): a signed audit checkpoint once a row has waited the
   configured interval unsealed.
+- **API-key touches** (``write_touches``): the ``last_used_at`` updates queued by
+  authentication, written together once a second, or dropped when the database is busy.
+
+The asynchronous tasks run their storage work in the lanes (``stigmem_node.offload``),
+never on the event loop.
 
 The in-server pull schedule is ``stigmem_node.replication.schedule.Scheduler``.
 """
@@ -19,8 +24,10 @@ import logging
 import threading
 from collections.abc import Callable
 
+from stigmem_node.apikeys import DeferredTouches
 from stigmem_node.audit import AuditTrail
 from stigmem_node.errors import StigmemError
+from stigmem_node.offload import Offload
 from stigmem_node.store.db import Database, StorageBusy, StorageUnavailable
 from stigmem_node.store.nonces import NonceRepo
 
@@ -30,6 +37,7 @@ MAINTENANCE_INTERVAL_S = 1.0
 NONCE_PRUNE_BATCH = 20_000
 IDENTITY_WATCH_INTERVAL_S = 2.0
 MAX_SEAL_WAIT_S = 60.0
+TOUCH_INTERVAL_S = 1.0
 
 
 class Maintenance:
@@ -37,6 +45,7 @@ class Maintenance:
 
     def __init__(self, db: Database, now_ms: Callable[[], int], interval_s: float = MAINTENANCE_INTERVAL_S,
                  prune_batch: int = NONCE_PRUNE_BATCH) -> None:
+        """Call off the event loop (it turns off ``db``'s auto-checkpoint)."""
         self.db = db
         self.now_ms = now_ms
         self.interval_s = interval_s
@@ -63,20 +72,43 @@ class Maintenance:
         self._thread.join(timeout=5)
 
 
-async def watch_identity(adopt_rotated_key: Callable[[], bool], key_id: Callable[[], str],
+async def watch_identity(adopt_rotated_key: Callable[[], bool], key_id: Callable[[], str], lanes: Offload,
                          interval_s: float = IDENTITY_WATCH_INTERVAL_S) -> None:
     """Every ``interval_s``, adopt a key rotated by another process (the CLI)."""
     while True:
         await asyncio.sleep(interval_s)
-        if adopt_rotated_key():
-            log.info("signing key rotated: now %s", key_id())
+        try:
+            if await lanes.read(adopt_rotated_key):
+                log.info("signing key rotated: now %s", key_id())
+        except StigmemError as exc:  # the database cannot be read now: try again at the next tick
+            log.warning("key watch postponed: %s", exc.message)
 
 
-async def seal_audit(audit: AuditTrail, interval_s: float) -> None:
+async def seal_audit(audit: AuditTrail, interval_s: float, lanes: Offload) -> None:
     """Append a signed audit checkpoint once a row has waited ``interval_s`` unsealed."""
     while True:
         try:
-            audit.checkpoint_if_due(interval_s)
+            await lanes.write(audit.checkpoint_if_due, interval_s)
         except StigmemError as exc:  # the database was busy: try again at the next tick
             log.warning("audit checkpoint postponed: %s", exc.message)
         await asyncio.sleep(min(interval_s, MAX_SEAL_WAIT_S))
+
+
+async def write_touches(touches: DeferredTouches, write: Callable[[dict[str, str]], None], lanes: Offload,
+                        interval_s: float = TOUCH_INTERVAL_S) -> None:
+    """Every ``interval_s``, write the queued ``last_used_at`` touches in one transaction
+    (``write``, in the write lane).  When the database is busy they are dropped: a later
+    use of the key touches it again.  ``flush_touches`` writes the rest at the end."""
+    while True:
+        await asyncio.sleep(interval_s)
+        await flush_touches(touches, write, lanes)
+
+
+async def flush_touches(touches: DeferredTouches, write: Callable[[dict[str, str]], None], lanes: Offload) -> None:
+    pending = touches.take()
+    if not pending:
+        return
+    try:
+        await lanes.write(write, pending)
+    except StigmemError as exc:
+        log.debug("dropped %d API-key last-use updates: %s", len(pending), exc.message)

@@ -23,6 +23,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_DB = "stigmem.db"
 REQUEST_TIMEOUT_RANGE = (0.1, 3600.0)
 MAX_CONNECTIONS_RANGE = (1, 100_000)
+BUSY_TIMEOUT_MS_RANGE = (0, 600_000)
+LANE_RANGE = (1, 1024)
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,6 @@ class Settings:
     port: int = DEFAULT_PORT
     db_path: Path = Path(DEFAULT_DB)
     database_url: str | None = None  # postgresql://...: PostgreSQL instead of the SQLite file
-    db_busy_timeout_ms: int = 10_000  # a write waits this long for the write lock, then 503
     db_pool_size: int = 20  # PostgreSQL: most connections one process opens
     node_url: str | None = None  # None: http://host:port
     node_id: str | None = None  # None: generated on first start
@@ -55,6 +56,9 @@ class Settings:
     log_level: str = "info"
     request_timeout_s: float = 30.0  # the whole request must arrive within this (serve)
     max_connections: int = 1000  # open connections beyond this get 503 server_busy (serve)
+    db_busy_timeout_ms: int = 10_000  # a write waits this long for the database's write lock, then 503
+    read_lane_threads: int = 32  # worker threads for storage reads (stigmem_node.offload)
+    write_lane_threads: int = 16  # worker threads for storage writes
 
     @property
     def public_url(self) -> str:
@@ -153,8 +157,6 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         kw["db_path"] = Path(env["STIGMEM_DB_PATH"])
     if env.get("STIGMEM_DATABASE_URL"):
         kw["database_url"] = env["STIGMEM_DATABASE_URL"]
-    if env.get("STIGMEM_DB_BUSY_TIMEOUT_MS"):
-        kw["db_busy_timeout_ms"] = _int("STIGMEM_DB_BUSY_TIMEOUT_MS", env["STIGMEM_DB_BUSY_TIMEOUT_MS"], 1, 600_000)
     if env.get("STIGMEM_DB_POOL_SIZE"):
         kw["db_pool_size"] = _int("STIGMEM_DB_POOL_SIZE", env["STIGMEM_DB_POOL_SIZE"], 2, 1000)
     if env.get("STIGMEM_NODE_URL"):
@@ -208,6 +210,13 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
                                          *REQUEST_TIMEOUT_RANGE)
     if env.get("STIGMEM_MAX_CONNECTIONS"):
         kw["max_connections"] = _int("STIGMEM_MAX_CONNECTIONS", env["STIGMEM_MAX_CONNECTIONS"], *MAX_CONNECTIONS_RANGE)
+    if env.get("STIGMEM_DB_BUSY_TIMEOUT_MS"):
+        kw["db_busy_timeout_ms"] = _int("STIGMEM_DB_BUSY_TIMEOUT_MS", env["STIGMEM_DB_BUSY_TIMEOUT_MS"],
+                                        *BUSY_TIMEOUT_MS_RANGE)
+    if env.get("STIGMEM_READ_LANE_THREADS"):
+        kw["read_lane_threads"] = _int("STIGMEM_READ_LANE_THREADS", env["STIGMEM_READ_LANE_THREADS"], *LANE_RANGE)
+    if env.get("STIGMEM_WRITE_LANE_THREADS"):
+        kw["write_lane_threads"] = _int("STIGMEM_WRITE_LANE_THREADS", env["STIGMEM_WRITE_LANE_THREADS"], *LANE_RANGE)
     if env.get("STIGMEM_LOG_LEVEL"):
         kw["log_level"] = env["STIGMEM_LOG_LEVEL"]
     return validate(Settings(**kw))
@@ -263,6 +272,11 @@ def validate(s: Settings) -> Settings:
     lo, hi = MAX_CONNECTIONS_RANGE
     if not (isinstance(s.max_connections, int) and lo <= s.max_connections <= hi):
         raise ConfigError(message=f"max connections must be between {lo} and {hi}, got {s.max_connections!r}")
+    for name, value, (lo, hi) in (("database busy timeout (ms)", s.db_busy_timeout_ms, BUSY_TIMEOUT_MS_RANGE),
+                                  ("read lane threads", s.read_lane_threads, LANE_RANGE),
+                                  ("write lane threads", s.write_lane_threads, LANE_RANGE)):
+        if not (isinstance(value, int) and lo <= value <= hi):
+            raise ConfigError(message=f"{name} must be between {lo} and {hi}, got {value!r}")
     if s.log_level.lower() not in ("critical", "error", "warning", "info", "debug"):
         raise ConfigError(
             message=f"log level must be one of critical, error, warning, info, debug; got {s.log_level!r}")

@@ -52,7 +52,7 @@ async def run_demo(say: Callable[[str], None] = print) -> int:
         for name in ("alpha", "beta"):
             port = _free_port()
             settings = Settings(db_path=workdir / f"{name}.db", port=port, node_url=f"http://127.0.0.1:{port}")
-            nodes[name] = Node(settings, serving=True)
+            nodes[name] = await asyncio.to_thread(Node, settings, serving=True)  # storage: off the loop
             servers.append(await _serve(nodes[name], port))
             fingerprint = nodes[name].identity.fingerprint[:19]
             say(f"1. started node {name} at {settings.public_url} (fingerprint {fingerprint}…)")
@@ -61,24 +61,24 @@ async def run_demo(say: Callable[[str], None] = print) -> int:
         for me, other in ((alpha, beta), (beta, alpha)):
             doc = await fetch_well_known(other.identity.node_url, timeout_s=5, allow_insecure_http=False)
             peer = await me.federation.register(doc["declaration"], actor=operator)
-            me.federation.approve(peer.id, doc["pubkey_fingerprint"], actor=operator)
+            await me.lanes.write(me.federation.approve, peer.id, doc["pubkey_fingerprint"], actor=operator)
             say(f"2. {_name(me, nodes)} verified {_name(other, nodes)}'s signed declaration and approved it by "
                 f"fingerprint ({peer.status} -> active)")
         bodies = [{"entity": e, "relation": r, "value": {"type": t, "v": v}, "source": "stigmem://demo/agent",
                    "scope": scope, "confidence": 0.9} for scope, e, r, t, v in SAMPLE]
-        alpha.facts.assert_many(alpha.facts.validate_batch(bodies))
+        await alpha.lanes.write(alpha.facts.assert_many, alpha.facts.validate_batch(bodies))
         say(f"3. alpha stored {len(bodies)} facts: one local, one team, two company, two public")
         result = await beta.subscriber().run_pass()
         pulled = result.peers[0]
         say(f"4. beta pulled from alpha with single-use signed tokens: {pulled.new} new facts, "
             f"{pulled.rejected} rejected, in {result.duration_s * 1000:.0f} ms")
-        got, _, _ = beta.facts.query(cursor=None, limit=50)
+        got, _, _ = await beta.lanes.read(beta.facts.query, cursor=None, limit=50)
         for f in got:
             say(f"   received {f['scope']:<8} {f['entity']}  {f['relation']} = {f['value']['v']!r}")
         scopes = {f["scope"] for f in got}
         say(f"5. local and team facts stayed on alpha: {'yes' if not scopes & {'local', 'team'} else 'NO'} "
             "(alpha shares company and public by default)")
-        rows = beta.audit.verify()
+        rows = await beta.lanes.read(beta.audit.verify)
         say(f"6. beta's audit trail: {rows.rows} rows, hash chain {'intact' if rows.ok else 'BROKEN'}")
         ok = result.ok and pulled.new == 4 and not scopes & {"local", "team"}
         say("Done: two nodes federated end to end." if ok else "The demo did not go as expected.")
@@ -88,7 +88,7 @@ async def run_demo(say: Callable[[str], None] = print) -> int:
             server.should_exit = True
         await asyncio.gather(*(t for _, t in servers), return_exceptions=True)
         for node in nodes.values():
-            node.close()
+            await asyncio.to_thread(node.close)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -64,6 +64,8 @@ _CODES: Final[tuple[ErrorCode, ...]] = (
     _e("internal_error", 500, "An unexpected failure, logged with its traceback", _H, _REP),
     _e("database_busy", 503, "Another connection held the database's write lock past the busy timeout", _H, _REP,
        retry_after=1),
+    _e("database_unavailable", 503, "The database cannot be opened, read or reached (readiness, a request, "
+       "a command)", _H, _REP, _CLI, exit_status=2, retry_after=1),
     _e("invalid_api_key", 401, "Missing, malformed, unknown, wrong, revoked or expired API key", _H),
     _e("permission_required", 403, "The API key lacks the endpoint's permission", _H),
     _e("too_many_failed_attempts", 429, "Too many failed authentications from this address; retry later", _H),
@@ -148,8 +150,6 @@ _CODES: Final[tuple[ErrorCode, ...]] = (
     # -- command line only ----------------------------------------------------------------------
     _e("invalid_config", None, "A setting (environment variable or flag) is invalid", _CLI, exit_status=2),
     _e("database_missing", None, "No database at the path", _CLI, exit_status=2),
-    _e("database_unavailable", 503, "The database cannot be opened, read or reached", _H, _REP, _CLI,
-       exit_status=2, retry_after=1),
     _e("invalid_database_url", None, "STIGMEM_DATABASE_URL / --database-url is not a postgresql:// URL", _CLI,
        exit_status=2),
     _e("postgresql_unsupported", None, "A PostgreSQL URL, but the postgresql extra (psycopg) is not installed",

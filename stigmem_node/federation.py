@@ -3,6 +3,10 @@
 Register a peer from its signed declaration, approve it by key fingerprint, suspend,
 resume, revoke and remove it.  Every state change and its audit row commit in one
 transaction.  The well-known fetch is injected, so this module knows nothing of HTTP.
+
+The operator actions are synchronous (callers run them in the write lane).  The two
+asynchronous use cases, ``register`` and ``refresh_peer_keys``, fetch on the event loop and
+run their storage work in the lanes they are given (``stigmem_node.offload.Offload``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from stigmem_node.encoding import b64url_decode, fingerprint
 from stigmem_node.errors import Conflict, NotFound, OutboundError, ValidationError
 from stigmem_node.identity import NodeIdentity
 from stigmem_node.keys import endorsement_payload, key_id_of, public_key_from_b64
+from stigmem_node.offload import Offload
 from stigmem_node.ratelimit import UnauthenticatedAuditGate
 from stigmem_node.store import IntegrityConflict, Store
 from stigmem_node.store.peers import PeerKey, PeerRecord
@@ -112,10 +117,11 @@ def normalise_fingerprint(text: Any) -> str:
 
 
 class Federation:
-    def __init__(self, store: Store, identity: NodeIdentity, audit: AuditTrail, clock: Clock, *,
+    def __init__(self, store: Store, identity: NodeIdentity, audit: AuditTrail, clock: Clock, lanes: Offload, *,
                  fetch_well_known: FetchWellKnown, leeway: timedelta,
                  max_declaration_age: timedelta = decl_mod.MAX_AGE) -> None:
         self.store = store
+        self.lanes = lanes
         self.identity = identity
         self.audit = audit
         self.clock = clock
@@ -155,6 +161,16 @@ class Federation:
         ``rejected`` record never blocks: a new declaration for the same node replaces it,
         so that nobody can squat a node id by posting a bad declaration for it.
         """
+        decl, granted, reason = await self.lanes.write(self._admit, body, actor, scopes)
+        fetch_error = None
+        if reason is None:
+            reason, fetch_error = await self._check_well_known(decl)
+        return await self.lanes.write(self._store_registration, decl, granted, reason, fetch_error, actor)
+
+    def _admit(self, body: Any, actor: Actor,
+               scopes: tuple[str, ...] | None) -> tuple[decl_mod.Declaration, tuple[str, ...], str | None]:
+        """Parse and check a declaration before the well-known fetch: the declaration, the
+        granted scopes and the reason to reject it (None so far).  Refusals are audited."""
         try:
             decl = decl_mod.parse(body)
         except decl_mod.DeclarationRejected as exc:
@@ -171,16 +187,15 @@ class Federation:
                                   "the declaration and the allowed scopes share no federatable scope",
                                   field="allowed_scopes")
         self._refuse_existing(decl.node_id, actor)
-
-        reason: str | None = None
         try:
             decl_mod.authenticate(decl, self.clock.now(), leeway=self.leeway, max_age=self.max_declaration_age)
         except decl_mod.DeclarationRejected as exc:
-            reason = exc.reason
-        fetch_error = None
-        if reason is None:
-            reason, fetch_error = await self._check_well_known(decl)
+            return decl, granted, exc.reason
+        return decl, granted, None
 
+    def _store_registration(self, decl: decl_mod.Declaration, granted: tuple[str, ...], reason: str | None,
+                            fetch_error: str | None, actor: Actor) -> PeerRecord:
+        detail = {"node_id": decl.node_id, "node_url": decl.node_url}
         now = self.clock.now_iso()
         peer = PeerRecord(
             id=str(uuid.uuid4()), node_id=decl.node_id, node_url=decl.node_url,
@@ -259,7 +274,7 @@ class Federation:
             return KeyRefresh.WELL_KNOWN_NODE_ID_MISMATCH
         new_pub, new_kid = doc.get("federation_pubkey"), doc.get("key_id")
         now = self.clock.now()
-        pinned = [k for k in self.store.peers.keys(peer.id)
+        pinned = [k for k in await self.lanes.read(self.store.peers.keys, peer.id)
                   if not (k.retire_after and parse_rfc3339(k.retire_after) <= now)]
         if not isinstance(new_pub, str) or any(k.public_key == new_pub for k in pinned):
             return KeyRefresh.UNCHANGED
@@ -267,15 +282,20 @@ class Federation:
         if chain is None:
             extra = audit_gate.admit("refresh", peer.node_id) if audit_gate is not None else {}
             if extra is not None:
-                self.audit.record(ev.PEER_KEY_ROTATION_REFUSED, peer_id=peer.id, actor=actor,
-                                  reason="rotation_not_endorsed",
-                                  detail={"node_id": peer.node_id, "offered_fingerprint": fingerprint(new_pub),
-                                          **extra})
+                await self.lanes.write(
+                    self.audit.record, ev.PEER_KEY_ROTATION_REFUSED, peer_id=peer.id, actor=actor,
+                    reason="rotation_not_endorsed",
+                    detail={"node_id": peer.node_id, "offered_fingerprint": fingerprint(new_pub), **extra})
             return KeyRefresh.NOT_ENDORSED
         try:
             kid = key_id_of(new_pub)
         except ValueError:
             return KeyRefresh.NOT_ENDORSED
+        await self.lanes.write(self._adopt_key, peer, kid, new_pub, new_kid, chain, pinned, now, actor)
+        return KeyRefresh.ROTATED
+
+    def _adopt_key(self, peer: PeerRecord, kid: str, new_pub: str, new_kid: Any, chain: list[tuple[str, Any]],
+                   pinned: builtins.list[PeerKey], now: datetime, actor: str) -> None:
         stamp = self.clock.now_iso()
         with self.store.transaction():
             self.store.peers.add_key(peer.id, PeerKey(kid, new_pub, stamp, None))
@@ -287,7 +307,6 @@ class Federation:
             self.audit.record(ev.PEER_KEY_ROTATED, peer_id=peer.id, actor=actor,
                               detail={"node_id": peer.node_id, "key_id": kid, "declared_key_id": new_kid,
                                       "pubkey_fingerprint": fingerprint(new_pub)})
-        return KeyRefresh.ROTATED
 
     # -- operator actions ---------------------------------------------------------------
     def approve(self, ref: str, pubkey_fingerprint: Any, *, actor: Actor) -> PeerRecord:

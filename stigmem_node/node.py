@@ -1,15 +1,17 @@
 """The node: settings, storage, identity and the services built on them, wired once.
 
 Both the HTTP app and the CLI work through a ``Node``.  Each service receives the
-collaborators it uses (repositories, the clock, the audit trail, the outbound client),
-never the node.  A serving node's background work (database upkeep, group commit of
-nonces, the key watch, audit sealing, the pull schedule) is started and stopped here
-(``start_background``, ``stop_background``), from the app's lifespan.
+collaborators it uses (repositories, the clock, the audit trail, the outbound client, the
+lanes that run storage work off the event loop), never the node.  A serving node's
+background work (database upkeep, the key watch, audit sealing, API-key touches, the pull
+schedule) is started and stopped here (``start_background``, ``stop_background``), from the
+app's lifespan.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -18,14 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 from stigmem_node import audit as ev
 from stigmem_node import declaration, identity, manifest, tokens
-from stigmem_node.apikeys import ApiKeys, Peppers, check_peppers
+from stigmem_node.apikeys import ApiKeys, DeferredTouches, Peppers, check_peppers
 from stigmem_node.audit import AuditTrail
 from stigmem_node.audit_query import AuditQuery
-from stigmem_node.background import Maintenance, seal_audit, watch_identity
+from stigmem_node.background import Maintenance, flush_touches, seal_audit, watch_identity, write_touches
 from stigmem_node.clock import Clock
 from stigmem_node.config import Settings
+from stigmem_node.errors import StigmemError
 from stigmem_node.federation import Federation
 from stigmem_node.local_facts import LocalFacts
+from stigmem_node.offload import Lanes
 from stigmem_node.operator_keys import OperatorKeys
 from stigmem_node.outbound import Outbound
 from stigmem_node.peer_auth import PeerAuthenticator
@@ -37,9 +41,12 @@ from stigmem_node.store import Store
 if TYPE_CHECKING:
     import httpx
 
+log = logging.getLogger("stigmem_node.node")
+
 DECLARATION_REFRESH = timedelta(hours=1)
 KEY_REFRESH_EVERY_S = 300.0
 RESIGN_PENDING = "resign_pending"  # node_meta: key id whose re-signing of local facts is unfinished
+PING_TIMEOUT_S = 1.0  # /healthz and /readyz: how long the database may take to answer a trivial read
 
 
 @dataclass
@@ -49,6 +56,7 @@ class _Background:
     maintenance: Maintenance
     scheduler: Scheduler | None
     tasks: list[asyncio.Task[None]]
+    touches: DeferredTouches
 
 
 class Node:
@@ -64,6 +72,7 @@ class Node:
                                  allow_insecure_http=settings.allow_insecure_http, transport=transport)
         self.store = Store(settings.database, settings.synchronous, create=create,
                            busy_timeout_ms=settings.db_busy_timeout_ms, pool_size=settings.db_pool_size)
+        self.lanes = Lanes(settings.read_lane_threads, settings.write_lane_threads)
 
         def peppers() -> Peppers:
             loaded = Peppers.load(settings.pepper_path, settings.pepper, create=create,
@@ -85,7 +94,7 @@ class Node:
         self.audit_query = AuditQuery(self.store.audit, self.store.peers)
         self.operator_keys = OperatorKeys(self.apikeys, self.audit, self.store.transaction, self.clock)
         self.federation = Federation(
-            self.store, self.identity, self.audit, self.clock,
+            self.store, self.identity, self.audit, self.clock, self.lanes,
             fetch_well_known=self.outbound.fetch_well_known,
             leeway=timedelta(seconds=settings.clock_leeway_s),
             max_declaration_age=timedelta(seconds=settings.declaration_max_age_s),
@@ -94,20 +103,23 @@ class Node:
         # One set of audit budgets for every row that unauthenticated traffic can cause.
         self.unauth_audit = UnauthenticatedAuditGate(per_address=20, global_per_window=600, window_s=window)
         self.peer_auth = PeerAuthenticator(
-            self.store, self.identity.node_id, self.audit, self.clock, leeway_ms=settings.clock_leeway_s * 1000,
+            self.store, self.identity.node_id, self.audit, self.clock, self.lanes,
+            leeway_ms=settings.clock_leeway_s * 1000,
             failures=FailureLimiter(max_failures=30, window_s=window), audit_gate=self.unauth_audit,
         )
         self.apikey_failures = FailureLimiter(max_failures=10, window_s=window)
         self.facts = LocalFacts(self.store, self.identity, self.clock, on_rotation=self.reload_identity_if_rotated)
-        self.publisher = Publisher(self.store, self.audit, self.clock, settings.shared_scopes,
+        self.publisher = Publisher(self.store, self.audit, self.clock, settings.shared_scopes, self.lanes,
                                    federate_instructions=settings.federate_instructions)
         self._declaration: declaration.Declaration | None = None
         self._manifest: dict[str, Any] | None = None
         self._refresh_not_before: dict[str, float] = {}
         self._key_refreshes: set[asyncio.Task[Any]] = set()
+        self._refreshing: set[str] = set()
         self._background: _Background | None = None
         self._declaration_at: datetime | None = None
         self._lock = threading.Lock()
+        self._ping: asyncio.Task[None] | None = None
 
     def declaration(self) -> declaration.Declaration:
         """This node's signed declaration, re-signed every hour so it is always fresh."""
@@ -141,34 +153,37 @@ class Node:
                             backoff_s=o.backoff_s, max_backoff_s=o.max_backoff_s, max_page_bytes=o.max_page_bytes)
         ingest = Ingest(self.store, self.audit, self.clock, lambda: self.facts.hlc,
                         federate_instructions=self.settings.federate_instructions)
-        return Subscriber(self.store, self.clock, pages, ingest, find_peer=self.federation.get,
+        return Subscriber(self.store, self.clock, pages, ingest, self.lanes, find_peer=self.federation.get,
                           refresh_keys=self.federation.refresh_peer_keys, concurrency=o.concurrency,
                           page_limit=o.page_limit, max_pages=o.max_pages)
 
     # -- a serving node's background work --------------------------------------------------
-    def start_background(self) -> None:
+    async def start_background(self) -> None:
         """Start the background work of a serving node, on the running event loop: database
-        upkeep (a thread), the group commit of nonces, the key watch, audit sealing and, with
-        a pull interval, the pull schedule.  ``stop_background`` ends it all."""
+        upkeep (a thread), the key watch, audit sealing, the writer of API-key touches and,
+        with a pull interval, the pull schedule.  ``stop_background`` ends it all."""
         if self._background is not None:
             raise RuntimeError("the background work is already running")
-        maintenance = Maintenance(self.store.db, self.clock.now_ms)
-        self.peer_auth.use_group_commit(None)
+        maintenance = await self.lanes.write(Maintenance, self.store.db, self.clock.now_ms)
+        touches = DeferredTouches()
+        self.apikeys.defer_touches(touches)
         scheduler = None
         if self.settings.pull_interval_s > 0:
             scheduler = Scheduler(self.subscriber(), self.settings.pull_interval_s)
             scheduler.start()
         tasks = [
-            asyncio.create_task(watch_identity(self.reload_identity_if_rotated, lambda: self.identity.key_id),
-                                name="stigmem-key-watch"),
-            asyncio.create_task(seal_audit(self.audit, self.settings.audit_checkpoint_interval_s),
+            asyncio.create_task(watch_identity(self.reload_identity_if_rotated, lambda: self.identity.key_id,
+                                               self.lanes), name="stigmem-key-watch"),
+            asyncio.create_task(seal_audit(self.audit, self.settings.audit_checkpoint_interval_s, self.lanes),
                                 name="stigmem-audit-seal"),
+            asyncio.create_task(write_touches(touches, self.store.apikeys.touch_many, self.lanes),
+                                name="stigmem-apikey-touches"),
         ]
-        self._background = _Background(maintenance, scheduler, tasks)
+        self._background = _Background(maintenance, scheduler, tasks, touches)
 
     async def stop_background(self) -> None:
         """Stop what ``start_background`` started (pulls in flight are cancelled; each page
-        they stored is committed)."""
+        they stored is committed; nonces handed in are committed; queued touches written)."""
         work, self._background = self._background, None
         if work is None:
             return
@@ -177,8 +192,25 @@ class Node:
         await asyncio.gather(*work.tasks, return_exceptions=True)
         if work.scheduler is not None:
             await work.scheduler.stop()
-        self.peer_auth.use_group_commit(None)
-        work.maintenance.stop()
+        await self.peer_auth.nonces.wait_idle()
+        self.apikeys.defer_touches(None)
+        await flush_touches(work.touches, self.store.apikeys.touch_many, self.lanes)
+        await self.lanes.write(work.maintenance.stop)
+
+    async def database_problem(self, timeout_s: float = PING_TIMEOUT_S) -> str | None:
+        """None when the database answers a trivial read (in the read lane) within
+        ``timeout_s``, else why not.  Concurrent callers share one ping."""
+        ping = self._ping
+        if ping is None or ping.done():
+            ping = self._ping = asyncio.ensure_future(self.lanes.read_within(timeout_s, self.store.ping))
+            ping.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved even if nobody waits
+        try:
+            await asyncio.shield(ping)
+        except TimeoutError:
+            return f"the database did not answer within {timeout_s:g} s"
+        except StigmemError as exc:
+            return exc.message
+        return None
 
     def rotate_key(self, grace: timedelta, *, actor: str) -> dict[str, Any]:
         """Make a new signing key, keep the old one verifying for ``grace``, then re-sign
@@ -222,16 +254,25 @@ class Node:
         registered URL of a registered, active peer.
         """
         now = time.monotonic()
-        if self._refresh_not_before.get(node_id, 0.0) > now or len(self._refresh_not_before) > 10_000:
+        if self._refresh_not_before.get(node_id, 0.0) > now or len(self._refresh_not_before) > 10_000 \
+                or node_id in self._refreshing or len(self._refreshing) >= 100:
             return
-        peer = self.store.peers.by_node_id(node_id)
-        if peer is None or peer.status != "active":
-            return
-        self._refresh_not_before[node_id] = now + KEY_REFRESH_EVERY_S
-        task = asyncio.get_running_loop().create_task(
-            self.federation.refresh_peer_keys(peer, actor="node:auth", audit_gate=self.unauth_audit))
+        self._refreshing.add(node_id)  # until the lookup below has run: one lookup per issuer at a time
+        task = asyncio.get_running_loop().create_task(self._refresh_peer_keys(node_id))
         self._key_refreshes.add(task)
         task.add_done_callback(self._key_refreshes.discard)
+
+    async def _refresh_peer_keys(self, node_id: str) -> None:
+        try:
+            peer = await self.lanes.read(self.store.peers.by_node_id, node_id)
+            if peer is not None and peer.status == "active":
+                self._refresh_not_before[node_id] = time.monotonic() + KEY_REFRESH_EVERY_S
+                self._refreshing.discard(node_id)
+                await self.federation.refresh_peer_keys(peer, actor="node:auth", audit_gate=self.unauth_audit)
+        except StigmemError as exc:  # e.g. database_busy: the next failing token tries again later
+            log.warning("key refresh of %s failed: %s", ascii(node_id[:80]), exc.message)
+        finally:
+            self._refreshing.discard(node_id)
 
     def reload_identity_if_rotated(self) -> bool:
         """Pick up a key rotated by another process (the CLI) without a restart."""

@@ -5,14 +5,20 @@ the node's budgets for unauthenticated audit rows (``UnauthenticatedAuditGate``)
 failures per address are rate-limited.  The nonce is consumed by one atomic INSERT only
 after every other check has passed (invariant 3) and kept until
 ``tokens.nonce_kept_until(exp)``, beyond every leeway any process may use (invariant 4).
+
+Nothing here blocks the event loop: the token is verified and the peer looked up in the
+read lane; the nonces of concurrent requests are committed together in the write lane
+(``NonceBatcher``, a group commit); rejection audit rows are written in the write lane.
+The limiter and the audit budgets are in memory and stay on the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -21,9 +27,12 @@ from stigmem_node.audit import AuditTrail
 from stigmem_node.clock import Clock, parse_rfc3339
 from stigmem_node.errors import StigmemError
 from stigmem_node.keys import public_key_from_b64
+from stigmem_node.offload import Offload
 from stigmem_node.ratelimit import FailureLimiter, UnauthenticatedAuditGate
-from stigmem_node.store import Store
+from stigmem_node.store.peers import PeerRepo
 from stigmem_node.tokens import PeerAuth, TokenRejected, VerifiedToken
+
+log = logging.getLogger("stigmem_node.peer_auth")
 
 TOKEN_REJECTED = "token_rejected"  # noqa: S105 - an audit event name
 REPLAY_ATTEMPT = "replay_attempt"
@@ -34,8 +43,6 @@ PEER_AUTH_THROTTLED = "peer_auth_throttled"
 class AuthenticatedPeer:
     token: VerifiedToken
     allowed_scopes: tuple[str, ...]
-    # Resolves when the consumed nonce is committed (group commit); await it before answering.
-    committed: Any = None
 
     @property
     def peer_id(self) -> str:
@@ -55,77 +62,119 @@ def bearer_token(authorization: str | None) -> str | None:
     return value.strip() or None
 
 
+class NonceStore(Protocol):
+    """Consumes nonces, many in one transaction (``store.nonces``)."""
+
+    def consume_batch(self, items: list[tuple[str, str, int]]) -> list[bool]: ...
+
+
+class AuthStore(Protocol):
+    """The storage peer authentication uses (``stigmem_node.store.Store`` is one)."""
+
+    @property
+    def peers(self) -> PeerRepo: ...
+
+    @property
+    def nonces(self) -> NonceStore: ...
+
+
+class NonceBatcher:
+    """Group commit of nonces: the nonces of concurrent requests share one transaction.
+
+    A request adds its nonce and awaits the outcome.  One batch at a time is committed in
+    the write lane (``consume_batch``: one transaction for all of it); the nonces that
+    arrive meanwhile form the next batch.  Each request learns only once its nonce is
+    committed whether it was fresh or a replay, so no answer leaves before its nonce is
+    durable, and replays stay exact: the primary key admits each nonce once, within a
+    batch, across batches and across processes.
+    """
+
+    MAX_BATCH = 1000
+
+    def __init__(self, nonces: NonceStore, lanes: Offload) -> None:
+        self.nonces = nonces
+        self.lanes = lanes
+        self._pending: list[tuple[tuple[str, str, int], asyncio.Future[bool]]] = []
+        self._task: asyncio.Task[None] | None = None
+        self.commits = 0  # transactions committed (how well requests share them)
+        self.consumed = 0  # nonces in them
+
+    async def consume(self, nonce: str, peer_id: str, expires_at_ms: int) -> bool:
+        """True if ``nonce`` was fresh (now recorded), False if it was already seen; returns
+        once the batch that holds it is committed (``StorageBusy`` if it could not be)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        self._pending.append(((nonce, peer_id, expires_at_ms), future))
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._drain(), name="stigmem-nonce-commit")
+        return await future
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:self.MAX_BATCH], self._pending[self.MAX_BATCH:]
+            try:
+                fresh = await self.lanes.write(self.nonces.consume_batch, [item for item, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - each request answers with it (e.g. database_busy)
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            self.commits += 1
+            self.consumed += len(batch)
+            for (_, future), ok in zip(batch, fresh, strict=True):
+                if not future.done():  # a request cancelled meanwhile (its client left)
+                    future.set_result(ok)
+
+    async def wait_idle(self) -> None:
+        """Wait until every nonce handed in so far is committed."""
+        task = self._task
+        if task is not None and not task.done():
+            await asyncio.gather(task, return_exceptions=True)
+
+
 class PeerAuthenticator:
-    def __init__(self, store: Store, node_id: str, audit: AuditTrail, clock: Clock, *, leeway_ms: int,
-                 max_lifetime_ms: int = tokens.MAX_LIFETIME_MS, failures: FailureLimiter | None = None,
+    def __init__(self, store: AuthStore, node_id: str, audit: AuditTrail, clock: Clock, lanes: Offload, *,
+                 leeway_ms: int, max_lifetime_ms: int = tokens.MAX_LIFETIME_MS, failures: FailureLimiter | None = None,
                  audit_gate: UnauthenticatedAuditGate | None = None) -> None:
         self.store = store
         self.node_id = node_id
         self.audit = audit
         self.clock = clock
+        self.lanes = lanes
         if not 0 <= leeway_ms <= tokens.MAX_LEEWAY_MS:
             raise ValueError(f"leeway must be between 0 and {tokens.MAX_LEEWAY_MS} ms")
         self.leeway_ms = leeway_ms
         self.max_lifetime_ms = max_lifetime_ms
         self.failures = failures or FailureLimiter(max_failures=30, window_s=60)
         self.audit_gate = audit_gate or UnauthenticatedAuditGate()
-        # A serving node's group commit (``use_group_commit``): nonce inserts then share commits.
-        self.group: Any = None
+        self.nonces = NonceBatcher(store.nonces, lanes)
+        # Parsed keys and scope sets, by their text: few distinct values, never stale.
         self._keys: dict[str, Ed25519PublicKey] = {}
-        self._scope_cache: dict[str, tuple[str, ...]] = {}  # few distinct values: scope sets
-        self._cache: dict[str, tuple[PeerAuth, tuple[str, ...], int]] = {}
-        self._cache_stamp: tuple[int, int] = (-1, -1)
-
-    def use_group_commit(self, group: Any) -> None:
-        """Let nonce inserts share commits (a serving node, on its event loop), or stop (None)."""
-        self.group = group
-
-    def pending_commit(self) -> asyncio.Future[None] | None:
-        """The open group commit, if any: await it before answering a rejection, so that the
-        rejection's audit row is durable first."""
-        group = self.group
-        return group.pending if group is not None else None
+        self._scope_cache: dict[str, tuple[str, ...]] = {}
 
     def _peer(self, node_id: str, now_ms: int) -> tuple[PeerAuth, tuple[str, ...]] | None:
-        """The peer's status, keys and granted scopes, cached until anything changes.
-
-        The cache holds only while the database is unchanged: by this process (the peer
-        repository's write counter) and by any other (SQLite's data_version), and until the
-        next retirement time of a key passes.  So a suspension made with the CLI takes
-        effect on the very next request.
-        """
-        stamp = (self.store.peers.writes, -1)
-        if stamp != self._cache_stamp:
-            self._cache.clear()
-            self._cache_stamp = stamp
-        hit = self._cache.get(node_id)
-        if hit is not None and now_ms < hit[2]:
-            return hit[0], hit[1]
+        """The peer's status, keys and granted scopes, read afresh for every request: a
+        suspension or a key change made by any process applies to the very next one."""
         rows = self.store.peers.auth_rows(node_id)
         if not rows:
             return None
         peer_id, status, scopes_json = rows[0][0], rows[0][1], rows[0][2]
-        keys, valid_until = [], 2**62
+        keys = []
         for _, _, _, key_id, public_key, retire_after in rows:
             if key_id is None:
                 continue
-            if retire_after:
-                retire_ms = int(parse_rfc3339(retire_after).timestamp() * 1000)
-                if retire_ms < now_ms:
-                    continue
-                valid_until = min(valid_until, retire_ms)
+            if retire_after and int(parse_rfc3339(retire_after).timestamp() * 1000) < now_ms:
+                continue
             key = self._key(public_key)
             if key is not None:
                 keys.append((key_id, key))
-        auth, scopes = PeerAuth(peer_id, node_id, status, tuple(keys)), self._scopes(scopes_json)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[node_id] = (auth, scopes, valid_until)
-        return auth, scopes
+        return PeerAuth(peer_id, node_id, status, tuple(keys)), self._scopes(scopes_json)
 
     def _scopes(self, scopes_json: str) -> tuple[str, ...]:
         scopes = self._scope_cache.get(scopes_json)
         if scopes is None:
+            if len(self._scope_cache) > 1000:
+                self._scope_cache.clear()
             scopes = self._scope_cache[scopes_json] = tuple(json.loads(scopes_json))
         return scopes
 
@@ -141,14 +190,10 @@ class PeerAuthenticator:
             self._keys[public_key] = key
         return key
 
-    def authenticate(self, authorization: str | None, *, method: str | None, path_qs: str | None,
-                     remote_addr: str) -> AuthenticatedPeer:
-        retry = self.failures.retry_after(remote_addr)
-        if retry is not None:
-            raise StigmemError("too_many_failed_attempts", "too many failed peer authentications; retry later",
-                               retry_after=retry)
-        now_ms = self.clock.now_ms()
-        found: list[tuple[str, tuple[str, ...]]] = []
+    def _verify(self, token: str, now_ms: int, method: str | None, path_qs: str | None,
+                found: list[tuple[str, tuple[str, ...]]]) -> VerifiedToken:
+        """Verify the token (a read and the signature check: in the read lane); the peer
+        found, if any, is appended to ``found`` (for the audit row of a rejection)."""
 
         def lookup(iss: str) -> PeerAuth | None:
             entry = self._peer(iss, now_ms)
@@ -157,36 +202,55 @@ class PeerAuthenticator:
             found.append((entry[0].peer_id, entry[1]))
             return entry[0]
 
+        return tokens.verify(
+            token, lookup=lookup, our_node_id=self.node_id, now_ms=now_ms, leeway_ms=self.leeway_ms,
+            max_lifetime_ms=self.max_lifetime_ms, method=method, path_qs=path_qs,
+        )
+
+    async def authenticate(self, authorization: str | None, *, method: str | None, path_qs: str | None,
+                           remote_addr: str) -> AuthenticatedPeer:
+        """The authenticated peer, once its nonce is committed; a ``TokenRejected`` once its
+        audit row (if any) is committed."""
+        retry = self.failures.retry_after(remote_addr)
+        if retry is not None:
+            raise StigmemError("too_many_failed_attempts", "too many failed peer authentications; retry later",
+                               retry_after=retry)
+        now_ms = self.clock.now_ms()
+        found: list[tuple[str, tuple[str, ...]]] = []
         try:
             token = bearer_token(authorization)
             if token is None:
                 raise TokenRejected("peer_token_required", "a peer token (Authorization: Bearer) is required")
-            verified = tokens.verify(
-                token, lookup=lookup, our_node_id=self.node_id, now_ms=now_ms, leeway_ms=self.leeway_ms,
-                max_lifetime_ms=self.max_lifetime_ms, method=method, path_qs=path_qs,
-            )
-            committed = self.group.join() if self.group is not None else None
+            verified = await self.lanes.read(self._verify, token, now_ms, method, path_qs, found)
             kept_until = tokens.nonce_kept_until(verified.exp_ms)
-            if not self.store.nonces.consume(verified.nonce, verified.peer.peer_id, kept_until):
+            if not await self.nonces.consume(verified.nonce, verified.peer.peer_id, kept_until):
                 raise TokenRejected("nonce_already_seen", "this token was already used", issuer=verified.peer.node_id,
                                     skew_ms=now_ms - int(verified.claims["iat"]))
         except TokenRejected as exc:
-            self.failures.fail(remote_addr)
-            self._audit(exc, found[0][0] if found else None, remote_addr, path_qs)
-            if self.failures.retry_after(remote_addr) is not None:
-                # This failure crossed the limit: from now on the address gets 429 for a while.
-                extra = self.audit_gate.admit("throttle", remote_addr)
-                if extra is not None:
-                    self.audit.record(PEER_AUTH_THROTTLED, actor=None, remote_addr=remote_addr,
-                                      reason="too_many_failed_attempts", detail={"last_code": exc.code, **extra})
+            await self._rejected(exc, found[0][0] if found else None, remote_addr, path_qs)
             raise
-        return AuthenticatedPeer(verified, found[0][1], committed)
+        return AuthenticatedPeer(verified, found[0][1])
 
-    def _audit(self, exc: TokenRejected, peer_id: str | None, remote_addr: str, path_qs: str | None) -> None:
+    async def _rejected(self, exc: TokenRejected, peer_id: str | None, remote_addr: str, path_qs: str | None) -> None:
+        """Count the failure and write its audit rows (within the budgets), durably."""
+        self.failures.fail(remote_addr)
+        rows: list[dict[str, Any]] = []
         extra = self.audit_gate.admit("token", remote_addr)
-        if extra is None:
-            return
-        detail: dict[str, Any] = {"issuer": exc.issuer, "skew_ms": exc.skew_ms, "path": (path_qs or "")[:200], **extra}
-        replay = exc.code == "nonce_already_seen"
-        self.audit.record(REPLAY_ATTEMPT if replay else TOKEN_REJECTED, peer_id=peer_id, actor=None,
-                          reason=exc.code, detail=detail, remote_addr=remote_addr)
+        if extra is not None:
+            detail: dict[str, Any] = {"issuer": exc.issuer, "skew_ms": exc.skew_ms, "path": (path_qs or "")[:200],
+                                      **extra}
+            rows.append({"event_type": REPLAY_ATTEMPT if exc.code == "nonce_already_seen" else TOKEN_REJECTED,
+                         "peer_id": peer_id, "actor": None, "reason": exc.code, "detail": detail,
+                         "remote_addr": remote_addr})
+        if self.failures.retry_after(remote_addr) is not None:
+            # This failure crossed the limit: from now on the address gets 429 for a while.
+            extra = self.audit_gate.admit("throttle", remote_addr)
+            if extra is not None:
+                rows.append({"event_type": PEER_AUTH_THROTTLED, "actor": None, "remote_addr": remote_addr,
+                             "reason": "too_many_failed_attempts", "detail": {"last_code": exc.code, **extra}})
+        if rows:
+            await self.lanes.write(self._record, rows)
+
+    def _record(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            self.audit.record(**row)

@@ -5,18 +5,21 @@ node shares; ``local`` never leaves the node (invariant 5).  Only this node's ow
 are served (no relaying), unexpired, in commit order.  The cursor is our ``seq``.
 Instruction facts stay home unless the operator opts in (STIGMEM_FEDERATE_INSTRUCTIONS):
 receivers must quarantine them, and reference receivers without a quarantine stop pulling.
-Pages are assembled from the JSON stored at write time, without parsing it.
+Pages are assembled from the JSON stored at write time, without parsing it.  A page is
+read in the read lane; the audit row of a refused scope is written in the write lane.
 """
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from stigmem_node.audit import AuditTrail
 from stigmem_node.clock import Clock
 from stigmem_node.errors import Forbidden
 from stigmem_node.hlc import format_hlc
 from stigmem_node.local_facts import parse_cursor
+from stigmem_node.offload import Offload
 from stigmem_node.peer_auth import AuthenticatedPeer
 from stigmem_node.store import Store
 
@@ -36,9 +39,10 @@ def _without_hlc(entry: str, hlc: str) -> str:
 
 
 class Publisher:
-    def __init__(self, store: Store, audit: AuditTrail, clock: Clock, shared_scopes: tuple[str, ...], *,
-                 federate_instructions: bool = False) -> None:
+    def __init__(self, store: Store, audit: AuditTrail, clock: Clock, shared_scopes: tuple[str, ...],
+                 lanes: Offload, *, federate_instructions: bool = False) -> None:
         self.store = store
+        self.lanes = lanes
         self.audit = audit
         self.clock = clock
         self.shared = frozenset(shared_scopes) - {"local"}
@@ -47,20 +51,43 @@ class Publisher:
     def permitted(self, peer: AuthenticatedPeer) -> frozenset[str]:
         return frozenset(peer.token.scopes) & frozenset(peer.allowed_scopes) & self.shared
 
+    async def serve(self, peer: AuthenticatedPeer, *, cursor: str | None, limit: int, scope: str | None,
+                    remote_addr: str | None = None) -> bytes:
+        """``page`` off the event loop: the page in the read lane, a refusal's audit row in the
+        write lane (durable before the refusal is raised)."""
+        refusal = self._refusal(peer, scope)
+        if refusal is not None:
+            await self.lanes.write(self._audit_refusal, peer, refusal, remote_addr)
+            raise refusal[0]
+        return await self.lanes.read(self._page, peer, cursor=cursor, limit=limit, scope=scope)
+
     def page(self, peer: AuthenticatedPeer, *, cursor: str | None, limit: int, scope: str | None,
              remote_addr: str | None = None) -> bytes:
         """The JSON body of one page; raises ``Forbidden`` for a scope the peer may not read."""
+        refusal = self._refusal(peer, scope)
+        if refusal is not None:
+            self._audit_refusal(peer, refusal, remote_addr)
+            raise refusal[0]
+        return self._page(peer, cursor=cursor, limit=limit, scope=scope)
+
+    def _refusal(self, peer: AuthenticatedPeer, scope: str | None) -> tuple[Forbidden, dict[str, Any]] | None:
+        """Why the peer may not read ``scope`` (the error and its audit detail), or None."""
         permitted = self.permitted(peer)
         if scope is not None and scope not in permitted:
-            self.audit.record(SCOPE_VIOLATION, peer_id=peer.peer_id, actor=f"peer:{peer.node_id}",
-                              reason="scope_not_permitted", remote_addr=remote_addr,
-                              detail={"requested_scope": scope[:40], "permitted": sorted(permitted)})
-            raise Forbidden("scope_not_permitted", "this scope is not permitted for this peer")
+            return (Forbidden("scope_not_permitted", "this scope is not permitted for this peer"),
+                    {"requested_scope": scope[:40], "permitted": sorted(permitted)})
         if not permitted:
-            self.audit.record(SCOPE_VIOLATION, peer_id=peer.peer_id, actor=f"peer:{peer.node_id}",
-                              reason="no_permitted_scopes", remote_addr=remote_addr,
-                              detail={"token_scopes": list(peer.token.scopes)[:10]})
-            raise Forbidden("no_permitted_scopes", "no scope is both granted to this peer and shared by this node")
+            return (Forbidden("no_permitted_scopes", "no scope is both granted to this peer and shared by this node"),
+                    {"token_scopes": list(peer.token.scopes)[:10]})
+        return None
+
+    def _audit_refusal(self, peer: AuthenticatedPeer, refusal: tuple[Forbidden, dict[str, Any]],
+                       remote_addr: str | None) -> None:
+        self.audit.record(SCOPE_VIOLATION, peer_id=peer.peer_id, actor=f"peer:{peer.node_id}",
+                          reason=refusal[0].code, remote_addr=remote_addr, detail=refusal[1])
+
+    def _page(self, peer: AuthenticatedPeer, *, cursor: str | None, limit: int, scope: str | None) -> bytes:
+        permitted = self.permitted(peer)
         after = parse_cursor(cursor)
         scopes = [scope] if scope is not None else sorted(permitted)
         # A page holds `limit` facts, or fewer when they would pass MAX_PAGE_CHARS.

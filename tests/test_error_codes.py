@@ -450,7 +450,7 @@ def test_a_validation_error_names_its_field(raising_node):
     assert res.status_code == 422 and res.json()["field"] == "f"
 
 
-@pytest.mark.parametrize("code", ["no_such_code_anywhere", "database_unavailable", "cursor_stuck"])
+@pytest.mark.parametrize("code", ["no_such_code_anywhere", "database_missing", "cursor_stuck"])
 def test_a_code_that_is_no_http_code_is_500_with_its_own_body(raising_node, code):
     res = raising_node.request("GET", f"/test-raise/{code}")
     assert res.status_code == 500

@@ -61,7 +61,7 @@ def test_well_known_has_reference_fields_and_a_valid_declaration(node):
     assert decl.federation_pubkey == doc["federation_pubkey"] and decl.node_id == doc["node_id"]
     assert doc["pubkey_fingerprint"] == fingerprint(doc["federation_pubkey"])
     health = httpx.get(node.url + "/healthz").json()
-    assert health == {"status": "ok", "node_id": doc["node_id"]}
+    assert health == {"status": "ok", "node_id": doc["node_id"], "database": "ok"}
 
 
 def test_private_key_is_never_served_or_printed(start_process_node):

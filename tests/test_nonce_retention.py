@@ -9,6 +9,7 @@ test moves forward.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import uuid
 from pathlib import Path
@@ -41,7 +42,7 @@ def add_active_peer(node: Node, key: Ed25519PrivateKey) -> None:
 def present(node: Node, token: str) -> str:
     """``ok`` or the rejection code of one presentation of ``token`` to ``node``."""
     try:
-        node.peer_auth.authenticate(f"Bearer {token}", method=None, path_qs=None, remote_addr="127.0.0.9")
+        asyncio.run(node.peer_auth.authenticate(f"Bearer {token}", method=None, path_qs=None, remote_addr="127.0.0.9"))
     except tokens.TokenRejected as exc:
         return exc.code
     return "ok"

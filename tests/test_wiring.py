@@ -20,7 +20,6 @@ from stigmem_node.errors import OutboundError
 from stigmem_node.federation import Actor, KeyRefresh
 from stigmem_node.http import create_app
 from stigmem_node.node import Node
-from stigmem_node.store.db import GroupCommit
 
 ACTOR = Actor("cli:test", "local")
 
@@ -104,17 +103,17 @@ def test_the_node_starts_and_stops_its_background_work(tmp_path: Path):
     node = make_node(tmp_path, "n", 7105, httpx.MockTransport(lambda r: httpx.Response(404)))
 
     async def cycle() -> None:
-        node.start_background()
-        assert isinstance(node.peer_auth.group, GroupCommit)
+        await node.start_background()
+        assert node.apikeys.touches is not None  # last-use updates are written in the background
         with pytest.raises(RuntimeError):
-            node.start_background()
+            await node.start_background()
         await node.stop_background()
-        assert node.peer_auth.group is None and node.peer_auth.pending_commit() is None
+        assert node.apikeys.touches is None
         await node.stop_background()  # stopping twice is harmless
 
     try:
         asyncio.run(cycle())
         # The serving connection's auto-checkpoint was turned off for the background upkeep.
-        assert node.store.db.one("PRAGMA wal_autocheckpoint") == (0,)
+        assert node.store.db.conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
     finally:
         node.close()

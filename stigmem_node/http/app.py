@@ -25,6 +25,7 @@ def create_app(node: Node) -> Starlette:
         Route("/.well-known/stigmem", wellknown.well_known, methods=["GET"]),
         Route("/.well-known/stigmem-manifest.json", wellknown.manifest, methods=["GET"]),
         Route("/healthz", wellknown.healthz, methods=["GET"]),
+        Route("/readyz", wellknown.readyz, methods=["GET"]),
         Route("/v1/federation/peers", peers.register, methods=["POST"]),
         Route("/v1/federation/peers", peers.list_peers, methods=["GET"]),
         Route("/v1/federation/peers/{ref:path}/approve", peers.approve, methods=["POST"]),
@@ -41,8 +42,8 @@ def create_app(node: Node) -> Starlette:
     ]
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        node.resign_if_pending()  # a rotation whose re-signing was interrupted
-        node.start_background()
+        await node.lanes.write(node.resign_if_pending)  # a rotation whose re-signing was interrupted
+        await node.start_background()
         try:
             yield
         finally:

@@ -20,11 +20,12 @@ def bearer(request: Request) -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
-def require(request: Request, permission: str) -> Principal:
+async def require(request: Request, permission: str) -> Principal:
     """The caller's principal if its key is valid and holds ``permission``.
 
-    Every authentication failure gives the same 401; after too many from one address
-    the address gets 429 with Retry-After until the window passes.
+    The key is checked in the read lane (checking only reads: its last use is recorded
+    later, in the background).  Every authentication failure gives the same 401; after too
+    many from one address the address gets 429 with Retry-After until the window passes.
     """
     node = request.app.state.node
     limiter = request.app.state.auth_limiter
@@ -34,14 +35,15 @@ def require(request: Request, permission: str) -> Principal:
         raise StigmemError("too_many_failed_attempts", "too many failed authentication attempts; retry later",
                            retry_after=retry)
     try:
-        principal = node.apikeys.authenticate(bearer(request))
+        principal: Principal = await node.lanes.read(node.apikeys.authenticate, bearer(request))
     except Unauthorized:
         limiter.fail(addr)
         if limiter.retry_after(addr) is not None:
             extra = node.unauth_audit.admit("throttle", addr)  # shared with peer authentication
             if extra is not None:
-                node.audit.record(ev.APIKEY_AUTH_THROTTLED, actor="anonymous", remote_addr=addr,
-                                  reason="too_many_failed_attempts", detail={"path": request.url.path[:200], **extra})
+                await node.lanes.write(node.audit.record, ev.APIKEY_AUTH_THROTTLED, actor="anonymous",
+                                       remote_addr=addr, reason="too_many_failed_attempts",
+                                       detail={"path": request.url.path[:200], **extra})
         raise
     if permission not in principal.permissions:
         raise Forbidden("permission_required", f"this API key lacks the {permission} permission",

@@ -1,4 +1,6 @@
-"""/v1/facts (local facts, API key) and /v1/federation/facts (the pull, peer token)."""
+"""/v1/facts (local facts, API key) and /v1/federation/facts (the pull, peer token).
+
+Storage work runs in the lanes: reads in the read lane, writes in the write lane."""
 
 from __future__ import annotations
 
@@ -8,37 +10,41 @@ from starlette.responses import JSONResponse, Response
 from stigmem_node.http.auth import client_addr, require
 from stigmem_node.http.params import int_param, scope_param
 from stigmem_node.http.peers import json_body
+from stigmem_node.peer_auth import AuthenticatedPeer
 from stigmem_node.publish import DEFAULT_LIMIT, MAX_LIMIT
 from stigmem_node.tokens import TokenRejected
 
 
 async def create_facts(request: Request) -> JSONResponse:
-    require(request, "facts:write")
+    await require(request, "facts:write")
     body = await json_body(request)
-    facts = request.app.state.node.facts
+    node = request.app.state.node
+    facts = node.facts
     if "facts" in body:
-        stored = facts.assert_many(facts.validate_batch(body["facts"]))
+        stored = await node.lanes.write(lambda: facts.assert_many(facts.validate_batch(body["facts"])))
         created = sum(1 for s in stored if s.created)
         return JSONResponse({"facts": [s.fact for s in stored], "created": created,
                              "duplicates": len(stored) - created}, status_code=201 if created else 200)
-    (stored,) = facts.assert_many([facts.validate_one(body)])
-    return JSONResponse(stored.fact, status_code=201 if stored.created else 200)
+    (one,) = await node.lanes.write(lambda: facts.assert_many([facts.validate_one(body)]))
+    return JSONResponse(one.fact, status_code=201 if one.created else 200)
 
 
 async def list_facts(request: Request) -> JSONResponse:
-    require(request, "facts:read")
+    await require(request, "facts:read")
     q = request.query_params
     limit = int_param(request, "limit", 50, 1, MAX_LIMIT)
-    facts, cursor, has_more = request.app.state.node.facts.query(
-        cursor=q.get("cursor"), limit=limit, entity=q.get("entity"), relation=q.get("relation"),
+    node = request.app.state.node
+    facts, cursor, has_more = await node.lanes.read(
+        node.facts.query, cursor=q.get("cursor"), limit=limit, entity=q.get("entity"), relation=q.get("relation"),
         scope=scope_param(request), source=q.get("source"),
     )
     return JSONResponse({"facts": facts, "cursor": cursor, "has_more": has_more})
 
 
 async def get_fact(request: Request) -> JSONResponse:
-    require(request, "facts:read")
-    return JSONResponse(request.app.state.node.facts.get(request.path_params["fact_id"]))
+    await require(request, "facts:read")
+    node = request.app.state.node
+    return JSONResponse(await node.lanes.read(node.facts.get, request.path_params["fact_id"]))
 
 
 def path_qs(request: Request) -> str:
@@ -47,22 +53,16 @@ def path_qs(request: Request) -> str:
     return (raw + (b"?" + query if query else b"")).decode("latin-1")
 
 
-async def authenticate_peer(request: Request):
-    """The authenticated peer, once its nonce (and any audit row) is committed."""
+async def authenticate_peer(request: Request) -> AuthenticatedPeer:
+    """The authenticated peer, once its nonce (or a rejection's audit row) is committed."""
     node = request.app.state.node
     try:
-        peer = node.peer_auth.authenticate(request.headers.get("authorization"), method=request.method,
-                                           path_qs=path_qs(request), remote_addr=client_addr(request))
+        return await node.peer_auth.authenticate(request.headers.get("authorization"), method=request.method,
+                                                 path_qs=path_qs(request), remote_addr=client_addr(request))
     except TokenRejected as exc:
         if exc.code == "invalid_signature" and exc.issuer:
             node.refresh_peer_keys_soon(exc.issuer)  # the peer may have rotated its key
-        pending = node.peer_auth.pending_commit()
-        if pending is not None:
-            await pending  # the rejection's audit row is durable before we answer
         raise
-    if peer.committed is not None:
-        await peer.committed
-    return peer
 
 
 async def pull(request: Request) -> Response:
@@ -72,7 +72,7 @@ async def pull(request: Request) -> Response:
     peer = await authenticate_peer(request)
     limit = int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     cursor = request.query_params.get("cursor")
-    body = node.publisher.page(peer, cursor=cursor, limit=limit, scope=scope_param(request), remote_addr=addr)
+    body = await node.publisher.serve(peer, cursor=cursor, limit=limit, scope=scope_param(request), remote_addr=addr)
     return Response(body, media_type="application/json")
 
 

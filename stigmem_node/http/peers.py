@@ -1,4 +1,6 @@
-"""/v1/federation/peers: register, list, show, approve, suspend, resume, revoke, remove."""
+"""/v1/federation/peers: register, list, show, approve, suspend, resume, revoke, remove.
+
+Lists and views run in the read lane, changes in the write lane (``stigmem_node.offload``)."""
 
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ def _reason(body: dict[str, Any]) -> str | None:
 
 
 async def register(request: Request) -> JSONResponse:
-    principal = require(request, "federate")
+    principal = await require(request, "federate")
     body = await json_body(request)
     scopes = None
     if request.query_params.get("scopes"):
@@ -55,40 +57,49 @@ async def register(request: Request) -> JSONResponse:
 
 
 async def list_peers(request: Request) -> JSONResponse:
-    require(request, "federate")
+    await require(request, "federate")
     status = request.query_params.get("status")
     if status is not None and status not in PEER_STATUSES:
         raise ValidationError("invalid_request", f"status must be one of {', '.join(PEER_STATUSES)}", field="status")
-    fed = request.app.state.node.federation
-    return JSONResponse({"peers": fed.views(fed.list_peers(status))})
+    node = request.app.state.node
+    fed = node.federation
+    return JSONResponse({"peers": await node.lanes.read(lambda: fed.views(fed.list_peers(status)))})
 
 
 async def show_peer(request: Request) -> JSONResponse:
-    principal = require(request, "federate")
-    fed = request.app.state.node.federation
-    (view,) = fed.views([fed.get(request.path_params["ref"])])
-    if "audit:read" in principal.permissions:  # the history is audit data
-        view["history"] = fed.history(fed.get(view["peer_id"]))
-    return JSONResponse(view)
+    principal = await require(request, "federate")
+    node = request.app.state.node
+    fed = node.federation
+    ref = request.path_params["ref"]
+
+    def show() -> dict[str, Any]:
+        (view,) = fed.views([fed.get(ref)])
+        if "audit:read" in principal.permissions:  # the history is audit data
+            view["history"] = fed.history(fed.get(view["peer_id"]))
+        return view
+
+    return JSONResponse(await node.lanes.read(show))
 
 
 async def approve(request: Request) -> JSONResponse:
-    principal = require(request, "admin:federation")
+    principal = await require(request, "admin:federation")
     body = await json_body(request)
     if "pubkey_fingerprint" not in body:
         raise ValidationError("invalid_fingerprint", "pubkey_fingerprint is required", field="pubkey_fingerprint")
-    peer = request.app.state.node.federation.approve(
-        request.path_params["ref"], body["pubkey_fingerprint"], actor=actor(request, principal)
-    )
+    node = request.app.state.node
+    peer = await node.lanes.write(node.federation.approve, request.path_params["ref"], body["pubkey_fingerprint"],
+                                  actor=actor(request, principal))
     return JSONResponse(peer_view(peer))
 
 
 def _action(name: str):
     async def endpoint(request: Request) -> JSONResponse:
-        principal = require(request, "admin:federation")
+        principal = await require(request, "admin:federation")
         body = await json_body(request, required=False)
-        method = getattr(request.app.state.node.federation, name)
-        peer = method(request.path_params["ref"], actor=actor(request, principal), reason=_reason(body))
+        node = request.app.state.node
+        method = getattr(node.federation, name)
+        peer = await node.lanes.write(method, request.path_params["ref"], actor=actor(request, principal),
+                                      reason=_reason(body))
         return JSONResponse(peer_view(peer))
 
     endpoint.__name__ = name
@@ -101,8 +112,9 @@ revoke = _action("revoke")
 
 
 async def remove(request: Request) -> JSONResponse:
-    principal = require(request, "admin:federation")
+    principal = await require(request, "admin:federation")
     reason = _reason({"reason": request.query_params.get("reason")})
-    peer = request.app.state.node.federation.remove(request.path_params["ref"], actor=actor(request, principal),
-                                                    reason=reason)
+    node = request.app.state.node
+    peer = await node.lanes.write(node.federation.remove, request.path_params["ref"],
+                                  actor=actor(request, principal), reason=reason)
     return JSONResponse({**peer_view(peer), "removed": True})

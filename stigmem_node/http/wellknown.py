@@ -1,11 +1,16 @@
-"""Discovery: /.well-known/stigmem and /healthz."""
+"""Discovery and health: /.well-known/stigmem, /healthz (liveness) and /readyz (readiness)."""
 
 from __future__ import annotations
+
+import logging
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from stigmem_node import __version__
+from stigmem_node.store.db import StorageUnavailable
+
+log = logging.getLogger("stigmem_node.http")
 
 FEDERATION_VERSION = "2.1"
 
@@ -38,5 +43,24 @@ async def manifest(request: Request) -> JSONResponse:
     return JSONResponse(request.app.state.node.manifest())
 
 
+async def _database_problem(request: Request) -> str | None:
+    problem: str | None = await request.app.state.node.database_problem()
+    if problem is not None:
+        log.warning("the database does not answer: %s", problem)
+    return problem
+
+
 async def healthz(request: Request) -> JSONResponse:
-    return JSONResponse({"status": "ok", "node_id": request.app.state.node.identity.node_id})
+    """Liveness: 200 while the process serves requests, whatever the database does; the
+    body says whether the database answers (a trivial read, bounded to a second)."""
+    problem = await _database_problem(request)
+    return JSONResponse({"status": "ok", "node_id": request.app.state.node.identity.node_id,
+                         "database": "ok" if problem is None else "unavailable"})
+
+
+async def readyz(request: Request) -> JSONResponse:
+    """Readiness: 200 when the database answers, else 503 ``database_unavailable``."""
+    if await _database_problem(request) is not None:
+        raise StorageUnavailable(message="the node's database does not answer")
+    return JSONResponse({"status": "ready", "node_id": request.app.state.node.identity.node_id,
+                         "database": "ok"})

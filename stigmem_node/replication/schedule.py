@@ -8,6 +8,7 @@ import time
 
 import httpx
 
+from stigmem_node.errors import StigmemError
 from stigmem_node.replication.subscriber import Subscriber
 from stigmem_node.store.db import StorageError
 from stigmem_node.store.peers import PeerRecord
@@ -44,8 +45,8 @@ class Scheduler:
     async def _loop(self) -> None:
         while True:
             try:
-                peers = self.subscriber.active_peers()
-            except StorageError:
+                peers = await self.subscriber.active_peers()
+            except (StorageError, StigmemError):
                 log.exception("cannot list peers to pull; trying again next interval")
                 peers = []
             now = time.monotonic()

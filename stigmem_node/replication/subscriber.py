@@ -3,10 +3,11 @@
 For each peer (concurrently, bounded): page through ``GET /v1/federation/facts``
 (``transport.PageFetcher``: a fresh token per request, retries) until ``has_more`` is
 false, checking each page off the event loop and storing it with the new cursor in one
-transaction (``ingest.Ingest``).  A signature failure first triggers one refresh of the
-peer's keys per pass (an endorsed key rotation is followed).  When a peer cannot be pulled
-it is reported failed and the others go on; two overlapping runs never double-count (the
-loser stops for that peer).
+transaction (``ingest.Ingest``), in the write lane; every read of storage runs in the read
+lane (``stigmem_node.offload``), so a serving node's loop never waits for the database.
+A signature failure first triggers one refresh of the peer's keys per pass (an endorsed
+key rotation is followed).  When a peer cannot be pulled it is reported failed and the
+others go on; two overlapping runs never double-count (the loser stops for that peer).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import httpx
 from stigmem_node.clock import Clock
 from stigmem_node.errors import OutboundError, StigmemError
 from stigmem_node.federation import KeyRefresh
+from stigmem_node.offload import Offload
 from stigmem_node.replication.ingest import Ingest, Overlap
 from stigmem_node.replication.results import PassResult, PeerResult, PullError
 from stigmem_node.replication.transport import MAX_PAGE_BYTES, PageFetcher
@@ -68,11 +70,12 @@ class KeyRefresher(Protocol):
 
 
 class Subscriber:
-    def __init__(self, store: SubscriberStore, clock: Clock, pages: PageFetcher, ingest: Ingest, *,
+    def __init__(self, store: SubscriberStore, clock: Clock, pages: PageFetcher, ingest: Ingest, lanes: Offload, *,
                  find_peer: Callable[[str], PeerRecord], refresh_keys: KeyRefresher,
                  concurrency: int = 4, page_limit: int = 500, max_pages: int = MAX_PAGES_PER_PASS) -> None:
-        """``find_peer``: a peer by peer id or node id (raises ``NotFound``)."""
+        """``find_peer``: a peer by peer id or node id (raises ``NotFound``; run in the read lane)."""
         self.store = store
+        self.lanes = lanes
         self.clock = clock
         self.pages = pages
         self.ingest = ingest
@@ -82,8 +85,8 @@ class Subscriber:
         self.page_limit = page_limit
         self.max_pages = max_pages
 
-    def active_peers(self) -> list[PeerRecord]:
-        return self.store.peers.list_peers("active")
+    async def active_peers(self) -> list[PeerRecord]:
+        return await self.lanes.read(self.store.peers.list_peers, "active")
 
     def client(self, *, pool_per_peer: bool = False) -> httpx.AsyncClient:
         # A pass holds at most ``concurrency`` peers, each using one connection at a time.  The
@@ -96,7 +99,7 @@ class Subscriber:
                        progress: Callable[[PeerResult], None] | None = None) -> PassResult:
         """Pull every active peer once (or only ``peer_ref``)."""
         started = time.monotonic()
-        peers = [self.find_peer(peer_ref)] if peer_ref else self.active_peers()
+        peers = [await self.lanes.read(self.find_peer, peer_ref)] if peer_ref else await self.active_peers()
         sem = asyncio.Semaphore(self.concurrency)
         async with self.client() as client:
             async def one(peer: PeerRecord) -> PeerResult:
@@ -114,7 +117,7 @@ class Subscriber:
         started = time.monotonic()
         error: PullError | None = None
         try:
-            self.store.replication.attempt(peer.id, self.clock.now_iso())
+            await self.lanes.write(self.store.replication.attempt, peer.id, self.clock.now_iso())
             if peer.status != "active":
                 raise PullError("peer_not_active", f"peer is {peer.status}, not active")
             self.pages.check_peer_url(peer)
@@ -132,16 +135,16 @@ class Subscriber:
             result.ok, result.error, result.error_code = False, error.message, error.code
         result.duration_s = time.monotonic() - started
         try:
-            self.store.replication.finish(peer.id, self.clock.now_iso(),
-                                          None if error is None else f"{error.code}: {error.message}")
-        except StorageError:
+            await self.lanes.write(self.store.replication.finish, peer.id, self.clock.now_iso(),
+                                   None if error is None else f"{error.code}: {error.message}")
+        except (StorageError, StigmemError):
             log.exception("cannot record the pull status of %s", peer.node_id)
         return result
 
     async def _pull(self, client: httpx.AsyncClient, peer: PeerRecord, result: PeerResult) -> None:
         """Page through the peer from its stored cursor, counting into ``result``."""
-        cursor = self.store.replication.get(peer.id).cursor
-        keys = self.ingest.peer_keys(peer)
+        cursor = (await self.lanes.read(self.store.replication.get, peer.id)).cursor
+        keys = await self.lanes.read(self.ingest.peer_keys, peer)
         refreshed = False
         limit = self.page_limit
         while True:
@@ -164,10 +167,10 @@ class Subscriber:
                 # Perhaps the peer rotated its key: follow an endorsed rotation once per pass.
                 refreshed = True
                 if (await self.refresh_keys(peer, actor="node:pull")).rotated:
-                    keys = self.ingest.peer_keys(peer)
+                    keys = await self.lanes.read(self.ingest.peer_keys, peer)
                     checked = await asyncio.to_thread(self.ingest.check_page, peer, page.facts, keys)
             try:
-                stored = self.ingest.store_page(peer, checked, cursor, next_cursor)
+                stored = await self.lanes.write(self.ingest.store_page, peer, checked, cursor, next_cursor)
             except Overlap:
                 result.note = "another pull advanced this peer's cursor first; this run stopped for it"
                 return

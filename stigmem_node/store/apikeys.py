@@ -57,3 +57,9 @@ class ApiKeyRepo:
 
     def touch(self, key_id: str, when: str) -> None:
         self.db.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (when, key_id))
+
+    def touch_many(self, items: dict[str, str]) -> None:
+        """Set ``last_used_at`` of many keys (key id -> time) in one transaction."""
+        with self.db.transaction():
+            for key_id, when in items.items():
+                self.touch(key_id, when)

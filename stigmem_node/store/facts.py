@@ -110,11 +110,15 @@ class FactRepo:
             return self.db.all(sql, params), False
         rows: list[tuple[int, str, str]] = []
         size = 0
-        for row in self.db.iterate(sql, params):
-            size += len(row[1])
-            if rows and size > max_chars:
-                return rows, True
-            rows.append(row)
+        found = self.db.iterate(sql, params)
+        try:
+            for row in found:
+                size += len(row[1])
+                if rows and size > max_chars:
+                    return rows, True
+                rows.append(row)  # type: ignore[arg-type]
+        finally:
+            found.close()
         return rows, False
 
     def local_entries(self, after: int, limit: int) -> list[tuple[int, str]]:

@@ -48,10 +48,8 @@ def _record(row: tuple) -> PeerRecord:
 class PeerRepo:
     def __init__(self, db: Database) -> None:
         self.db = db
-        self.writes = 0  # bumped by every write through this repository (cache invalidation)
 
     def insert(self, peer: PeerRecord, keys: list[PeerKey]) -> None:
-        self.writes += 1
         try:
             with self.db.transaction():
                 self.db.execute(
@@ -70,7 +68,6 @@ class PeerRepo:
                                     "a peer with this node id is already registered") from exc
 
     def add_key(self, peer_id: str, key: PeerKey) -> None:
-        self.writes += 1
         self.db.execute(
             "INSERT INTO peer_keys (peer_id, key_id, public_key, added_at, retire_after) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -104,7 +101,6 @@ class PeerRepo:
         approved_at: str | None = None, approved_by: str | None = None,
     ) -> bool:
         """Compare-and-set the status; False if the peer was not in an expected status."""
-        self.writes += 1
         marks = ",".join("?" * len(expected))
         return self.db.execute(
             f"UPDATE peers SET status = ?, updated_at = ?, approved_at = COALESCE(?, approved_at),"
@@ -113,12 +109,10 @@ class PeerRepo:
         ) == 1
 
     def set_pubkey(self, peer_id: str, public_key: str, updated_at: str) -> None:
-        self.writes += 1
         self.db.execute("UPDATE peers SET federation_pubkey = ?, updated_at = ? WHERE id = ?",
                         (public_key, updated_at, peer_id))
 
     def retire_key(self, peer_id: str, key_id: str, retire_after: str) -> None:
-        self.writes += 1
         self.db.execute(
             "UPDATE peer_keys SET retire_after = ? WHERE peer_id = ? AND key_id = ?"
             " AND (retire_after IS NULL OR retire_after > ?)",
@@ -139,7 +133,6 @@ class PeerRepo:
         )
 
     def delete(self, peer_id: str, *, expected: tuple[str, ...]) -> bool:
-        self.writes += 1
         marks = ",".join("?" * len(expected))
         return self.db.execute(f"DELETE FROM peers WHERE id = ? AND status IN ({marks})", (peer_id, *expected)) == 1
 

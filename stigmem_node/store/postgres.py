@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
@@ -320,7 +320,7 @@ class PostgresDatabase:
         row: tuple[Any, ...] | None = self._run(sql, params, "one")
         return row
 
-    def iterate(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+    def iterate(self, sql: str, params: Sequence[Any] = ()) -> Generator[tuple[Any, ...], None, None]:
         """Rows one at a time, streamed from the server."""
         off_loop()
         try:
@@ -409,7 +409,7 @@ class ReadOnlySnapshot:
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self.conn.execute(_sql(sql), tuple(params) if params else None).fetchall()
 
-    def iterate(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+    def iterate(self, sql: str, params: Sequence[Any] = ()) -> Generator[tuple[Any, ...], None, None]:
         yield from self.all(sql, params)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:

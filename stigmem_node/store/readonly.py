@@ -27,7 +27,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -125,7 +125,7 @@ class ReadOnlyDatabase:
 
     # With the two below, repositories (store.db.Queryable) read through this database; the
     # connection is read-only, so SQLite refuses any write they attempt.
-    def iterate(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+    def iterate(self, sql: str, params: Sequence[Any] = ()) -> Generator[tuple[Any, ...], None, None]:
         yield from self.conn.execute(sql, params)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:

@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from stigmem_node.store.db import (
     Dialect,
     StorageBusy,
     StorageFailure,
+    StorageUnavailable,
     off_loop,
     schema_text,
     split_sql,
@@ -57,6 +58,11 @@ def _translate(exc: sqlite3.Error) -> Exception:
     if isinstance(exc, sqlite3.OperationalError) and _busy(exc):
         return StorageBusy()
     return StorageFailure(f"{type(exc).__name__}: {exc}")
+
+
+def _file_identity(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
 
 def _create_private_file(path: Path) -> None:
@@ -118,6 +124,7 @@ class SqliteDatabase:
                 _create_private_file(self.path)
             files.make_database_private(self.path)
             self.conn = self._connect()
+            self._identity = _file_identity(self.path)
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError("database_unavailable", f"cannot open database {self.path}: {exc}") from None
         self._write_lock = threading.RLock()
@@ -176,10 +183,14 @@ class SqliteDatabase:
         if reader is None or reader.conn is None:
             if self._closed:
                 raise StorageFailure("the database is closed")
-            try:
-                reader = _Reader(self._connect())
+            try:  # mode=rw: never create a file where the database was removed
+                conn = sqlite3.connect(self.path.resolve().as_uri() + "?mode=rw", uri=True, isolation_level=None,
+                                       check_same_thread=False, timeout=self.busy_timeout_s)
+                conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
+                conn.execute("PRAGMA query_only=ON")
             except sqlite3.Error as exc:
-                raise _translate(exc) from None
+                raise StorageUnavailable(f"the database cannot be opened ({exc})") from None
+            reader = _Reader(conn)
             self._local.reader = reader
             self._readers.add(reader)
         return reader.conn
@@ -296,17 +307,32 @@ class SqliteDatabase:
             raise _translate(exc) from None
         return row
 
-    def iterate(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+    def iterate(self, sql: str, params: Sequence[Any] = ()) -> Generator[tuple[Any, ...], None, None]:
         """Rows one at a time (a read: never hold the iterator across a write)."""
         off_loop()
         try:
-            yield from self._reader().execute(sql, params)
+            cur = self._reader().execute(sql, params)
+            try:
+                yield from cur
+            finally:
+                cur.close()
         except sqlite3.Error as exc:
             raise _translate(exc) from None
 
     def ping(self) -> None:
-        """A trivial read: raises a storage error if the database does not answer."""
-        self.one("SELECT 1 FROM node_meta LIMIT 1")
+        """A trivial read: ``StorageUnavailable`` if the database cannot be read, or its file
+        is gone or was replaced since it was opened (this process would write into a file
+        nobody else sees)."""
+        off_loop()
+        try:
+            if _file_identity(self.path) != self._identity:
+                raise StorageUnavailable(f"the database file {self.path} was removed or replaced")
+        except OSError as exc:
+            raise StorageUnavailable(f"the database cannot be read ({type(exc).__name__})") from None
+        try:
+            self.one("SELECT 1 FROM node_meta LIMIT 1")
+        except StorageFailure as exc:
+            raise StorageUnavailable(f"the database cannot be read ({exc})") from None
 
     # -- locks -----------------------------------------------------------------------------
     def try_lock(self, name: str) -> _NamedLock | None:
