@@ -145,10 +145,14 @@ class Database(Queryable, Protocol):
         ...
 
 
+ON_LOOP = "storage called on the event loop thread"
+
+
 def off_loop() -> None:
-    """Refuse a storage call from a thread that runs an asyncio event loop."""
+    """Refuse a storage call from a thread that runs an asyncio event loop: it would block
+    every request of that loop (it belongs in a lane, ``stigmem_node.offload``)."""
     if asyncio._get_running_loop() is not None:
-        raise RuntimeError("storage called on the event loop thread")
+        raise RuntimeError(ON_LOOP)
 
 
 def schema_text(engine: str = "sqlite") -> str:

@@ -131,6 +131,7 @@ class PostgresDatabase:
                               "PostgreSQL needs the postgresql extra: pip install 'stigmem-node[postgresql]'")
         self.url = url
         self.target = redact(url)
+        self.busy_timeout_ms = int(busy_timeout_ms)
         self.busy_timeout_s = busy_timeout_ms / 1000
         self._local = threading.local()
         lock_timeout = f"{int(busy_timeout_ms)}ms"

@@ -111,6 +111,7 @@ class SqliteDatabase:
         files are made private (0600) before SQLite opens them."""
         self.path = Path(path)
         self.target = str(self.path)
+        self.busy_timeout_ms = int(busy_timeout_ms)
         self.busy_timeout_s = busy_timeout_ms / 1000
         state = files.inspect(self.path, schema_version=SCHEMA_VERSION)
         if not create and state == files.MISSING:
