@@ -35,12 +35,20 @@ def well_known_doc(node) -> dict:
     }
 
 
+async def _current(request: Request):
+    """The node, with the signing key that is current in the database: a key rotated by
+    another process (the CLI, another replica) is served from this very request on."""
+    node = request.app.state.node
+    await node.lanes.read(node.reload_identity_if_rotated)
+    return node
+
+
 async def well_known(request: Request) -> JSONResponse:
-    return JSONResponse(well_known_doc(request.app.state.node))
+    return JSONResponse(well_known_doc(await _current(request)))
 
 
 async def manifest(request: Request) -> JSONResponse:
-    return JSONResponse(request.app.state.node.manifest())
+    return JSONResponse((await _current(request)).manifest())
 
 
 async def _database_problem(request: Request) -> str | None:

@@ -113,6 +113,19 @@ class Subscriber:
         return PassResult(list(results), time.monotonic() - started)
 
     async def pull_peer(self, client: httpx.AsyncClient, peer: PeerRecord) -> PeerResult:
+        """Pull one peer, if no other process of this node (a replica) is pulling it now."""
+        lease = await self.lanes.read(self.store.replication.pull_lease, peer.id)
+        if lease is None:
+            result = PeerResult(peer.id, peer.node_id)
+            result.note = "skipped: another process of this node is pulling this peer now"
+            return result
+        try:
+            return await self._pull_leased(client, peer)
+        finally:
+            # Shielded: a cancelled pull still gives its lease back.
+            await asyncio.shield(self.lanes.read(lease.release))
+
+    async def _pull_leased(self, client: httpx.AsyncClient, peer: PeerRecord) -> PeerResult:
         result = PeerResult(peer.id, peer.node_id)
         started = time.monotonic()
         error: PullError | None = None
