@@ -39,7 +39,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     SQLite only if marked ``sqlite_only``."""
     if "engine" not in metafunc.fixturenames:
         return
-    names = ["sqlite"] if metafunc.definition.get_closest_marker("sqlite_only") else list(engines.ENGINES)
+    marker = metafunc.definition.get_closest_marker("sqlite_only")  # sqlite_only(False): a module's exception
+    only = marker is not None and (not marker.args or marker.args[0])
+    names = ["sqlite"] if only else list(engines.ENGINES)
     metafunc.parametrize("engine", names, indirect=True, ids=[engines.ENGINE_IDS[n] for n in names])
 
 

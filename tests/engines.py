@@ -214,6 +214,17 @@ class Engine:
 
         return Settings(db_path=db, **kw, **self.settings_kw(name or db.stem))
 
+    def cli(self, *args: str, db: Path, **kw: Any) -> Any:
+        """``run_cli(*args, db=db)`` on the database of the node named after ``db``."""
+        from tests.nodes import run_cli
+
+        return run_cli(*args, db=db, database_url=self.url(db.stem), **kw)
+
+    def cli_process(self, *args: str, db: Path, **kw: Any) -> Any:
+        from tests.nodes import run_cli_process
+
+        return run_cli_process(*args, db=db, database_url=self.url(db.stem), **kw)
+
     def store(self, db: Path, name: str | None = None) -> Any:
         from stigmem_node.store import Store
 
@@ -272,13 +283,17 @@ class Connection:
         else:
             self._lite = sqlite3.connect(target, timeout=timeout)
 
+    rowcount = -1  # of the last execute
+
     def execute(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         try:
             if self.postgres:
                 cur = self._pg.execute(_placeholders(query), tuple(params))  # type: ignore[arg-type]
+                self.rowcount = cur.rowcount
                 return [tuple(r) for r in cur.fetchall()] if cur.description else []
-            cur = self._lite.execute(query, tuple(params))
-            return [tuple(r) for r in cur.fetchall()]
+            lite = self._lite.execute(query, tuple(params))
+            self.rowcount = lite.rowcount
+            return [tuple(r) for r in lite.fetchall()]
         except (sqlite3.Error, *_pg_errors()) as exc:
             raise SqlError(str(exc)) from exc
 
@@ -340,3 +355,25 @@ def tampering(target: Path | str) -> Iterator[Connection]:
         if conn.postgres:
             conn.execute("SET session_replication_role = replica")
         yield conn
+
+
+def cli_kw(target: Path | str) -> dict[str, Any]:
+    """The ``run_cli`` arguments that name the database ``target`` (a path or a URL)."""
+    return {"database_url": target} if is_postgres(target) else {"db": target}
+
+
+def stored_bytes(target: Path | str) -> bytes:
+    """Everything the database keeps: on SQLite every byte of the file, its WAL, shared
+    memory and journal; on PostgreSQL every row of every table of the node, as text."""
+    if not is_postgres(target):
+        data = b""
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            p = Path(str(target) + suffix)
+            if p.exists():
+                data += p.read_bytes()
+        return data
+    with connect(target) as conn:
+        tables = [t for (t,) in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() ORDER BY 1")]
+        rows = [f"{t}: {text}" for t in tables for (text,) in sorted(conn.execute(f'SELECT t::text FROM "{t}" AS t'))]
+    return "\n".join(rows).encode()
