@@ -18,7 +18,7 @@ from typing import Any
 from stigmem_node.audit import row_hash
 from stigmem_node.config import Settings
 from stigmem_node.node import Node
-from tests.engines import cli_kw, connect, is_postgres, stored_bytes, tampering
+from tests.engines import cli_kw, connect, is_postgres, provide_pepper, stored_bytes, tampering
 from tests.nodes import run_cli
 
 COLS = ("seq", "ts", "event_type", "peer_id", "actor", "reason", "detail", "remote_addr", "prev_hash", "hash")
@@ -28,6 +28,8 @@ def make_trail(db: Path, rows: int, every: int, database_url: str | None = None)
     """A real node database whose audit trail has ``rows`` ordinary rows (and a signed
     checkpoint after every ``every`` of them).  Returns the node id."""
     on_postgres = {"database_url": database_url} if database_url else {}
+    if database_url:
+        provide_pepper(db)
     node = Node(Settings(db_path=db, audit_checkpoint_rows=every, **on_postgres))
     try:
         node.first_admin_key()

@@ -212,6 +212,8 @@ class Engine:
         """``Settings(db_path=db, **kw)``, on this engine (the database named after ``db``)."""
         from stigmem_node.config import Settings
 
+        if self.postgres:
+            provide_pepper(db)
         return Settings(db_path=db, **kw, **self.settings_kw(name or db.stem))
 
     def cli(self, *args: str, db: Path, **kw: Any) -> Any:
@@ -228,6 +230,8 @@ class Engine:
     def store(self, db: Path, name: str | None = None) -> Any:
         from stigmem_node.store import Store
 
+        if self.postgres:
+            provide_pepper(db)
         return Store(self.target(db, name))
 
     def drop_all(self, after: Callable[[Callable[[], None]], None]) -> None:
@@ -241,6 +245,21 @@ class Engine:
                     server().drop(url)
 
             after(drop)
+
+
+def provide_pepper(db: Path | str | None, env: dict[str, str] | None = None) -> None:
+    """A node on PostgreSQL never makes its own API key pepper (each replica would make
+    another): its operator provides one, in STIGMEM_API_KEY_PEPPER or a pepper file.  Tests
+    provide the file, next to ``db`` as on SQLite, unless ``env`` sets the variable."""
+    if db is None or (env or {}).get("STIGMEM_API_KEY_PEPPER"):
+        return
+    path = Path(str(db) + ".pepper")
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"1:{secrets.token_hex(32)}\n")
 
 
 # -- looking into a database ----------------------------------------------------------------------

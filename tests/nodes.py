@@ -103,6 +103,8 @@ def run_cli_process(*args: str, db: Path | str | None = None, env: dict[str, str
                     cwd: Path | str | None = None, timeout: float = 30,
                     database_url: str | None = None) -> subprocess.CompletedProcess:
     """Run the real CLI in a subprocess (``python -m stigmem_node``)."""
+    if database_url:
+        engines.provide_pepper(db, env)
     cmd = [sys.executable, "-m", "stigmem_node", *args, *_db_args(db, database_url)]
     return subprocess.run(cmd, capture_output=True, text=True, env=node_env(env), cwd=cwd, timeout=timeout)
 
@@ -174,6 +176,8 @@ def run_cli(*args: str, db: Path | str | None = None, env: dict[str, str] | None
     """
     from stigmem_node import cli
 
+    if database_url:
+        engines.provide_pepper(db, env)
     argv = [*args, *_db_args(db, database_url)]
     out, err = io.StringIO(), io.StringIO()
     result: dict[str, Any] = {}
@@ -325,6 +329,8 @@ class ServedNode(_NodeSurface):
         self.url = f"http://127.0.0.1:{self.port}"
         stigmem_env = {k: v for k, v in (env or {}).items() if k.startswith("STIGMEM_")}
         on_postgres = {"database_url": database_url} if database_url else {}
+        if database_url:
+            engines.provide_pepper(self.db, stigmem_env)
         self.settings = from_env(stigmem_env).with_overrides(
             db_path=self.db, host="127.0.0.1", port=self.port, log_level=log_level, **on_postgres,
             **_serve_overrides(args))
@@ -398,6 +404,8 @@ class RunningNode(_NodeSurface):
         workdir.mkdir(parents=True, exist_ok=True)
         self.db = db or workdir / f"{name}.db"
         self.database_url = database_url
+        if database_url:
+            engines.provide_pepper(self.db, env)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"{name}.log"
