@@ -303,15 +303,18 @@ class Connection:
             self._lite = sqlite3.connect(target, timeout=timeout)
 
     rowcount = -1  # of the last execute
+    columns: tuple[str, ...] = ()  # the names of the last execute's columns
 
     def execute(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         try:
             if self.postgres:
                 cur = self._pg.execute(_placeholders(query), tuple(params))  # type: ignore[arg-type]
                 self.rowcount = cur.rowcount
+                self.columns = tuple(d[0] for d in cur.description or ())
                 return [tuple(r) for r in cur.fetchall()] if cur.description else []
             lite = self._lite.execute(query, tuple(params))
             self.rowcount = lite.rowcount
+            self.columns = tuple(d[0] for d in lite.description or ())
             return [tuple(r) for r in lite.fetchall()]
         except (sqlite3.Error, *_pg_errors()) as exc:
             raise SqlError(str(exc)) from exc
@@ -374,6 +377,11 @@ def tampering(target: Path | str) -> Iterator[Connection]:
         if conn.postgres:
             conn.execute("SET session_replication_role = replica")
         yield conn
+
+
+def url_kw(database_url: str | None) -> dict[str, Any]:
+    """``database_url=...`` for ``Settings(...)`` when there is one (a PostgreSQL node)."""
+    return {"database_url": database_url} if database_url else {}
 
 
 def cli_kw(target: Path | str) -> dict[str, Any]:
