@@ -4,11 +4,14 @@ import functools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx._transports.default as _httpx_transports
 import pytest
 
-from tests.nodes import RunningNode, ServedNode, finish_stops, stop_all
+from tests import engines
+from tests.engines import Engine
+from tests.nodes import RunningNode, ServedNode, after_stops, finish_stops, stop_all
 
 # Every httpx client builds an SSL context from the system's CA bundle (tens of ms), even
 # for plain-http loopback; clients in tests and in the nodes served in this process share
@@ -28,6 +31,63 @@ def _ssl_context(verify=True, cert=None, trust_env=True):
 
 
 _httpx_transports.create_ssl_context = _ssl_context
+
+
+# -- the storage engines (tests/engines.py) -----------------------------------------------------
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that uses ``engine`` (itself or through a fixture) runs once per engine, or on
+    SQLite only if marked ``sqlite_only``."""
+    if "engine" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("sqlite_only")  # sqlite_only(False): a module's exception
+    only = marker is not None and (not marker.args or marker.args[0])
+    names = ["sqlite"] if only else list(engines.ENGINES)
+    metafunc.parametrize("engine", names, indirect=True, ids=[engines.ENGINE_IDS[n] for n in names])
+
+
+@pytest.fixture
+def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """The storage engine of the test (parametrized by ``pytest_generate_tests``); on
+    PostgreSQL each node named in the test gets a database of its own, dropped afterwards."""
+    name = getattr(request, "param", "sqlite")
+    if name == "postgresql":
+        problem = engines.postgres_problem()
+        if problem is not None:
+            if engines.postgres_required():
+                pytest.fail(f"{engines.REQUIRE_ENV}=1 but {problem}", pytrace=False)
+            pytest.skip(f"{engines.SKIP_PREFIX} {problem}")
+    current = Engine(name)
+    yield current
+    current.drop_all(lambda drop: after_stops(drop, f"drop the databases of {request.node.nodeid}"))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Count the PostgreSQL tests skipped for want of a server (in the xdist controller too),
+    and give them one location, so that -ra folds them into one line."""
+    if report.skipped and report.when == "setup" and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2])
+        if engines.SKIP_PREFIX in reason:
+            _skipped.append(reason.split(engines.SKIP_PREFIX, 1)[1].strip())
+            report.longrepr = (engines.__file__, engines.postgres_problem.__wrapped__.__code__.co_firstlineno,
+                               reason)
+
+
+_skipped: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _skipped:
+        terminalreporter.write_line(
+            f"!!! {_skipped[0]}: {len(_skipped)} PostgreSQL tests SKIPPED "
+            f"(set {engines.ADMIN_URL_ENV}; {engines.REQUIRE_ENV}=1 makes this a failure) !!!",
+            red=True, bold=True)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Drop what is left of this process's PostgreSQL databases (the template among them)."""
+    server = engines.server_if_used()
+    if server is not None:
+        server.drop_all()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -69,12 +129,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 
 @pytest.fixture
-def start_node(tmp_path: Path) -> Iterator[Callable[..., ServedNode]]:
-    """Start real nodes served in this process (see tests/nodes.py); all are stopped at teardown."""
+def start_node(tmp_path: Path, engine: Engine) -> Iterator[Callable[..., ServedNode]]:
+    """Start real nodes served in this process (see tests/nodes.py), on the test's engine; all
+    are stopped at teardown."""
     started: list[ServedNode] = []
 
     def start(name: str = "node", env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> ServedNode:
-        node = ServedNode(tmp_path / name, name, env=env, args=args)
+        node = ServedNode(tmp_path / name, name, env=env, args=args, database_url=engine.url(name))
         started.append(node)
         return node
 
@@ -83,12 +144,13 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., ServedNode]]:
 
 
 @pytest.fixture
-def start_process_node(tmp_path: Path) -> Iterator[Callable[..., RunningNode]]:
-    """Start real nodes as `stigmem-node serve` subprocesses; all are stopped at teardown."""
+def start_process_node(tmp_path: Path, engine: Engine) -> Iterator[Callable[..., RunningNode]]:
+    """Start real nodes as `stigmem-node serve` subprocesses, on the test's engine; all are
+    stopped at teardown."""
     started: list[RunningNode] = []
 
     def start(name: str = "node", env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> RunningNode:
-        node = RunningNode(tmp_path / name, name, env=env, args=args)
+        node = RunningNode(tmp_path / name, name, env=env, args=args, database_url=engine.url(name))
         started.append(node)
         return node
 

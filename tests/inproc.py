@@ -1,4 +1,4 @@
-"""A node served in process: a real SQLite file and the real HTTP app, called through
+"""A node served in process: a real database (a SQLite file, or PostgreSQL) and the real HTTP app, called through
 httpx's ASGI transport; and signed peer declarations made with fresh Ed25519 keys."""
 
 from __future__ import annotations
@@ -22,14 +22,18 @@ from stigmem_node.config import from_env
 from stigmem_node.encoding import b64url_encode
 from stigmem_node.http import create_app
 from stigmem_node.node import Node
+from tests.engines import provide_pepper, url_kw
 from tests.fakepeer import raw_public
 from tests.nodes import free_port, listening_socket
 
 
 class InProcessNode:
-    def __init__(self, db: Path) -> None:
+    def __init__(self, db: Path, database_url: str | None = None) -> None:
+        """The node on the SQLite file ``db``, or on PostgreSQL at ``database_url``."""
         self.db = db
-        self.node = Node(from_env({}).with_overrides(db_path=db))
+        if database_url:
+            provide_pepper(db)
+        self.node = Node(from_env({}).with_overrides(db_path=db, **url_kw(database_url)))
         self.headers = {"Authorization": f"Bearer {self.node.first_admin_key()}"}
         self.app = create_app(self.node)
 

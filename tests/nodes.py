@@ -8,8 +8,10 @@
   process shows (signals, exit codes, the first-start banner, kill -9, two processes on
   one database file, the CLI racing a server).
 
-Both offer the same surface: ``url``, ``db``, ``api_key``, ``client()``, ``well_known()``,
-``cli(...)``, ``cli_json(...)``, ``stop()``.
+Both offer the same surface: ``url``, ``db``, ``database_url``, ``api_key``, ``client()``,
+``well_known()``, ``cli(...)``, ``cli_json(...)``, ``sql(...)``, ``stop()``.  A node is on
+PostgreSQL when given a ``database_url`` (see tests/engines.py), else on its SQLite file ``db``
+(whose name, on PostgreSQL, still locates the pepper file).
 
 ``run_cli`` runs the real command line in this process (``stigmem_node.cli.main``, with
 its own environment and captured output); ``run_cli_process`` runs it as a subprocess.
@@ -37,11 +39,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tests import engines
 
 KEY_RE = re.compile(r"stgm_[0-9a-f]{12}_[A-Za-z0-9_-]{43}")
 
@@ -88,12 +92,20 @@ def node_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 # -- the command line ---------------------------------------------------------------------------
+def _db_args(db: Path | str | None, database_url: str | None) -> list[str]:
+    """The global options that name a node's database (``--database-url`` as well as ``--db``:
+    the pepper file is found next to ``--db`` on either engine)."""
+    out = ["--db", str(db)] if db is not None else []
+    return out + (["--database-url", database_url] if database_url else [])
+
+
 def run_cli_process(*args: str, db: Path | str | None = None, env: dict[str, str] | None = None,
-                    cwd: Path | str | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
+                    cwd: Path | str | None = None, timeout: float = 30,
+                    database_url: str | None = None) -> subprocess.CompletedProcess:
     """Run the real CLI in a subprocess (``python -m stigmem_node``)."""
-    cmd = [sys.executable, "-m", "stigmem_node", *args]
-    if db is not None:
-        cmd += ["--db", str(db)]
+    if database_url:
+        engines.provide_pepper(db, env)
+    cmd = [sys.executable, "-m", "stigmem_node", *args, *_db_args(db, database_url)]
     return subprocess.run(cmd, capture_output=True, text=True, env=node_env(env), cwd=cwd, timeout=timeout)
 
 
@@ -153,7 +165,8 @@ sqlite3.connect = _tracked_connect  # type: ignore[assignment]  # records the co
 
 
 def run_cli(*args: str, db: Path | str | None = None, env: dict[str, str] | None = None,
-            cwd: Path | str | None = None, timeout: float = 30, input: str = "") -> subprocess.CompletedProcess:
+            cwd: Path | str | None = None, timeout: float = 30, input: str = "",
+            database_url: str | None = None) -> subprocess.CompletedProcess:
     """Run the real CLI in this process: ``stigmem_node.cli.main(argv)`` with the environment
     of ``node_env(env)``, ``input`` on stdin and captured stdout and stderr; the exit code is what
     ``main`` returned (or the code of a ``SystemExit``), as the subprocess would exit with.
@@ -163,7 +176,9 @@ def run_cli(*args: str, db: Path | str | None = None, env: dict[str, str] | None
     """
     from stigmem_node import cli
 
-    argv = [*args, *(["--db", str(db)] if db is not None else [])]
+    if database_url:
+        engines.provide_pepper(db, env)
+    argv = [*args, *_db_args(db, database_url)]
     out, err = io.StringIO(), io.StringIO()
     result: dict[str, Any] = {}
 
@@ -221,6 +236,7 @@ class _NodeSurface:
 
     url: str
     db: Path
+    database_url: str | None = None
     api_key: str
 
     def client(self, key: str | None = None) -> httpx.Client:
@@ -231,8 +247,22 @@ class _NodeSurface:
     def well_known(self) -> dict[str, Any]:
         return httpx.get(self.url + "/.well-known/stigmem", timeout=5).json()
 
+    @property
+    def target(self) -> Path | str:
+        """What the node's storage opens: its PostgreSQL URL or its SQLite file."""
+        return self.database_url or self.db
+
+    @property
+    def engine(self) -> str:
+        return "postgresql" if self.database_url else "sqlite"
+
+    def sql(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """One SQL statement on the node's database, either engine (``?`` placeholders),
+        committed: its rows as tuples.  Keep the SQL portable."""
+        return engines.sql(self.target, query, params)
+
     def cli(self, *args: str, env: dict[str, str] | None = None, input: str = "") -> subprocess.CompletedProcess:
-        return run_cli(*args, db=self.db, env=env, input=input)
+        return run_cli(*args, db=self.db, env=env, input=input, database_url=self.database_url)
 
     def cli_json(self, *args: str) -> Any:
         res = self.cli(*args, "--json")
@@ -282,7 +312,7 @@ class _ThreadLog(logging.Handler):
 class ServedNode(_NodeSurface):
     def __init__(self, workdir: Path, name: str = "node", env: dict[str, str] | None = None,
                  args: tuple[str, ...] = (), port: int | None = None, db: Path | None = None,
-                 log_level: str = "warning") -> None:
+                 log_level: str = "warning", database_url: str | None = None) -> None:
         """As ``RunningNode``, in this process: ``env`` holds the STIGMEM_ variables of the
         node (nothing else of the environment is read), ``args`` a few ``serve`` flags."""
         from stigmem_node.config import from_env
@@ -294,11 +324,16 @@ class ServedNode(_NodeSurface):
         self.name = name
         workdir.mkdir(parents=True, exist_ok=True)
         self.db = db or workdir / f"{name}.db"
+        self.database_url = database_url
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         stigmem_env = {k: v for k, v in (env or {}).items() if k.startswith("STIGMEM_")}
+        on_postgres = {"database_url": database_url} if database_url else {}
+        if database_url:
+            engines.provide_pepper(self.db, stigmem_env)
         self.settings = from_env(stigmem_env).with_overrides(
-            db_path=self.db, host="127.0.0.1", port=self.port, log_level=log_level, **_serve_overrides(args))
+            db_path=self.db, host="127.0.0.1", port=self.port, log_level=log_level, **on_postgres,
+            **_serve_overrides(args))
         self.node = Node(self.settings, serving=True)
         try:
             self.api_key = self.node.first_admin_key() or ""
@@ -360,19 +395,24 @@ class ServedNode(_NodeSurface):
 # -- a node in its own process ------------------------------------------------------------------
 class RunningNode(_NodeSurface):
     def __init__(self, workdir: Path, name: str = "node", env: dict[str, str] | None = None,
-                 args: tuple[str, ...] = (), port: int | None = None, db: Path | None = None) -> None:
-        """``db``: an existing database to serve (a second process on one node's file)."""
+                 args: tuple[str, ...] = (), port: int | None = None, db: Path | None = None,
+                 database_url: str | None = None) -> None:
+        """``db``: an existing database to serve (a second process on one node's file);
+        ``database_url``: the node's PostgreSQL database instead."""
         self.workdir = workdir
         self.name = name
         workdir.mkdir(parents=True, exist_ok=True)
         self.db = db or workdir / f"{name}.db"
+        self.database_url = database_url
+        if database_url:
+            engines.provide_pepper(self.db, env)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"{name}.log"
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stigmem_node", "serve", "--db", str(self.db), "--port", str(self.port),
-             "--host", "127.0.0.1", *args],
+            [sys.executable, "-m", "stigmem_node", "serve", *_db_args(self.db, database_url),
+             "--port", str(self.port), "--host", "127.0.0.1", *args],
             stdout=self._log, stderr=subprocess.STDOUT, env=node_env(env), cwd=workdir,
         )
         self.api_key = ""
@@ -402,7 +442,7 @@ class RunningNode(_NodeSurface):
 
     def cli(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """The CLI as a subprocess too: a process of its own next to the serving one."""
-        return run_cli_process(*args, db=self.db, env=env)
+        return run_cli_process(*args, db=self.db, env=env, database_url=self.database_url)
 
     def begin_stop(self) -> None:
         if self.proc.poll() is None:
@@ -446,6 +486,25 @@ def stop_all(nodes: Sequence[ServedNode | RunningNode], *, wait: bool = False) -
         thread = threading.Thread(target=finish, name="stop-nodes", daemon=True)
         thread.start()
         _stopping.append(thread)
+
+
+def after_stops(action: Callable[[], None], name: str = "cleanup") -> None:
+    """Run ``action`` in the background once every node whose stop has begun has stopped (a
+    test's databases are dropped after its nodes have let go of them); ``finish_stops()``
+    waits for it too and raises what it raised."""
+    pending = list(_stopping)
+
+    def run() -> None:
+        for thread in pending:
+            thread.join(60)
+        try:
+            action()
+        except BaseException as exc:  # raised again by finish_stops()
+            _stop_errors.append((name, exc))
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    _stopping.append(thread)
 
 
 def finish_stops() -> None:

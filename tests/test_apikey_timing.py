@@ -17,7 +17,6 @@ import pytest
 from stigmem_node import apikeys as apikeys_mod
 from stigmem_node.apikeys import PERMISSIONS
 from stigmem_node.clock import Clock
-from stigmem_node.config import Settings
 from stigmem_node.errors import Unauthorized
 from stigmem_node.node import Node
 
@@ -42,8 +41,9 @@ class CountingPeppers(dict):
         return super().__getitem__(version)
 
 
-def test_a_401_does_the_same_work_for_known_and_unknown_key_ids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    node = Node(Settings(db_path=tmp_path / "n.db"), serving=True)
+def test_a_401_does_the_same_work_for_known_and_unknown_key_ids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 engine):
+    node = Node(engine.settings(tmp_path / "n.db"), serving=True)
     key, rec = node.apikeys.create(PERMISSIONS)
     secret = key.rsplit("_", 1)[1]
     wrong_secret = f"stgm_{rec.id}_{'A' if secret[0] != 'A' else 'B'}{secret[1:]}"

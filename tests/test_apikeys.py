@@ -1,20 +1,21 @@
-"""Operator API keys, end to end: the real CLI, real servers, real SQLite files (design §6, §7).
+"""Operator API keys, end to end: the real CLI, real servers, real databases on both
+engines (design §6, §7).
 
 Every test talks to a real server over HTTP (served in process, or a `stigmem-node serve`
 subprocess where the first start's output is checked) and edits nothing but the database
-file itself (with sqlite3) where a test needs a state the CLI cannot make.
+itself (``node.sql``) where a test needs a state the CLI cannot make.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import stat
 import time
 from pathlib import Path
 
 import httpx
 
+from tests.engines import stored_bytes
 from tests.nodes import KEY_RE, RunningNode, run_cli
 
 AUDIT = "/v1/federation/audit"
@@ -40,25 +41,6 @@ def get(node: RunningNode, path: str, headers: dict[str, str] | None = None,
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
-
-
-def db_bytes(db: Path) -> bytes:
-    """Every byte SQLite keeps for this database: the main file, the WAL and the shared memory."""
-    data = b""
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        p = Path(str(db) + suffix)
-        if p.exists():
-            data += p.read_bytes()
-    return data
-
-
-def sql(db: Path, statement: str, params: tuple = ()) -> None:
-    conn = sqlite3.connect(db, timeout=10)
-    try:
-        with conn:
-            conn.execute(statement, params)
-    finally:
-        conn.close()
 
 
 # -- CLI: create / list / revoke -------------------------------------------------------------
@@ -120,19 +102,19 @@ def test_cli_create_list_revoke_and_keys_work_over_http_with_their_permissions(n
     assert events.count("apikey_created") == 3 and events.count("apikey_revoked") == 2
 
 
-def test_unknown_permission_fails_with_one_clear_line_and_no_traceback(tmp_path):
-    db = tmp_path / "n.db"
-    assert run_cli("init", db=db).returncode == 0
+def test_unknown_permission_fails_with_one_clear_line_and_no_traceback(tmp_path, engine):
+    db, url = tmp_path / "n.db", engine.url("n")
+    assert run_cli("init", db=db, database_url=url).returncode == 0
     for perms in ("bogus", "federate,bogus", " , "):
-        res = run_cli("apikey", "create", "--permissions", perms, db=db)
+        res = run_cli("apikey", "create", "--permissions", perms, db=db, database_url=url)
         assert res.returncode != 0, perms
         assert res.stdout == ""
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1, res.stderr
         assert "Traceback" not in res.stderr
         assert "permission" in lines[0]
-    assert "'bogus'" in run_cli("apikey", "create", "--permissions", "bogus", db=db).stderr
-    listed = json.loads(run_cli("apikey", "list", "--json", db=db).stdout)
+    assert "'bogus'" in run_cli("apikey", "create", "--permissions", "bogus", db=db, database_url=url).stderr
+    listed = json.loads(run_cli("apikey", "list", "--json", db=db, database_url=url).stdout)
     assert [k["label"] for k in listed] == ["first admin key"]  # from init; nothing else was created
 
 
@@ -144,7 +126,7 @@ def test_every_authentication_failure_gets_the_same_401_body(node):
     assert expired["expires_at"]
     assert get(node, AUDIT, bearer(expired["key"])).status_code == 200  # valid until it expires
     assert node.cli("apikey", "revoke", revoked["id"]).returncode == 0
-    sql(node.db, "UPDATE api_keys SET expires_at = ? WHERE id = ?", ("2000-01-01T00:00:00.000000Z", expired["id"]))
+    node.sql("UPDATE api_keys SET expires_at = ? WHERE id = ?", ("2000-01-01T00:00:00.000000Z", expired["id"]))
 
     key_id, secret = good["key"].split("_")[1], good["key"].split("_")[2]
     wrong_secret = f"stgm_{key_id}_{'A' * 43}"
@@ -179,28 +161,25 @@ def test_key_secret_is_never_stored_nor_listed_and_pepper_file_is_0600(node):
     assert get(node, PEERS, bearer(created["key"])).status_code == 200  # touches last_used_at
 
     listing = node.cli("apikey", "list").stdout + node.cli("apikey", "list", "--json").stdout
-    raw = db_bytes(node.db)
+    raw = stored_bytes(node.target)
     for key in keys:
         secret = key.split("_", 2)[2]
         assert key.encode() not in raw and secret.encode() not in raw
         assert key not in listing and secret not in listing
     # What is stored is an HMAC, not the key.
-    conn = sqlite3.connect(node.db)
-    try:
-        hashes = [h for (h,) in conn.execute("SELECT key_hash FROM api_keys")]
-    finally:
-        conn.close()
+    hashes = [h for (h,) in node.sql("SELECT key_hash FROM api_keys")]
     assert len(hashes) == 2 and all(len(h) == 64 for h in hashes)
 
     pepper = Path(str(node.db) + ".pepper")
     assert pepper.parent == node.db.parent
     assert stat.S_IMODE(pepper.stat().st_mode) == 0o600
-    assert stat.S_IMODE(node.db.stat().st_mode) == 0o600  # invariant 8
+    if node.engine == "sqlite":
+        assert stat.S_IMODE(node.db.stat().st_mode) == 0o600  # invariant 8
     assert pepper.read_text().strip().encode() not in raw
 
 
-def test_first_serve_prints_an_admin_key_and_a_restart_prints_none(tmp_path):
-    first = RunningNode(tmp_path, "n")
+def test_first_serve_prints_an_admin_key_and_a_restart_prints_none(tmp_path, engine):
+    first = RunningNode(tmp_path, "n", database_url=engine.url("n"))
     try:
         assert first.api_key
         assert "First start" in first.log()
@@ -210,7 +189,7 @@ def test_first_serve_prints_an_admin_key_and_a_restart_prints_none(tmp_path):
         assert f"Authorization: Bearer {first.api_key}'" in hint
     finally:
         first.stop()
-    second = RunningNode(tmp_path, "n")  # same directory and name: same database
+    second = RunningNode(tmp_path, "n", database_url=engine.url("n"))  # same directory and name: same database
     try:
         assert second.api_key == ""
         assert KEY_RE.search(second.log()) is None

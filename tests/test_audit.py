@@ -3,7 +3,8 @@
 Each test gets a pair of nodes (served in process): node A registers node B (a real
 signed declaration, a real well-known fetch), the operator approves, suspends and resumes
 it, API keys are made and revoked with the CLI, and one loopback address trips the failed
-authentication limit.  Tampering is done with sqlite3 on snapshots of A's database.
+authentication limit.  Tampering is done with SQL on a snapshot of A's database (on
+PostgreSQL, on A's database itself).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import httpx
 import pytest
 
 from stigmem_node.audit import GENESIS, row_hash
+from tests.engines import cli_kw, connect
 from tests.nodes import ServedNode, node_env, run_cli
 
 AUDIT = "/v1/federation/audit"
@@ -92,8 +94,11 @@ def fed(start_node) -> Fed:
     return Fed(a, b, peer["peer_id"], decl["node_id"], reader, no_audit)
 
 
-def snapshot(fed: Fed, dest: Path) -> Path:
-    """A consistent copy of A's database (SQLite online backup), to tamper with."""
+def snapshot(fed: Fed, dest: Path) -> Path | str:
+    """A consistent copy of A's database (SQLite online backup), to tamper with; on
+    PostgreSQL, A's database itself (the test does not ask A for anything afterwards)."""
+    if fed.a.database_url:
+        return fed.a.database_url
     src = sqlite3.connect(fed.a.db, timeout=10)
     dst = sqlite3.connect(dest)
     try:
@@ -104,34 +109,27 @@ def snapshot(fed: Fed, dest: Path) -> Path:
     return dest
 
 
-def tamper(db: Path, statement: str, params: tuple = ()) -> None:
-    conn = sqlite3.connect(db)
-    try:
-        with conn:
-            cur = conn.execute(statement, params)
-            assert cur.rowcount == 1, statement
-    finally:
-        conn.close()
+def tamper(db: Path | str, statement: str, params: tuple = ()) -> None:
+    with connect(db) as conn:
+        conn.execute(statement, params)
+        assert conn.rowcount == 1, statement
 
 
-def verify(db: Path, *, human: bool = False) -> tuple[int, dict, str]:
+def verify(db: Path | str, *, human: bool = False) -> tuple[int, dict, str]:
     """`stigmem-node audit verify --json` on ``db`` (and the human form too, if asked)."""
-    res = run_cli("audit", "verify", "--json", db=db)
+    res = run_cli("audit", "verify", "--json", **cli_kw(db))
     assert "Traceback" not in res.stderr
     text = ""
     if human:
-        plain = run_cli("audit", "verify", db=db)
+        plain = run_cli("audit", "verify", **cli_kw(db))
         assert plain.returncode == res.returncode and "Traceback" not in plain.stderr
         text = plain.stdout
     return res.returncode, json.loads(res.stdout), text
 
 
-def row_count(db: Path) -> int:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute("SELECT MAX(seq) FROM audit_log").fetchone()[0]
-    finally:
-        conn.close()
+def row_count(db: Path | str) -> int:
+    with connect(db) as conn:
+        return conn.execute("SELECT MAX(seq) FROM audit_log")[0][0]
 
 
 # -- the chain --------------------------------------------------------------------------------
@@ -172,7 +170,8 @@ def test_inv10_real_actions_are_audited_with_peer_reason_actor_and_time(fed):
 
 def test_inv11_chain_stays_valid_with_concurrent_writers_in_several_processes(fed):
     before = len(fed.all_entries())
-    cmd = [sys.executable, "-m", "stigmem_node", "apikey", "create", "--permissions", "facts:read", "--db", str(fed.a.db)]
+    cmd = [sys.executable, "-m", "stigmem_node", "apikey", "create", "--permissions", "facts:read", "--db", str(fed.a.db),
+           *(["--database-url", fed.a.database_url] if fed.a.database_url else [])]
     procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=node_env())
              for _ in range(4)]
     try:
@@ -210,16 +209,12 @@ def test_inv11_editing_any_column_of_a_middle_row_is_detected(fed, tmp_path, col
 def test_inv11_rewriting_a_row_with_a_recomputed_hash_breaks_the_next_link(fed, tmp_path):
     db = snapshot(fed, tmp_path / "copy.db")
     middle = row_count(db) // 2
-    conn = sqlite3.connect(db)
-    try:
-        ts, event_type, peer_id, actor, reason, detail, addr, prev = conn.execute(
+    with connect(db) as conn:
+        ((ts, event_type, peer_id, actor, reason, detail, addr, prev),) = conn.execute(
             "SELECT ts, event_type, peer_id, actor, reason, detail, remote_addr, prev_hash FROM audit_log WHERE seq = ?",
-            (middle,)).fetchone()
+            (middle,))
         forged = row_hash(prev, ts, event_type, peer_id, "cli:mallory", reason, detail, addr)
-        with conn:
-            conn.execute("UPDATE audit_log SET actor = 'cli:mallory', hash = ? WHERE seq = ?", (forged, middle))
-    finally:
-        conn.close()
+        conn.execute("UPDATE audit_log SET actor = 'cli:mallory', hash = ? WHERE seq = ?", (forged, middle))
     code, report, _ = verify(db)
     assert code == 1 and report["first_bad_seq"] == middle + 1, report
 
@@ -244,12 +239,8 @@ def test_inv11_deleting_last_audit_row_is_detected(fed, tmp_path):
 
 def test_inv11_deleting_every_audit_row_is_detected(fed, tmp_path):
     db = snapshot(fed, tmp_path / "copy.db")
-    conn = sqlite3.connect(db)
-    try:
-        with conn:
-            conn.execute("DELETE FROM audit_log")
-    finally:
-        conn.close()
+    with connect(db) as conn:
+        conn.execute("DELETE FROM audit_log")
     code, report, _ = verify(db)
     assert code == 1 and report["first_bad_seq"] == 1, report
 

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from stigmem_node.config import Settings
 from stigmem_node.federation import Actor
 from stigmem_node.http import create_app
 from stigmem_node.node import Node
 from stigmem_node.ratelimit import UnauthenticatedAuditGate
+from tests.engines import sql
 from tests.fakepeer import FakePeer, raw_public
 from tests.inproc import asgi_get
 
@@ -47,18 +46,14 @@ async def fail(app, address: str, path: str, times: int) -> list[int]:
             for i in range(times)]
 
 
-def rows(db: Path) -> list[dict]:
-    conn = sqlite3.connect(db)
-    try:
-        out = conn.execute("SELECT seq, event_type, remote_addr, detail FROM audit_log ORDER BY seq").fetchall()
-    finally:
-        conn.close()
+def rows(db: Path | str) -> list[dict]:
+    out = sql(db, "SELECT seq, event_type, remote_addr, detail FROM audit_log ORDER BY seq")
     return [{"seq": s, "event_type": e, "remote_addr": a, "detail": json.loads(d)} for s, e, a, d in out]
 
 
 @pytest.fixture
-def served(tmp_path):
-    node = Node(Settings(db_path=tmp_path / "n.db", auth_window_s=3600))
+def served(tmp_path, engine):
+    node = Node(engine.settings(tmp_path / "n.db", auth_window_s=3600))
     ticks = Ticks()
     node.unauth_audit.clock = ticks
     yield node, create_app(node), ticks
@@ -72,7 +67,7 @@ def test_a_thousand_addresses_failing_in_one_window_add_at_most_the_global_budge
     notice per address); now at most 600, and the count of what was held back is
     reported by the next row written."""
     node, app, ticks = served
-    db = node.settings.db_path
+    db = getattr(node.settings, "database_url", None) or node.settings.db_path
     start = len(rows(db))
 
     async def storm() -> None:
@@ -104,7 +99,7 @@ def test_a_thousand_addresses_failing_in_one_window_add_at_most_the_global_budge
 def test_api_key_throttling_notices_carry_the_counts_they_stand_for(served):
     """A throttling notice held back by the global budget is counted in the next row."""
     node, app, ticks = served
-    db = node.settings.db_path
+    db = getattr(node.settings, "database_url", None) or node.settings.db_path
     start = len(rows(db))
     for i in range(GLOBAL + 5):
         assert asyncio.run(fail(app, addr(i), PEERS, 10)) == [401] * 10
@@ -131,10 +126,10 @@ def test_gate_reports_an_address_count_held_back_by_the_global_budget():
         gate.admit("other", "a")
 
 
-def test_a_refused_key_refresh_caused_by_a_failing_token_shares_the_budget(tmp_path):
+def test_a_refused_key_refresh_caused_by_a_failing_token_shares_the_budget(tmp_path, engine):
     """A forged token naming an active peer makes the node re-read the peer's well-known; a
     refused (unendorsed) key change found that way is audited within the same budgets."""
-    node = Node(Settings(db_path=tmp_path / "n.db"))
+    node = Node(engine.settings(tmp_path / "n.db"))
     fake = FakePeer().up()
     try:
         actor = Actor("cli:test", "local")
@@ -145,7 +140,7 @@ def test_a_refused_key_refresh_caused_by_a_failing_token_shares_the_budget(tmp_p
         ticks = Ticks()
         gate = UnauthenticatedAuditGate(per_address=20, global_per_window=1, window_s=60, clock=ticks)
         assert gate.admit("token", "203.0.113.9") == {}  # the window's one row is spent
-        db = node.settings.db_path
+        db = getattr(node.settings, "database_url", None) or node.settings.db_path
         start = len(rows(db))
         refresh = node.federation.refresh_peer_keys
         active = node.store.peers.get(peer.id)

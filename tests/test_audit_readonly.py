@@ -1,6 +1,10 @@
 """`audit verify` and `audit anchor` only read: no byte, mtime, side file or pepper changes,
 on read-only copies as an unprivileged user too; tampered values of any type are broken
-rows reported in one line, never a traceback."""
+rows reported in one line, never a traceback.
+
+SQLite by nature (``sqlite_only``): files, their bytes, modes and side files, rows only in the
+WAL, SQLite's typeless columns and sqlite_sequence.  What of it holds on PostgreSQL too (verify
+and anchor change no row) is the first test, which runs on both engines."""
 
 from __future__ import annotations
 
@@ -17,8 +21,11 @@ import pytest
 
 from stigmem_node.config import Settings
 from stigmem_node.node import Node
-from tests.audit_tools import cli_env, fingerprint_file, make_trail, read_rows, verify
+from tests.audit_tools import cli_env, fingerprint, fingerprint_file, make_trail, read_rows, verify
+from tests.engines import cli_kw
 from tests.nodes import node_env, run_cli
+
+pytestmark = pytest.mark.sqlite_only
 
 EVERY = 5
 
@@ -35,6 +42,21 @@ def copy(tmp_path) -> Path:
     dest = tmp_path / "copy" / "node.db"
     shutil.copyfile(tmp_path / "orig.db", dest)
     return dest
+
+
+@pytest.mark.sqlite_only(False)
+def test_verify_and_anchor_change_no_row_on_either_engine(tmp_path, engine):
+    db = tmp_path / "node.db"
+    make_trail(db, rows=12, every=EVERY, database_url=engine.url("node"))
+    target = engine.target(db)
+    before = fingerprint(target)
+    assert verify(target, every=EVERY)[0] == 0
+    out = tmp_path / "anchor.json"
+    assert run_cli("audit", "anchor", "--out", str(out), **cli_kw(target)).returncode == 0
+    assert verify(target, "--anchor", str(out), every=EVERY)[0] == 0
+    out.write_text(json.dumps({**json.loads(out.read_text()), "seq": 1}))
+    assert verify(target, "--anchor", str(out), every=EVERY)[0] == 1
+    assert fingerprint(target) == before
 
 
 def test_verify_and_anchor_change_nothing_and_create_no_file(copy, tmp_path):

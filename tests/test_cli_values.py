@@ -16,9 +16,9 @@ import httpx
 import pytest
 
 from stigmem_node import cli
-from stigmem_node.config import Settings
 from stigmem_node.http import create_app
 from stigmem_node.node import Node
+from tests.engines import provide_pepper
 
 # (type, CLI text, the JSON an HTTP client would send for it, or None where no JSON value is meant)
 CASES = [
@@ -38,8 +38,8 @@ CASES = [
 
 
 @pytest.fixture
-def api(tmp_path: Path):
-    node = Node(Settings(db_path=tmp_path / "api.db"), serving=True)
+def api(tmp_path: Path, engine):
+    node = Node(engine.settings(tmp_path / "api.db"), serving=True)
     key = node.first_admin_key()
     yield node, key
     node.close()
@@ -53,12 +53,15 @@ async def post_fact(node: Node, key: str, body: bytes) -> httpx.Response:
 
 
 @pytest.mark.parametrize("vtype,text,as_json", CASES)
-def test_cli_and_http_agree_on_every_value(vtype, text, as_json, api, tmp_path: Path, capsys):
+def test_cli_and_http_agree_on_every_value(vtype, text, as_json, api, tmp_path: Path, capsys, engine):
     node, key = api
     db = tmp_path / "cli.db"
-    assert cli.main(["init", "--db", str(db), "--json"]) == 0
+    db_args = [str(db), *(["--database-url", engine.url("cli")] if engine.postgres else [])]
+    if engine.postgres:
+        provide_pepper(db)
+    assert cli.main(["init", "--db", *db_args, "--json"]) == 0
     capsys.readouterr()
-    code = cli.main(["facts", "add", "e:1", "r", text, "--type", vtype, "--db", str(db), "--json"])
+    code = cli.main(["facts", "add", "e:1", "r", text, "--type", vtype, "--db", *db_args, "--json"])
     out, err = capsys.readouterr()
 
     body = ('{"entity":"e:1","relation":"r","source":"cli","value":{"type":"%s","v":%s}}' % (vtype, as_json)).encode()
@@ -67,7 +70,7 @@ def test_cli_and_http_agree_on_every_value(vtype, text, as_json, api, tmp_path: 
     if res.status_code == 422:
         assert code == 1, (out, err)
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and "invalid_fact" in err
-        assert cli.main(["facts", "list", "--db", str(db), "--json"]) == 0
+        assert cli.main(["facts", "list", "--db", *db_args, "--json"]) == 0
         assert json.loads(capsys.readouterr().out) == []
     else:
         assert code == 0, err

@@ -1,6 +1,9 @@
 """The database file: private modes (0600) for it, its -wal/-shm and the pepper, and only
 ``init`` and ``serve`` create; every other command refuses a file that is not a node's
-database and leaves it exactly as it was."""
+database and leaves it exactly as it was.
+
+SQLite by nature (``sqlite_only``): file modes, -wal and -shm files, files that are not
+databases, ``--db`` paths and SQLite's locks."""
 
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ from stigmem_node.store.db import Database, schema_text
 from stigmem_node.store.files import CORE_TABLES
 from tests import nodes
 from tests.nodes import RunningNode, node_env
+
+pytestmark = pytest.mark.sqlite_only
 
 
 def run_cli(*args: str, db: Path, env: dict[str, str] | None = None, cwd: Path | None = None,

@@ -16,6 +16,7 @@ from stigmem_node.config import Settings, validate
 from stigmem_node.http import create_app
 from stigmem_node.http.forwarded import MAX_HOPS, TrustedProxies, parse_ip
 from stigmem_node.node import Node
+from tests.engines import provide_pepper, url_kw
 from tests.nodes import ServedNode
 
 PROXY = "10.1.2.3"  # the socket address of every in-process request, inside the trusted network
@@ -24,8 +25,11 @@ PROXY = "10.1.2.3"  # the socket address of every in-process request, inside the
 class ProxiedNode:
     """The real app on a real database, trusting 10.0.0.0/8, called in process."""
 
-    def __init__(self, db) -> None:
-        self.node = Node(validate(Settings(db_path=db, trusted_proxies="10.0.0.0/8")), serving=True)
+    def __init__(self, db, database_url: str | None = None) -> None:
+        if database_url:
+            provide_pepper(db)
+        self.node = Node(validate(Settings(db_path=db, trusted_proxies="10.0.0.0/8", **url_kw(database_url))),
+                         serving=True)
         self.app = create_app(self.node)
 
     def bad_token(self, *forwarded: str, socket_addr: str = PROXY) -> httpx.Response:
@@ -45,8 +49,8 @@ class ProxiedNode:
 
 
 @pytest.fixture
-def proxied(tmp_path):
-    p = ProxiedNode(tmp_path / "n.db")
+def proxied(tmp_path, engine):
+    p = ProxiedNode(tmp_path / "n.db", engine.url("n"))
     yield p
     p.node.store.close()
 
@@ -121,9 +125,9 @@ def test_parse_ip_and_trust_rules():
     assert not some.trusts_host("127.0.0.2") and not some.trusts_host("not-an-ip")
 
 
-def test_a_real_server_behind_a_trusted_proxy_stores_no_forged_address(tmp_path):
+def test_a_real_server_behind_a_trusted_proxy_stores_no_forged_address(tmp_path, engine):
     """End to end over a real socket: the 6 KB header that was once stored as an address."""
-    node = ServedNode(tmp_path / "a", "a", env={"STIGMEM_TRUSTED_PROXIES": "127.0.0.1"})
+    node = ServedNode(tmp_path / "a", "a", env={"STIGMEM_TRUSTED_PROXIES": "127.0.0.1"}, database_url=engine.url("a"))
     try:
         for forwarded, expected in (("x" * 6000, "127.0.0.1"), ("203.0.113.9", "203.0.113.9")):
             res = httpx.get(node.url + "/v1/federation/facts", timeout=10,

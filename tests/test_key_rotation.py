@@ -60,9 +60,8 @@ def test_rotation_is_endorsed_adopted_by_the_server_and_followed_by_peers(pair):
 
 
 def test_an_unendorsed_key_change_is_refused_and_audited(pair, tmp_path):
-    import sqlite3
-
     from stigmem_node.keys import generate_keypair, key_id_of
+    from tests.engines import connect
 
     a, b = pair
     approve(a, b)
@@ -70,14 +69,14 @@ def test_an_unendorsed_key_change_is_refused_and_audited(pair, tmp_path):
     b.stop()
     # An impostor (or a node that lost its key) starts over with a fresh key under B's identity.
     priv, pub = generate_keypair()
-    with sqlite3.connect(b.db) as conn:
+    with connect(b.target) as conn:
         conn.execute("UPDATE node_keys SET status = 'retired'")
         conn.execute("INSERT INTO node_keys VALUES (?, ?, ?, '2026-01-01T00:00:00.000000Z', 'active', NULL)",
                      (key_id_of(pub), pub, priv))
         conn.execute("UPDATE node_meta SET value = ? WHERE key = 'current_key_id'", (key_id_of(pub),))
     from tests.nodes import ServedNode
 
-    b2 = ServedNode(b.workdir, b.name, port=b.port)
+    b2 = ServedNode(b.workdir, b.name, port=b.port, database_url=b.database_url)
     try:
         res = a.cli("peers", "refresh", b2.well_known()["node_id"], "--json")
         assert res.returncode == 1

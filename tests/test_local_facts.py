@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import time
 import uuid
 from pathlib import Path
@@ -20,6 +19,7 @@ from hypothesis import strategies as st
 
 from stigmem_node.encoding import b64url_decode, b64url_encode
 from stigmem_node.keys import public_key_from_b64
+from tests.engines import SqlError, sql
 from tests.nodes import ServedNode, run_cli
 
 FACTS = "/v1/facts"
@@ -56,9 +56,8 @@ def listed(n: ServedNode, **params: Any) -> list[dict]:
     return res.json()["facts"]
 
 
-def private_key_text(db: Path) -> str:
-    with sqlite3.connect(db) as conn:
-        return conn.execute("SELECT private_key FROM node_keys WHERE status = 'active'").fetchone()[0]
+def private_key_text(db: Path | str) -> str:
+    return sql(db, "SELECT private_key FROM node_keys WHERE status = 'active'")[0][0]
 
 
 # --------------------------------------------------------------------------- POST /v1/facts
@@ -230,8 +229,7 @@ def test_integers_stay_integers_and_floats_stay_floats(n: ServedNode):
         got = c.get(f"{FACTS}/{made[name]['id']}")
         stored = got.json()["value"]["v"]
         assert stored == v and type(stored) is type(v), (name, got.text)
-    with sqlite3.connect(n.db) as conn:
-        texts = dict(conn.execute("SELECT entity, value_v FROM facts WHERE entity LIKE ?", (f"num:{t}:%",)))
+    texts = dict(n.sql("SELECT entity, value_v FROM facts WHERE entity LIKE ?", (f"num:{t}:%",)))
     assert texts[f"num:{t}:int"] == "42" and texts[f"num:{t}:float"] == "42.0"
     assert texts[f"num:{t}:exp"] == "1e+20"
 
@@ -325,16 +323,10 @@ def test_facts_permissions(n: ServedNode):
 
 def test_facts_are_append_only_in_the_database(n: ServedNode):
     created = n.client().post(FACTS, json=fact(f"append:{tag()}", "keep")).json()
-    conn = sqlite3.connect(n.db, timeout=10)
-    try:
-        with pytest.raises(sqlite3.DatabaseError, match="append-only"), conn:
-            conn.execute("UPDATE facts SET value_v = 'changed' WHERE id = ?", (created["id"],))
-        with pytest.raises(sqlite3.DatabaseError, match="append-only"), conn:
-            conn.execute("DELETE FROM facts WHERE id = ?", (created["id"],))
-        with pytest.raises(sqlite3.DatabaseError, match="append-only"), conn:
-            conn.execute("DELETE FROM facts")
-    finally:
-        conn.close()
+    for statement, params in (("UPDATE facts SET value_v = 'changed' WHERE id = ?", (created["id"],)),
+                              ("DELETE FROM facts WHERE id = ?", (created["id"],)), ("DELETE FROM facts", ())):
+        with pytest.raises(SqlError, match="append-only"):
+            n.sql(statement, params)
     assert n.client().get(f"{FACTS}/{created['id']}").json()["value"]["v"] == "keep"
 
 
@@ -396,7 +388,7 @@ def p(n: ServedNode, start_node) -> ServedNode:
 
 def test_cli_token_mint_and_inspect(n: ServedNode, p: ServedNode):
     wk_n, wk_p = n.well_known(), p.well_known()
-    secret = private_key_text(n.db)
+    secret = private_key_text(n.target)
 
     path = "/v1/federation/facts?limit=5"
     res = n.cli("token", "mint", "--peer", wk_p["node_id"], "--method", "GET", "--path", path, "--json")

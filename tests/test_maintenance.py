@@ -5,11 +5,10 @@ from __future__ import annotations
 import time
 
 from stigmem_node.background import Maintenance
-from stigmem_node.store import Store
 
 
-def test_expired_nonces_are_pruned_in_the_background_and_live_ones_kept(tmp_path):
-    store = Store(tmp_path / "n.db")
+def test_expired_nonces_are_pruned_in_the_background_and_live_ones_kept(tmp_path, engine):
+    store = engine.store(tmp_path / "n.db")
     now = 10_000_000
     for i in range(300):
         store.nonces.consume(f"old-{i}", "p", now - 1)

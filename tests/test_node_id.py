@@ -69,8 +69,8 @@ def test_the_validator_accepts_ordinary_node_ids():
 
 
 @pytest.fixture
-def inproc(tmp_path):
-    node = InProcessNode(tmp_path / "n.db")
+def inproc(tmp_path, engine):
+    node = InProcessNode(tmp_path / "n.db", engine.url("n"))
     yield node
     node.close()
 

@@ -66,8 +66,8 @@ def test_the_parser_refuses_what_is_not_a_string():
 
 # -- registration over HTTP ------------------------------------------------------------------
 @pytest.fixture
-def inproc(tmp_path):
-    node = InProcessNode(tmp_path / "n.db")
+def inproc(tmp_path, engine):
+    node = InProcessNode(tmp_path / "n.db", engine.url("n"))
     yield node
     node.close()
 

@@ -3,8 +3,8 @@
 Nonces used to be kept until ``exp`` + the accepting process's own leeway, so a second
 process on the same database with a larger leeway (or the same node restarted with one)
 accepted a token again once the first had pruned its nonce.  These tests run real nodes
-on one real SQLite file, a real peer key and the real pruning query, with a clock that the
-test moves forward.
+on one real database (either engine), a real peer key and the real pruning query, with a
+clock that the test moves forward.
 """
 
 from __future__ import annotations
@@ -23,13 +23,15 @@ from stigmem_node.config import Settings
 from stigmem_node.node import Node
 from stigmem_node.store.db import SCHEMA_VERSION, _split_sql, schema_text
 from stigmem_node.store.peers import PeerKey, PeerRecord
+from tests.engines import Engine
 from tests.fakepeer import raw_public
 
 PEER_NODE_ID = "stigmem:node:replayer"
 
 
-def open_node(db: Path, leeway_s: int, clock: Clock) -> Node:
-    return Node(Settings(db_path=db, clock_leeway_s=leeway_s), clock=clock, serving=True)
+def open_node(db: Path, leeway_s: int, clock: Clock, engine: Engine | None = None) -> Node:
+    settings = engine.settings(db, clock_leeway_s=leeway_s) if engine else Settings(db_path=db, clock_leeway_s=leeway_s)
+    return Node(settings, clock=clock, serving=True)
 
 
 def add_active_peer(node: Node, key: Ed25519PrivateKey) -> None:
@@ -60,10 +62,10 @@ def prune_at(node: Node, now_ms: int) -> int:
     return node.store.nonces.prune(now_ms)
 
 
-def test_inv4_two_processes_with_different_leeways_never_accept_a_token_twice(tmp_path: Path):
+def test_inv4_two_processes_with_different_leeways_never_accept_a_token_twice(tmp_path: Path, engine):
     clock = Clock()
-    strict = open_node(tmp_path / "n.db", 30, clock)
-    lenient = open_node(tmp_path / "n.db", 600, clock)
+    strict = open_node(tmp_path / "n.db", 30, clock, engine)
+    lenient = open_node(tmp_path / "n.db", 600, clock, engine)
     key = Ed25519PrivateKey.generate()
     add_active_peer(strict, key)
 
@@ -84,9 +86,9 @@ def test_inv4_two_processes_with_different_leeways_never_accept_a_token_twice(tm
     lenient.close()
 
 
-def test_inv4_a_restart_with_a_larger_leeway_does_not_reopen_a_window(tmp_path: Path):
+def test_inv4_a_restart_with_a_larger_leeway_does_not_reopen_a_window(tmp_path: Path, engine):
     clock = Clock()
-    first = open_node(tmp_path / "n.db", 0, clock)
+    first = open_node(tmp_path / "n.db", 0, clock, engine)
     key = Ed25519PrivateKey.generate()
     add_active_peer(first, key)
     token, exp = mint(first, key)
@@ -95,7 +97,7 @@ def test_inv4_a_restart_with_a_larger_leeway_does_not_reopen_a_window(tmp_path: 
     prune_at(first, clock.now_ms())
     first.close()
 
-    restarted = open_node(tmp_path / "n.db", 600, clock)
+    restarted = open_node(tmp_path / "n.db", 600, clock, engine)
     prune_at(restarted, clock.now_ms())
     assert present(restarted, token) == "nonce_already_seen"
     restarted.close()
@@ -111,6 +113,7 @@ def test_nonces_are_kept_beyond_the_largest_leeway_a_node_accepts(tmp_path: Path
     assert tokens.nonce_kept_until(1_000) > 1_000 + tokens.MAX_LEEWAY_MS
 
 
+@pytest.mark.sqlite_only  # a SQLite file of schema version 1 (PostgreSQL starts at a later version)
 def test_migration_2_extends_nonces_stored_under_the_old_rule(tmp_path: Path):
     db = tmp_path / "old.db"
     conn = sqlite3.connect(db)

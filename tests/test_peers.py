@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import UTC, datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -15,8 +14,7 @@ from tests.nodes import free_port
 
 
 def private_key_of(node) -> Ed25519PrivateKey:
-    with sqlite3.connect(node.db) as conn:
-        (priv,) = conn.execute("SELECT private_key FROM node_keys WHERE status = 'active'").fetchone()
+    ((priv,),) = node.sql("SELECT private_key FROM node_keys WHERE status = 'active'")
     return Ed25519PrivateKey.from_private_bytes(b64url_decode(priv))
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from stigmem_node.clock import Clock
-from stigmem_node.config import Settings
 from stigmem_node.node import Node
 from stigmem_node.peer_auth import AuthenticatedPeer
 from stigmem_node.tokens import PeerAuth, VerifiedToken
@@ -25,8 +24,8 @@ def page(node: Node) -> list[dict]:
     return json.loads(node.publisher.page(PEER, cursor=None, limit=500, scope=None))["facts"]
 
 
-def test_instruction_facts_stay_home_unless_the_operator_opts_in(tmp_path):
-    settings = Settings(db_path=tmp_path / "n.db")
+def test_instruction_facts_stay_home_unless_the_operator_opts_in(tmp_path, engine):
+    settings = engine.settings(tmp_path / "n.db")
     node = Node(settings)
     bodies = [fact("memory:plain"), fact("memory:do", value={"type": "string", "v": "x", "interpret_as": "instruction"}),
               fact("instruction:run"), fact("memory:other", entity="instruction:queue")]
@@ -37,12 +36,12 @@ def test_instruction_facts_stay_home_unless_the_operator_opts_in(tmp_path):
     assert len(page(opted)) == 4
 
 
-def test_facts_older_than_29_days_are_served_without_their_hlc(tmp_path):
+def test_facts_older_than_29_days_are_served_without_their_hlc(tmp_path, engine):
     db = tmp_path / "n.db"
-    then = Node(Settings(db_path=db), clock=Clock(offset_s=-31 * 86400))
+    then = Node(engine.settings(db), clock=Clock(offset_s=-31 * 86400))
     (old,) = then.facts.assert_many(then.facts.validate_batch([fact("memory:old")]))
     then.close()
-    now = Node(Settings(db_path=db))
+    now = Node(engine.settings(db))
     (new,) = now.facts.assert_many(now.facts.validate_batch([fact("memory:new")]))
     entries = {e["fact"]["id"]: e for e in page(now)}
     assert entries[old.fact["id"]]["fact"]["hlc"] is None
@@ -51,10 +50,10 @@ def test_facts_older_than_29_days_are_served_without_their_hlc(tmp_path):
     assert entries[old.fact["id"]]["fact"]["cid"] == old.fact["cid"]
 
 
-def test_a_page_of_large_facts_is_cut_at_the_byte_budget_and_says_has_more(tmp_path):
+def test_a_page_of_large_facts_is_cut_at_the_byte_budget_and_says_has_more(tmp_path, engine):
     from stigmem_node.publish import MAX_PAGE_CHARS
 
-    node = Node(Settings(db_path=tmp_path / "n.db"))
+    node = Node(engine.settings(tmp_path / "n.db"))
     big = "x" * (250 * 1024)
     bodies = [fact(f"memory:big{i}", value={"type": "text", "v": big}) for i in range(40)]  # ~10 MiB
     node.facts.assert_many(node.facts.validate_batch(bodies))

@@ -20,7 +20,6 @@ import hmac
 import itertools
 import json
 import random
-import sqlite3
 import threading
 import time
 import uuid
@@ -41,6 +40,7 @@ from stigmem_node.encoding import b64url_decode, b64url_encode
 from stigmem_node.keys import public_key_from_b64
 from stigmem_node.origin import entry_from_wire, verify_fact_origin
 from stigmem_node.tokens import MAX_LEEWAY_MS, NONCE_PRUNE_MARGIN_MS, nonce_kept_until
+from tests.engines import connect, sql
 from tests.nodes import RunningNode, ServedNode
 
 PULL = "/v1/federation/facts"
@@ -69,9 +69,8 @@ def new_addr() -> str:
     return f"127.{20 + n // 62500}.{n // 250 % 250}.{n % 250 + 1}"
 
 
-def private_key_of(db: Path) -> Ed25519PrivateKey:
-    with sqlite3.connect(db) as conn:
-        (priv,) = conn.execute("SELECT private_key FROM node_keys WHERE status = 'active'").fetchone()
+def private_key_of(db: Path | str) -> Ed25519PrivateKey:
+    ((priv,),) = sql(db, "SELECT private_key FROM node_keys WHERE status = 'active'")
     return Ed25519PrivateKey.from_private_bytes(b64url_decode(priv))
 
 
@@ -141,7 +140,7 @@ class Fed:
         wa, wb, wc = self.a.well_known(), self.b.well_known(), self.c.well_known()
         self.a_id, self.b_id, self.c_id = wa["node_id"], wb["node_id"], wc["node_id"]
         self.a_pub = public_key_from_b64(wa["federation_pubkey"])
-        self.b_key, self.c_key = private_key_of(self.b.db), private_key_of(self.c.db)
+        self.b_key, self.c_key = private_key_of(self.b.target), private_key_of(self.c.target)
         self.b_kid, self.c_kid = wb["key_id"], wc["key_id"]
         self.b_pub_text = wb["federation_pubkey"]
 
@@ -264,7 +263,8 @@ def _federation(a: RunningNode | ServedNode, start_node) -> Iterator[Fed]:
 
 def _replica(fed: Fed, tmp_path: Path) -> Iterator[RunningNode]:
     """A second `serve` process on A's database file (a replica behind a load balancer)."""
-    server = RunningNode(tmp_path / "replica", "a2", db=fed.a.db, args=("--node-url", fed.a.url))
+    server = RunningNode(tmp_path / "replica", "a2", db=fed.a.db, args=("--node-url", fed.a.url),
+                         database_url=fed.a.database_url)
     yield server
     server.stop()
 
@@ -279,9 +279,9 @@ def replica_processes(fed_processes: Fed, tmp_path: Path) -> Iterator[RunningNod
     yield from _replica(fed_processes, tmp_path)
 
 
-def nonce_row(db: Path, nonce: str) -> tuple | None:
-    with sqlite3.connect(db, timeout=10) as conn:
-        return conn.execute("SELECT peer_id, expires_at_ms FROM nonce_cache WHERE nonce = ?", (nonce,)).fetchone()
+def nonce_row(db: Path | str, nonce: str) -> tuple | None:
+    rows = sql(db, "SELECT peer_id, expires_at_ms FROM nonce_cache WHERE nonce = ?", (nonce,))
+    return rows[0] if rows else None
 
 
 # --------------------------------------------------------------------------- acceptance
@@ -466,7 +466,7 @@ def test_inv1_fifty_concurrent_presentations_of_one_token_succeed_once(fed: Fed)
             assert_error(r, 401, "nonce_already_seen")
     replays = fed.audit(event_type="replay_attempt")[before:]
     assert len(replays) == 49 and all(e["reason"] == "nonce_already_seen" for e in replays)
-    assert nonce_row(fed.a.db, nonce)[0] == fed.b_peer["peer_id"]
+    assert nonce_row(fed.a.target, nonce)[0] == fed.b_peer["peer_id"]
 
 
 def test_inv1_two_processes_on_one_database_accept_a_token_once(fed: Fed, replica: RunningNode):
@@ -504,9 +504,9 @@ def test_inv3_a_forger_cannot_burn_a_real_nonce(fed: Fed):
     ]
     for forged, code in attempts:
         assert_error(fed.get(PULL, forged, addr), 401, code)
-        assert nonce_row(fed.a.db, nonce) is None, code
+        assert nonce_row(fed.a.target, nonce) is None, code
     assert fed.get(PULL, real, addr).status_code == 200
-    assert nonce_row(fed.a.db, nonce) is not None
+    assert nonce_row(fed.a.target, nonce) is not None
     assert_error(fed.get(PULL, real, addr), 401, "nonce_already_seen")
 
 
@@ -521,18 +521,18 @@ def test_inv4_maximum_lifetime_accepted_one_ms_more_refused_and_nonce_kept_beyon
     claims = json.loads(b64url_decode(token.split(".")[1]))
     assert claims["exp"] - claims["iat"] == MAX_LIFETIME_MS
     assert fed.get(PULL, token, addr).status_code == 200
-    assert nonce_row(fed.a.db, nonce) == (fed.b_peer["peer_id"], nonce_kept_until(t + MAX_LIFETIME_MS))
+    assert nonce_row(fed.a.target, nonce) == (fed.b_peer["peer_id"], nonce_kept_until(t + MAX_LIFETIME_MS))
 
     over_nonce = str(uuid.uuid4())
     over = fed.crafted(iat=t, ttl_ms=MAX_LIFETIME_MS + 1, nonce=over_nonce)
     assert_error(fed.get(PULL, over, addr), 401, "token_lifetime_exceeded")
-    assert nonce_row(fed.a.db, over_nonce) is None
+    assert nonce_row(fed.a.target, over_nonce) is None
 
     # A default 60 s token is kept until exp + the largest leeway any process may use + a margin.
     nonce = str(uuid.uuid4())
     t = now_ms()
     assert fed.get(PULL, fed.mint(PULL, now=t, nonce=nonce), addr).status_code == 200
-    assert nonce_row(fed.a.db, nonce)[1] == t + 60_000 + MAX_LEEWAY_MS + NONCE_PRUNE_MARGIN_MS
+    assert nonce_row(fed.a.target, nonce)[1] == t + 60_000 + MAX_LEEWAY_MS + NONCE_PRUNE_MARGIN_MS
 
 
 def test_inv4_expiry_uses_the_leeway_exactly(fed: Fed):
@@ -603,12 +603,11 @@ def test_inv5_facts_received_from_peers_are_not_served(fed: Fed):
     c0 = fed.end_cursor()
     (own,) = fed.add_facts([fact(f"relay:{uuid.uuid4()}", "public")])
     received_id = str(uuid.uuid4())
-    with sqlite3.connect(fed.a.db, timeout=10) as conn:
+    with connect(fed.a.target) as conn:
         # Copy A's own row, as a fact received from C would look: every column kept (whatever
         # the schema holds), the id replaced everywhere, provenance set to C.
-        cur = conn.execute("SELECT * FROM facts WHERE id = ?", (own["id"],))
-        names = [d[0] for d in cur.description]
-        row = dict(zip(names, cur.fetchone()))
+        (found,) = conn.execute("SELECT * FROM facts WHERE id = ?", (own["id"],))
+        row = dict(zip(conn.columns, found))
         del row["seq"]
         for name, value in row.items():
             if isinstance(value, str):
@@ -713,8 +712,8 @@ def test_envelope_shape_origin_signatures_and_cids_verify(fed: Fed):
 # --------------------------------------------------------------------------- failure rate limit
 
 
-def test_failures_are_rate_limited_per_address_and_audit_rows_capped(fed: Fed, tmp_path: Path):
-    a = ServedNode(tmp_path / "rl", "rl")
+def test_failures_are_rate_limited_per_address_and_audit_rows_capped(fed: Fed, tmp_path: Path, engine):
+    a = ServedNode(tmp_path / "rl", "rl", database_url=engine.url("rl"))
     try:
         b_peer = register_and_approve(a, fed.b)
         a_id = a.well_known()["node_id"]
@@ -756,7 +755,7 @@ class ManualClock:
         self.now += seconds
 
 
-def test_suppressed_audit_rows_are_counted_on_the_next_window(fed: Fed, tmp_path: Path):
+def test_suppressed_audit_rows_are_counted_on_the_next_window(fed: Fed, tmp_path: Path, engine):
     """A node with a 3-second window (STIGMEM_AUTH_WINDOW_S) instead of a minute: rows over
     the budget are counted, and the first row of the next window carries the count; the
     address is served again once the window passed.
@@ -765,7 +764,8 @@ def test_suppressed_audit_rows_are_counted_on_the_next_window(fed: Fed, tmp_path
     test holds and moves on by hand: the failures fall in one window however slowly they are
     sent, and the window passes without waiting for it."""
     window = 3.0
-    server = ServedNode(tmp_path / "short", "short", env={"STIGMEM_AUTH_WINDOW_S": str(window)})
+    server = ServedNode(tmp_path / "short", "short", env={"STIGMEM_AUTH_WINDOW_S": str(window)},
+                        database_url=engine.url("short"))
     clock = ManualClock()
     server.node.peer_auth.failures.clock = clock
     server.node.unauth_audit.clock = clock

@@ -5,7 +5,7 @@ serve`` subprocesses where a test signals the server; passes run through the rea
 (``stigmem-node pull``, in process, or as processes that are killed or race each other on
 one database) or the in-server schedule (``serve --pull-interval``).  A misbehaving peer is ``tests/fakepeer.py``: a real HTTP
 server with its own Ed25519 identity whose pages are built with ``stigmem_node.facts``.
-Databases are read back with sqlite3.
+Databases are read back with SQL (``tests.engines.sql``), on either engine.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import asyncio
 import json
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from stigmem_node.errors import OutboundError
 from stigmem_node.outbound import check_url
+from tests.engines import Connection, connect, sql, url_kw
 from tests.fakepeer import Behaviour, FakePeer
 from tests.nodes import RunningNode, node_env
 
@@ -80,21 +80,18 @@ def post_facts(n: RunningNode, facts: list[dict], client: httpx.Client | None = 
             c.close()
 
 
-def q(db: Path, sql: str, params: tuple = ()) -> list[tuple]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
+def q(db: Path | str, query: str, params: tuple = ()) -> list[tuple]:
+    """Rows of the database ``db`` (a node's ``target``: its SQLite file or PostgreSQL URL)."""
+    return sql(db, query, params)
 
 
-def received(db: Path, origin_id: str | None = None) -> list[tuple]:
+def received(db: Path | str, origin_id: str | None = None) -> list[tuple]:
     """(id, origin_node_id, received_from, scope) of the facts a node received from peers."""
     sql = "SELECT id, origin_node_id, received_from, scope FROM facts WHERE received_from IS NOT NULL"
     return q(db, sql + " AND origin_node_id = ?", (origin_id,)) if origin_id else q(db, sql)
 
 
-def own_shared_ids(db: Path) -> set[str]:
+def own_shared_ids(db: Path | str) -> set[str]:
     rows = q(db, "SELECT id FROM facts WHERE received_from IS NULL AND scope IN ('company', 'public')")
     return {r[0] for r in rows}
 
@@ -173,7 +170,7 @@ def test_triangle_every_shared_fact_arrives_once_from_its_origin_inv5_no_relayin
         assert {p["node_id"] for p in summary["peers"]} == {ids[m.name] for m in nodes if m is not n}
 
     for n in nodes:
-        rows = received(n.db)
+        rows = received(n.target)
         assert len(rows) == len({r[0] for r in rows}) == 16, rows
         expected = {f["id"] for m in nodes if m is not n for f in written[m.name] if f["scope"] in SHARED}
         assert {r[0] for r in rows} == expected
@@ -198,7 +195,7 @@ def test_triangle_every_shared_fact_arrives_once_from_its_origin_inv5_no_relayin
         assert rc == 0 and summary["new"] == summary["duplicates"] == summary["rejected"] == 0, summary
         for p in peers_json(n).values():
             assert p["replication"]["facts_ingested"] == 8 and p["replication"]["facts_rejected"] == 0
-        assert len(received(n.db)) == 16
+        assert len(received(n.target)) == 16
 
 
 # -- 2. invariant 6: each bad fact is skipped and audited, the good ones arrive -----------
@@ -275,11 +272,11 @@ def test_inv6_inv10_tampered_facts_are_rejected_with_their_reason_and_the_good_o
     (res,) = summary["peers"]
     assert res["ok"] and res["new"] == len(goods) and res["rejected"] == len(bad) and res["duplicates"] == 2, res
 
-    stored = {r[0] for r in received(p.db)}
+    stored = {r[0] for r in received(p.target)}
     assert stored == {e["fact"]["id"] for e in [g1, g2, g3, *goods]}
     # The stored facts behind the collision and the extension are unchanged.
-    (cid1,) = q(p.db, "SELECT cid FROM facts WHERE id = ?", (g1["fact"]["id"],))[0]
-    (vu2,) = q(p.db, "SELECT valid_until FROM facts WHERE id = ?", (g2["fact"]["id"],))[0]
+    (cid1,) = q(p.target, "SELECT cid FROM facts WHERE id = ?", (g1["fact"]["id"],))[0]
+    (vu2,) = q(p.target, "SELECT valid_until FROM facts WHERE id = ?", (g2["fact"]["id"],))[0]
     assert cid1 == g1["fact"]["cid"] and vu2 == g2["fact"]["valid_until"]
 
     rows = audit(p, "fact_rejected")
@@ -311,7 +308,7 @@ def test_inv6_an_id_reused_within_one_page_with_another_cid_is_a_collision(start
     assert rc == 0
     assert summary["new"] == 2 and summary["rejected"] == 2, summary
     assert sorted(r["reason"] for r in audit(p, "fact_rejected")) == ["id_collision", "valid_until_extension"]
-    assert q(p.db, "SELECT cid FROM facts WHERE id = ?", (first["fact"]["id"],)) == [(first["fact"]["cid"],)]
+    assert q(p.target, "SELECT cid FROM facts WHERE id = ?", (first["fact"]["id"],)) == [(first["fact"]["cid"],)]
 
 
 def test_inv6_randomly_mutated_entries_never_crash_the_pass_and_only_verified_facts_are_stored(start_node,
@@ -357,7 +354,7 @@ def test_inv6_randomly_mutated_entries_never_crash_the_pass_and_only_verified_fa
     assert "internal_validation_error" not in reasons, seed
 
     key = public_key_from_b64(f.public_key)
-    for (entry_json, received_from) in q(p.db, "SELECT entry, received_from FROM facts"):
+    for (entry_json, received_from) in q(p.target, "SELECT entry, received_from FROM facts"):
         got = om.entry_from_wire(json.loads(entry_json))  # the CID recomputes
         assert received_from == got.origin.node_id == f.node_id, seed
         assert got.fact.scope in SHARED and got.fact.scope in got.origin.allowed_scopes, seed
@@ -402,10 +399,10 @@ def test_a_failing_peer_does_not_stop_the_others_and_is_caught_up_next_pass(star
     assert rc == 1 and not summary["ok"] and summary["peers_ok"] == 1 and summary["peers_failed"] == 1, summary
     got = by_node(summary)
     assert got[r_id]["ok"] and got[r_id]["new"] == 4, got  # the healthy peer's facts arrived in the same pass
-    assert len(received(p.db, r_id)) == 9
+    assert len(received(p.target, r_id)) == 9
     bad = got[f.node_id]
     assert not bad["ok"] and bad["error_code"] == code and bad["error"], bad
-    assert bad["new"] == 0 and len(received(p.db, f.node_id)) == 3
+    assert bad["new"] == 0 and len(received(p.target, f.node_id)) == 3
     hits = f.hits[before:]
     if failure != "down":
         assert len(hits) == attempts, hits  # retried, each time with a fresh single-use token
@@ -421,7 +418,7 @@ def test_a_failing_peer_does_not_stop_the_others_and_is_caught_up_next_pass(star
     rc, summary = pull(p, env=FAST)
     assert rc == 0 and summary["ok"], summary
     assert by_node(summary)[f.node_id]["new"] == 2 and by_node(summary)[r_id]["new"] == 0
-    assert len(received(p.db, f.node_id)) == 5
+    assert len(received(p.target, f.node_id)) == 5
     rep = peers_json(p)[f.node_id]["replication"]
     assert rep["last_error"] is None and rep["cursor"] == "5" and rep["facts_ingested"] == 5
 
@@ -458,7 +455,8 @@ def test_retry_after_seconds_and_http_date_are_honoured_before_the_next_attempt(
 
 # -- 4. invariant 7: SIGKILL anywhere during a 10,000-fact pull loses and doubles nothing --
 def _pull_cmd(n: RunningNode) -> list[str]:
-    return [sys.executable, "-m", "stigmem_node", "pull", "--db", str(n.db), "--json"]
+    return [sys.executable, "-m", "stigmem_node", "pull", "--db", str(n.db), "--json",
+            *(["--database-url", n.database_url] if n.database_url else [])]
 
 
 class Writer(threading.Thread):
@@ -490,9 +488,10 @@ class Writer(threading.Thread):
         return self.written
 
 
-def _ingested(conn: sqlite3.Connection, peer_id: str) -> int:
-    row = conn.execute("SELECT facts_ingested FROM replication_state WHERE peer_id = ?", (peer_id,)).fetchone()
-    return row[0] if row else 0
+def _ingested(conn: Connection, peer_id: str) -> int:
+    rows = conn.execute("SELECT facts_ingested FROM replication_state WHERE peer_id = ?", (peer_id,))
+    conn.commit()  # the next read sees what committed since
+    return rows[0][0] if rows else 0
 
 
 @pytest.mark.slow
@@ -506,9 +505,9 @@ def test_inv7_sigkill_at_random_points_of_a_10000_fact_pull_loses_and_doubles_no
         for b in range(20):
             post_facts(o, [fact(f"bulk-{b}-{i}", SHARED[i % 2]) for i in range(500)], client=c)
         post_facts(o, [fact(f"private-{i}", ("local", "team")[i % 2]) for i in range(100)], client=c)
-    assert len(own_shared_ids(o.db)) == 10_000
+    assert len(own_shared_ids(o.target)) == 10_000
 
-    watch = sqlite3.connect(f"file:{p.db}?mode=ro", uri=True, timeout=10, isolation_level=None)
+    watch = connect(p.target)
     writer = Writer(o, "during")
     writer.start()
     kills: list[tuple[str, float, int]] = []  # (how, when after start, facts_ingested at the kill)
@@ -533,7 +532,8 @@ def test_inv7_sigkill_at_random_points_of_a_10000_fact_pull_loses_and_doubles_no
                     n = _ingested(watch, peer_id)
                     kills.append((how, round(time.monotonic() - t0, 3), n))
                     # Facts and counters commit together: never a row without its count, or the reverse.
-                    (rows,) = watch.execute("SELECT COUNT(*) FROM facts WHERE received_from = ?", (o_id,)).fetchone()
+                    ((rows,),) = watch.execute("SELECT COUNT(*) FROM facts WHERE received_from = ?", (o_id,))
+                    watch.commit()
                     assert rows == n, (seed, kills, rows)
             finally:
                 if proc.poll() is None:
@@ -552,12 +552,12 @@ def test_inv7_sigkill_at_random_points_of_a_10000_fact_pull_loses_and_doubles_no
     rc, summary = pull(p)  # a final pass after the last local write
     assert rc == 0 and summary["rejected"] == 0, summary
 
-    expected = own_shared_ids(o.db)
+    expected = own_shared_ids(o.target)
     assert len(expected) == 10_000 + sum(1 for f in during if f["scope"] in SHARED)
-    (count, distinct) = q(p.db, "SELECT COUNT(*), COUNT(DISTINCT id) FROM facts WHERE received_from = ?", (o_id,))[0]
+    (count, distinct) = q(p.target, "SELECT COUNT(*), COUNT(DISTINCT id) FROM facts WHERE received_from = ?", (o_id,))[0]
     assert count == distinct == len(expected), (seed, count, distinct, len(expected))
-    assert {r[0] for r in received(p.db, o_id)} == expected
-    assert not q(p.db, "SELECT id FROM facts WHERE scope IN ('local', 'team')")
+    assert {r[0] for r in received(p.target, o_id)} == expected
+    assert not q(p.target, "SELECT id FROM facts WHERE scope IN ('local', 'team')")
     rep = peers_json(p)[o_id]["replication"]
     assert rep["facts_ingested"] == count and rep["facts_rejected"] == 0, (seed, rep, count)
     watch.close()
@@ -590,7 +590,7 @@ def test_inv7_two_overlapping_pulls_on_one_database_neither_corrupt_nor_double_c
         for rnd in range(3):
             for b in range(4 if rnd == 0 else 2):
                 post_facts(o, [fact(f"r{rnd}-{b}-{i}", SHARED[i % 2]) for i in range(500)], client=c)
-            total = len(own_shared_ids(o.db))
+            total = len(own_shared_ids(o.target))
             procs = [subprocess.Popen(_pull_cmd(p), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                       env=node_env()) for _ in range(2)]
             outs = [proc.communicate(timeout=60) for proc in procs]
@@ -598,15 +598,15 @@ def test_inv7_two_overlapping_pulls_on_one_database_neither_corrupt_nor_double_c
                 assert proc.returncode == 0 and "Traceback" not in err, (out, err)
             summaries = [json.loads(out) for out, _ in outs]
             notes += [s["peers"][0]["note"] for s in summaries if s["peers"][0]["note"]]
-            (count, distinct) = q(p.db, "SELECT COUNT(*), COUNT(DISTINCT id) FROM facts WHERE received_from = ?",
+            (count, distinct) = q(p.target, "SELECT COUNT(*), COUNT(DISTINCT id) FROM facts WHERE received_from = ?",
                                   (o_id,))[0]
             assert count == distinct == total, (rnd, count, distinct, total)
             assert sum(s["new"] for s in summaries) == count - previous, summaries  # the reports add up too
             previous = count
             rep = peers_json(p)[o_id]["replication"]
             assert rep["facts_ingested"] == count and rep["facts_rejected"] == 0, rep
-            assert rep["cursor"] == str(q(o.db, "SELECT MAX(seq) FROM facts")[0][0])
-    assert {r[0] for r in received(p.db, o_id)} == own_shared_ids(o.db)
+            assert rep["cursor"] == str(q(o.target, "SELECT MAX(seq) FROM facts")[0][0])
+    assert {r[0] for r in received(p.target, o_id)} == own_shared_ids(o.target)
     assert notes, "the two passes never actually overlapped"
 
 
@@ -634,7 +634,7 @@ def test_serve_pull_interval_pulls_by_itself_hanging_peers_delay_no_one_and_sigt
         for rnd in range(4):
             written = post_facts(r, [fact(f"sched-{rnd}-{i}", SHARED[i % 2]) for i in range(3)], client=c)
             want = {w["id"] for w in written}
-            latencies.append(wait_for(lambda: want <= {x[0] for x in received(p.db, r_id)}, 30, what="R's facts"))
+            latencies.append(wait_for(lambda: want <= {x[0] for x in received(p.target, r_id)}, 30, what="R's facts"))
             hanging_at_arrival.append(sum(h.open_hangs for h in hanging))
             assert peers_json(p)[r_id]["replication"]["last_error"] is None
             time.sleep(0.4)
@@ -645,12 +645,12 @@ def test_serve_pull_interval_pulls_by_itself_hanging_peers_delay_no_one_and_sigt
     assert all(h.hits and all(x.kind == "hang" for x in h.hits) for h in hanging)
     wait_for(lambda: (peers_json(p)[f.node_id]["replication"]["last_error"] or "").startswith("peer_timeout"), 30,
              what="F's pull to fail with peer_timeout")
-    assert len(received(p.db, f.node_id)) == 0
+    assert len(received(p.target, f.node_id)) == 0
     assert peers_json(p)[r_id]["replication"]["last_error"] is None
 
     # F heals: the schedule catches it up without anyone running `pull`.
     f.set("ok")
-    wait_for(lambda: len(received(p.db, f.node_id)) == 4, 30, what="F's facts after it healed")
+    wait_for(lambda: len(received(p.target, f.node_id)) == 4, 30, what="F's facts after it healed")
     wait_for(lambda: peers_json(p)[f.node_id]["replication"]["last_error"] is None, 30, what="F's error to clear")
 
     # SIGTERM while a pull of F is hanging: the server stops cleanly and promptly.
@@ -663,7 +663,7 @@ def test_serve_pull_interval_pulls_by_itself_hanging_peers_delay_no_one_and_sigt
     # (The exit status itself is checked by test_serve_exits_0_on_sigterm.)
     assert rc in (0, -signal.SIGTERM), (rc, p.log())
     assert "Application shutdown complete" in p.log() and "Traceback" not in p.log(), p.log()
-    (count, distinct) = q(p.db, "SELECT COUNT(*), COUNT(DISTINCT id) FROM facts WHERE received_from IS NOT NULL")[0]
+    (count, distinct) = q(p.target, "SELECT COUNT(*), COUNT(DISTINCT id) FROM facts WHERE received_from IS NOT NULL")[0]
     assert count == distinct == 12 + 4
 
 
@@ -706,7 +706,7 @@ def test_pull_json_summary_exit_codes_peer_filter_and_replication_fields_in_cli_
         assert rep["last_attempt_at"] and rep["last_success_at"] and rep["last_error"] is None
         assert rep["last_attempt_at"] <= rep["last_success_at"]
     assert cli_view[f.node_id]["replication"]["cursor"] == "2"
-    last_shared = q(r.db, "SELECT MAX(seq) FROM facts WHERE scope IN ('company', 'public')")[0][0]
+    last_shared = q(r.target, "SELECT MAX(seq) FROM facts WHERE scope IN ('company', 'public')")[0][0]
     assert cli_view[r_id]["replication"]["cursor"] == str(last_shared)  # R's seq of the last fact it served
     assert cli_view[r_id]["replication"]["facts_ingested"] == 3 and cli_view[f.node_id]["replication"][
         "facts_ingested"] == 2
@@ -786,16 +786,16 @@ def test_inv13_bad_pages_are_refused_with_stable_codes_and_nothing_moves(start_n
     f.set("redirect", location=elsewhere.url + "/v1/federation/facts")
     failing_pull("peer_refused")
     assert not elsewhere.hits  # no redirect is followed, let alone to another host
-    assert not received(p.db) and peers_json(p)[f.node_id]["replication"]["cursor"] is None
+    assert not received(p.target) and peers_json(p)[f.node_id]["replication"]["cursor"] is None
 
     # has_more without moving the cursor: the page is kept, the loop stops with cursor_stuck.
     f.set("stuck")
     res = failing_pull("cursor_stuck", attempts=2)
-    assert res["new"] == 500 and len(received(p.db)) == 500
+    assert res["new"] == 500 and len(received(p.target)) == 500
     f.set("ok")
     rc, s = pull(p, env=FAST)
     assert rc == 0 and s["new"] == 100 and s["duplicates"] == 500  # the stuck page was never committed past
-    assert len(received(p.db)) == 600 and peers_json(p)[f.node_id]["replication"]["facts_ingested"] == 600
+    assert len(received(p.target)) == 600 and peers_json(p)[f.node_id]["replication"]["facts_ingested"] == 600
 
     # Oversize page: the cap is 64 MiB for the CLI; an in-process subscriber on the same database
     # with a small cap, against the same real peer over real HTTP, refuses it while reading.
@@ -804,14 +804,14 @@ def test_inv13_bad_pages_are_refused_with_stable_codes_and_nothing_moves(start_n
     from stigmem_node.replication import PullOptions
 
     f.add(*[f.make(f"big-{i}", "public", "x" * 2000) for i in range(5)])
-    node = Node(validate(Settings(db_path=p.db)))
+    node = Node(validate(Settings(db_path=p.db, **url_kw(p.database_url))))
     try:
         # Not even one fact fits: the subscriber halves its limit down to 1, then gives up.
         sub = node.subscriber(PullOptions(attempts=1, timeout_s=2, max_page_bytes=1500))
         result = asyncio.run(sub.run_pass(f.node_id))
         (res,) = result.peers
         assert not res.ok and res.error_code == "page_too_large" and res.new == 0, res
-        assert len(received(p.db)) == 600
+        assert len(received(p.target)) == 600
         # Two facts fit: it asks for fewer facts per page and takes them all.
         sub = node.subscriber(PullOptions(attempts=1, timeout_s=2, max_page_bytes=8192))
         result = asyncio.run(sub.run_pass(f.node_id))
@@ -819,11 +819,10 @@ def test_inv13_bad_pages_are_refused_with_stable_codes_and_nothing_moves(start_n
         assert res.ok and res.new == 5 and res.pages >= 3, res
     finally:
         node.close()
-    assert len(received(p.db)) == 605
+    assert len(received(p.target)) == 605
 
     # A peer whose URL is plain http to a non-loopback host is refused before any connection.
-    with sqlite3.connect(p.db, timeout=10) as conn:
-        conn.execute("UPDATE peers SET node_url = ? WHERE id = ?", ("http://192.0.2.10:8765", f_rec["peer_id"]))
+    p.sql("UPDATE peers SET node_url = ? WHERE id = ?", ("http://192.0.2.10:8765", f_rec["peer_id"]))
     n = len(f.hits)
     rc, s = pull(p, env=FAST)
     assert rc == 1 and s["peers"][0]["error_code"] == "insecure_peer_url" and len(f.hits) == n
