@@ -263,6 +263,10 @@ class AppendsBeforeReadingTheSequence:
     def __init__(self, db, writer: Node) -> None:
         self.db, self.writer = db, writer
 
+    @property
+    def dialect(self):
+        return self.db.dialect
+
     def snapshot(self):
         return self.db.snapshot()
 
@@ -279,6 +283,7 @@ def test_verify_reads_one_snapshot_while_another_connection_appends(copy):
     from stigmem_node.audit_anchor import verify_with_anchor
     from stigmem_node.store.readonly import open_read_only
 
+    shutil.copyfile(copy.parent.parent / "orig.db.pepper", copy.with_name("node.db.pepper"))  # the node's pepper
     writer = Node(Settings(db_path=copy, audit_checkpoint_rows=EVERY))
     try:
         with open_read_only(copy) as ro:

@@ -126,7 +126,7 @@ USAGE_ERRORS = [
     (["token", "mint"], "--peer"),
     (["token", "inspect"], "Missing argument"),
     (["demo", "--json"], "--json"),
-    (["--json", "demo"], "demo takes neither --db nor --json"),
+    (["--json", "demo"], "demo takes neither --db, --database-url nor --json"),
     (["info", "--db"], "--db"),
     (["facts", "add", "e", "r", "v", "--scope", "gal\u2028axy"], "'gal\\u2028axy'"),
     (["info", "--fr\u2028ob"], "--fr"),

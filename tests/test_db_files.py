@@ -21,8 +21,9 @@ import pytest
 
 from stigmem_node import cli
 from stigmem_node.store import Store
-from stigmem_node.store.db import Database, schema_text
+from stigmem_node.store.db import schema_text
 from stigmem_node.store.files import CORE_TABLES
+from stigmem_node.store.sqlite import SqliteDatabase as Database
 from tests import nodes
 from tests.nodes import RunningNode, node_env
 
@@ -270,6 +271,7 @@ def test_commands_need_no_pepper_unless_they_hash_a_key_and_never_create_one(tmp
     db = tmp_path / "n.db"
     assert run_cli("init", db=db).returncode == 0
     pepper = tmp_path / "n.db.pepper"
+    secret = pepper.read_text().strip()
     pepper.unlink()
     for command in (("info",), ("apikey", "list"), ("peers", "list"), ("audit", "list"), ("facts", "list")):
         res = run_cli(*command, db=db)
@@ -280,7 +282,7 @@ def test_commands_need_no_pepper_unless_they_hash_a_key_and_never_create_one(tmp
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "pepper" in lines[0] and "missing" in lines[0] and "Traceback" not in res.stderr
     # With the pepper in the environment instead, it works (and still creates no file).
-    env = {"STIGMEM_API_KEY_PEPPER": "1:" + "p" * 32}
+    env = {"STIGMEM_API_KEY_PEPPER": secret}
     assert run_cli("apikey", "create", "--permissions", "facts:read", db=db, env=env).returncode == 0
     assert not pepper.exists()
 

@@ -1,7 +1,8 @@
-"""Nothing blocks the event loop (issue 10, item 1).
+"""Nothing blocks the event loop.
 
-A real node serves (its own process, real SQLite file) while another process holds the
-database's write lock: requests that write nothing still answer fast, a write gets
+A real node serves (its own process, on SQLite or PostgreSQL) while another process holds
+the database's write lock (SQLite's, or the node-wide advisory lock on PostgreSQL):
+requests that write nothing still answer fast, a write gets
 ``503 database_busy`` with ``Retry-After`` once the busy timeout passes, and the health
 endpoints tell liveness from readiness.  Storage itself refuses to run on a thread that
 runs an event loop.
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -25,7 +25,8 @@ import pytest
 
 from stigmem_node.offload import Lanes
 from stigmem_node.store import Store
-from stigmem_node.store.db import ON_LOOP
+from stigmem_node.store.db import ON_LOOP, is_postgres_url
+from stigmem_node.store.postgres import WRITE_LOCK
 from tests.nodes import RunningNode
 
 HOLD_LOCK = """
@@ -38,15 +39,28 @@ conn.execute("ROLLBACK")
 print("released", flush=True)
 """
 
+HOLD_PG_LOCK = """
+import sys, time
+import psycopg
+conn = psycopg.connect(sys.argv[1])
+conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.rollback()
+print("released", flush=True)
+""".replace("WRITE_LOCK", str(WRITE_LOCK))
+
 HOLD_S = 5.0
 BAR_MS = 100.0
 READ_EVERY_S = 0.01
 
 
 @contextmanager
-def write_lock_held(db: Path, seconds: float = HOLD_S) -> Iterator[subprocess.Popen[str]]:
-    """Another process (python -c with sqlite3) holds ``db``'s write lock for ``seconds``."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(db), str(seconds)], stdout=subprocess.PIPE,
+def write_lock_held(db: Path | str, seconds: float = HOLD_S) -> Iterator[subprocess.Popen[str]]:
+    """Another process (python -c with sqlite3, or psycopg) holds ``db``'s write lock for
+    ``seconds``."""
+    script = HOLD_PG_LOCK if is_postgres_url(db) else HOLD_LOCK
+    holder = subprocess.Popen([sys.executable, "-c", script, str(db), str(seconds)], stdout=subprocess.PIPE,
                               text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
@@ -77,7 +91,7 @@ def test_reads_answer_fast_and_writes_get_503_while_another_process_holds_the_wr
     node = busy_node
     writes: list[tuple[httpx.Response, bool]] = []  # (answer, lock still held when it came)
     latencies_ms: list[float] = []
-    with write_lock_held(node.db) as holder:
+    with write_lock_held(node.target) as holder:
         started = time.monotonic()
 
         def write_while_locked() -> None:
@@ -133,7 +147,7 @@ def test_reads_answer_fast_and_writes_get_503_while_another_process_holds_the_wr
 def test_an_api_key_use_is_recorded_later_without_holding_up_the_read(busy_node: RunningNode):
     node = busy_node
     key = node.cli_json("apikey", "create", "--permissions", "facts:read")["key"]
-    with write_lock_held(node.db, seconds=3) as holder, node.client(key) as c:
+    with write_lock_held(node.target, seconds=3) as holder, node.client(key) as c:
         t0 = time.perf_counter()
         assert c.get("/v1/facts").status_code == 200  # the key's first use: its touch is queued
         assert (time.perf_counter() - t0) * 1000 < 1000 and still_locked(holder)  # not after the 1 s timeout
@@ -143,14 +157,14 @@ def test_an_api_key_use_is_recorded_later_without_holding_up_the_read(busy_node:
     deadline = time.monotonic() + 20
     key_id = key.split("_")[1]
     while time.monotonic() < deadline:
-        with sqlite3.connect(node.db, timeout=10) as conn:
-            (used,) = conn.execute("SELECT last_used_at FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+        ((used,),) = node.sql("SELECT last_used_at FROM api_keys WHERE id = ?", (key_id,))
         if used is not None:
             break
         time.sleep(0.1)
     assert used is not None
 
 
+@pytest.mark.sqlite_only
 def test_readyz_is_503_when_the_database_is_gone_while_healthz_stays_200(start_node):
     node = start_node("a")
     assert httpx.get(node.url + "/readyz").json() == {"status": "ready", "node_id": node.node.identity.node_id,
@@ -221,3 +235,37 @@ def test_the_busy_timeout_and_lane_sizes_are_settings(tmp_path: Path):
                         ("STIGMEM_READ_LANE_THREADS", "0"), ("STIGMEM_WRITE_LANE_THREADS", "2000")]:
         with pytest.raises(ConfigError, match=name):
             from_env({name: value})
+
+
+@pytest.mark.postgres_only
+def test_readyz_is_503_while_postgresql_refuses_the_node_and_ready_again_after(start_node, engine):
+    """A database that goes away (a failover, a partition) and comes back: the node answers
+    503 database_unavailable meanwhile, never a 500, stays live, and recovers by itself."""
+    import psycopg
+
+    node = start_node("a")
+    name = str(node.target).rsplit("/", 1)[1]
+    with psycopg.connect(str(node.target), autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    try:
+        deadline = time.monotonic() + 20
+        while (res := httpx.get(node.url + "/readyz", timeout=30)).status_code != 503:
+            assert res.status_code == 200 and time.monotonic() < deadline
+        assert res.json()["error"] == "database_unavailable" and res.headers["Retry-After"] == "1"
+        health = httpx.get(node.url + "/healthz", timeout=30)
+        assert health.status_code == 200 and health.json()["database"] == "unavailable"
+        with node.client() as c:
+            listed = c.get("/v1/facts", timeout=30)
+        assert listed.status_code == 503 and listed.json()["error"] == "database_unavailable"
+    finally:
+        admin_url = str(node.target).rsplit("/", 1)[0] + "/postgres"
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    deadline = time.monotonic() + 20
+    while httpx.get(node.url + "/readyz", timeout=30).status_code != 200:
+        assert time.monotonic() < deadline, "the node did not reconnect"
+        time.sleep(0.1)
+    with node.client() as c:
+        assert c.post("/v1/facts", json=fact_body(5)).status_code == 201

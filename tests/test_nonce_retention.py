@@ -21,7 +21,7 @@ from stigmem_node import tokens
 from stigmem_node.clock import Clock
 from stigmem_node.config import Settings
 from stigmem_node.node import Node
-from stigmem_node.store.db import SCHEMA_VERSION, _split_sql, schema_text
+from stigmem_node.store.db import SCHEMA_VERSION, schema_text, split_sql
 from stigmem_node.store.peers import PeerKey, PeerRecord
 from tests.engines import Engine
 from tests.fakepeer import raw_public
@@ -117,7 +117,7 @@ def test_nonces_are_kept_beyond_the_largest_leeway_a_node_accepts(tmp_path: Path
 def test_migration_2_extends_nonces_stored_under_the_old_rule(tmp_path: Path):
     db = tmp_path / "old.db"
     conn = sqlite3.connect(db)
-    for statement in _split_sql(schema_text()):
+    for statement in split_sql(schema_text(), sqlite3.complete_statement):
         conn.execute(statement)
     conn.execute("PRAGMA user_version=1")
     conn.execute("INSERT INTO nonce_cache VALUES ('n1', 'p', 1000)")

@@ -76,4 +76,5 @@ def test_core_modules_import_only_the_core(module: str) -> None:
 def test_the_probe_sees_impure_imports() -> None:
     """The storage-backed identity is not core: the probe must see what it loads."""
     loaded = loaded_after("import stigmem_node.identity")
-    assert "sqlite3" in loaded and "stigmem_node.store" in loaded
+    assert "stigmem_node.store" in loaded
+    assert "sqlite3" in loaded_after("import stigmem_node.store.sqlite")

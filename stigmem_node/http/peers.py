@@ -36,8 +36,9 @@ async def json_body(request: Request, *, required: bool = True) -> dict[str, Any
 
 def _reason(body: dict[str, Any]) -> str | None:
     reason = body.get("reason")
-    if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
-        raise ValidationError("invalid_request", "reason must be a string of at most 500 characters", field="reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > 500 or "\x00" in reason):
+        raise ValidationError("invalid_request", "reason must be a string of at most 500 characters, without NUL",
+                              field="reason")
     return reason
 
 

@@ -79,6 +79,10 @@ def _sql(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
+def _has_nul(params: Sequence[Any]) -> bool:
+    return any(isinstance(p, str) and "\x00" in p for p in params)
+
+
 def _split_complete(text: str) -> bool:
     return text.count("$$") % 2 == 0
 
@@ -283,6 +287,10 @@ class PostgresDatabase:
 
     def _run(self, sql: str, params: Sequence[Any], fetch: str) -> Any:
         off_loop()
+        if fetch != "rowcount" and _has_nul(params) and sql.lstrip()[:6].upper() == "SELECT":
+            # PostgreSQL text cannot hold NUL, so no stored value equals one that has it:
+            # a lookup by such a value finds nothing, as it finds nothing on SQLite.
+            return [] if fetch == "all" else None
         try:
             with self._conn() as conn:
                 cur = conn.execute(_sql(sql), tuple(params) if params else None)
@@ -324,6 +332,8 @@ class PostgresDatabase:
     def iterate(self, sql: str, params: Sequence[Any] = ()) -> Generator[tuple[Any, ...], None, None]:
         """Rows one at a time, streamed from the server."""
         off_loop()
+        if _has_nul(params):
+            return
         try:
             with self._conn() as conn, conn.cursor() as cur:
                 yield from cur.stream(_sql(sql), tuple(params) if params else None)
