@@ -36,12 +36,15 @@ _httpx_transports.create_ssl_context = _ssl_context
 # -- the storage engines (tests/engines.py) -----------------------------------------------------
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A test that uses ``engine`` (itself or through a fixture) runs once per engine, or on
-    SQLite only if marked ``sqlite_only``."""
+    SQLite only if marked ``sqlite_only``, or on PostgreSQL only if marked ``postgres_only``
+    (replicas: several processes on one database)."""
     if "engine" not in metafunc.fixturenames:
         return
     marker = metafunc.definition.get_closest_marker("sqlite_only")  # sqlite_only(False): a module's exception
     only = marker is not None and (not marker.args or marker.args[0])
     names = ["sqlite"] if only else list(engines.ENGINES)
+    if metafunc.definition.get_closest_marker("postgres_only"):
+        names = ["postgresql"]
     metafunc.parametrize("engine", names, indirect=True, ids=[engines.ENGINE_IDS[n] for n in names])
 
 
