@@ -12,7 +12,6 @@ import pytest
 from stigmem_node.config import Settings, from_env
 from stigmem_node.errors import ConfigError
 from tests.nodes import run_cli
-from tests.pgtools import fresh_database
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -22,11 +21,12 @@ def pepper() -> str:
 
 
 @pytest.fixture
-def pg_url():
-    with fresh_database() as url:
-        yield url
+def pg_url(engine) -> str:
+    """An empty PostgreSQL database of the test's own (tests that take it are postgres_only)."""
+    return engine.url("pg", empty=True)
 
 
+@pytest.mark.postgres_only
 def test_the_url_is_taken_from_the_flag_before_or_after_the_command_or_the_environment(pg_url, tmp_path):
     env = {"STIGMEM_API_KEY_PEPPER": pepper()}
     init = run_cli("--database-url", pg_url, "init", "--json", env=env, cwd=tmp_path)
@@ -52,6 +52,7 @@ def test_a_bad_or_unreachable_url_is_one_line_without_the_password(tmp_path):
     assert Settings(database_url="postgresql://u:pw@h:5432/d").database_label == "postgresql://u:***@h:5432/d"
 
 
+@pytest.mark.postgres_only
 def test_a_shared_node_never_creates_a_pepper_file_and_refuses_another_pepper(pg_url, tmp_path):
     missing = run_cli("init", "--database-url", pg_url, cwd=tmp_path)
     assert missing.returncode == 2 and "STIGMEM_API_KEY_PEPPER" in missing.stderr

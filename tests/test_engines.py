@@ -22,15 +22,14 @@ import pytest
 from stigmem_node.errors import ConfigError
 from stigmem_node.store import ConstraintViolation, StorageBusy, StorageUnavailable, Store
 from stigmem_node.store.facts import INSERT_COLS
-from tests.pgtools import database_url, fresh_database
 
 psycopg = pytest.importorskip("psycopg")
 
 
 @pytest.fixture
-def pg_url():
-    with fresh_database() as url:
-        yield url
+def pg_url(engine) -> str:
+    """An empty PostgreSQL database of the test's own (tests that take it are postgres_only)."""
+    return engine.url("pg", empty=True)
 
 
 def _fact_row(fact_id: str) -> tuple:
@@ -47,6 +46,7 @@ def _waiting_on_lock(url: str, pid: int) -> bool:
     return bool(row and row[0] == "Lock")
 
 
+@pytest.mark.postgres_only
 def test_pg_seq_is_commit_ordered_even_for_a_raw_connection(pg_url):
     """A second inserter waits until the first commits, so a later commit never holds a
     smaller seq; shown with raw connections that skip the node's own write lock."""
@@ -80,6 +80,7 @@ def test_pg_seq_is_commit_ordered_even_for_a_raw_connection(pg_url):
         second.close()
 
 
+@pytest.mark.postgres_only
 def test_pg_facts_are_append_only(pg_url):
     store = Store(pg_url)
     try:
@@ -97,6 +98,7 @@ def test_pg_facts_are_append_only(pg_url):
         store.close()
 
 
+@pytest.mark.postgres_only
 def test_pg_write_waits_for_the_busy_timeout_then_storage_busy(pg_url):
     Store(pg_url).close()
     store = Store(pg_url, busy_timeout_ms=300)
@@ -116,6 +118,7 @@ def test_pg_write_waits_for_the_busy_timeout_then_storage_busy(pg_url):
         store.close()
 
 
+@pytest.mark.postgres_only
 def test_pg_replicas_starting_together_migrate_once(pg_url):
     stores: list[Store] = []
     errors: list[BaseException] = []
@@ -140,6 +143,7 @@ def test_pg_replicas_starting_together_migrate_once(pg_url):
             s.close()
 
 
+@pytest.mark.postgres_only
 def test_pg_refuses_a_database_of_something_else_and_an_empty_one_without_create(pg_url):
     with pytest.raises(ConfigError) as empty:
         Store(pg_url, create=False)
@@ -154,6 +158,7 @@ def test_pg_refuses_a_database_of_something_else_and_an_empty_one_without_create
     assert tables == {"invoices"}
 
 
+@pytest.mark.postgres_only
 def test_pg_unreachable_server_is_a_clear_error():
     with pytest.raises(ConfigError) as exc:
         Store("postgresql://postgres@127.0.0.1:1/nothing")
@@ -161,14 +166,14 @@ def test_pg_unreachable_server_is_a_clear_error():
     assert "127.0.0.1:1" in exc.value.message
 
 
+@pytest.mark.postgres_only
 def test_pg_private_keys_are_closed_to_other_roles(pg_url):
     Store(pg_url).close()
     role = f"stigmem_t_{uuid.uuid4().hex[:10]}"
-    name = pg_url.rsplit("/", 1)[1]
     with psycopg.connect(pg_url, autocommit=True) as admin:
         admin.execute(f'CREATE ROLE "{role}" LOGIN')
     try:
-        other = database_url(name).replace("postgres@", f"{role}@", 1)
+        other = pg_url.replace("postgres@", f"{role}@", 1)
         with psycopg.connect(other, autocommit=True) as conn:
             for table in ("node_keys", "api_keys", "node_meta", "facts"):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -178,6 +183,7 @@ def test_pg_private_keys_are_closed_to_other_roles(pg_url):
             admin.execute(f'DROP ROLE "{role}"')
 
 
+@pytest.mark.postgres_only
 def test_pg_connection_lost_mid_run_is_storage_unavailable(pg_url):
     store = Store(pg_url)
     try:
@@ -252,6 +258,7 @@ def test_storage_refuses_the_event_loop_thread(tmp_path: Path):
 
 
 
+@pytest.mark.postgres_only
 def test_pg_pull_lease_is_one_holder_across_processes_and_dies_with_its_connection(pg_url):
     one, two = Store(pg_url), Store(pg_url)
     try:

@@ -245,10 +245,10 @@ def test_readyz_is_503_while_postgresql_refuses_the_node_and_ready_again_after(s
 
     node = start_node("a")
     name = str(node.target).rsplit("/", 1)[1]
-    with psycopg.connect(str(node.target), autocommit=True) as admin:
+    admin_url = str(node.target).rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
         admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                      "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
     try:
         deadline = time.monotonic() + 20
         while (res := httpx.get(node.url + "/readyz", timeout=30)).status_code != 503:
@@ -260,7 +260,6 @@ def test_readyz_is_503_while_postgresql_refuses_the_node_and_ready_again_after(s
             listed = c.get("/v1/facts", timeout=30)
         assert listed.status_code == 503 and listed.json()["error"] == "database_unavailable"
     finally:
-        admin_url = str(node.target).rsplit("/", 1)[0] + "/postgres"
         with psycopg.connect(admin_url, autocommit=True) as admin:
             admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
     deadline = time.monotonic() + 20

@@ -103,7 +103,7 @@ def test_many_concurrent_pulls_share_fewer_commits_than_requests(fed: Fed):
     with ThreadPoolExecutor(len(tokens)) as pool:
         statuses = list(pool.map(go, tokens))
     assert statuses == [200] * len(tokens)
-    assert all(nonce_row(fed.a.db, n) is not None for n in nonces)
+    assert all(nonce_row(fed.a.target, n) is not None for n in nonces)
     consumed = node.peer_auth.nonces.consumed - before_consumed
     commits = node.peer_auth.nonces.commits - before_commits
     assert consumed == len(tokens) and commits < consumed, (commits, consumed)

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from tests.nodes import run_cli
-from tests.pgtools import fresh_database
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -37,11 +36,12 @@ def _digest(path: Path) -> tuple[str, int]:
 
 
 @pytest.fixture
-def pg_url():
-    with fresh_database() as url:
-        yield url
+def pg_url(engine) -> str:
+    """An empty PostgreSQL database of the test's own (tests that take it are postgres_only)."""
+    return engine.url("pg", empty=True)
 
 
+@pytest.mark.postgres_only
 def test_migrate_moves_the_whole_node_and_leaves_the_file_untouched(tmp_path: Path, pg_url: str):
     db = _sqlite_node(tmp_path)
     before = _digest(db)
@@ -70,6 +70,7 @@ def test_migrate_moves_the_whole_node_and_leaves_the_file_untouched(tmp_path: Pa
     assert "intact" in _ok("audit", "verify", "--database-url", pg_url)
 
 
+@pytest.mark.postgres_only
 def test_migrate_refuses_a_target_that_holds_a_node(tmp_path: Path, pg_url: str):
     db = _sqlite_node(tmp_path)
     _ok("migrate", "--to", pg_url, db=db)
@@ -83,6 +84,7 @@ def test_migrate_refuses_a_target_that_holds_a_node(tmp_path: Path, pg_url: str)
             == counts
 
 
+@pytest.mark.postgres_only
 def test_migrate_refuses_bad_arguments_in_one_line(tmp_path: Path, pg_url: str):
     res = run_cli("migrate", "--to", str(tmp_path / "other.db"), db=tmp_path / "n.db")
     assert res.returncode == 2 and "postgresql://" in res.stderr

@@ -33,10 +33,9 @@ from stigmem_node import origin
 from stigmem_node.keys import public_key_from_b64
 from tests.fakepeer import FakePeer
 from tests.nodes import RunningNode, free_port, run_cli, stop_all
-from tests.pgtools import fresh_database
 
 psycopg = pytest.importorskip("psycopg")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.postgres_only]
 
 PEERS = "/v1/federation/peers"
 PULL = "/v1/federation/facts?limit=5"
@@ -91,17 +90,11 @@ class Replicas:
 
 
 @pytest.fixture
-def pg_url():
-    with fresh_database() as url:
-        yield url
-
-
-@pytest.fixture
-def replicas(tmp_path: Path, pg_url: str):
+def replicas(tmp_path: Path, engine):
     made: list[Replicas] = []
 
     def start(**kw: Any) -> Replicas:
-        r = Replicas(tmp_path, pg_url, **kw)
+        r = Replicas(tmp_path, engine.url("a", empty=True), **kw)
         made.append(r)
         return r
 

@@ -10,7 +10,6 @@ import pytest
 
 from stigmem_node.store import Store
 from stigmem_node.store.db import SCHEMA_VERSION
-from tests.pgtools import fresh_database
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -64,36 +63,37 @@ def _pg_shape(url: str) -> dict:
         return shape
 
 
-def test_both_schemas_describe_the_same_tables(tmp_path: Path):
-    with fresh_database() as url:
-        pg = _pg_shape(url)
+@pytest.mark.postgres_only
+def test_both_schemas_describe_the_same_tables(tmp_path: Path, engine):
+    pg = _pg_shape(engine.url("pg", empty=True))
     lite = _sqlite_shape(tmp_path / "n.db")
     assert sorted(pg) == sorted(lite)
     for table in lite:
         assert pg[table] == lite[table], table
 
 
-def test_postgres_text_compares_as_sqlite_does(tmp_path: Path):
+@pytest.mark.postgres_only
+def test_postgres_text_compares_as_sqlite_does(engine):
     """Byte order ("C" collation) on every text column, whatever the database's default, so
     that times, cursors and ids sort and compare as on SQLite."""
-    with fresh_database() as url:
-        Store(url).close()
-        with psycopg.connect(url) as conn:
-            rows = conn.execute("SELECT table_name, column_name, collation_name FROM information_schema.columns "
-                                "WHERE table_schema = 'public' AND data_type = 'text' "
-                                "AND table_name <> 'stigmem_schema'").fetchall()
+    url = engine.url("pg", empty=True)
+    Store(url).close()
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT table_name, column_name, collation_name FROM information_schema.columns "
+                            "WHERE table_schema = 'public' AND data_type = 'text' "
+                            "AND table_name <> 'stigmem_schema'").fetchall()
     assert rows and {r[2] for r in rows} == {"C"}, [r for r in rows if r[2] != "C"]
 
 
-def test_both_engines_reach_the_same_version(tmp_path: Path):
+@pytest.mark.postgres_only
+def test_both_engines_reach_the_same_version(tmp_path: Path, engine):
     store = Store(tmp_path / "n.db")
     try:
         assert store.db.one("PRAGMA user_version") == (SCHEMA_VERSION,)
     finally:
         store.close()
-    with fresh_database() as url:
-        store = Store(url)
-        try:
-            assert store.db.one("SELECT version FROM stigmem_schema") == (SCHEMA_VERSION,)
-        finally:
-            store.close()
+    store = Store(engine.url("pg", empty=True))
+    try:
+        assert store.db.one("SELECT version FROM stigmem_schema") == (SCHEMA_VERSION,)
+    finally:
+        store.close()

@@ -138,6 +138,7 @@ class PostgresDatabase:
         self.busy_timeout_ms = int(busy_timeout_ms)
         self.busy_timeout_s = busy_timeout_ms / 1000
         self._local = threading.local()
+        self._unreachable = False
         lock_timeout = f"{int(busy_timeout_ms)}ms"
 
         def configure(conn: Any) -> None:
@@ -207,6 +208,33 @@ class PostgresDatabase:
                 return False
         return True
 
+    # -- connections -----------------------------------------------------------------------
+    def _getconn(self) -> Any:
+        """A pooled connection, waited for at most the busy timeout: ``StorageBusy`` when
+        every connection is in use, ``StorageUnavailable`` when the pool has none because
+        the server refuses or cannot be reached (then later calls give up after a second,
+        until a connection succeeds again)."""
+        try:
+            conn = self.pool.getconn(timeout=1.0 if self._unreachable else self.busy_timeout_s)
+        except PoolTimeout:
+            if not self._reachable():
+                self._unreachable = True
+                raise StorageUnavailable("the database cannot be reached") from None
+            raise StorageBusy() from None
+        except psycopg.Error as exc:
+            raise _translate(exc) from None
+        self._unreachable = False
+        return conn
+
+    def _reachable(self) -> bool:
+        """Whether a new connection can be made now (asked only when the pool had none to
+        give within the timeout: every connection busy, or none to be had)."""
+        try:
+            with psycopg.connect(self.url, autocommit=True, connect_timeout=2):
+                return True
+        except psycopg.Error:
+            return False
+
     # -- transactions ----------------------------------------------------------------------
     def _tx(self) -> _Tx | None:
         tx: _Tx | None = getattr(self._local, "tx", None)
@@ -221,10 +249,7 @@ class PostgresDatabase:
         if tx is not None:
             yield from self._savepoint(tx)
             return
-        try:
-            conn = self.pool.getconn(timeout=self.busy_timeout_s)
-        except (PoolTimeout, psycopg.Error) as exc:
-            raise _translate(exc) from None
+        conn = self._getconn()
         tx = _Tx(conn)
         broken = False
         try:
@@ -279,11 +304,13 @@ class PostgresDatabase:
         if tx is not None:
             yield tx.conn
             return
+        conn = self._getconn()
         try:
-            with self.pool.connection(timeout=self.busy_timeout_s) as conn:
-                yield conn
-        except (PoolTimeout, psycopg.OperationalError) as exc:
+            yield conn
+        except psycopg.OperationalError as exc:
             raise _translate(exc) from None
+        finally:
+            self.pool.putconn(conn)
 
     def _run(self, sql: str, params: Sequence[Any], fetch: str) -> Any:
         off_loop()
@@ -349,10 +376,7 @@ class PostgresDatabase:
         ``release``: None if another process holds it.  The server releases it when the
         holder's connection dies, so a crashed replica never keeps it."""
         off_loop()
-        try:
-            conn = self.pool.getconn(timeout=self.busy_timeout_s)
-        except (PoolTimeout, psycopg.Error) as exc:
-            raise _translate(exc) from None
+        conn = self._getconn()
         try:
             row = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (name,)).fetchone()
         except psycopg.Error as exc:
