@@ -17,7 +17,6 @@ the last rule once it has more than ``checkpoint_rows`` rows.
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,7 +166,7 @@ def verify_chain(db: Any, *, checkpoint_rows: int) -> VerifyReport:
             prev = row.hash
             expected += 1
         issued = repo.highest_seq_issued_raw()
-    except (sqlite3.DatabaseError, StorageError) as exc:
+    except StorageError as exc:
         return VerifyReport(False, count, expected, f"the database cannot be read from here on ({exc})", checkpoints)
     if not isinstance(issued, int) or isinstance(issued, bool):
         return VerifyReport(False, count, expected, f"sqlite_sequence holds {kind_of(issued)} for audit_log",

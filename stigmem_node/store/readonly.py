@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from stigmem_node.errors import ConfigError
-from stigmem_node.store.db import is_postgres_url
+from stigmem_node.store.db import StorageFailure, is_postgres_url
 from stigmem_node.store.sqlite import DIALECT
 
 
@@ -117,11 +117,17 @@ class ReadOnlyDatabase:
             self.conn.execute("ROLLBACK")
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
-        row: tuple[Any, ...] | None = self.conn.execute(sql, params).fetchone()
+        try:
+            row: tuple[Any, ...] | None = self.conn.execute(sql, params).fetchone()
+        except sqlite3.Error as exc:
+            raise StorageFailure(f"{type(exc).__name__}: {exc}") from None
         return row
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return self.conn.execute(sql, params).fetchall()
+        try:
+            return self.conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageFailure(f"{type(exc).__name__}: {exc}") from None
 
     # With the two below, repositories (store.db.Queryable) read through this database; the
     # connection is read-only, so SQLite refuses any write they attempt.
