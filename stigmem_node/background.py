@@ -2,7 +2,9 @@
 
 - **Database upkeep** (``Maintenance``): once a second, in a thread of its own, delete
   expired nonces (up to a batch, walking the expiry index) and, on SQLite, move WAL pages
-  into the database file (a PASSIVE checkpoint, which never blocks readers or writers).
+  into the database file (a PASSIVE checkpoint, which never blocks readers or writers);
+  on PostgreSQL, every few seconds, refresh the planner's statistics of tables that changed
+  a lot.
   The serving connection's auto-checkpoint is turned off, so its commits never wait for a
   checkpoint and its fsync.  Storage offers the operations; this module runs them.
 - **Key watch** (``watch_identity``): adopt a key rotated by the CLI while the server runs.
@@ -34,6 +36,7 @@ from stigmem_node.store.nonces import NonceRepo
 log = logging.getLogger("stigmem_node.background")
 
 MAINTENANCE_INTERVAL_S = 1.0
+STATISTICS_EVERY = 5  # rounds between checks of the planner's statistics (PostgreSQL)
 NONCE_PRUNE_BATCH = 20_000
 IDENTITY_WATCH_INTERVAL_S = 2.0
 MAX_SEAL_WAIT_S = 60.0
@@ -58,10 +61,15 @@ class Maintenance:
     def _run(self) -> None:
         db = self.db
         nonces = NonceRepo(db)
+        rounds = 0
         while not self._stop.wait(self.interval_s):
+            rounds += 1
             try:
                 nonces.prune(self.now_ms(), batch=self.prune_batch)
                 db.checkpoint()
+                if rounds % STATISTICS_EVERY == 1:
+                    for table in db.refresh_statistics():
+                        log.debug("planner statistics of %s refreshed", table)
             except (StorageBusy, StorageUnavailable) as exc:  # the next round tries again
                 log.debug("maintenance deferred: %s", exc.message)
             except Exception:  # keep the thread alive: an unpruned cache only grows

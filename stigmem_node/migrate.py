@@ -70,6 +70,7 @@ def migrate(source: Path | str, target: str, *, checkpoint_rows: int,
             if wrong:
                 raise MigrationRefused(message=f"row counts differ after the copy: {wrong}")
             report.audit = verify_chain(dst, checkpoint_rows=checkpoint_rows)
+            dst.refresh_statistics()  # the planner's statistics of the tables just filled
         finally:
             dst.close()
     return report

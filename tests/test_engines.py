@@ -294,3 +294,24 @@ def test_sqlite_pull_lease_is_one_holder_per_process(tmp_path: Path):
         assert store.replication.pull_lease("p") is not None
     finally:
         store.close()
+
+
+@pytest.mark.postgres_only
+def test_pg_statistics_are_refreshed_so_a_page_walks_the_seq_index(pg_url):
+    """A freshly filled facts table without statistics is planned as nearly empty (a sort of
+    the whole table per page); refresh_statistics analyses it, and a page walks the index."""
+    store = Store(pg_url)
+    page = ("EXPLAIN SELECT seq, entry, hlc FROM facts WHERE seq > 0 AND received_from IS NULL"
+            " AND scope IN ('team', 'public') ORDER BY seq LIMIT 11")
+    try:
+        with store.transaction():
+            store.facts.insert_many([_fact_row(f"f{i}") for i in range(3000)])
+        deadline = time.monotonic() + 20
+        while "facts" not in store.db.refresh_statistics():  # the server's counters arrive within a second
+            assert time.monotonic() < deadline, "facts was never analysed"
+            time.sleep(0.2)
+        plan = "\n".join(r[0] for r in store.db.all(page))
+        assert "Index Scan using facts_pkey" in plan and "Sort" not in plan, plan
+        assert store.db.refresh_statistics() == []  # nothing changed since
+    finally:
+        store.close()

@@ -138,6 +138,11 @@ class Database(Queryable, Protocol):
 
     def checkpoint(self) -> None: ...
 
+    def refresh_statistics(self) -> list[str]:
+        """Refresh the query planner's statistics of tables that changed a lot (PostgreSQL);
+        the tables refreshed."""
+        ...
+
     def try_lock(self, name: str) -> HeldLock | None:
         """Take the lock ``name`` if no one holds it (release it with ``HeldLock.release``),
         else None at once.  On PostgreSQL it holds across every replica and ends with its

@@ -63,6 +63,10 @@ DIALECT = Dialect(
 )
 
 
+_ANALYZABLE = frozenset({"facts", "audit_log", "nonce_cache", "peers", "peer_keys", "api_keys", "replication_state",
+                         "node_meta", "node_keys"})
+
+
 def redact(url: str) -> str:
     """The URL without its password, for messages and logs."""
     parts = urlsplit(url)
@@ -389,6 +393,20 @@ class PostgresDatabase:
         return _SessionLock(self.pool, conn, name)
 
     # -- upkeep ------------------------------------------------------------------------------
+    def refresh_statistics(self) -> list[str]:
+        """ANALYZE the tables changed by more than a tenth (and 500 rows) since their last
+        analysis; the tables analysed.  Without statistics, the planner takes a freshly
+        loaded ``facts`` for nearly empty, and answers a page by sorting the whole table
+        instead of walking the ``seq`` index (20 ms instead of 0.1 ms for 10,000 facts);
+        autovacuum catches up only after a minute or more."""
+        stale = [r[0] for r in self.all(
+            "SELECT relname FROM pg_stat_user_tables WHERE schemaname = current_schema()"
+            " AND n_mod_since_analyze > 500 AND n_mod_since_analyze > n_live_tup / 10")]
+        for table in stale:
+            if table in _ANALYZABLE:
+                self.execute(f"ANALYZE {table}")
+        return [t for t in stale if t in _ANALYZABLE]
+
     def disable_autocheckpoint(self) -> None:
         """Nothing to do: PostgreSQL checkpoints on its own."""
 

@@ -347,6 +347,10 @@ class SqliteDatabase:
         return _NamedLock(self, name)
 
     # -- upkeep ------------------------------------------------------------------------------
+    def refresh_statistics(self) -> list[str]:
+        """Nothing to do: SQLite plans the node's queries from its indexes alone."""
+        return []
+
     def disable_autocheckpoint(self) -> None:
         """Stop this database's commits from checkpointing the WAL (a serving node: its
         checkpoints are run by ``checkpoint``, from the maintenance thread)."""
