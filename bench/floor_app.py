@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from stigmem_node.config import Settings
 from stigmem_node.http.server import bind, serve
 from stigmem_node.node import Node
+from stigmem_node.offload import Lanes
 from stigmem_node.peer_auth import AuthenticatedPeer
 from stigmem_node.tokens import PeerAuth, VerifiedToken
 
@@ -23,8 +24,9 @@ from stigmem_node.tokens import PeerAuth, VerifiedToken
 class OneSignatureCheck:
     """Stands in for PeerAuthenticator: verifies one fixed signature, admits a fixed peer."""
 
-    def __init__(self) -> None:
+    def __init__(self, lanes: Lanes) -> None:
         key = Ed25519PrivateKey.generate()
+        self.lanes = lanes
         self.public = key.public_key()
         self.message = b"x" * 300
         self.signature = key.sign(self.message)
@@ -32,14 +34,20 @@ class OneSignatureCheck:
         self.peer = AuthenticatedPeer(VerifiedToken(PeerAuth("floor", "floor", "active", ()), {}, "n", 0, scopes, "k"),
                                       scopes)
 
-    async def authenticate(self, authorization, *, method, path_qs, remote_addr) -> AuthenticatedPeer:
-        self.public.verify(self.signature, self.message)  # on the loop: one check, no storage
-        return self.peer
+    async def authenticate_then(self, authorization, *, method, path_qs, remote_addr, then):
+        """As the node does, one hand-over to a read-lane thread: there, the signature check
+        and ``then`` (the page read); no lookup, no claims, no nonce."""
+
+        def check_then():
+            self.public.verify(self.signature, self.message)
+            return then(self.peer) if then is not None else None
+
+        return self.peer, await self.lanes.read(check_then)
 
 
 def build(db: Path) -> Node:
     node = Node(Settings(db_path=db, log_level="warning"))
-    node.peer_auth = OneSignatureCheck()  # type: ignore[assignment]
+    node.peer_auth = OneSignatureCheck(node.lanes)  # type: ignore[assignment]
     return node
 
 

@@ -317,4 +317,5 @@ class Node:
         }
 
     def close(self) -> None:
+        self.lanes.close()
         self.store.close()

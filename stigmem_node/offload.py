@@ -9,7 +9,7 @@ touches storage runs in a worker thread instead, in one of two lanes:
 - the **write lane** for work that writes (registrations, peer changes, new facts, nonces,
   audit rows).
 
-Each lane has its own bound (an ``anyio.CapacityLimiter``): writers stuck behind the
+Each lane has its own bound (a thread pool of its own): writers stuck behind the
 database's write lock fill at most the write lane, and reads keep their own threads.  The
 use cases receive the lanes as an ``Offload`` (a protocol), never the node.
 """
@@ -17,21 +17,17 @@ use cases receive the lanes as an ``Offload`` (a protocol), never the node.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
-import weakref
 from collections.abc import Callable
-from typing import ParamSpec, Protocol, TypeVar
-
-import anyio
-import anyio.to_thread
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 DEFAULT_READ_THREADS = 32
 DEFAULT_WRITE_THREADS = 16
-
-_Limiters = tuple[anyio.CapacityLimiter, anyio.CapacityLimiter]  # read, write
 
 
 class Offload(Protocol):
@@ -44,34 +40,43 @@ class Offload(Protocol):
 
 class Lanes:
     """A read lane and a write lane of at most ``read_threads`` and ``write_threads``
-    worker threads.  Usable from any event loop (each loop gets limiters of its own)."""
+    worker threads (a thread pool each; work beyond them waits its turn).  Usable from any
+    event loop.
+
+    A plain ``concurrent.futures`` pool per lane: handing work to a thread and back costs
+    about half what ``anyio.to_thread`` costs (measured: 45 against 90 µs of CPU per call
+    with 32 callers), and a pull makes such a hop for its read and shares one for its nonce.
+    The caller's context variables go with the work, as with ``asyncio.to_thread``.  A
+    caller that is cancelled stops waiting; the work it handed over still runs to its end
+    (a transaction either commits or rolls back whole)."""
 
     def __init__(self, read_threads: int = DEFAULT_READ_THREADS, write_threads: int = DEFAULT_WRITE_THREADS) -> None:
         if read_threads < 1 or write_threads < 1:
             raise ValueError("each lane needs at least one thread")
         self.read_threads = read_threads
         self.write_threads = write_threads
-        self._limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Limiters] = weakref.WeakKeyDictionary()
+        self._read = ThreadPoolExecutor(read_threads, thread_name_prefix="stigmem-read")
+        self._write = ThreadPoolExecutor(write_threads, thread_name_prefix="stigmem-write")
 
-    def _lanes(self) -> _Limiters:
-        loop = asyncio.get_running_loop()
-        lanes = self._limiters.get(loop)
-        if lanes is None:
-            lanes = self._limiters[loop] = (anyio.CapacityLimiter(self.read_threads),
-                                            anyio.CapacityLimiter(self.write_threads))
-        return lanes
+    @staticmethod
+    async def _run(pool: ThreadPoolExecutor, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(pool, call)
 
     async def read(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn(*args, **kwargs)`` in the read lane."""
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self._lanes()[0])
+        return await self._run(self._read, fn, args, kwargs)
 
     async def write(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn(*args, **kwargs)`` in the write lane."""
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self._lanes()[1])
+        return await self._run(self._write, fn, args, kwargs)
 
     async def read_within(self, timeout_s: float, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn`` in the read lane, given up after ``timeout_s`` (``TimeoutError``); the
         thread is abandoned then, and finishes on its own."""
-        call = functools.partial(fn, *args, **kwargs)
-        with anyio.fail_after(timeout_s):
-            return await anyio.to_thread.run_sync(call, limiter=self._lanes()[0], abandon_on_cancel=True)
+        return await asyncio.wait_for(self._run(self._read, fn, args, kwargs), timeout_s)
+
+    def close(self) -> None:
+        """Let the threads finish the work they hold, then end them (the node's close)."""
+        self._read.shutdown(wait=True, cancel_futures=True)
+        self._write.shutdown(wait=True, cancel_futures=True)

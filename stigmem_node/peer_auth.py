@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -33,6 +34,8 @@ from stigmem_node.store.peers import PeerRepo
 from stigmem_node.tokens import PeerAuth, TokenRejected, VerifiedToken
 
 log = logging.getLogger("stigmem_node.peer_auth")
+
+R = TypeVar("R")
 
 TOKEN_REJECTED = "token_rejected"  # noqa: S105 - an audit event name
 REPLAY_ATTEMPT = "replay_attempt"
@@ -60,6 +63,13 @@ def bearer_token(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer":
         return None
     return value.strip() or None
+
+
+@dataclass(frozen=True)
+class _Raised:
+    """What ``then`` raised, held until the nonce is committed."""
+
+    error: StigmemError
 
 
 class NonceStore(Protocol):
@@ -211,6 +221,18 @@ class PeerAuthenticator:
                            remote_addr: str) -> AuthenticatedPeer:
         """The authenticated peer, once its nonce is committed; a ``TokenRejected`` once its
         audit row (if any) is committed."""
+        peer, _ = await self.authenticate_then(authorization, method=method, path_qs=path_qs,
+                                               remote_addr=remote_addr, then=None)
+        return peer
+
+    async def authenticate_then(self, authorization: str | None, *, method: str | None, path_qs: str | None,
+                                remote_addr: str, then: Callable[[AuthenticatedPeer], R] | None,
+                                ) -> tuple[AuthenticatedPeer, R | None]:
+        """``authenticate``, and ``then(peer)`` run in the same worker call as the token
+        check, right after it (one hand-over to a thread per request instead of two: the
+        pull reads its page so).  Its result, or the ``StigmemError`` it raised, comes out only
+        once the nonce is committed and fresh, as if it had run after; for a replay it is
+        thrown away unseen."""
         retry = self.failures.retry_after(remote_addr)
         if retry is not None:
             raise StigmemError("too_many_failed_attempts", "too many failed peer authentications; retry later",
@@ -221,7 +243,7 @@ class PeerAuthenticator:
             token = bearer_token(authorization)
             if token is None:
                 raise TokenRejected("peer_token_required", "a peer token (Authorization: Bearer) is required")
-            verified = await self.lanes.read(self._verify, token, now_ms, method, path_qs, found)
+            verified, result = await self.lanes.read(self._verify_then, token, now_ms, method, path_qs, found, then)
             kept_until = tokens.nonce_kept_until(verified.exp_ms)
             if not await self.nonces.consume(verified.nonce, verified.peer.peer_id, kept_until):
                 raise TokenRejected("nonce_already_seen", "this token was already used", issuer=verified.peer.node_id,
@@ -229,7 +251,20 @@ class PeerAuthenticator:
         except TokenRejected as exc:
             await self._rejected(exc, found[0][0] if found else None, remote_addr, path_qs)
             raise
-        return AuthenticatedPeer(verified, found[0][1])
+        if isinstance(result, _Raised):
+            raise result.error
+        return AuthenticatedPeer(verified, found[0][1]), result
+
+    def _verify_then(self, token: str, now_ms: int, method: str | None, path_qs: str | None,
+                     found: list[tuple[str, tuple[str, ...]]], then: Callable[[AuthenticatedPeer], R] | None,
+                     ) -> tuple[VerifiedToken, R | None]:
+        verified = self._verify(token, now_ms, method, path_qs, found)
+        if then is None:
+            return verified, None
+        try:
+            return verified, then(AuthenticatedPeer(verified, found[0][1]))
+        except StigmemError as exc:  # raised once the nonce is consumed (as before the read)
+            return verified, _Raised(exc)  # type: ignore[return-value]
 
     async def _rejected(self, exc: TokenRejected, peer_id: str | None, remote_addr: str, path_qs: str | None) -> None:
         """Count the failure and write its audit rows (within the budgets), durably."""

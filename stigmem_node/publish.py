@@ -6,7 +6,9 @@ are served (no relaying), unexpired, in commit order.  The cursor is our ``seq``
 Instruction facts stay home unless the operator opts in (STIGMEM_FEDERATE_INSTRUCTIONS):
 receivers must quarantine them, and reference receivers without a quarantine stop pulling.
 Pages are assembled from the JSON stored at write time, without parsing it.  A page is
-read in the read lane; the audit row of a refused scope is written in the write lane.
+read in the read lane, in the same worker call as the token check
+(``PeerAuthenticator.authenticate_then``); the audit row of a refused scope is written in
+the write lane.
 """
 
 from __future__ import annotations
@@ -51,15 +53,21 @@ class Publisher:
     def permitted(self, peer: AuthenticatedPeer) -> frozenset[str]:
         return frozenset(peer.token.scopes) & frozenset(peer.allowed_scopes) & self.shared
 
-    async def serve(self, peer: AuthenticatedPeer, *, cursor: str | None, limit: int, scope: str | None,
-                    remote_addr: str | None = None) -> bytes:
-        """``page`` off the event loop: the page in the read lane, a refusal's audit row in the
-        write lane (durable before the refusal is raised)."""
+    def page_or_refusal(self, peer: AuthenticatedPeer, *, cursor: str | None, limit: int, scope: str | None,
+                        ) -> bytes | tuple[Forbidden, dict[str, Any]]:
+        """The page's body (read here, in the caller's worker thread), or why the peer may not
+        read ``scope`` (for ``answer``)."""
         refusal = self._refusal(peer, scope)
-        if refusal is not None:
-            await self.lanes.write(self._audit_refusal, peer, refusal, remote_addr)
-            raise refusal[0]
-        return await self.lanes.read(self._page, peer, cursor=cursor, limit=limit, scope=scope)
+        return refusal if refusal is not None else self._page(peer, cursor=cursor, limit=limit, scope=scope)
+
+    async def answer(self, peer: AuthenticatedPeer, outcome: bytes | tuple[Forbidden, dict[str, Any]],
+                     remote_addr: str | None) -> bytes:
+        """The body of ``page_or_refusal``, or its refusal raised once its audit row is
+        written (in the write lane)."""
+        if isinstance(outcome, bytes):
+            return outcome
+        await self.lanes.write(self._audit_refusal, peer, outcome, remote_addr)
+        raise outcome[0]
 
     def page(self, peer: AuthenticatedPeer, *, cursor: str | None, limit: int, scope: str | None,
              remote_addr: str | None = None) -> bytes:

@@ -4,15 +4,21 @@ Storage work runs in the lanes: reads in the read lane, writes in the write lane
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from stigmem_node.errors import Forbidden
 from stigmem_node.http.auth import client_addr, require
 from stigmem_node.http.params import int_param, scope_param
 from stigmem_node.http.peers import json_body
 from stigmem_node.peer_auth import AuthenticatedPeer
 from stigmem_node.publish import DEFAULT_LIMIT, MAX_LIMIT
 from stigmem_node.tokens import TokenRejected
+
+T = TypeVar("T")
 
 
 async def create_facts(request: Request) -> JSONResponse:
@@ -53,12 +59,15 @@ def path_qs(request: Request) -> str:
     return (raw + (b"?" + query if query else b"")).decode("latin-1")
 
 
-async def authenticate_peer(request: Request) -> AuthenticatedPeer:
-    """The authenticated peer, once its nonce (or a rejection's audit row) is committed."""
+async def authenticate_peer(request: Request, then: Callable[[AuthenticatedPeer], T] | None = None,
+                            ) -> tuple[AuthenticatedPeer, T | None]:
+    """The authenticated peer, once its nonce (or a rejection's audit row) is committed, and
+    what ``then`` read for it in the same worker call (``PeerAuthenticator.authenticate_then``)."""
     node = request.app.state.node
     try:
-        return await node.peer_auth.authenticate(request.headers.get("authorization"), method=request.method,
-                                                 path_qs=path_qs(request), remote_addr=client_addr(request))
+        return await node.peer_auth.authenticate_then(
+            request.headers.get("authorization"), method=request.method, path_qs=path_qs(request),
+            remote_addr=client_addr(request), then=then)
     except TokenRejected as exc:
         if exc.code == "invalid_signature" and exc.issuer:
             node.refresh_peer_keys_soon(exc.issuer)  # the peer may have rotated its key
@@ -67,12 +76,15 @@ async def authenticate_peer(request: Request) -> AuthenticatedPeer:
 
 async def pull(request: Request) -> Response:
     """GET /v1/federation/facts: one page for an approved peer with a fresh token."""
-    node = request.app.state.node
-    addr = client_addr(request)
-    peer = await authenticate_peer(request)
-    limit = int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-    cursor = request.query_params.get("cursor")
-    body = await node.publisher.serve(peer, cursor=cursor, limit=limit, scope=scope_param(request), remote_addr=addr)
+    publisher = request.app.state.node.publisher
+
+    def read_page(peer: AuthenticatedPeer) -> bytes | tuple[Forbidden, dict[str, Any]]:
+        limit = int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+        return publisher.page_or_refusal(peer, cursor=request.query_params.get("cursor"), limit=limit,
+                                         scope=scope_param(request))
+
+    peer, outcome = await authenticate_peer(request, read_page)
+    body = await publisher.answer(peer, cast("bytes | tuple[Forbidden, dict[str, Any]]", outcome), client_addr(request))
     return Response(body, media_type="application/json")
 
 
