@@ -60,7 +60,7 @@ from stigmem_node.vocabulary import SCOPES, VALUE_TYPES
 __all__ = [
     "DEFAULT_CONFIDENCE", "DEFAULT_SCOPE", "DEFAULT_TENANT", "MAX_ID_CHARS", "MAX_NAME_CHARS",
     "Fact", "FactInput", "Origin",
-    "check_string", "cid_of", "compute_cid", "fact_from_wire", "fact_wire", "is_instruction", "new_fact",
+    "check_string", "cid_of", "compute_cid", "expiry_key", "fact_from_wire", "fact_wire", "is_instruction", "new_fact",
     "parse_time", "required_text", "unexpected_error", "validate_new_fact", "value_from_text",
 ]
 
@@ -78,6 +78,10 @@ _CID_RE: Final = re.compile(r"sha256:[0-9a-f]{64}")
 _CTRL_RE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _CTRL_OR_SPACE_RE: Final = re.compile(r"[\x00-\x20\x7f-\x9f\s]")
 _JSON_NUMBER_RE: Final = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+# RFC 3339 date-time (section 5.6), fractions up to nanoseconds: the only valid_until text a
+# new fact may carry, since it is echoed and signed exactly as given.
+_RFC3339_RE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
+                                r"([Zz]|[+-][0-9]{2}:[0-9]{2})")
 
 
 # --------------------------------------------------------------------------- model
@@ -282,6 +286,16 @@ def parse_time(text: Any) -> datetime:
     return dt.astimezone(UTC)
 
 
+def expiry_key(valid_until: str | None) -> str | None:
+    """The stored, comparable form of a ``valid_until`` (UTC, microseconds, ``Z``: it sorts
+    as text, so storage filters expired facts with ``valid_until > now``).  The fact itself
+    keeps the text it was given; this is only what the ``valid_until`` column holds.
+
+    Raises ``ValueError`` for a text ``parse_time`` refuses (callers validated it before).
+    """
+    return None if valid_until is None else iso(parse_time(valid_until))
+
+
 # --------------------------------------------------------------------------- new facts
 
 
@@ -289,8 +303,9 @@ def validate_new_fact(obj: Any) -> FactInput:
     """Validate a POST /v1/facts body; raise ``ValidationError`` naming the bad field.
 
     Shape: ``{"entity", "relation", "value": {"type", "v", "interpret_as"?}, "source",
-    "confidence"? (default 1.0), "scope"? (default "local"), "valid_until"? (RFC 3339 with
-    an offset, stored normalised to UTC with microseconds)}``.  Unknown members are ignored,
+    "confidence"? (default 1.0), "scope"? (default "local"), "valid_until"? (an RFC 3339
+    date-time, kept, signed and echoed exactly as given; ``expiry_key`` is its stored,
+    comparable form)}``.  Unknown members are ignored,
     as the reference ignores them.  Missing and ``null`` optional members take the default.
     """
     try:
@@ -314,7 +329,9 @@ def _validate_new_fact(obj: Any) -> FactInput:
     valid_until = obj.get("valid_until")
     if valid_until is not None:
         try:
-            valid_until = iso(parse_rfc3339(valid_until))
+            if not isinstance(valid_until, str) or not _RFC3339_RE.fullmatch(valid_until):
+                raise ValueError("not RFC 3339")
+            parse_rfc3339(valid_until)  # a real instant, in range once at UTC
         except (TypeError, ValueError, OverflowError):
             raise invalid_fact("valid_until", "valid_until must be an RFC 3339 time with an offset, or null") from None
     return FactInput(entity=entity, relation=relation, value_type=vtype, value_v=value_v, interpret_as=interp,

@@ -2,9 +2,12 @@
 
 Each fact's wire JSON, origin block and origin signature are computed once here, at
 write time, so that serving a page to a peer never parses or signs anything.  A batch is
-one transaction.  Asserting a body whose CID and valid_until this node already holds
-returns the stored fact instead of a copy (idempotent retries, as the reference node
-does); the same content with another valid_until is a new fact.
+one transaction.  Asserting a body whose CID and valid_until (as an instant) this node
+already holds returns the stored fact instead of a copy (idempotent retries, as the
+reference node does); the same content with another valid_until is a new fact.
+
+``valid_until`` is kept, signed and served exactly as the client wrote it; the
+``valid_until`` column holds its comparable form (``facts.expiry_key``) for the filters.
 """
 
 from __future__ import annotations
@@ -32,6 +35,16 @@ _CURSOR_RE = re.compile(r"[0-9]{1,18}")
 class Stored:
     fact: dict[str, Any]  # wire form, plus seq
     created: bool
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A page of ``GET /v1/facts``."""
+
+    facts: list[dict[str, Any]]
+    cursor: str | None
+    has_more: bool
+    total: int  # facts matching the filters, independent of cursor and limit
 
 
 def _dumps(obj: Any) -> str:
@@ -89,18 +102,19 @@ class LocalFacts:
         ident = self.identity
         results: list[Stored | None] = [None] * len(inputs)
         rows: list[tuple[Any, ...]] = []
-        new: dict[tuple[str, str | None], int] = {}  # (cid, valid_until) -> index of the first new fact
+        new: dict[tuple[str, str | None], int] = {}  # (cid, expiry key) -> index of the first new fact
         with self.store.transaction():
             if self.on_rotation is not None and self.store.meta.get("current_key_id") != ident.key_id:
                 self.on_rotation()
                 ident = self.identity
             for i, inp in enumerate(inputs):
                 cid = inp.cid
-                key = (cid, inp.valid_until)
+                expires = fm.expiry_key(inp.valid_until)
+                key = (cid, expires)
                 if key in new:
                     results[i] = Stored(results[new[key]].fact, False)  # type: ignore[union-attr]
                     continue
-                existing = self.store.facts.local_by_content(cid, inp.valid_until)
+                existing = self.store.facts.local_by_content(cid, expires)
                 if existing is not None:
                     results[i] = Stored(row_view(existing), False)
                     continue
@@ -112,7 +126,7 @@ class LocalFacts:
                 body = entry["fact"]
                 rows.append((
                     fact.id, fact.cid, fact.entity, fact.relation, fact.value_type, fact.value_v, fact.interpret_as,
-                    fact.source, fact.timestamp, fact.hlc, fact.valid_until, fact.confidence, fact.scope,
+                    fact.source, fact.timestamp, fact.hlc, expires, fact.confidence, fact.scope,
                     fact.origin_node_id, sig, _dumps({**entry, "origin_manifest": None, "origin_key_proof": None}),
                     None, None,
                 ))
@@ -156,13 +170,25 @@ class LocalFacts:
             raise NotFound("fact_not_found", "no fact with this id")
         return row_view(row)
 
-    def query(self, *, cursor: str | None, limit: int,
+    def query(self, *, cursor: str | None, limit: int, include_expired: bool = False,
               **filters: str | None) -> tuple[list[dict[str, Any]], str | None, bool]:
+        """One page of facts matching ``filters`` after ``cursor``, unexpired ones only unless
+        ``include_expired``: (views, next cursor, has_more)."""
+        page = self.listing(cursor=cursor, limit=limit, include_expired=include_expired, count=False, **filters)
+        return page.facts, page.cursor, page.has_more
+
+    def listing(self, *, cursor: str | None, limit: int, include_expired: bool = False, count: bool = True,
+                **filters: str | None) -> Listing:
+        """``query`` plus ``total`` (unless not ``count``): how many facts match the same
+        filters whatever the cursor and limit.  One COUNT with the page's WHERE minus the
+        cursor, at the same instant as the page's expiry filter."""
         after = parse_cursor(cursor)
-        rows = self.store.facts.query(after=after, limit=limit + 1, **filters)
+        live_at = None if include_expired else self.clock.now_iso()
+        rows = self.store.facts.query(after=after, limit=limit + 1, live_at=live_at, **filters)
+        total = self.store.facts.count_matching(live_at=live_at, **filters) if count else -1
         has_more = len(rows) > limit
         rows = rows[:limit]
-        return [row_view(r) for r in rows], (str(rows[-1].seq) if rows else cursor), has_more
+        return Listing([row_view(r) for r in rows], str(rows[-1].seq) if rows else cursor, has_more, total)
 
 
 def parse_cursor(cursor: str | None) -> int:

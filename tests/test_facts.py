@@ -28,6 +28,7 @@ from stigmem_node.facts import (
     Fact,
     Origin,
     compute_cid,
+    expiry_key,
     fact_from_wire,
     fact_wire,
     is_instruction,
@@ -317,14 +318,15 @@ def test_every_value_type_accepted(vtype: str, v: Any, value_v: str) -> None:
     assert inp.value == (v if vtype != "number" else v)
 
 
-def test_defaults_and_normalisation() -> None:
+def test_defaults_and_valid_until_kept_as_given() -> None:
     inp = validate_new_fact({"entity": "e:1", "relation": "r:1", "value": {"type": "null"}, "source": "s:1",
                              "confidence": None, "scope": None, "valid_until": "2026-11-23T03:07:58+01:00",
                              "garden_id": "ignored", "write_mode": "assert"})
     assert inp.confidence == 1.0 and type(inp.confidence) is float
     assert inp.scope == "local" and inp.interpret_as == "content"
-    assert inp.valid_until == "2026-11-23T02:07:58.000000Z"
-    assert validate_new_fact(_with("valid_until", None)).valid_until is None
+    assert inp.valid_until == "2026-11-23T03:07:58+01:00"  # signed and echoed as given
+    assert expiry_key(inp.valid_until) == "2026-11-23T02:07:58.000000Z"  # what the filters compare
+    assert validate_new_fact(_with("valid_until", None)).valid_until is None and expiry_key(None) is None
 
 
 def test_value_size_cap() -> None:

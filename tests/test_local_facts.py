@@ -277,7 +277,7 @@ def test_list_filters_and_cursor_pagination(n: ServedNode):
     assert [f["id"] for f in got] == where(lambda f: f["entity"] == f"list:{t}:a") and pages == 3
     assert [f["seq"] for f in got] == sorted(f["seq"] for f in got)
     end = n.client().get(FACTS, params={"entity": f"list:{t}:a", "cursor": cursor}).json()
-    assert end == {"facts": [], "cursor": cursor, "has_more": False}
+    assert end == {"facts": [], "cursor": cursor, "has_more": False, "total": 8}
 
     more = n.client().post(FACTS, json={"facts": [fact(f"more:{t}:{i}", i, "number") for i in range(40)]})
     assert more.status_code == 201, more.text
@@ -460,7 +460,7 @@ def test_same_content_with_another_valid_until_is_a_new_fact(n: ServedNode):
     later = n.client().post("/v1/facts", json={**body, "valid_until": "2999-01-01T00:00:00Z"})
     assert (first.status_code, again.status_code, later.status_code) == (201, 200, 201)
     assert again.json()["id"] == first.json()["id"] != later.json()["id"]
-    assert later.json()["cid"] == first.json()["cid"] and later.json()["valid_until"] == "2999-01-01T00:00:00.000000Z"
+    assert later.json()["cid"] == first.json()["cid"] and later.json()["valid_until"] == "2999-01-01T00:00:00Z"
 
 
 def test_nul_characters_in_text_values_are_refused(n: ServedNode):

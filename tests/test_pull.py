@@ -706,7 +706,7 @@ def test_envelope_shape_origin_signatures_and_cids_verify(fed: Fed):
         assert not verify_fact_origin(fed.a_pub, bent.fact, bent.origin, bent.origin_sig)
         assert not verify_fact_origin(Ed25519PrivateKey.generate().public_key(), parsed.fact, parsed.origin,
                                       parsed.origin_sig)
-    assert body["facts"][-1]["fact"]["valid_until"] == posted[-1]["valid_until"] == "2998-12-31T23:00:00.000000Z"
+    assert body["facts"][-1]["fact"]["valid_until"] == posted[-1]["valid_until"] == "2999-01-01T00:00:00+01:00"
 
 
 # --------------------------------------------------------------------------- failure rate limit

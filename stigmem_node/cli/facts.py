@@ -45,9 +45,12 @@ def cmd_facts_add(g: Globals, *, entity: str, relation: str, value: str, value_t
 @click.option("--relation")
 @click.option("--scope", type=click.Choice(SCOPES))
 @click.option("--limit", type=LIMIT, default=50, show_default=True)
-def cmd_facts_list(g: Globals, *, entity: str | None, relation: str | None, scope: str | None, limit: int) -> int:
+@click.option("--include-expired", is_flag=True, help="also list facts whose valid_until has passed")
+def cmd_facts_list(g: Globals, *, entity: str | None, relation: str | None, scope: str | None, limit: int,
+                   include_expired: bool) -> int:
     node = open_node(g)
-    found, _, _ = node.facts.query(cursor=None, limit=limit, entity=entity, relation=relation, scope=scope, source=None)
+    found, _, _ = node.facts.query(cursor=None, limit=limit, include_expired=include_expired, entity=entity,
+                                   relation=relation, scope=scope, source=None)
 
     def human(fs: list[dict[str, Any]]) -> str:
         if not fs:

@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 
 from stigmem_node.errors import Forbidden
 from stigmem_node.http.auth import client_addr, require
-from stigmem_node.http.params import int_param, scope_param
+from stigmem_node.http.params import bool_param, int_param, scope_param
 from stigmem_node.http.peers import json_body
 from stigmem_node.peer_auth import AuthenticatedPeer
 from stigmem_node.publish import DEFAULT_LIMIT, MAX_LIMIT
@@ -40,11 +40,12 @@ async def list_facts(request: Request) -> JSONResponse:
     q = request.query_params
     limit = int_param(request, "limit", 50, 1, MAX_LIMIT)
     node = request.app.state.node
-    facts, cursor, has_more = await node.lanes.read(
-        node.facts.query, cursor=q.get("cursor"), limit=limit, entity=q.get("entity"), relation=q.get("relation"),
-        scope=scope_param(request), source=q.get("source"),
+    page = await node.lanes.read(
+        node.facts.listing, cursor=q.get("cursor"), limit=limit, include_expired=bool_param(request, "include_expired"),
+        entity=q.get("entity"), relation=q.get("relation"), scope=scope_param(request), source=q.get("source"),
     )
-    return JSONResponse({"facts": facts, "cursor": cursor, "has_more": has_more})
+    return JSONResponse({"facts": page.facts, "cursor": page.cursor, "has_more": page.has_more, "total": page.total},
+                        headers={"X-Total-Count": str(page.total)})
 
 
 async def get_fact(request: Request) -> JSONResponse:

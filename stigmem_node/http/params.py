@@ -20,6 +20,17 @@ def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> in
     return int(raw)
 
 
+def bool_param(request: Request, name: str, default: bool = False) -> bool:
+    """``true`` or ``false``, exactly: anything else (``1``, ``yes``, ``True``, empty) is
+    refused rather than guessed at."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if raw not in ("true", "false"):
+        raise ValidationError("invalid_request", f"{name} must be true or false", field=name)
+    return raw == "true"
+
+
 def time_param(request: Request, name: str) -> str | None:
     raw = request.query_params.get(name)
     if raw is None:

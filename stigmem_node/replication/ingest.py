@@ -175,7 +175,7 @@ class Ingest:
                 wire = {"fact": fm.fact_wire(fact), "origin": entry.origin.to_wire(), "origin_sig": entry.origin_sig}
                 rows.append((
                     fact.id, fact.cid, fact.entity, fact.relation, fact.value_type, fact.value_v, fact.interpret_as,
-                    fact.source, fact.timestamp, stamp, fact.valid_until, fact.confidence, fact.scope,
+                    fact.source, fact.timestamp, stamp, fm.expiry_key(fact.valid_until), fact.confidence, fact.scope,
                     fact.origin_node_id, entry.origin_sig, _dumps(wire), peer.node_id, now,
                 ))
             if not self.store.replication.advance(peer.id, expected_cursor=cursor_before, cursor=cursor_after,

@@ -38,6 +38,19 @@ class FactRow:
     received_at: str | None
 
 
+def _filters(live_at: str | None, **equal: str | None) -> tuple[str, list[Any]]:
+    """The listing's WHERE terms (each starting with AND) and their parameters."""
+    where, params = "", []
+    for column, value in equal.items():
+        if value is not None:
+            where += f" AND {column} = ?"
+            params.append(value)
+    if live_at is not None:
+        where += " AND (valid_until IS NULL OR valid_until > ?)"
+        params.append(live_at)
+    return where, params
+
+
 class FactRepo:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -74,18 +87,23 @@ class FactRepo:
         row = self.db.one(f"SELECT {ROW_COLS} FROM facts WHERE id = ?", (fact_id,))
         return FactRow(*row) if row else None
 
-    def query(self, *, after: int = 0, limit: int = 100, entity: str | None = None, relation: str | None = None,
-              scope: str | None = None, source: str | None = None) -> list[FactRow]:
-        where: list[str] = ["seq > ?"]
-        params: list[Any] = [after]
-        for column, value in (("entity", entity), ("relation", relation), ("scope", scope), ("source", source)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
+    def query(self, *, after: int = 0, limit: int = 100, live_at: str | None = None, entity: str | None = None,
+              relation: str | None = None, scope: str | None = None, source: str | None = None) -> list[FactRow]:
+        """Facts after seq ``after`` matching the filters, by seq; with ``live_at`` (an
+        ``expiry_key`` time), only those unexpired then."""
+        where, params = _filters(live_at, entity=entity, relation=relation, scope=scope, source=source)
         rows = self.db.all(
-            f"SELECT {ROW_COLS} FROM facts WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?", (*params, limit)
+            f"SELECT {ROW_COLS} FROM facts WHERE seq > ?{where} ORDER BY seq LIMIT ?", (after, *params, limit)
         )
         return [FactRow(*r) for r in rows]
+
+    def count_matching(self, *, live_at: str | None = None, entity: str | None = None, relation: str | None = None,
+                       scope: str | None = None, source: str | None = None) -> int:
+        """How many facts ``query`` would return from the start without a limit: one COUNT
+        over the same WHERE (its cost is the rows the filters' index leaves to check)."""
+        where, params = _filters(live_at, entity=entity, relation=relation, scope=scope, source=source)
+        row = self.db.one(f"SELECT COUNT(*) FROM facts WHERE 1 = 1{where}", params)
+        return int(row[0]) if row else 0
 
     def page_for_peer(self, scopes: Sequence[str], after: int, limit: int, now_iso: str, *,
                       instructions: bool = False, max_chars: int | None = None,

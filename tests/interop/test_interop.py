@@ -32,7 +32,8 @@ What arrives, exactly (asserted below):
 * us -> reference: we serve integers as JSON integers and hash them as ``"42"``; the
   reference recomputes the same CID and ingests them.  Its own API then shows them as
   floats (``42.0``), as it shows every number.  Entity, relation and source arrive
-  verbatim (no case folding), valid_until verbatim (our normalised UTC text).
+  verbatim (no case folding), valid_until verbatim (the text our client gave, which the
+  origin signature covers).
 """
 
 from __future__ import annotations
@@ -103,6 +104,11 @@ def value_cases(origin: str) -> list[dict[str, Any]]:
         {"key": "valid-until", "value": {"type": "string", "v": f"expires, from {origin}"},
          "valid_until": "2030-01-01T00:00:00Z"},
     ]
+    if origin == "ours":
+        # An offset and a fraction: kept as written, signed as written, and so accepted by
+        # a reference receiver (whose signature check covers the text).
+        cases.append({"key": "valid-until-offset", "value": {"type": "string", "v": "expires, offset"},
+                      "valid_until": "2030-06-01T14:30:00.25+02:00"})
     if origin == "ref":
         # An integer beyond 64 bits: the reference hashes "100000000000000000000" and serves
         # 1e+20; we keep its integer text (so the CID matches) and serve it as a float,
@@ -482,7 +488,7 @@ def test_reference_pulls_from_us(ref, ours, linked):
         assert copy["entity"] == rec["entity"] and copy["relation"] == rec["relation"]
         assert copy["source"] == rec["source"]
         assert copy["confidence"] == 0.9
-        # The reference keeps valid_until verbatim (our normalised UTC text).
+        # The reference keeps valid_until verbatim (the text our client gave, which we signed).
         assert copy["valid_until"] == rec["valid_until"]
         assert copy["received_from"] == our_node_id and copy["origin_node_id"] == our_node_id
         assert copy["value"]["type"] == case["value"]["type"]
@@ -492,8 +498,8 @@ def test_reference_pulls_from_us(ref, ours, linked):
         if case["value"]["type"] == "number":
             assert type(v) is float
     if any(w["body"].get("valid_until") for w in permitted):
-        vu = [w["record"]["valid_until"] for w in permitted if w["body"].get("valid_until")]
-        assert all(x == "2030-01-01T00:00:00.000000Z" for x in vu), vu
+        vu = [(w["record"]["valid_until"], w["body"]["valid_until"]) for w in permitted if w["body"].get("valid_until")]
+        assert all(echoed == given for echoed, given in vu), vu  # as the client wrote it
 
     for w in withheld:
         assert w["record"]["id"] not in got
