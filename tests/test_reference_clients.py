@@ -1,6 +1,7 @@
 """``GET /v1/facts`` as clients written for the reference node use it, on real servers and
 both engines: ``total`` and ``X-Total-Count``, expired facts left out unless
-``include_expired=true``, and ``valid_until`` echoed exactly as given.
+``include_expired=true``, ``valid_until`` echoed exactly as given, and the reference's
+well-known fields ``namespaces`` and ``source_attestation``.
 """
 
 from __future__ import annotations
@@ -212,3 +213,11 @@ def test_a_peer_receives_valid_until_as_given_and_filters_by_its_instant(pair: t
         assert got[s["id"]]["valid_until"] == vu and got[s["id"]]["received_from"] == a.well_known()["node_id"]
     assert b.sql("SELECT COUNT(*) FROM audit_log WHERE event_type LIKE '%reject%'") == [(0,)]
     assert get(b)["total"] == 3
+
+
+# --------------------------------------------------------------------------- well-known
+
+
+def test_well_known_carries_the_reference_fields_namespaces_and_source_attestation(node: ServedNode):
+    wk = node.well_known()
+    assert wk["namespaces"] == [] and wk["source_attestation"] == "off"

@@ -13,6 +13,12 @@ from stigmem_node.store.db import StorageUnavailable
 log = logging.getLogger("stigmem_node.http")
 
 FEDERATION_VERSION = "2.1"
+# The reference's discovery fields, with our meanings (docs/protocol.md, Well-known document):
+# this node reserves and interprets no entity or relation namespace, so it lists none; and
+# it does not attest a fact's ``source`` (a free string the writing client chooses), as the
+# reference's "off" says.  The origin signature binds the content (CID) to this node only.
+NAMESPACES: list[str] = []
+SOURCE_ATTESTATION = "off"
 
 
 def well_known_doc(node) -> dict:
@@ -23,6 +29,8 @@ def well_known_doc(node) -> dict:
         "node_url": ident.node_url,
         "auth": "required",
         "federation": "enabled",
+        "source_attestation": SOURCE_ATTESTATION,
+        "namespaces": list(NAMESPACES),
         "federation_pubkey": ident.public_key,
         "federation_version": FEDERATION_VERSION,
         "federation_endpoints": {"peers": "/v1/federation/peers", "facts": "/v1/federation/facts", "push": None},
