@@ -290,3 +290,18 @@ def test_cli_erases_a_fact_or_an_entity_with_clear_errors(node: ServedNode):
     assert "fact_not_found" in node.cli("facts", "erase", "no-such-fact").stderr
     actors = [r[1] for r in audit_rows(node) if r[0] == "fact_erased"]
     assert len(actors) == 2 and all(a.startswith("cli:") for a in actors)
+
+
+def test_tombstones_are_re_signed_with_the_new_key_after_a_rotation(node: ServedNode):
+    from datetime import timedelta
+
+    (one,) = post(node, fact("person:rotated"))
+    assert node.client().delete(f"/v1/facts/{one['id']}").status_code == 200
+    node.node.rotate_key(timedelta(seconds=0), actor="test")
+    new_key = public_key_from_b64(node.well_known()["federation_pubkey"])
+    (sig,) = node.sql("SELECT origin_sig FROM tombstones")[0]
+    tomb = node.client().post(ERASE_PATH, json={"fact_id": one["id"]}).json()
+    assert tomb["created"] is False and tomb["origin_sig"] == sig
+    wire = {k: tomb[k] for k in ("kind", "fact_id", "entity", "cid", "erased_at", "origin_node_id", "reason",
+                                 "origin_sig")}
+    assert verify_tombstone(new_key, tombstone_from_wire(wire))

@@ -3,6 +3,7 @@ verifying, domain separation from fact signatures, and strict parsing of wire to
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -117,3 +118,17 @@ def test_reasons_are_a_closed_vocabulary() -> None:
         with pytest.raises(ValidationError) as info:
             check_reason(bad)
         assert info.value.code == "invalid_erasure_reason"
+
+
+def test_the_worked_example_of_protocol_md() -> None:
+    """The example in docs/protocol.md (Tombstone signature), byte for byte."""
+    key = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+    t = Tombstone(kind="fact", fact_id="5d0724ec-84e9-474c-891a-9f3df727247f", entity=None,
+                  cid="sha256:9f2c0d3e5b7a1c4f6e8d0b2a4c6e8f0a1b3c5d7e9f1a3b5c7d9e1f3a5b7c9d1e",
+                  erased_at="2026-11-30T03:24:41.123456Z",
+                  origin_node_id="stigmem:node:43e632c2-50a6-4504-9e25-c62ad3503e3d", reason="right_to_erasure")
+    payload = tombstone_payload(**t.signed_fields()).decode()
+    sig = sign_tombstone(key, t)
+    assert sig == "jZmg4jn2PR8_we3M7zenzVkOoqxiBB3zCdmmCoCPaxOFa6diflmeyY1oiRxKUQ876bTTb0njHlCfIP0DTm_tCQ"
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text(encoding="utf-8")
+    assert payload in doc and sig in doc
