@@ -46,6 +46,7 @@ KEY_ROTATED = "key_rotated"
 PEER_KEY_ROTATED = "peer_key_rotated"
 PEER_KEY_ROTATION_REFUSED = "peer_key_rotation_refused"
 AUDIT_CHECKPOINT = "audit_checkpoint"
+FACT_ERASED = "fact_erased"
 
 # The domain of checkpoint signatures: no other message the node key signs has this "type".
 CHECKPOINT_TYPE = "stigmem-audit-checkpoint"

@@ -114,6 +114,11 @@ _CODES: Final[tuple[ErrorCode, ...]] = (
     _e("value_too_large", 422, "A value's text is over 256 KiB as UTF-8", _H, _FR),
     _e("batch_too_large", 422, "More than 500 facts in one request", _H),
     _e("fact_not_found", 404, "No fact with this id", _H),
+    # -- erasure -----------------------------------------------------------------------------
+    _e("fact_erased", 410, "The fact was erased (GET); as a fact rejection: the fact or its entity is tombstoned",
+       _H, _FR),
+    _e("invalid_erasure_reason", 422, "reason is not one of the erasure reasons", _H, _CLI, exit_status=2),
+    _e("invalid_tombstone", None, "A wire tombstone does not parse (see field)", _INT),
     # -- replication (the subscriber) ------------------------------------------------------
     _e("peer_unreachable", None, "The connection to the peer failed, after retries", _REP),
     _e("peer_timeout", None, "A page request took longer than the pull timeout, after retries", _REP),

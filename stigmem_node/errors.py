@@ -64,6 +64,12 @@ class NotFound(StigmemError):
     code = "not_found"
 
 
+class Erased(StigmemError):
+    """The thing asked for was erased (a tombstone remains)."""
+
+    code = "fact_erased"
+
+
 class Conflict(StigmemError):
     pass
 

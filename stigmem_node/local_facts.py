@@ -21,7 +21,7 @@ from typing import Any
 from stigmem_node import facts as fm
 from stigmem_node import origin as om
 from stigmem_node.clock import Clock
-from stigmem_node.errors import NotFound, ValidationError
+from stigmem_node.errors import Erased, NotFound, ValidationError
 from stigmem_node.hlc import HLC
 from stigmem_node.identity import NodeIdentity
 from stigmem_node.store import Store
@@ -167,6 +167,8 @@ class LocalFacts:
     def get(self, fact_id: str) -> dict[str, Any]:
         row = self.store.facts.get(fact_id) if isinstance(fact_id, str) and len(fact_id) <= 256 else None
         if row is None:
+            if isinstance(fact_id, str) and len(fact_id) <= 256 and self.store.tombstones.of_fact(fact_id):
+                raise Erased("fact_erased", "this fact was erased")
             raise NotFound("fact_not_found", "no fact with this id")
         return row_view(row)
 

@@ -51,7 +51,7 @@ def migrate(source: Path | str, target: str, *, checkpoint_rows: int,
                                                "database (nothing was copied)")
             with src.snapshot():
                 expected = {table: copy.count(src, table) for table in copy.TABLES}
-                issued = {table: copy.seq_issued(src, table) for table in ("facts", "audit_log")}
+                issued = {table: copy.seq_issued(src, table) for table in ("facts", "tombstones", "audit_log")}
                 with dst.transaction():
                     for table in copy.TABLES:
                         done = 0

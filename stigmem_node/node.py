@@ -26,6 +26,7 @@ from stigmem_node.audit_query import AuditQuery
 from stigmem_node.background import Maintenance, flush_touches, seal_audit, watch_identity, write_touches
 from stigmem_node.clock import Clock
 from stigmem_node.config import Settings
+from stigmem_node.erasure import Erasure
 from stigmem_node.errors import StigmemError
 from stigmem_node.federation import Federation
 from stigmem_node.local_facts import LocalFacts
@@ -109,8 +110,10 @@ class Node:
         )
         self.apikey_failures = FailureLimiter(max_failures=10, window_s=window)
         self.facts = LocalFacts(self.store, self.identity, self.clock, on_rotation=self.reload_identity_if_rotated)
+        self.erasure = Erasure(self.store, lambda: self.identity, self.audit, self.clock, self.store.db.reclaim_erased)
         self.publisher = Publisher(self.store, self.audit, self.clock, settings.shared_scopes, self.lanes,
-                                   federate_instructions=settings.federate_instructions)
+                                   federate_instructions=settings.federate_instructions,
+                                   node_id=self.identity.node_id)
         self._declaration: declaration.Declaration | None = None
         self._manifest: dict[str, Any] | None = None
         self._refresh_not_before: dict[str, float] = {}
@@ -241,6 +244,7 @@ class Node:
         if pending != self.identity.key_id:
             self._use_identity(identity.load_or_create(self.store.meta, self.clock, node_id=None, node_url=None))
         count = self.facts.resign_all()
+        self.erasure.resign_all()
         with self.store.transaction():
             if self.store.meta.get(RESIGN_PENDING) == self.identity.key_id:
                 self.store.meta.delete(RESIGN_PENDING)

@@ -24,6 +24,7 @@ from stigmem_node.local_facts import parse_cursor
 from stigmem_node.offload import Offload
 from stigmem_node.peer_auth import AuthenticatedPeer
 from stigmem_node.store import Store
+from stigmem_node.store.tombstones import TombstoneRow
 
 MAX_LIMIT = 500
 MAX_PAGE_CHARS = 8 * 1024 * 1024  # of fact entries per page (a page of 500 large facts would be ~128 MiB)
@@ -42,13 +43,14 @@ def _without_hlc(entry: str, hlc: str) -> str:
 
 class Publisher:
     def __init__(self, store: Store, audit: AuditTrail, clock: Clock, shared_scopes: tuple[str, ...],
-                 lanes: Offload, *, federate_instructions: bool = False) -> None:
+                 lanes: Offload, *, federate_instructions: bool = False, node_id: str = "") -> None:
         self.store = store
         self.lanes = lanes
         self.audit = audit
         self.clock = clock
         self.shared = frozenset(shared_scopes) - {"local"}
         self.federate_instructions = federate_instructions
+        self.node_id = node_id  # this node's: only its own tombstones are served
 
     def permitted(self, peer: AuthenticatedPeer) -> frozenset[str]:
         return frozenset(peer.token.scopes) & frozenset(peer.allowed_scopes) & self.shared
@@ -109,3 +111,24 @@ class Publisher:
         text = (f'{{"v":2,"facts":[{entries}],"cursor":{json.dumps(next_cursor)},'
                 f'"has_more":{"true" if has_more else "false"}}}')
         return text.encode("utf-8")
+
+    def tombstone_page(self, peer: AuthenticatedPeer, *, since: str | None, limit: int) -> bytes:
+        """One page of this node's own signed tombstones that cover a scope the peer may read
+        (the scope of an erased fact; for an entity, the scopes of our erased facts of it),
+        in commit order.  The cursor is the tombstones' ``seq``; an empty page carries the
+        request's ``since`` back (``null`` without one), as reference subscribers expect."""
+        after = parse_cursor(since)
+        rows = self.store.tombstones.page_for_peer(self.node_id, sorted(self.permitted(peer)), after, limit + 1)
+        has_more = len(rows) > limit
+        rows = rows[:limit]
+        cursor = str(rows[-1].seq) if rows else since
+        wire = [tombstone_wire(r) for r in rows]
+        return json.dumps({"v": 2, "tombstones": wire, "revocations": [], "cursor": cursor, "has_more": has_more},
+                          separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def tombstone_wire(row: TombstoneRow) -> dict[str, Any]:
+    """A stored tombstone as served: ``tombstones.Tombstone.to_wire``."""
+    return {"kind": row.kind, "fact_id": row.fact_id, "entity": row.entity, "cid": row.cid,
+            "erased_at": row.erased_at, "origin_node_id": row.origin_node_id, "reason": row.reason,
+            "origin_sig": row.origin_sig}

@@ -26,4 +26,11 @@ VALUE_TYPES: Final = ("string", "text", "number", "boolean", "datetime", "ref", 
 INTERPRET_AS: Final = ("content", "instruction")
 
 #: What an operator API key may do.
-PERMISSIONS: Final = ("federate", "admin:federation", "audit:read", "facts:write", "facts:read")
+PERMISSIONS: Final = ("federate", "admin:federation", "audit:read", "facts:write", "facts:read", "facts:erase")
+
+#: Why a fact or an entity was erased (a tombstone's ``reason``).
+ERASURE_REASONS: Final = ("right_to_erasure", "legal", "incorrect", "operator")
+DEFAULT_ERASURE_REASON: Final = "operator"
+
+#: What a tombstone erases: one fact, or every fact of an entity.
+TOMBSTONE_KINDS: Final = ("fact", "entity")

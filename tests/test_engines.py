@@ -21,6 +21,7 @@ import pytest
 
 from stigmem_node.errors import ConfigError
 from stigmem_node.store import ConstraintViolation, StorageBusy, StorageUnavailable, Store
+from stigmem_node.store.db import SCHEMA_VERSION
 from stigmem_node.store.facts import INSERT_COLS
 
 psycopg = pytest.importorskip("psycopg")
@@ -136,7 +137,7 @@ def test_pg_replicas_starting_together_migrate_once(pg_url):
         t.join(30)
     try:
         assert errors == [] and len(stores) == 4
-        assert stores[0].db.one("SELECT version FROM stigmem_schema") == (2,)
+        assert stores[0].db.one("SELECT version FROM stigmem_schema") == (SCHEMA_VERSION,)
         assert stores[0].db.one("SELECT COUNT(*) FROM stigmem_schema") == (1,)
     finally:
         for s in stores:

@@ -8,8 +8,8 @@ from typing import Any
 import click
 
 from stigmem_node.cli._click import LIMIT, Arg, command, group
-from stigmem_node.cli._common import EXIT_OK, Globals, emit, open_node, table
-from stigmem_node.vocabulary import SCOPES, VALUE_TYPES
+from stigmem_node.cli._common import EXIT_OK, Globals, cli_actor, emit, open_node, table
+from stigmem_node.vocabulary import DEFAULT_ERASURE_REASON, ERASURE_REASONS, SCOPES, VALUE_TYPES
 
 facts = group("facts", help="this node's facts")
 
@@ -60,4 +60,30 @@ def cmd_facts_list(g: Globals, *, entity: str | None, relation: str | None, scop
         return table(rows, ["SEQ", "SCOPE", "ENTITY", "RELATION", "VALUE", "FROM"])
 
     emit(g, found, human)
+    return EXIT_OK
+
+
+@command(facts, "erase", help="erase a fact, or every fact of an entity, and keep a tombstone")
+@click.argument("fact_id", cls=Arg, required=False, help="the fact's id (or use --entity)")
+@click.option("--entity", help="erase every fact of this entity instead")
+@click.option("--reason", type=click.Choice(ERASURE_REASONS), default=DEFAULT_ERASURE_REASON, show_default=True)
+def cmd_facts_erase(g: Globals, *, fact_id: str | None, entity: str | None, reason: str) -> int:
+    if (fact_id is None) == (entity is None):
+        raise click.UsageError("give either a fact id or --entity, not both and not neither")
+    node = open_node(g)
+    who = cli_actor()
+    if entity is not None:
+        view = node.erasure.erase_entity(entity, reason, actor=who.name, remote_addr=who.remote_addr)
+    else:
+        view = node.erasure.erase_fact(fact_id, reason, actor=who.name, remote_addr=who.remote_addr)
+
+    def human(v: dict[str, Any]) -> str:
+        if v["kind"] == "entity":
+            return f"Erased {v['facts_erased']} fact(s) of the entity (tombstone seq {v['seq']}, {v['reason']})"
+        if not v["created"]:
+            return f"Already erased {v['fact_id']} at {v['erased_at']}"
+        served = "served to peers" if not v["local_only"] else "local only"
+        return f"Erased {v['fact_id']} (tombstone seq {v['seq']}, {v['reason']}, {served})"
+
+    emit(g, view, human)
     return EXIT_OK

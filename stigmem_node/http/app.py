@@ -39,6 +39,9 @@ def create_app(node: Node) -> Starlette:
         Route("/v1/facts", facts.create_facts, methods=["POST"]),
         Route("/v1/facts", facts.list_facts, methods=["GET"]),
         Route("/v1/facts/{fact_id}", facts.get_fact, methods=["GET"]),
+        Route("/v1/facts/{fact_id}", facts.erase_fact, methods=["DELETE"]),
+        Route("/v1/tombstones", facts.create_tombstone, methods=["POST"]),
+        Route("/v1/tombstones/{entity:path}", facts.entity_tombstones, methods=["GET"]),
     ]
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

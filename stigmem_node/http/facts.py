@@ -10,13 +10,16 @@ from typing import Any, TypeVar, cast
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from stigmem_node.errors import Forbidden
+from stigmem_node.errors import Forbidden, ValidationError
 from stigmem_node.http.auth import client_addr, require
 from stigmem_node.http.params import bool_param, int_param, scope_param
 from stigmem_node.http.peers import json_body
 from stigmem_node.peer_auth import AuthenticatedPeer
 from stigmem_node.publish import DEFAULT_LIMIT, MAX_LIMIT
 from stigmem_node.tokens import TokenRejected
+from stigmem_node.vocabulary import DEFAULT_ERASURE_REASON
+
+MAX_TOMBSTONE_LIMIT = 500
 
 T = TypeVar("T")
 
@@ -89,9 +92,52 @@ async def pull(request: Request) -> Response:
     return Response(body, media_type="application/json")
 
 
-async def tombstones(request: Request) -> JSONResponse:
-    """GET /v1/federation/tombstones: this node has no tombstones; answered so that reference
-    subscribers, which poll it every cycle, see a valid empty v2 page."""
-    await authenticate_peer(request)
-    return JSONResponse({"v": 2, "tombstones": [], "revocations": [],
-                         "cursor": request.query_params.get("since")})
+async def tombstones(request: Request) -> Response:
+    """GET /v1/federation/tombstones: one page of this node's tombstones the peer may see,
+    authenticated like the pull (reference subscribers poll it every cycle)."""
+    publisher = request.app.state.node.publisher
+
+    def read_page(peer: AuthenticatedPeer) -> bytes:
+        limit = int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_TOMBSTONE_LIMIT)
+        return publisher.tombstone_page(peer, since=request.query_params.get("since"), limit=limit)
+
+    _, body = await authenticate_peer(request, read_page)
+    return Response(cast(bytes, body), media_type="application/json")
+
+
+async def erase_fact(request: Request) -> JSONResponse:
+    """DELETE /v1/facts/{id}: erase one fact (reason in the query or a JSON body)."""
+    principal = await require(request, "facts:erase")
+    body = await json_body(request, required=False)
+    reason = body.get("reason", request.query_params.get("reason", DEFAULT_ERASURE_REASON))
+    node = request.app.state.node
+    view = await node.lanes.write(node.erasure.erase_fact, request.path_params["fact_id"], reason,
+                                  actor=principal.actor, remote_addr=client_addr(request))
+    return JSONResponse(view)
+
+
+async def create_tombstone(request: Request) -> JSONResponse:
+    """POST /v1/tombstones: {"fact_id": ...} or {"entity": ...}, plus an optional reason."""
+    principal = await require(request, "facts:erase")
+    body = await json_body(request)
+    unknown = sorted(set(body) - {"fact_id", "entity", "reason"})
+    if unknown or ("fact_id" in body) == ("entity" in body):
+        raise ValidationError("invalid_request", "the body must hold exactly one of fact_id and entity, and reason",
+                              field=unknown[0][:40] if unknown else "body")
+    reason = body.get("reason", DEFAULT_ERASURE_REASON)
+    node = request.app.state.node
+    who = principal.actor
+    if "fact_id" in body:
+        view = await node.lanes.write(node.erasure.erase_fact, body["fact_id"], reason, actor=who,
+                                      remote_addr=client_addr(request))
+    else:
+        view = await node.lanes.write(node.erasure.erase_entity, body["entity"], reason, actor=who,
+                                      remote_addr=client_addr(request))
+    return JSONResponse(view, status_code=201 if view["created"] else 200)
+
+
+async def entity_tombstones(request: Request) -> JSONResponse:
+    """GET /v1/tombstones/{entity}: whether the entity is erased on this node, and when."""
+    await require(request, "facts:erase")
+    node = request.app.state.node
+    return JSONResponse(await node.lanes.read(node.erasure.status, request.path_params["entity"]))

@@ -30,6 +30,7 @@ from stigmem_node.keys import public_key_from_b64
 from stigmem_node.store.facts import FactRepo
 from stigmem_node.store.peers import PeerRecord, PeerRepo
 from stigmem_node.store.replication import ReplicationRepo
+from stigmem_node.store.tombstones import TombstoneRepo
 from stigmem_node.vocabulary import FEDERATED_SCOPES
 
 FACT_REJECTED = "fact_rejected"
@@ -52,6 +53,9 @@ class IngestStore(Protocol):
 
     @property
     def replication(self) -> ReplicationRepo: ...
+
+    @property
+    def tombstones(self) -> TombstoneRepo: ...
 
     def transaction(self) -> AbstractContextManager[object]: ...
 
@@ -149,10 +153,15 @@ class Ingest:
         hlc = self.hlc()
         with self.store.transaction():
             known = self.store.facts.known([e.fact.id for e in page.entries])
+            erased = self._erased(page.entries)
             rows, dup = [], 0
             seen: dict[str, tuple[str, str | None]] = {}  # id -> (cid, valid_until) stored from this page
             for entry in page.entries:
                 fact = entry.fact
+                if fact.id in erased:
+                    rejections.append((fact.id, ValidationError("fact_erased",
+                                                                "this fact, or its entity, was erased on this node")))
+                    continue
                 stored = known.get(fact.id) or seen.get(fact.id)
                 if stored is not None:
                     if stored[0] != fact.cid:
@@ -185,6 +194,17 @@ class Ingest:
             self._audit_rejections(peer, rejections)
         return StoredPage(len(rows), dup, len(rejections))
 
+    def _erased(self, entries: list[om.PulledEntry]) -> set[str]:
+        """The ids of ``entries`` this node must refuse: tombstoned by id, or of an entity
+        tombstoned at or after the fact's timestamp."""
+        erased = self.store.tombstones.erased_ids([e.fact.id for e in entries])
+        entities = self.store.tombstones.entities_erased_at(sorted({e.fact.entity for e in entries}))
+        for e in entries:
+            at = entities.get(e.fact.entity)
+            if at is not None and not _after(e.fact.timestamp, at):
+                erased.add(e.fact.id)
+        return erased
+
     def _audit_rejections(self, peer: PeerRecord, rejections: list[Rejection]) -> None:
         """One row per rejected fact, up to a bound per page; the rest in one summary row
         that still names every fact and its reason (so a peer cannot flood the trail)."""
@@ -213,3 +233,12 @@ def _extends(stored: str | None, incoming: str | None) -> bool:
         return fm.parse_time(incoming) > fm.parse_time(stored)
     except (TypeError, ValueError, OverflowError):
         return True
+
+
+def _after(timestamp: str, erased_at: str) -> bool:
+    """Whether a fact's ``timestamp`` is later than an entity's ``erased_at`` (a timestamp
+    that does not parse is not: the fact is refused)."""
+    try:
+        return fm.parse_time(timestamp) > fm.parse_time(erased_at)
+    except (TypeError, ValueError, OverflowError):
+        return False

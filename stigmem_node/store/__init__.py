@@ -27,6 +27,7 @@ from stigmem_node.store.meta import MetaRepo
 from stigmem_node.store.nonces import NonceRepo
 from stigmem_node.store.peers import PeerRepo
 from stigmem_node.store.replication import ReplicationRepo
+from stigmem_node.store.tombstones import TombstoneRepo
 
 __all__ = ["ConstraintViolation", "Database", "IntegrityConflict", "StorageBusy", "StorageError",
            "StorageUnavailable", "Store", "open_database"]
@@ -57,6 +58,7 @@ class Store:
         self.nonces = NonceRepo(self.db)
         self.facts = FactRepo(self.db)
         self.replication = ReplicationRepo(self.db)
+        self.tombstones = TombstoneRepo(self.db)
 
     @property
     def engine(self) -> str:

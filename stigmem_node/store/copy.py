@@ -23,6 +23,8 @@ TABLES: dict[str, tuple[str, ...]] = {
     "facts": ("seq", "id", "cid", "entity", "relation", "value_type", "value_v", "interpret_as", "source",
               "timestamp", "hlc", "valid_until", "confidence", "scope", "origin_node_id", "origin_sig", "entry",
               "received_from", "received_at"),
+    "tombstones": ("seq", "kind", "fact_id", "entity", "cid", "scopes", "erased_at", "origin_node_id", "reason",
+                   "origin_sig", "received_from"),
     "replication_state": ("peer_id", "cursor", "last_attempt_at", "last_success_at", "last_error",
                           "facts_ingested", "facts_rejected"),
     "audit_log": ("seq", "ts", "event_type", "peer_id", "actor", "reason", "detail", "remote_addr", "prev_hash",
@@ -30,7 +32,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "api_keys": ("id", "key_hash", "pepper_version", "permissions", "label", "created_at", "expires_at",
                  "revoked_at", "last_used_at"),
 }
-_ORDER = {"facts": "seq", "audit_log": "seq"}
+_ORDER = {"facts": "seq", "tombstones": "seq", "audit_log": "seq"}
 
 
 def rows(db: Queryable, table: str, batch: int = 2000) -> Iterator[list[tuple[Any, ...]]]:

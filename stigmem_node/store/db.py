@@ -28,18 +28,93 @@ from typing import Any, Protocol
 
 from stigmem_node.errors import ConfigError, Conflict, StigmemError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
-# Migrations from version N-1 to N, for N > 1, in SQL both engines run.  Version 1 is the
-# engine's schema file (schema.sql, schema_postgres.sql: tests/test_schema_parity.py keeps
-# them equivalent).
-MIGRATIONS: dict[int, str] = {
+# Migrations from version N-1 to N, for N > 1: SQL both engines run, or one text per engine
+# (``migration_sql``) where the SQL differs (triggers).  Version 1 is the engine's schema
+# file (schema.sql, schema_postgres.sql: tests/test_schema_parity.py keeps them equivalent).
+MIGRATIONS: dict[int, str | dict[str, str]] = {
     # 2: nonces are kept until exp + the largest leeway any process may use + a margin
     # (tokens.nonce_kept_until), no longer until exp + the inserting process's own leeway.
     # Rows written before could have been kept for as little as exp + 0: extend them by the
     # whole new allowance (at most ten minutes too long, never too short).
     2: "UPDATE nonce_cache SET expires_at_ms = expires_at_ms + 660000;",
+    # 3: erasure.  Tombstones (commit-ordered by seq, like facts), and the facts guard lets a
+    # fact row be deleted only once a tombstone for its id or its entity exists: erasure is
+    # the one way out of the append-only table, and it always leaves a tombstone behind.
+    3: {"sqlite": """
+CREATE TABLE IF NOT EXISTS tombstones (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind           TEXT NOT NULL CHECK (kind IN ('fact', 'entity')),
+    fact_id        TEXT,
+    entity         TEXT,
+    cid            TEXT,
+    scopes         TEXT NOT NULL,
+    erased_at      TEXT NOT NULL,
+    origin_node_id TEXT NOT NULL,
+    reason         TEXT NOT NULL CHECK (reason IN ('right_to_erasure', 'legal', 'incorrect', 'operator')),
+    origin_sig     TEXT,
+    received_from  TEXT
+);
+CREATE INDEX IF NOT EXISTS tombstones_fact ON tombstones (fact_id);
+CREATE INDEX IF NOT EXISTS tombstones_entity ON tombstones (entity);
+CREATE TRIGGER IF NOT EXISTS tombstones_no_update BEFORE UPDATE OF seq, kind, fact_id, entity, cid, scopes,
+    erased_at, origin_node_id, reason, received_from ON tombstones
+BEGIN SELECT RAISE(ABORT, 'tombstones are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS tombstones_no_delete BEFORE DELETE ON tombstones
+BEGIN SELECT RAISE(ABORT, 'tombstones are append-only'); END;
+DROP TRIGGER IF EXISTS facts_no_delete;
+CREATE TRIGGER facts_no_delete BEFORE DELETE ON facts
+WHEN NOT EXISTS (SELECT 1 FROM tombstones WHERE (kind = 'fact' AND fact_id = OLD.id)
+                                           OR (kind = 'entity' AND entity = OLD.entity))
+BEGIN SELECT RAISE(ABORT, 'facts are append-only'); END;
+""", "postgresql": """
+CREATE SEQUENCE tombstones_seq AS BIGINT;
+CREATE TABLE tombstones (
+    seq            BIGINT PRIMARY KEY,
+    kind           TEXT COLLATE "C" NOT NULL CHECK (kind IN ('fact', 'entity')),
+    fact_id        TEXT COLLATE "C",
+    entity         TEXT COLLATE "C",
+    cid            TEXT COLLATE "C",
+    scopes         TEXT COLLATE "C" NOT NULL,
+    erased_at      TEXT COLLATE "C" NOT NULL,
+    origin_node_id TEXT COLLATE "C" NOT NULL,
+    reason         TEXT COLLATE "C" NOT NULL CHECK (reason IN ('right_to_erasure', 'legal', 'incorrect', 'operator')),
+    origin_sig     TEXT COLLATE "C",
+    received_from  TEXT COLLATE "C"
+);
+ALTER SEQUENCE tombstones_seq OWNED BY tombstones.seq;
+CREATE INDEX tombstones_fact ON tombstones (fact_id);
+CREATE INDEX tombstones_entity ON tombstones (entity);
+CREATE TRIGGER tombstones_seq BEFORE INSERT ON tombstones
+    FOR EACH ROW EXECUTE FUNCTION stigmem_ordered_seq('8386093285', 'tombstones_seq');
+CREATE TRIGGER tombstones_no_update BEFORE UPDATE OF seq, kind, fact_id, entity, cid, scopes, erased_at,
+    origin_node_id, reason, received_from ON tombstones
+    FOR EACH ROW EXECUTE FUNCTION stigmem_append_only();
+CREATE TRIGGER tombstones_no_delete BEFORE DELETE ON tombstones
+    FOR EACH ROW EXECUTE FUNCTION stigmem_append_only();
+CREATE TRIGGER tombstones_no_truncate BEFORE TRUNCATE ON tombstones
+    FOR EACH STATEMENT EXECUTE FUNCTION stigmem_append_only();
+CREATE FUNCTION stigmem_erasure_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM tombstones WHERE (kind = 'fact' AND fact_id = OLD.id)
+                                          OR (kind = 'entity' AND entity = OLD.entity)) THEN
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION 'facts are append-only' USING ERRCODE = 'integrity_constraint_violation';
+END
+$$;
+DROP TRIGGER facts_no_delete ON facts;
+CREATE TRIGGER facts_no_delete BEFORE DELETE ON facts
+    FOR EACH ROW EXECUTE FUNCTION stigmem_erasure_guard();
+"""},
 }
+
+
+def migration_sql(version: int, engine: str) -> str:
+    """The SQL that migrates ``engine``'s schema from ``version - 1`` to ``version``."""
+    sql = MIGRATIONS[version]
+    return sql if isinstance(sql, str) else sql[engine]
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
@@ -141,6 +216,12 @@ class Database(Queryable, Protocol):
     def refresh_statistics(self) -> list[str]:
         """Refresh the query planner's statistics of tables that changed a lot (PostgreSQL);
         the tables refreshed."""
+        ...
+
+    def reclaim_erased(self) -> bool:
+        """Make deleted (erased) rows' content unreachable: SQLite truncates the WAL after a
+        checkpoint, PostgreSQL vacuums ``facts``.  Outside a transaction; False if it could
+        not complete now."""
         ...
 
     def try_lock(self, name: str) -> HeldLock | None:

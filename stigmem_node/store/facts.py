@@ -148,6 +148,19 @@ class FactRepo:
         """(origin_sig, entry, seq) rows: renew signatures only (the content is immutable)."""
         self.db.executemany("UPDATE facts SET origin_sig = ?, entry = ? WHERE seq = ?", rows)
 
+    def of_entity(self, entity: str) -> list[tuple[str, str, str, str | None]]:
+        """(id, cid, scope, received_from) of every stored fact of ``entity``, by seq."""
+        return self.db.all("SELECT id, cid, scope, received_from FROM facts WHERE entity = ? ORDER BY seq", (entity,))
+
+    def erase(self, fact_id: str) -> int:
+        """Delete the fact's row (its content and stored entry): the schema's guard allows it
+        only once a tombstone for it exists (call in the erasing transaction)."""
+        return self.db.execute("DELETE FROM facts WHERE id = ?", (fact_id,))
+
+    def erase_entity(self, entity: str) -> int:
+        """Delete every fact row of ``entity`` (guarded as ``erase``); how many."""
+        return self.db.execute("DELETE FROM facts WHERE entity = ?", (entity,))
+
     def max_local_hlc(self) -> str | None:
         """The newest HLC this node issued (received facts carry their origin's clock)."""
         row = self.db.one("SELECT MAX(hlc) FROM facts WHERE received_from IS NULL")

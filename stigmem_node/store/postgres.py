@@ -33,13 +33,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 from stigmem_node.errors import ConfigError
 from stigmem_node.store.db import (
-    MIGRATIONS,
     SCHEMA_VERSION,
     ConstraintViolation,
     Dialect,
     StorageBusy,
     StorageFailure,
     StorageUnavailable,
+    migration_sql,
     off_loop,
     schema_text,
     split_sql,
@@ -63,8 +63,8 @@ DIALECT = Dialect(
 )
 
 
-_ANALYZABLE = frozenset({"facts", "audit_log", "nonce_cache", "peers", "peer_keys", "api_keys", "replication_state",
-                         "node_meta", "node_keys"})
+_ANALYZABLE = frozenset({"facts", "tombstones", "audit_log", "nonce_cache", "peers", "peer_keys", "api_keys",
+                         "replication_state", "node_meta", "node_keys"})
 
 
 def redact(url: str) -> str:
@@ -198,7 +198,7 @@ class PostgresDatabase:
                     version = 1
                 while version < SCHEMA_VERSION:
                     version += 1
-                    for statement in split_sql(MIGRATIONS[version], _split_complete):
+                    for statement in split_sql(migration_sql(version, 'postgresql'), _split_complete):
                         conn.execute(statement)
                 conn.execute("UPDATE stigmem_schema SET version = %s", (version,))
         except psycopg.Error as exc:
@@ -207,7 +207,7 @@ class PostgresDatabase:
 
     def is_empty(self) -> bool:
         """No node in it yet: no identity, peer, fact, audit row or API key."""
-        for table in ("node_meta", "node_keys", "peers", "facts", "audit_log", "api_keys", "nonce_cache"):
+        for table in ("node_meta", "node_keys", "peers", "facts", "tombstones", "audit_log", "api_keys", "nonce_cache"):
             if self.one(f"SELECT 1 FROM {table} LIMIT 1") is not None:
                 return False
         return True
@@ -412,6 +412,17 @@ class PostgresDatabase:
 
     def checkpoint(self) -> None:
         """Nothing to do: PostgreSQL checkpoints on its own."""
+
+    def reclaim_erased(self) -> bool:
+        """After an erasure: VACUUM ``facts`` (its TOAST table and indexes too), so that the
+        deleted rows' dead tuples are removed and their space is free for reuse.  Their bytes
+        may remain in free space of the data files until reused, in WAL segments until they
+        are recycled, and in backups (docs/security.md).  False if it could not run."""
+        try:
+            self.execute("VACUUM (ANALYZE) facts")
+        except StorageBusy:
+            return False
+        return True
 
     def close(self) -> None:
         self.pool.close()

@@ -26,13 +26,13 @@ from typing import Any
 from stigmem_node.errors import ConfigError
 from stigmem_node.store import files
 from stigmem_node.store.db import (
-    MIGRATIONS,
     SCHEMA_VERSION,
     ConstraintViolation,
     Dialect,
     StorageBusy,
     StorageFailure,
     StorageUnavailable,
+    migration_sql,
     off_loop,
     schema_text,
     split_sql,
@@ -151,6 +151,8 @@ class SqliteDatabase:
                                timeout=self.busy_timeout_s)
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
+        # Deleted content (an erased fact) is overwritten with zeros, not left in free space.
+        conn.execute("PRAGMA secure_delete=ON")
         return conn
 
     def _migrate(self) -> None:
@@ -169,7 +171,7 @@ class SqliteDatabase:
                 version = 1
             while version < SCHEMA_VERSION:
                 version += 1
-                for statement in split_sql(MIGRATIONS[version], sqlite3.complete_statement):
+                for statement in split_sql(migration_sql(version, 'sqlite'), sqlite3.complete_statement):
                     self.conn.execute(statement)
             self.conn.execute(f"PRAGMA user_version={version}")
 
@@ -189,6 +191,7 @@ class SqliteDatabase:
                                        check_same_thread=False, timeout=self.busy_timeout_s)
                 conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
                 conn.execute("PRAGMA query_only=ON")
+                conn.execute("PRAGMA secure_delete=ON")
             except sqlite3.Error as exc:
                 raise StorageUnavailable(f"the database cannot be opened ({exc})") from None
             reader = _Reader(conn)
@@ -360,6 +363,14 @@ class SqliteDatabase:
         """Move WAL pages into the database file: a PASSIVE checkpoint, which never blocks
         readers or writers (``StorageBusy`` if it cannot start)."""
         self.one("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def reclaim_erased(self) -> bool:
+        """After an erasure: copy the WAL into the database and truncate it to zero bytes, so
+        that the erased rows' old page images are gone from the WAL too (``secure_delete``
+        already zeroed them in the database's pages).  False if a reader kept the WAL from
+        being truncated (the next checkpoint completes it)."""
+        row = self.returning("PRAGMA wal_checkpoint(TRUNCATE)")
+        return not row[0]
 
     def close(self) -> None:
         self._closed = True
