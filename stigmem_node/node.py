@@ -37,6 +37,7 @@ from stigmem_node.peer_auth import PeerAuthenticator
 from stigmem_node.publish import Publisher
 from stigmem_node.ratelimit import FailureLimiter, UnauthenticatedAuditGate
 from stigmem_node.replication import Ingest, PageFetcher, PullOptions, Scheduler, Subscriber
+from stigmem_node.replication.erasures import RemoteErasure
 from stigmem_node.store import Store
 
 if TYPE_CHECKING:
@@ -158,7 +159,8 @@ class Node:
                         federate_instructions=self.settings.federate_instructions)
         return Subscriber(self.store, self.clock, pages, ingest, self.lanes, find_peer=self.federation.get,
                           refresh_keys=self.federation.refresh_peer_keys, concurrency=o.concurrency,
-                          page_limit=o.page_limit, max_pages=o.max_pages)
+                          page_limit=o.page_limit, max_pages=o.max_pages,
+                          erasures=RemoteErasure(self.store, self.audit, self.store.db.reclaim_erased))
 
     # -- a serving node's background work --------------------------------------------------
     async def start_background(self) -> None:

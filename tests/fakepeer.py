@@ -119,6 +119,7 @@ class FakePeer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.scopes = tuple(sorted(scopes))
         self.entries: list[dict[str, Any]] = []
+        self.tombstones: list[Any] = []  # served as they are by /v1/federation/tombstones
         self.behaviour = Behaviour()
         self.script: list[Behaviour] = []  # one-shot behaviours for the next requests, then ``behaviour``
         self.hits: list[Hit] = []
@@ -135,6 +136,7 @@ class FakePeer:
         self.app = Starlette(routes=[
             Route("/.well-known/stigmem", self._well_known, methods=["GET"]),
             Route("/v1/federation/facts", self._facts, methods=["GET"]),
+            Route("/v1/federation/tombstones", self._tombstones, methods=["GET"]),
             Route("/healthz", lambda r: JSONResponse({"status": "ok"}), methods=["GET"]),
         ])
 
@@ -193,6 +195,25 @@ class FakePeer:
             chunk = self.entries[after:after + limit]
             has_more = after + limit < len(self.entries)
         return {"v": 2, "facts": chunk, "cursor": str(after + len(chunk)), "has_more": has_more}
+
+    async def _tombstones(self, request: Request) -> Response:
+        since = int(request.query_params.get("since") or 0)
+        limit = int(request.query_params.get("limit", "100"))
+        with self._lock:
+            chunk = self.tombstones[since:since + limit]
+            more = since + limit < len(self.tombstones)
+        return JSONResponse({"v": 2, "tombstones": chunk, "revocations": [], "cursor": str(since + len(chunk)),
+                             "has_more": more})
+
+    def tombstone(self, entry: dict[str, Any], *, key: Ed25519PrivateKey | None = None,
+                  origin_node_id: str | None = None, reason: str = "right_to_erasure") -> dict[str, Any]:
+        """A wire tombstone of the fact of ``entry``, signed (t2.1) by this peer unless told otherwise."""
+        from stigmem_node import tombstones as tm
+
+        tomb = tm.Tombstone(kind="fact", fact_id=entry["fact"]["id"], entity=None, cid=entry["fact"]["cid"],
+                            erased_at=iso(datetime.now(UTC)), origin_node_id=origin_node_id or self.node_id,
+                            reason=reason)
+        return {**tomb.to_wire(), "origin_sig": tm.sign_tombstone(key or self.key, tomb)}
 
     def set(self, kind: str = "ok", **kw: Any) -> None:
         self.behaviour = Behaviour(kind, **kw)

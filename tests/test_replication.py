@@ -35,10 +35,12 @@ from tests.nodes import RunningNode, node_env
 SCOPES = ("local", "team", "company", "public")
 SHARED = ("company", "public")
 FAST = {"STIGMEM_PULL_TIMEOUT_S": "1", "STIGMEM_PULL_ATTEMPTS": "2", "STIGMEM_PULL_BACKOFF_S": "0.05"}
-PULL_KEYS = {"ok", "peers_ok", "peers_failed", "new", "duplicates", "rejected", "duration_s", "peers"}
+PULL_KEYS = {"ok", "peers_ok", "peers_failed", "new", "duplicates", "rejected", "duration_s", "peers", "tombstones",
+             "erased", "tombstones_refused"}
 PEER_RESULT_KEYS = {"peer_id", "node_id", "ok", "pages", "new", "duplicates", "rejected", "error", "error_code",
-                    "note", "duration_s"}
-REPLICATION_KEYS = {"cursor", "last_attempt_at", "last_success_at", "last_error", "facts_ingested", "facts_rejected"}
+                    "note", "duration_s", "tombstones", "erased", "tombstones_refused"}
+REPLICATION_KEYS = {"cursor", "last_attempt_at", "last_success_at", "last_error", "facts_ingested", "facts_rejected",
+                    "tombstone_cursor"}
 
 
 # -- helpers ----------------------------------------------------------------------------

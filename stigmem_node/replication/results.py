@@ -28,6 +28,9 @@ class PeerResult:
     error_code: str | None = None
     note: str | None = None
     duration_s: float = 0.0
+    tombstones: int = 0  # the peer's tombstones applied here in this pass
+    erased: int = 0  # facts they erased
+    tombstones_refused: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -47,6 +50,8 @@ class PassResult:
             "peers_ok": sum(p.ok for p in self.peers), "peers_failed": sum(not p.ok for p in self.peers),
             "new": sum(p.new for p in self.peers), "duplicates": sum(p.duplicates for p in self.peers),
             "rejected": sum(p.rejected for p in self.peers),
+            "tombstones": sum(p.tombstones for p in self.peers), "erased": sum(p.erased for p in self.peers),
+            "tombstones_refused": sum(p.tombstones_refused for p in self.peers),
         }
 
     def as_dict(self) -> dict[str, Any]:

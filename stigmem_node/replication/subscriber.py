@@ -1,4 +1,5 @@
-"""The subscriber: pull every active peer's facts, verify each one, store it exactly once.
+"""The subscriber: pull every active peer's facts, verify each one, store it exactly once;
+then apply the peer's tombstones (``erasures``).
 
 For each peer (concurrently, bounded): page through ``GET /v1/federation/facts``
 (``transport.PageFetcher``: a fresh token per request, retries) until ``has_more`` is
@@ -25,6 +26,7 @@ from stigmem_node.clock import Clock
 from stigmem_node.errors import OutboundError, StigmemError
 from stigmem_node.federation import KeyRefresh
 from stigmem_node.offload import Offload
+from stigmem_node.replication.erasures import RemoteErasure, check_page
 from stigmem_node.replication.ingest import Ingest, Overlap
 from stigmem_node.replication.results import PassResult, PeerResult, PullError
 from stigmem_node.replication.transport import MAX_PAGE_BYTES, PageFetcher
@@ -37,6 +39,7 @@ log = logging.getLogger("stigmem_node.replication")
 # A pass takes at most this many pages from one peer (a million facts at 500 a page), so a
 # peer that always answers has_more cannot keep a cron run going for ever.
 MAX_PAGES_PER_PASS = 2000
+TOMBSTONE_PAGE_LIMIT = 500
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,8 @@ class KeyRefresher(Protocol):
 class Subscriber:
     def __init__(self, store: SubscriberStore, clock: Clock, pages: PageFetcher, ingest: Ingest, lanes: Offload, *,
                  find_peer: Callable[[str], PeerRecord], refresh_keys: KeyRefresher,
-                 concurrency: int = 4, page_limit: int = 500, max_pages: int = MAX_PAGES_PER_PASS) -> None:
+                 concurrency: int = 4, page_limit: int = 500, max_pages: int = MAX_PAGES_PER_PASS,
+                 erasures: RemoteErasure | None = None) -> None:
         """``find_peer``: a peer by peer id or node id (raises ``NotFound``; run in the read lane)."""
         self.store = store
         self.lanes = lanes
@@ -84,6 +88,7 @@ class Subscriber:
         self.concurrency = concurrency
         self.page_limit = page_limit
         self.max_pages = max_pages
+        self.erasures = erasures
 
     async def active_peers(self) -> list[PeerRecord]:
         return await self.lanes.read(self.store.peers.list_peers, "active")
@@ -135,6 +140,7 @@ class Subscriber:
                 raise PullError("peer_not_active", f"peer is {peer.status}, not active")
             self.pages.check_peer_url(peer)
             await self._pull(client, peer, result)
+            await self._pull_tombstones(client, peer, result)
         except OutboundError as exc:
             error = PullError(exc.code, exc.message)
         except PullError as exc:
@@ -153,6 +159,35 @@ class Subscriber:
         except (StorageError, StigmemError):
             log.exception("cannot record the pull status of %s", peer.node_id)
         return result
+
+    async def _pull_tombstones(self, client: httpx.AsyncClient, peer: PeerRecord, result: PeerResult) -> None:
+        """After the facts: page through the peer's tombstones from their own cursor and apply
+        them.  A peer that serves none it can be asked for (a reference node refuses the
+        request) is noted, not failed: its facts were pulled."""
+        if self.erasures is None:
+            return
+        try:
+            since = await self.lanes.read(self.store.replication.tombstone_cursor, peer.id)
+            keys = await self.lanes.read(self.ingest.peer_keys, peer)
+            refreshed = False
+            for _ in range(self.max_pages):
+                page = await self.pages.fetch_tombstones(client, peer, since, TOMBSTONE_PAGE_LIMIT)
+                checked = await asyncio.to_thread(check_page, peer, page.tombstones, keys)
+                if checked.bad_signature and not refreshed:
+                    refreshed = True  # perhaps the peer rotated its key: follow it once per pass
+                    if (await self.refresh_keys(peer, actor="node:pull")).rotated:
+                        keys = await self.lanes.read(self.ingest.peer_keys, peer)
+                        checked = await asyncio.to_thread(check_page, peer, page.tombstones, keys)
+                applied = await self.lanes.write(self.erasures.store_page, peer, checked, page.cursor)
+                result.tombstones += applied.applied
+                result.erased += applied.facts_erased
+                result.tombstones_refused += applied.refused
+                if not page.has_more or page.cursor == since:
+                    return
+                since = page.cursor
+        except (PullError, OutboundError, StigmemError) as exc:
+            note = f"tombstones not pulled ({exc.code})"
+            result.note = f"{result.note}; {note}" if result.note else note
 
     async def _pull(self, client: httpx.AsyncClient, peer: PeerRecord, result: PeerResult) -> None:
         """Page through the peer from its stored cursor, counting into ``result``."""

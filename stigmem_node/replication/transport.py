@@ -75,12 +75,22 @@ class PageFetcher:
     async def fetch(self, client: httpx.AsyncClient, peer: PeerRecord, cursor: str | None, limit: int) -> Page:
         """The page after ``cursor``, retried as above.  Raises ``PullError``."""
         query = f"limit={limit}" + (f"&cursor={quote(cursor, safe='')}" if cursor else "")
-        path_qs = f"/v1/federation/facts?{query}"
+        body = await self._get(client, peer, f"/v1/federation/facts?{query}")
+        return parse_page(body, limit)
+
+    async def fetch_tombstones(self, client: httpx.AsyncClient, peer: PeerRecord, since: str | None,
+                               limit: int) -> TombstonePage:
+        """The page of the peer's tombstones after ``since``, retried as ``fetch``."""
+        query = f"limit={limit}" + (f"&since={quote(since, safe='')}" if since else "")
+        body = await self._get(client, peer, f"/v1/federation/tombstones?{query}")
+        return parse_tombstone_page(body, limit, since)
+
+    async def _get(self, client: httpx.AsyncClient, peer: PeerRecord, path_qs: str) -> bytes:
         url = node_base(peer.node_url).join(path_qs)
         for attempt in range(1, self.attempts + 1):
             token = self.mint_token(peer.node_id, peer.allowed_scopes, method="GET", path_qs=path_qs)
             try:
-                return await self._get_page(client, url, token, limit)
+                return await self._get_body(client, url, token)
             except _Retry as retry:
                 if attempt == self.attempts:
                     raise retry.error from None
@@ -91,7 +101,7 @@ class PageFetcher:
                 await asyncio.sleep(delay)
         raise PullError("pull_failed", "no attempt was made")  # pragma: no cover - attempts >= 1
 
-    async def _get_page(self, client: httpx.AsyncClient, url: str, token: str, limit: int) -> Page:
+    async def _get_body(self, client: httpx.AsyncClient, url: str, token: str) -> bytes:
         # One deadline for the whole request: a peer dripping its page byte by byte cannot
         # hold the pull for longer than timeout_s.
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
@@ -116,7 +126,7 @@ class PageFetcher:
             code = _error_code(body)
             raise PullError("peer_refused", f"the peer answered HTTP {status}" + (f" ({code})" if code else ""),
                             status=status, peer_error=code)
-        return parse_page(body, limit)
+        return body
 
 
 def parse_page(body: bytes, limit: int) -> Page:
@@ -137,6 +147,37 @@ def parse_page(body: bytes, limit: int) -> Page:
     elif isinstance(cursor, str) and len(cursor) > MAX_CURSOR_CHARS:
         raise PullError("invalid_page", f"the peer's cursor is longer than {MAX_CURSOR_CHARS} characters")
     return Page(page["facts"], cursor, page["has_more"])
+
+
+@dataclass(frozen=True)
+class TombstonePage:
+    tombstones: list[Any]
+    cursor: str | None
+    has_more: bool
+
+
+def parse_tombstone_page(body: bytes, limit: int, since: str | None) -> TombstonePage:
+    """A v2 tombstone page ``{v, tombstones, revocations, cursor[, has_more]}`` of at most
+    ``limit`` tombstones (a page without ``has_more`` has more when it is full).  Raises
+    ``PullError`` (``invalid_page``)."""
+    try:
+        page = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise PullError("invalid_page", "the peer's tombstone page is not JSON") from None
+    if not (isinstance(page, dict) and page.get("v") == 2 and isinstance(page.get("tombstones"), list)
+            and (page.get("cursor") is None or isinstance(page.get("cursor"), (str, int)))
+            and isinstance(page.get("has_more", False), bool)):
+        raise PullError("invalid_page", "the peer's tombstone page is not a v2 page {v, tombstones, cursor}")
+    items = page["tombstones"]
+    if len(items) > limit:
+        raise PullError("invalid_page", f"the peer sent more than the {limit} tombstones asked for")
+    cursor = page["cursor"]
+    if isinstance(cursor, int) and not isinstance(cursor, bool):
+        cursor = str(cursor)
+    elif isinstance(cursor, str) and len(cursor) > MAX_CURSOR_CHARS:
+        raise PullError("invalid_page", f"the peer's cursor is longer than {MAX_CURSOR_CHARS} characters")
+    has_more = page["has_more"] if "has_more" in page else len(items) == limit
+    return TombstonePage(items, cursor if cursor is not None else since, bool(has_more))
 
 
 def retry_after_s(value: str | None) -> float | None:

@@ -26,7 +26,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "tombstones": ("seq", "kind", "fact_id", "entity", "cid", "scopes", "erased_at", "origin_node_id", "reason",
                    "origin_sig", "received_from"),
     "replication_state": ("peer_id", "cursor", "last_attempt_at", "last_success_at", "last_error",
-                          "facts_ingested", "facts_rejected"),
+                          "facts_ingested", "facts_rejected", "tombstone_cursor"),
     "audit_log": ("seq", "ts", "event_type", "peer_id", "actor", "reason", "detail", "remote_addr", "prev_hash",
                   "hash"),
     "api_keys": ("id", "key_hash", "pepper_version", "permissions", "label", "created_at", "expires_at",

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from stigmem_node.errors import ConfigError, Conflict, StigmemError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Migrations from version N-1 to N, for N > 1: SQL both engines run, or one text per engine
 # (``migration_sql``) where the SQL differs (triggers).  Version 1 is the engine's schema
@@ -108,6 +108,8 @@ DROP TRIGGER facts_no_delete ON facts;
 CREATE TRIGGER facts_no_delete BEFORE DELETE ON facts
     FOR EACH ROW EXECUTE FUNCTION stigmem_erasure_guard();
 """},
+    # 4: the subscriber's tombstone cursor per peer (erasures pulled from the origin).
+    4: "ALTER TABLE replication_state ADD COLUMN tombstone_cursor TEXT;",
 }
 
 

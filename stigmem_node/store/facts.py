@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from stigmem_node.store.db import Database
@@ -161,6 +162,13 @@ class FactRepo:
         """Delete every fact row of ``entity`` (guarded as ``erase``); how many."""
         return self.db.execute("DELETE FROM facts WHERE entity = ?", (entity,))
 
+    def of_entity_from(self, entity: str, origin_node_id: str, until: str) -> list[tuple[str, str]]:
+        """(id, cid) of the stored facts of ``entity`` from ``origin_node_id`` whose timestamp
+        is at or before ``until`` (what an origin's entity tombstone erases)."""
+        rows = self.db.all("SELECT id, cid, timestamp FROM facts WHERE entity = ? AND origin_node_id = ? ORDER BY seq",
+                           (entity, origin_node_id))
+        return [(r[0], r[1]) for r in rows if _not_after(r[2], until)]
+
     def max_local_hlc(self) -> str | None:
         """The newest HLC this node issued (received facts carry their origin's clock)."""
         row = self.db.one("SELECT MAX(hlc) FROM facts WHERE received_from IS NULL")
@@ -169,3 +177,13 @@ class FactRepo:
     def count(self) -> int:
         row = self.db.one("SELECT COUNT(*) FROM facts")
         return int(row[0]) if row else 0
+
+
+def _not_after(timestamp: str, until: str) -> bool:
+    """``timestamp`` at or before ``until`` (RFC 3339 UTC texts of one form compare as times;
+    a timestamp that does not parse counts as covered)."""
+    try:
+        return datetime.fromisoformat(timestamp.replace("Z", "+00:00")) <= datetime.fromisoformat(
+            until.replace("Z", "+00:00"))
+    except ValueError:
+        return True

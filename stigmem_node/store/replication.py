@@ -53,6 +53,16 @@ class ReplicationRepo:
             (cursor, ingested, rejected, peer_id, expected_cursor),
         ) == 1
 
+    def tombstone_cursor(self, peer_id: str) -> str | None:
+        """Where the pull of ``peer_id``'s tombstones resumes (None: from the start)."""
+        row = self.db.one("SELECT tombstone_cursor FROM replication_state WHERE peer_id = ?", (peer_id,))
+        return row[0] if row else None
+
+    def set_tombstone_cursor(self, peer_id: str, cursor: str | None) -> None:
+        """Call inside the transaction that applies the page's tombstones."""
+        self._ensure(peer_id)
+        self.db.execute("UPDATE replication_state SET tombstone_cursor = ? WHERE peer_id = ?", (cursor, peer_id))
+
     def pull_lease(self, peer_id: str) -> HeldLock | None:
         """The right to pull ``peer_id`` now, until released; None if another process (a
         replica) or thread is pulling it: at most one pulls a peer at a time."""
