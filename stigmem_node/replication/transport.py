@@ -141,12 +141,16 @@ def parse_page(body: bytes, limit: int) -> Page:
         raise PullError("invalid_page", "the peer's page is not a v2 page {v, facts, cursor, has_more}")
     if len(page["facts"]) > limit:
         raise PullError("invalid_page", f"the peer sent more than the {limit} facts asked for")
-    cursor = page["cursor"]
-    if isinstance(cursor, int) and not isinstance(cursor, bool):
-        cursor = str(cursor)
-    elif isinstance(cursor, str) and len(cursor) > MAX_CURSOR_CHARS:
+    return Page(page["facts"], _cursor(page["cursor"]), page["has_more"])
+
+
+def _cursor(value: str | int | None) -> str | None:
+    """A page's cursor as text (a number is taken as its digits); too long is ``invalid_page``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str) and len(value) > MAX_CURSOR_CHARS:
         raise PullError("invalid_page", f"the peer's cursor is longer than {MAX_CURSOR_CHARS} characters")
-    return Page(page["facts"], cursor, page["has_more"])
+    return value
 
 
 @dataclass(frozen=True)
@@ -171,11 +175,7 @@ def parse_tombstone_page(body: bytes, limit: int, since: str | None) -> Tombston
     items = page["tombstones"]
     if len(items) > limit:
         raise PullError("invalid_page", f"the peer sent more than the {limit} tombstones asked for")
-    cursor = page["cursor"]
-    if isinstance(cursor, int) and not isinstance(cursor, bool):
-        cursor = str(cursor)
-    elif isinstance(cursor, str) and len(cursor) > MAX_CURSOR_CHARS:
-        raise PullError("invalid_page", f"the peer's cursor is longer than {MAX_CURSOR_CHARS} characters")
+    cursor = _cursor(page["cursor"])
     has_more = page["has_more"] if "has_more" in page else len(items) == limit
     return TombstonePage(items, cursor if cursor is not None else since, bool(has_more))
 
