@@ -144,13 +144,15 @@ def parse_page(body: bytes, limit: int) -> Page:
     return Page(page["facts"], _cursor(page["cursor"]), page["has_more"])
 
 
-def _cursor(value: str | int | None) -> str | None:
-    """A page's cursor as text (a number is taken as its digits); too long is ``invalid_page``."""
+def _cursor(value: Any) -> str | None:
+    """A page's cursor (checked: text, a number or null) as text; too long is ``invalid_page``."""
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    if isinstance(value, str) and len(value) > MAX_CURSOR_CHARS:
-        raise PullError("invalid_page", f"the peer's cursor is longer than {MAX_CURSOR_CHARS} characters")
-    return value
+    if isinstance(value, str):
+        if len(value) > MAX_CURSOR_CHARS:
+            raise PullError("invalid_page", f"the peer's cursor is longer than {MAX_CURSOR_CHARS} characters")
+        return value
+    return None
 
 
 @dataclass(frozen=True)
