@@ -120,6 +120,7 @@ class FakePeer:
         self.scopes = tuple(sorted(scopes))
         self.entries: list[dict[str, Any]] = []
         self.tombstones: list[Any] = []  # served as they are by /v1/federation/tombstones
+        self.page_cap: int | None = None  # at most this many facts a page, whatever is asked
         self.behaviour = Behaviour()
         self.script: list[Behaviour] = []  # one-shot behaviours for the next requests, then ``behaviour``
         self.hits: list[Hit] = []
@@ -191,6 +192,7 @@ class FakePeer:
 
     def page(self, cursor: str | None, limit: int) -> dict[str, Any]:
         after = int(cursor) if cursor else 0
+        limit = min(limit, self.page_cap or limit)
         with self._lock:
             chunk = self.entries[after:after + limit]
             has_more = after + limit < len(self.entries)
@@ -242,8 +244,12 @@ class FakePeer:
         if b.kind == "status":
             return JSONResponse({"error": f"fake_{b.status}", "detail": f"fake_{b.status}", "message": "fake"},
                                 status_code=b.status, headers=b.headers)
-        if b.kind == "slow":
-            await asyncio.sleep(b.hang_s)
+        if b.kind == "slow":  # a valid page after hang_s, unless the puller went away meanwhile
+            deadline = time.monotonic() + b.hang_s
+            while time.monotonic() < deadline:
+                if await request.is_disconnected():
+                    return Response(b"", status_code=499)
+                await asyncio.sleep(0.02)
         if b.kind == "hang":
             deadline = time.monotonic() + b.hang_s
             with self._lock:

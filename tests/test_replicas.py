@@ -234,7 +234,8 @@ def test_d_one_replica_pulls_a_peer_and_another_takes_over_when_it_dies(replicas
     try:
         total = 60
         peer.add(*[peer.make(f"ex:fact{i}") for i in range(total)])
-        peer.set("slow", hang_s=0.25)  # every page takes a quarter of a second
+        peer.set("slow", hang_s=0.25)  # every page takes a quarter of a second ...
+        peer.page_cap = 5  # ... and holds 5 facts: a pull takes 12 pages, 3 seconds
         a = replicas(args=("--pull-interval", "1"))
         rec = peer.register_on(a[0])
         deadline = time.monotonic() + 90
@@ -243,9 +244,12 @@ def test_d_one_replica_pulls_a_peer_and_another_takes_over_when_it_dies(replicas
             assert time.monotonic() < deadline, "no replica took the pull lease"
             holder = _lease_holder(a.url, rec["peer_id"])
             time.sleep(0.05)
-        time.sleep(0.6)  # a few pages in
+        time.sleep(0.8)  # a few pages in
         victim = next(n for n in a if n.proc.pid == holder)
         os.kill(victim.proc.pid, signal.SIGKILL)
+        with psycopg.connect(a.url) as conn:
+            at_kill = conn.execute("SELECT COUNT(*) FROM facts WHERE received_from IS NOT NULL").fetchone()[0]
+        assert 0 < at_kill < total, f"{at_kill} of {total} facts were stored when the puller died"
         victim.proc.wait(10)
         deadline = time.monotonic() + 90
         while True:
@@ -255,8 +259,9 @@ def test_d_one_replica_pulls_a_peer_and_another_takes_over_when_it_dies(replicas
                 break
             assert time.monotonic() < deadline, f"only {stored} of {total} facts after the takeover"
             time.sleep(0.2)
-        new_holder_seen = {h.claims.get("jti") for h in peer.hits if h.claims}  # every page had its own token
-        assert len(new_holder_seen) == len([h for h in peer.hits if h.claims])
+        signed = [h.claims for h in peer.hits if h.claims]
+        assert len({c["nonce"] for c in signed}) == len(signed)  # every page request had a token of its own
+        assert len(peer.hits) >= total // 5
         assert peer.max_in_flight == 1, "two replicas pulled the peer at the same time"
         with psycopg.connect(a.url) as conn:
             ingested, distinct = conn.execute(
