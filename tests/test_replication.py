@@ -39,8 +39,7 @@ PULL_KEYS = {"ok", "peers_ok", "peers_failed", "new", "duplicates", "rejected", 
              "erased", "tombstones_refused"}
 PEER_RESULT_KEYS = {"peer_id", "node_id", "ok", "pages", "new", "duplicates", "rejected", "error", "error_code",
                     "note", "duration_s", "tombstones", "erased", "tombstones_refused"}
-REPLICATION_KEYS = {"cursor", "last_attempt_at", "last_success_at", "last_error", "facts_ingested", "facts_rejected",
-                    "tombstone_cursor"}
+REPLICATION_KEYS = {"cursor", "last_attempt_at", "last_success_at", "last_error", "facts_ingested", "facts_rejected"}
 
 
 # -- helpers ----------------------------------------------------------------------------

@@ -74,7 +74,9 @@ def test_registration_and_pulls_go_through_the_injected_transport(pair):
 
     result = asyncio.run(b.subscriber().run_pass())
     assert result.ok and result.totals()["new"] == 3, result.as_dict()
-    assert loop.seen and all(path == "/v1/federation/facts" and enc == "identity" for path, enc in loop.seen)
+    assert loop.seen and all(path in ("/v1/federation/facts", "/v1/federation/tombstones") and enc == "identity"
+                             for path, enc in loop.seen)
+    assert {path for path, _ in loop.seen} == {"/v1/federation/facts", "/v1/federation/tombstones"}
     again = asyncio.run(b.subscriber().run_pass())
     assert again.ok and again.totals()["new"] == 0
 

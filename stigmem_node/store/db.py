@@ -109,7 +109,8 @@ CREATE TRIGGER facts_no_delete BEFORE DELETE ON facts
     FOR EACH ROW EXECUTE FUNCTION stigmem_erasure_guard();
 """},
     # 4: the subscriber's tombstone cursor per peer (erasures pulled from the origin).
-    4: "ALTER TABLE replication_state ADD COLUMN tombstone_cursor TEXT;",
+    4: {"sqlite": "ALTER TABLE replication_state ADD COLUMN tombstone_cursor TEXT;",
+        "postgresql": 'ALTER TABLE replication_state ADD COLUMN tombstone_cursor TEXT COLLATE "C";'},
 }
 
 
