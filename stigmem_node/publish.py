@@ -112,13 +112,15 @@ class Publisher:
                 f'"has_more":{"true" if has_more else "false"}}}')
         return text.encode("utf-8")
 
-    def tombstone_page(self, peer: AuthenticatedPeer, *, since: str | None, limit: int) -> bytes:
+    def tombstone_page(self, peer: AuthenticatedPeer, *, since: str | None, limit: int, empty: bool = False) -> bytes:
         """One page of this node's own signed tombstones that cover a scope the peer may read
         (the scope of an erased fact; for an entity, the scopes of our erased facts of it),
-        in commit order.  The cursor is the tombstones' ``seq``; an empty page carries the
-        request's ``since`` back (``null`` without one), as reference subscribers expect."""
+        in commit order (``empty``: none, for a subscriber that did not ask for them).  The
+        cursor is the tombstones' ``seq``; an empty page carries the request's ``since`` back
+        (``null`` without one), as reference subscribers expect."""
         after = parse_cursor(since)
-        rows = self.store.tombstones.page_for_peer(self.node_id, sorted(self.permitted(peer)), after, limit + 1)
+        rows = [] if empty else self.store.tombstones.page_for_peer(self.node_id, sorted(self.permitted(peer)),
+                                                                    after, limit + 1)
         has_more = len(rows) > limit
         rows = rows[:limit]
         cursor = str(rows[-1].seq) if rows else since

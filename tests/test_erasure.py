@@ -53,12 +53,14 @@ def audit_rows(n: ServedNode) -> list[tuple]:
     return n.sql("SELECT event_type, actor, reason, detail FROM audit_log ORDER BY seq")
 
 
-def tombstone_page(f: Fed, *, since: str | None = None, limit: int | None = None, as_c: bool = False) -> dict:
-    params = [f"since={since}"] if since is not None else []
+def tombstone_page(f: Fed, *, since: str | None = None, limit: int | None = None, as_c: bool = False,
+                   tv: str | None = "t2.1", status: int = 200) -> dict:
+    params = [f"tv={tv}"] if tv is not None else []
+    params += [f"since={since}"] if since is not None else []
     params += [f"limit={limit}"] if limit is not None else []
     path = "/v1/federation/tombstones" + ("?" + "&".join(params) if params else "")
     res = f.get(path, f.mint(path, as_c=as_c))
-    assert res.status_code == 200, res.text
+    assert res.status_code == status, res.text
     return res.json()
 
 
@@ -232,8 +234,13 @@ def test_peers_see_only_tombstones_of_what_they_could_receive_in_commit_order(fe
     assert [t["fact_id"] or t["entity"] for t in rest["tombstones"]] == [public["id"], "p:ent"]
     assert rest["has_more"] is False
     assert tombstone_page(fed, since=rest["cursor"])["tombstones"] == []
-    path = "/v1/federation/tombstones?since=abc"
+    path = "/v1/federation/tombstones?tv=t2.1&since=abc"
     assert_error(fed.get(path, fed.mint(path)), 422, "invalid_cursor")
+    # A subscriber that does not ask for t2.1 tombstones (a reference node) gets an empty page,
+    # which it can store; an unknown version is refused.
+    assert tombstone_page(fed, tv=None) == {"v": 2, "tombstones": [], "revocations": [], "cursor": None,
+                                            "has_more": False}
+    assert tombstone_page(fed, tv="t9", status=422)["field"] == "tv"
 
 
 # --------------------------------------------------------------------------- received facts

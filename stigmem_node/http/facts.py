@@ -17,6 +17,7 @@ from stigmem_node.http.peers import json_body
 from stigmem_node.peer_auth import AuthenticatedPeer
 from stigmem_node.publish import DEFAULT_LIMIT, MAX_LIMIT
 from stigmem_node.tokens import TokenRejected
+from stigmem_node.tombstones import TOMBSTONE_TUPLE_VERSION
 from stigmem_node.vocabulary import DEFAULT_ERASURE_REASON
 
 MAX_TOMBSTONE_LIMIT = 500
@@ -94,12 +95,18 @@ async def pull(request: Request) -> Response:
 
 async def tombstones(request: Request) -> Response:
     """GET /v1/federation/tombstones: one page of this node's tombstones the peer may see,
-    authenticated like the pull (reference subscribers poll it every cycle)."""
+    authenticated like the pull.  Only a subscriber that asks for the tombstone tuple it can
+    verify (``tv=t2.1``) is served them; a request without ``tv`` (a reference subscriber,
+    which polls every cycle and cannot store a non-empty page) gets an empty page, as before."""
     publisher = request.app.state.node.publisher
 
     def read_page(peer: AuthenticatedPeer) -> bytes:
         limit = int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_TOMBSTONE_LIMIT)
-        return publisher.tombstone_page(peer, since=request.query_params.get("since"), limit=limit)
+        version = request.query_params.get("tv")
+        if version is not None and version != TOMBSTONE_TUPLE_VERSION:
+            raise ValidationError("invalid_request", f"tv must be {TOMBSTONE_TUPLE_VERSION}", field="tv")
+        return publisher.tombstone_page(peer, since=request.query_params.get("since"), limit=limit,
+                                        empty=version is None)
 
     _, body = await authenticate_peer(request, read_page)
     return Response(cast(bytes, body), media_type="application/json")

@@ -25,6 +25,7 @@ from stigmem_node.errors import OutboundError
 from stigmem_node.outbound import Outbound, node_base
 from stigmem_node.replication.results import PullError
 from stigmem_node.store.peers import PeerRecord
+from stigmem_node.tombstones import TOMBSTONE_TUPLE_VERSION
 
 MAX_PAGE_BYTES = 64 * 1024 * 1024
 MAX_RETRY_AFTER_S = 60.0
@@ -81,7 +82,7 @@ class PageFetcher:
     async def fetch_tombstones(self, client: httpx.AsyncClient, peer: PeerRecord, since: str | None,
                                limit: int) -> TombstonePage:
         """The page of the peer's tombstones after ``since``, retried as ``fetch``."""
-        query = f"limit={limit}" + (f"&since={quote(since, safe='')}" if since else "")
+        query = f"tv={TOMBSTONE_TUPLE_VERSION}&limit={limit}" + (f"&since={quote(since, safe='')}" if since else "")
         body = await self._get(client, peer, f"/v1/federation/tombstones?{query}")
         return parse_tombstone_page(body, limit, since)
 

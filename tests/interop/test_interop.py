@@ -527,6 +527,32 @@ def test_reference_pulls_from_us(ref, ours, linked):
         assert all(with_cursor[first:]), "\n".join(facts_req)
 
 
+def test_reference_polls_our_tombstones_after_an_erasure_without_errors(ref, ours, linked):
+    """A reference node that polls a page with a real tombstone of ours keeps pulling and logs
+    nothing wrong (it does not apply our tombstones: its own tombstone path differs)."""
+    entity = "stigmem://interop/ours-to-ref/erased"
+    (stored,) = ours_post_facts(ours, [{"entity": entity, "relation": "memory:note", "source": "agent:interop",
+                                         "value": {"type": "string", "v": "to be erased"}, "confidence": 0.9,
+                                         "scope": "public"}])
+    wait_for(lambda: ref.get_fact(stored["id"]).status_code == 200, timeout_s=30, what="the reference pulls the fact")
+    mark = LogMark(ref.log_path)
+    access = LogMark(ours.log_path)
+    with ours.client() as c:
+        res = c.delete(f"/v1/facts/{stored['id']}", params={"reason": "right_to_erasure"})
+    assert res.status_code == 200 and res.json()["local_only"] is False, res.text
+    # It polls our tombstones (a page holding the new one) and pulls on, for a few cycles.
+    wait_for(lambda: re.search(r'"GET /v1/federation/tombstones\S* HTTP/1.1" 200', access.new_text()),
+             timeout_s=30, what="the reference polls our tombstones")
+    (later,) = ours_post_facts(ours, [{"entity": entity + "/after", "relation": "memory:note",
+                                        "source": "agent:interop", "value": {"type": "string", "v": "after"},
+                                        "confidence": 0.9, "scope": "public"}])
+    wait_for(lambda: ref.get_fact(later["id"]).status_code == 200, timeout_s=30, what="the reference pulls on")
+    time.sleep(PULL_INTERVAL_S * 2.5)
+    bad = bad_ref_log_lines(mark.new_text())
+    assert not bad, "\n".join(bad[:20])
+    assert not ref_bad_audit(ref, linked["our_peer_id_on_ref"], ours.well_known()["node_id"])
+
+
 # --------------------------------------------------------------------------- 3. mixed triangle
 
 
