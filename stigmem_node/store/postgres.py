@@ -56,6 +56,7 @@ log = logging.getLogger("stigmem_node.store")
 
 WRITE_LOCK = 8386093285  # the node-wide write lock (also in schema_postgres.sql)
 MIGRATE_LOCK = 8386093286
+WARM_CONNECTIONS = 4
 DIALECT = Dialect(
     name="postgresql",
     hex_text="encode(convert_to({}, 'UTF8'), 'hex')",
@@ -150,7 +151,10 @@ class PostgresDatabase:
             conn.execute("SET idle_in_transaction_session_timeout = '60s'")
 
         self.pool = ConnectionPool(
-            url, min_size=1, max_size=pool_size, open=False, timeout=self.busy_timeout_s,
+            # A few connections kept open and ready: a read must not wait for a new backend to
+            # start (tens to hundreds of ms on a loaded machine) while writers hold the others.
+            url, min_size=min(WARM_CONNECTIONS, pool_size), max_size=pool_size, open=False,
+            timeout=self.busy_timeout_s,
             kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout_s)),
                     "application_name": f"stigmem-node:{os.getpid()}"},
             configure=configure, name="stigmem",
@@ -322,16 +326,24 @@ class PostgresDatabase:
             # PostgreSQL text cannot hold NUL, so no stored value equals one that has it:
             # a lookup by such a value finds nothing, as it finds nothing on SQLite.
             return [] if fetch == "all" else None
-        try:
-            with self._conn() as conn:
-                cur = conn.execute(_sql(sql), tuple(params) if params else None)
-                if fetch == "all":
-                    return cur.fetchall()
-                if fetch == "one":
-                    return cur.fetchone()
-                return cur.rowcount
-        except psycopg.Error as exc:
-            raise _translate(exc) from None
+        # A read outside a transaction is tried again on another connection when the one it
+        # got turns out dead (a failover or a restart kills every pooled connection at once).
+        attempts = WARM_CONNECTIONS + 1 if fetch != "rowcount" and self._tx() is None else 1
+        for attempt in range(attempts):
+            try:
+                with self._conn() as conn:
+                    cur = conn.execute(_sql(sql), tuple(params) if params else None)
+                    if fetch == "all":
+                        return cur.fetchall()
+                    if fetch == "one":
+                        return cur.fetchone()
+                    return cur.rowcount
+            except StorageUnavailable:
+                if self._unreachable or attempt == attempts - 1:  # no connection to be had: no retry
+                    raise
+            except psycopg.Error as exc:
+                raise _translate(exc) from None
+        raise StorageUnavailable()  # pragma: no cover - the loop returns or raises
 
     # -- statements --------------------------------------------------------------------------
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
