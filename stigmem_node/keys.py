@@ -8,8 +8,10 @@ business; everything that signs (declarations, the manifest, origin signatures) 
 
 from __future__ import annotations
 
-from typing import Final, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any, Final, Protocol
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -116,3 +118,27 @@ def endorsement_payload(node_id: str, new_key_id: str, new_public_key: str) -> b
     """What a retiring key signs to vouch for its successor (see docs/protocol.md, key rotation)."""
     return sorted_json({"federation_pubkey": new_public_key, "key_id": new_key_id, "node_id": node_id,
                         "type": ROTATION})
+
+
+def verify_any(public_keys: Ed25519PublicKey | Iterable[Ed25519PublicKey], signature: Any,
+               payload: Callable[[], bytes]) -> bool:
+    """True if ``signature`` (base64url text of 64 bytes) verifies over ``payload()`` under
+    any of ``public_keys``; never raises on bad input (a payload that cannot be built, bad
+    base64, a wrong length: False)."""
+    keys = [public_keys] if isinstance(public_keys, Ed25519PublicKey) else list(public_keys)
+    if not keys or not isinstance(signature, str):
+        return False
+    try:
+        sig = b64url_decode(signature)
+        data = payload()
+    except (TypeError, ValueError):  # bad base64, lone surrogates, unsortable lists
+        return False
+    if len(sig) != 64:
+        return False
+    for key in keys:
+        try:
+            key.verify(sig, data)
+            return True
+        except InvalidSignature:
+            continue
+    return False

@@ -16,10 +16,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from stigmem_node.encoding import b64url_decode, b64url_encode, jcs
+from stigmem_node.encoding import b64url_encode, jcs
 from stigmem_node.errors import ValidationError
 from stigmem_node.facts import (
     DEFAULT_TENANT,
@@ -31,7 +30,7 @@ from stigmem_node.facts import (
     required_text,
     unexpected_error,
 )
-from stigmem_node.keys import Signer
+from stigmem_node.keys import Signer, verify_any
 from stigmem_node.values import invalid_fact
 
 __all__ = [
@@ -184,23 +183,9 @@ def verify_origin(
 ) -> bool:
     """True if ``signature`` verifies over ``origin_sig_payload(**fields)`` under any of
     ``public_keys``; never raises on bad input."""
-    keys = [public_keys] if isinstance(public_keys, Ed25519PublicKey) else list(public_keys)
-    if not keys or not isinstance(signature, str) or not fields.get("entity_uri"):
+    if not fields.get("entity_uri"):
         return False
-    try:
-        sig = b64url_decode(signature)
-        payload = origin_sig_payload(**fields)
-    except (TypeError, ValueError):  # bad base64, lone surrogates, unsortable lists
-        return False
-    if len(sig) != 64:
-        return False
-    for key in keys:
-        try:
-            key.verify(sig, payload)
-            return True
-        except InvalidSignature:
-            continue
-    return False
+    return verify_any(public_keys, signature, lambda: origin_sig_payload(**fields))
 
 
 def _signed_fields(fact: Fact, origin: Origin) -> dict[str, Any]:

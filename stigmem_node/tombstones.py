@@ -21,13 +21,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from stigmem_node.encoding import b64url_decode, b64url_encode, jcs
+from stigmem_node.encoding import b64url_encode, jcs
 from stigmem_node.errors import ValidationError
 from stigmem_node.facts import MAX_ID_CHARS, MAX_NAME_CHARS, check_string, parse_time
-from stigmem_node.keys import Signer
+from stigmem_node.keys import Signer, verify_any
 from stigmem_node.node_id import InvalidNodeId
 from stigmem_node.node_id import check as check_node_id
 from stigmem_node.vocabulary import ERASURE_REASONS, TOMBSTONE_KINDS
@@ -97,23 +96,7 @@ def sign_tombstone(signer: Signer | Ed25519PrivateKey, tombstone: Tombstone) -> 
 
 def verify_tombstone(public_keys: Ed25519PublicKey | Iterable[Ed25519PublicKey], tombstone: Tombstone) -> bool:
     """True if the tombstone's ``origin_sig`` verifies under any of ``public_keys``; never raises."""
-    keys = [public_keys] if isinstance(public_keys, Ed25519PublicKey) else list(public_keys)
-    if not keys or not isinstance(tombstone.origin_sig, str):
-        return False
-    try:
-        sig = b64url_decode(tombstone.origin_sig)
-        payload = tombstone_payload(**tombstone.signed_fields())
-    except (TypeError, ValueError):
-        return False
-    if len(sig) != 64:
-        return False
-    for key in keys:
-        try:
-            key.verify(sig, payload)
-            return True
-        except InvalidSignature:
-            continue
-    return False
+    return verify_any(public_keys, tombstone.origin_sig, lambda: tombstone_payload(**tombstone.signed_fields()))
 
 
 # --------------------------------------------------------------------------- wire parsing

@@ -167,13 +167,13 @@ class ReadOnlyDatabase:
 
 def open_read_only(path: Path | str) -> ReadOnlyDatabase:
     """Open an existing stigmem database for reading only (see the module docstring; a
-    PostgreSQL URL gives ``postgres.ReadOnlySnapshot``, with the same reads).
+    PostgreSQL URL gives ``postgres_snapshot.ReadOnlySnapshot``, with the same reads).
 
     Raises ``ConfigError``: ``database_missing`` if there is no file, ``database_unavailable``
     if it cannot be read or is not a stigmem database.
     """
     if is_postgres_url(path):
-        from stigmem_node.store.postgres import ReadOnlySnapshot
+        from stigmem_node.store.postgres_snapshot import ReadOnlySnapshot
 
         return ReadOnlySnapshot(str(path))  # type: ignore[return-value]
     path = Path(path)
