@@ -87,6 +87,7 @@ def busy_node(start_process_node) -> RunningNode:
     return node
 
 
+@pytest.mark.sqlite_only  # PostgreSQL's busy write lock: test_engines.test_pg_write_waits_for_the_busy_timeout_…
 def test_reads_answer_fast_and_writes_get_503_while_another_process_holds_the_write_lock(busy_node: RunningNode):
     node = busy_node
     writes: list[tuple[httpx.Response, bool]] = []  # (answer, lock still held when it came)

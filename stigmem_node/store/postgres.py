@@ -266,7 +266,11 @@ class PostgresDatabase:
                 if exclusive:
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
             except psycopg.Error as exc:
-                broken = True
+                # A lock wait that timed out leaves a healthy connection: roll back and keep it.
+                try:
+                    conn.execute("ROLLBACK")
+                except psycopg.Error:
+                    broken = True
                 raise _translate(exc) from None
             self._local.tx = tx
             tx.depth = 1
