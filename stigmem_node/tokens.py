@@ -24,7 +24,8 @@ ignores them.
     missing, or ``iat``/``exp``/``nbf`` not an integer in
     0..10**15 (floats, strings, booleans, null refused);
     ``exp < iat``; ``scopes`` present but not a list of strings;
-    ``nonce`` present but not a string of at most 128 chars;
+    ``nonce`` present but not a string of at most 128 chars
+    without NUL;
     ``htm``/``htu`` present but not non-empty strings
  3  ``alg`` is not exactly ``EdDSA``; ``typ`` present and not      invalid_token
     ``JWT``; ``crit`` or ``b64`` present (no extension is
@@ -96,6 +97,11 @@ REJECTION_CODES: tuple[str, ...] = (
     "invalid_signature", "invalid_sub", "token_expired", "iat_in_future", "token_lifetime_exceeded",
     "nbf_in_future", "missing_nonce", "token_binding_mismatch",
 )
+
+
+def _valid_nonce(nonce: object) -> bool:
+    """A nonce every storage engine can keep byte for byte: PostgreSQL text holds no NUL."""
+    return is_utf8_text(nonce) and len(nonce) <= MAX_NONCE_CHARS and "\x00" not in nonce
 
 
 def nonce_kept_until(exp_ms: int) -> int:
@@ -220,8 +226,8 @@ def mint(
         raise ValueError("key_id must be a non-empty string or None")
     if nonce is None:
         nonce = str(uuid.uuid4())
-    elif not is_utf8_text(nonce) or len(nonce) > MAX_NONCE_CHARS:
-        raise ValueError(f"nonce must be a non-empty string of at most {MAX_NONCE_CHARS} characters")
+    elif not _valid_nonce(nonce):
+        raise ValueError(f"nonce must be a non-empty string of at most {MAX_NONCE_CHARS} characters, without NUL")
     claims: dict[str, Any] = {
         "iss": issuer,
         "sub": audience,
@@ -414,8 +420,9 @@ def parse(token: str, now_ms: int) -> ParsedToken:
     raw_nonce = claims.get("nonce")
     nonce: str | None = None
     if raw_nonce is not None and raw_nonce != "":
-        if not is_utf8_text(raw_nonce) or len(raw_nonce) > MAX_NONCE_CHARS:
-            raise _malformed(f"The token nonce is not a string of at most {MAX_NONCE_CHARS} characters.",
+        if not _valid_nonce(raw_nonce):
+            raise _malformed(f"The token nonce is not a string of at most {MAX_NONCE_CHARS} characters "
+                             "without NUL.",
                              claims, now_ms)
         nonce = raw_nonce
 

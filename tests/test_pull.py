@@ -511,6 +511,12 @@ def test_inv3_a_forger_cannot_burn_a_real_nonce(fed: Fed):
     assert_error(fed.get(PULL, real, addr), 401, "nonce_already_seen")
 
 
+@pytest.mark.parametrize("nonce", ["\x00", "ok\x00"])
+def test_a_signed_token_whose_nonce_holds_nul_is_malformed_on_every_engine(fed: Fed, nonce: str):
+    # PostgreSQL text cannot hold NUL; refusing it before any storage keeps both engines alike.
+    assert_error(fed.get(PULL, fed.crafted(nonce=nonce), new_addr()), 401, "malformed_token")
+
+
 # --------------------------------------------------------------------------- invariant 4
 
 
@@ -845,7 +851,7 @@ def bearer_values(draw) -> str:
             "iat": st.integers(-4_000_000, 4_000_000).map(lambda d: t + d),
             "exp": st.integers(-4_000_000, 4_000_000).map(lambda d: t + d),
             "nbf": st.integers(-100_000, 100_000).map(lambda d: t + d),
-            "nonce": st.sampled_from([None, "", "x" * 128, "x" * 129]) | st.text(min_size=1, max_size=10),
+            "nonce": st.sampled_from([None, "", "x" * 128, "x" * 129, "\x00", "n\x00"]) | st.text(min_size=1, max_size=10),
             "scopes": st.lists(st.sampled_from(["local", "team", "company", "public", "galaxy"]), max_size=4),
             "htm": st.sampled_from(["GET", "get", "POST", ""]),
             "htu": st.sampled_from([PULL, PULL + "?", PULL + "?limit=1", "/", "/v1/federation/facts/"]),

@@ -235,6 +235,8 @@ def test_rejects_oversize_token() -> None:
         claims(scopes={"public": True}),
         claims(nonce=12345),
         claims(nonce="n" * (tokens.MAX_NONCE_CHARS + 1)),
+        claims(nonce="\x00"),  # no storage engine has to keep a NUL (PostgreSQL text cannot)
+        claims(nonce="abc\x00def"),
         claims(htm=""),
         claims(htu=5),
         claims(exp=NOW - 1),  # exp < iat: a negative lifetime is malformed
