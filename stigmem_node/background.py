@@ -12,6 +12,10 @@
   configured interval unsealed.
 - **API-key touches** (``write_touches``): the ``last_used_at`` updates queued by
   authentication, written together once a second, or dropped when the database is busy.
+- **Replication activity** (``write_activity``): the pulls noted by the publisher
+  (``stigmem_node.activity``), written together every two seconds; kept for the next
+  write when the database is busy.  Maintenance drops per-minute counts older than
+  ``activity.TRAFFIC_KEPT_MINUTES``.
 
 The asynchronous tasks run their storage work in the lanes (``stigmem_node.offload``),
 never on the event loop.
@@ -25,11 +29,14 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
+from stigmem_node.activity import TRAFFIC_KEPT_MINUTES, Activity, ActivityStore, minute_of
 from stigmem_node.apikeys import DeferredTouches
 from stigmem_node.audit import AuditTrail
 from stigmem_node.errors import StigmemError
 from stigmem_node.offload import Offload
+from stigmem_node.store.activity import ActivityRepo
 from stigmem_node.store.db import Database, StorageBusy, StorageUnavailable
 from stigmem_node.store.nonces import NonceRepo
 
@@ -41,6 +48,8 @@ NONCE_PRUNE_BATCH = 20_000
 IDENTITY_WATCH_INTERVAL_S = 2.0
 MAX_SEAL_WAIT_S = 60.0
 TOUCH_INTERVAL_S = 1.0
+ACTIVITY_INTERVAL_S = 2.0
+TRAFFIC_PRUNE_EVERY = 60  # maintenance rounds between prunes of the per-minute fact counts
 
 
 class Maintenance:
@@ -61,12 +70,15 @@ class Maintenance:
     def _run(self) -> None:
         db = self.db
         nonces = NonceRepo(db)
+        traffic = ActivityRepo(db)
         rounds = 0
         while not self._stop.wait(self.interval_s):
             rounds += 1
             try:
                 nonces.prune(self.now_ms(), batch=self.prune_batch)
                 db.checkpoint()
+                if rounds % TRAFFIC_PRUNE_EVERY == 1:
+                    traffic.prune_traffic(minute_of(self.now_ms()) - TRAFFIC_KEPT_MINUTES)
                 if rounds % STATISTICS_EVERY == 1:
                     for table in db.refresh_statistics():
                         log.debug("planner statistics of %s refreshed", table)
@@ -120,3 +132,23 @@ async def flush_touches(touches: DeferredTouches, write: Callable[[dict[str, str
         await lanes.write(write, pending)
     except StigmemError as exc:
         log.debug("dropped %d API-key last-use updates: %s", len(pending), exc.message)
+
+
+Transaction = Callable[[], AbstractContextManager[object]]
+
+
+async def write_activity(activity: Activity, store: ActivityStore, transaction: Transaction, lanes: Offload,
+                         interval_s: float = ACTIVITY_INTERVAL_S) -> None:
+    """Every ``interval_s``, write the pulls noted since the last write (in the write lane)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        await flush_activity(activity, store, transaction, lanes)
+
+
+async def flush_activity(activity: Activity, store: ActivityStore, transaction: Transaction, lanes: Offload) -> None:
+    if not activity.pending():
+        return
+    try:
+        await lanes.write(activity.flush, store, transaction)
+    except StigmemError as exc:  # kept by flush for the next round
+        log.debug("replication activity not written yet: %s", exc.message)

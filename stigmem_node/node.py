@@ -20,10 +20,19 @@ from typing import TYPE_CHECKING, Any
 
 from stigmem_node import audit as ev
 from stigmem_node import declaration, identity, manifest, tokens
+from stigmem_node.activity import Activity
 from stigmem_node.apikeys import ApiKeys, DeferredTouches, Peppers, check_peppers
 from stigmem_node.audit import AuditTrail
 from stigmem_node.audit_query import AuditQuery
-from stigmem_node.background import Maintenance, flush_touches, seal_audit, watch_identity, write_touches
+from stigmem_node.background import (
+    Maintenance,
+    flush_activity,
+    flush_touches,
+    seal_audit,
+    watch_identity,
+    write_activity,
+    write_touches,
+)
 from stigmem_node.clock import Clock
 from stigmem_node.config import Settings
 from stigmem_node.erasure import Erasure
@@ -112,9 +121,10 @@ class Node:
         self.apikey_failures = FailureLimiter(max_failures=10, window_s=window)
         self.facts = LocalFacts(self.store, self.identity, self.clock, on_rotation=self.reload_identity_if_rotated)
         self.erasure = Erasure(self.store, lambda: self.identity, self.audit, self.clock, self.store.db.reclaim_erased)
+        self.activity = Activity(self.clock.now_ms, self.clock.now_iso)
         self.publisher = Publisher(self.store, self.audit, self.clock, settings.shared_scopes, self.lanes,
                                    federate_instructions=settings.federate_instructions,
-                                   node_id=self.identity.node_id)
+                                   node_id=self.identity.node_id, activity=self.activity)
         self._declaration: declaration.Declaration | None = None
         self._manifest: dict[str, Any] | None = None
         self._refresh_not_before: dict[str, float] = {}
@@ -183,6 +193,8 @@ class Node:
                                 name="stigmem-audit-seal"),
             asyncio.create_task(write_touches(touches, self.store.apikeys.touch_many, self.lanes),
                                 name="stigmem-apikey-touches"),
+            asyncio.create_task(write_activity(self.activity, self.store.activity, self.store.transaction,
+                                               self.lanes), name="stigmem-activity"),
         ]
         self._background = _Background(maintenance, scheduler, tasks, touches)
 
@@ -200,6 +212,7 @@ class Node:
         await self.peer_auth.nonces.wait_idle()
         self.apikeys.defer_touches(None)
         await flush_touches(work.touches, self.store.apikeys.touch_many, self.lanes)
+        await flush_activity(self.activity, self.store.activity, self.store.transaction, self.lanes)
         await self.lanes.write(work.maintenance.stop)
 
     async def database_problem(self, timeout_s: float = PING_TIMEOUT_S) -> str | None:

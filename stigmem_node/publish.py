@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from stigmem_node.activity import Activity
 from stigmem_node.audit import AuditTrail
 from stigmem_node.clock import Clock
 from stigmem_node.errors import Forbidden
@@ -43,7 +44,8 @@ def _without_hlc(entry: str, hlc: str) -> str:
 
 class Publisher:
     def __init__(self, store: Store, audit: AuditTrail, clock: Clock, shared_scopes: tuple[str, ...],
-                 lanes: Offload, *, federate_instructions: bool = False, node_id: str = "") -> None:
+                 lanes: Offload, *, federate_instructions: bool = False, node_id: str = "",
+                 activity: Activity | None = None) -> None:
         self.store = store
         self.lanes = lanes
         self.audit = audit
@@ -51,6 +53,7 @@ class Publisher:
         self.shared = frozenset(shared_scopes) - {"local"}
         self.federate_instructions = federate_instructions
         self.node_id = node_id  # this node's: only its own tombstones are served
+        self.activity = activity  # notes each page served (for metrics and the status page)
 
     def permitted(self, peer: AuthenticatedPeer) -> frozenset[str]:
         return frozenset(peer.token.scopes) & frozenset(peer.allowed_scopes) & self.shared
@@ -106,6 +109,10 @@ class Publisher:
         has_more = cut or len(rows) > limit
         rows = rows[:limit]
         next_cursor = str(rows[-1][0]) if rows else str(after)
+        if self.activity is not None:
+            iat = peer.token.claims.get("iat")
+            skew = self.clock.now_ms() - iat if isinstance(iat, int) else None
+            self.activity.served(peer.peer_id, rows[-1][0] if rows else after, len(rows), skew)
         old = format_hlc(self.clock.now_ms() - HLC_SERVE_MAX_AGE_MS, 0)
         entries = ",".join([entry if hlc >= old else _without_hlc(entry, hlc) for _, entry, hlc in rows])
         text = (f'{{"v":2,"facts":[{entries}],"cursor":{json.dumps(next_cursor)},'

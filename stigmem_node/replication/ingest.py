@@ -22,11 +22,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from stigmem_node import facts as fm
 from stigmem_node import origin as om
+from stigmem_node.activity import minute_of
 from stigmem_node.audit import AuditTrail
 from stigmem_node.clock import Clock, parse_rfc3339
 from stigmem_node.errors import ValidationError
 from stigmem_node.hlc import HLC
 from stigmem_node.keys import public_key_from_b64
+from stigmem_node.store.activity import ActivityRepo
 from stigmem_node.store.facts import FactRepo
 from stigmem_node.store.peers import PeerRecord, PeerRepo
 from stigmem_node.store.replication import ReplicationRepo
@@ -56,6 +58,9 @@ class IngestStore(Protocol):
 
     @property
     def tombstones(self) -> TombstoneRepo: ...
+
+    @property
+    def activity(self) -> ActivityRepo: ...
 
     def transaction(self) -> AbstractContextManager[object]: ...
 
@@ -191,6 +196,8 @@ class Ingest:
                                                   ingested=len(rows), rejected=len(rejections)):
                 raise Overlap()
             self.store.facts.insert_many(rows)
+            if rows:
+                self.store.activity.add_traffic({(minute_of(self.clock.now_ms()), "in"): len(rows)})
             self._audit_rejections(peer, rejections)
         return StoredPage(len(rows), dup, len(rejections))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+from stigmem_node.store.activity import ActivityRepo
 from stigmem_node.store.apikeys import ApiKeyRepo
 from stigmem_node.store.audit import AuditRepo
 from stigmem_node.store.db import (
@@ -59,6 +60,7 @@ class Store:
         self.facts = FactRepo(self.db)
         self.replication = ReplicationRepo(self.db)
         self.tombstones = TombstoneRepo(self.db)
+        self.activity = ActivityRepo(self.db)
 
     @property
     def engine(self) -> str:

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from stigmem_node.errors import ConfigError, Conflict, StigmemError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Migrations from version N-1 to N, for N > 1: SQL both engines run, or one text per engine
 # (``migration_sql``) where the SQL differs (triggers).  Version 1 is the engine's schema
@@ -111,6 +111,40 @@ CREATE TRIGGER facts_no_delete BEFORE DELETE ON facts
     # 4: the subscriber's tombstone cursor per peer (erasures pulled from the origin).
     4: {"sqlite": "ALTER TABLE replication_state ADD COLUMN tombstone_cursor TEXT;",
         "postgresql": 'ALTER TABLE replication_state ADD COLUMN tombstone_cursor TEXT COLLATE "C";'},
+    # 5: what operators watch.  A subscriber's consecutive failures per peer; a publisher's
+    # view of each peer that pulls from it (its last pull, how far it has read, the clock skew
+    # of its last token); facts in and out per minute (the status page's charts).
+    5: {"sqlite": """
+ALTER TABLE replication_state ADD COLUMN consecutive_failures INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE IF NOT EXISTS peer_pulls (
+    peer_id       TEXT PRIMARY KEY REFERENCES peers(id) ON DELETE CASCADE,
+    last_pull_at  TEXT NOT NULL,
+    cursor_seq    INTEGER NOT NULL,
+    facts_served  INTEGER NOT NULL DEFAULT 0,
+    token_skew_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS fact_traffic (
+    minute    INTEGER NOT NULL,
+    direction TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+    facts     INTEGER NOT NULL,
+    PRIMARY KEY (minute, direction)
+);
+""", "postgresql": """
+ALTER TABLE replication_state ADD COLUMN consecutive_failures BIGINT NOT NULL DEFAULT 0;
+CREATE TABLE peer_pulls (
+    peer_id       TEXT COLLATE "C" PRIMARY KEY REFERENCES peers(id) ON DELETE CASCADE,
+    last_pull_at  TEXT COLLATE "C" NOT NULL,
+    cursor_seq    BIGINT NOT NULL,
+    facts_served  BIGINT NOT NULL DEFAULT 0,
+    token_skew_ms BIGINT
+);
+CREATE TABLE fact_traffic (
+    minute    BIGINT NOT NULL,
+    direction TEXT COLLATE "C" NOT NULL CHECK (direction IN ('in', 'out')),
+    facts     BIGINT NOT NULL,
+    PRIMARY KEY (minute, direction)
+);
+"""},
 }
 
 

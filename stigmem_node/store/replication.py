@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from stigmem_node.store.db import Database, HeldLock
 
-_COLS = "peer_id, cursor, last_attempt_at, last_success_at, last_error, facts_ingested, facts_rejected"
+_COLS = ("peer_id, cursor, last_attempt_at, last_success_at, last_error, facts_ingested, facts_rejected,"
+         " consecutive_failures")
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,7 @@ class ReplicationState:
     last_error: str | None
     facts_ingested: int
     facts_rejected: int
+    consecutive_failures: int = 0
 
 
 class ReplicationRepo:
@@ -26,7 +28,7 @@ class ReplicationRepo:
 
     def get(self, peer_id: str) -> ReplicationState:
         row = self.db.one(f"SELECT {_COLS} FROM replication_state WHERE peer_id = ?", (peer_id,))
-        return ReplicationState(*row) if row else ReplicationState(peer_id, None, None, None, None, 0, 0)
+        return ReplicationState(*row) if row else ReplicationState(peer_id, None, None, None, None, 0, 0, 0)
 
     def all(self) -> dict[str, ReplicationState]:
         return {r[0]: ReplicationState(*r) for r in self.db.all(f"SELECT {_COLS} FROM replication_state")}
@@ -73,8 +75,11 @@ class ReplicationRepo:
             self._ensure(peer_id)
             if error is None:
                 self.db.execute(
-                    "UPDATE replication_state SET last_success_at = ?, last_error = NULL WHERE peer_id = ?",
+                    "UPDATE replication_state SET last_success_at = ?, last_error = NULL, consecutive_failures = 0"
+                    " WHERE peer_id = ?",
                     (when, peer_id),
                 )
             else:
-                self.db.execute("UPDATE replication_state SET last_error = ? WHERE peer_id = ?", (error[:500], peer_id))
+                self.db.execute("UPDATE replication_state SET last_error = ?,"
+                                " consecutive_failures = consecutive_failures + 1 WHERE peer_id = ?",
+                                (error[:500], peer_id))
