@@ -25,6 +25,7 @@ REQUEST_TIMEOUT_RANGE = (0.1, 3600.0)
 MAX_CONNECTIONS_RANGE = (1, 100_000)
 BUSY_TIMEOUT_MS_RANGE = (0, 600_000)
 LANE_RANGE = (1, 1024)
+LONG_POLL_RANGE = (0, 100_000)  # 0: long-polls are refused
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class Settings:
     db_busy_timeout_ms: int = 10_000  # a write waits this long for the database's write lock, then 503
     read_lane_threads: int = 32  # worker threads for storage reads (stigmem_node.offload)
     write_lane_threads: int = 16  # worker threads for storage writes
+    long_poll_max: int = 1000  # pull requests waiting for new facts (wait=S), in all (serve)
+    long_poll_per_peer: int = 4  # and per peer
 
     @property
     def public_url(self) -> str:
@@ -217,6 +220,11 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         kw["read_lane_threads"] = _int("STIGMEM_READ_LANE_THREADS", env["STIGMEM_READ_LANE_THREADS"], *LANE_RANGE)
     if env.get("STIGMEM_WRITE_LANE_THREADS"):
         kw["write_lane_threads"] = _int("STIGMEM_WRITE_LANE_THREADS", env["STIGMEM_WRITE_LANE_THREADS"], *LANE_RANGE)
+    if env.get("STIGMEM_LONG_POLL_MAX"):
+        kw["long_poll_max"] = _int("STIGMEM_LONG_POLL_MAX", env["STIGMEM_LONG_POLL_MAX"], *LONG_POLL_RANGE)
+    if env.get("STIGMEM_LONG_POLL_PER_PEER"):
+        kw["long_poll_per_peer"] = _int("STIGMEM_LONG_POLL_PER_PEER", env["STIGMEM_LONG_POLL_PER_PEER"],
+                                        *LONG_POLL_RANGE)
     if env.get("STIGMEM_LOG_LEVEL"):
         kw["log_level"] = env["STIGMEM_LOG_LEVEL"]
     return validate(Settings(**kw))
@@ -274,7 +282,9 @@ def validate(s: Settings) -> Settings:
         raise ConfigError(message=f"max connections must be between {lo} and {hi}, got {s.max_connections!r}")
     for name, value, (lo, hi) in (("database busy timeout (ms)", s.db_busy_timeout_ms, BUSY_TIMEOUT_MS_RANGE),
                                   ("read lane threads", s.read_lane_threads, LANE_RANGE),
-                                  ("write lane threads", s.write_lane_threads, LANE_RANGE)):
+                                  ("write lane threads", s.write_lane_threads, LANE_RANGE),
+                                  ("long-poll maximum", s.long_poll_max, LONG_POLL_RANGE),
+                                  ("long-poll maximum per peer", s.long_poll_per_peer, LONG_POLL_RANGE)):
         if not (isinstance(value, int) and lo <= value <= hi):
             raise ConfigError(message=f"{name} must be between {lo} and {hi}, got {value!r}")
     if s.log_level.lower() not in ("critical", "error", "warning", "info", "debug"):

@@ -69,6 +69,8 @@ _CODES: Final[tuple[ErrorCode, ...]] = (
     _e("invalid_api_key", 401, "Missing, malformed, unknown, wrong, revoked or expired API key", _H),
     _e("permission_required", 403, "The API key lacks the endpoint's permission", _H),
     _e("too_many_failed_attempts", 429, "Too many failed authentications from this address; retry later", _H),
+    _e("too_many_waiting", 429, "A long-poll pull (wait=S) beyond the bound per peer or in all; retry later", _H,
+       retry_after=1),
     # -- peers -------------------------------------------------------------------------
     _e("malformed_declaration", 422, "A declaration field is missing, of the wrong type, empty or too long", _H),
     _e("invalid_node_id", 422, "Not a valid node id", _H, _CLI, exit_status=2),

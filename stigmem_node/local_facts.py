@@ -62,13 +62,16 @@ def row_view(row: FactRow) -> dict[str, Any]:
 
 class LocalFacts:
     def __init__(self, store: Store, identity: NodeIdentity, clock: Clock,
-                 on_rotation: Callable[[], object] | None = None) -> None:
+                 on_rotation: Callable[[], object] | None = None,
+                 on_commit: Callable[[], object] | None = None) -> None:
         self.store = store
         self.identity = identity
         self.clock = clock
         # Called (inside the write transaction) when another process rotated the key, so
         # that no fact is signed with a key that is already retiring.
         self.on_rotation = on_rotation
+        # Called after a transaction that stored new facts commits (wakes long-polls).
+        self.on_commit = on_commit
         self._hlc: HLC | None = None
 
     @property
@@ -137,6 +140,8 @@ class LocalFacts:
         for i in new.values():
             stored = results[i]
             stored.fact["seq"] = seqs[stored.fact["id"]]  # type: ignore[union-attr]
+        if new and self.on_commit is not None:
+            self.on_commit()
         return results  # type: ignore[return-value]
 
     def resign_all(self, batch: int = 2000) -> int:

@@ -39,6 +39,7 @@ from stigmem_node.erasure import Erasure
 from stigmem_node.errors import StigmemError
 from stigmem_node.federation import Federation
 from stigmem_node.local_facts import LocalFacts
+from stigmem_node.new_facts import NewFacts
 from stigmem_node.offload import Lanes
 from stigmem_node.operator_keys import OperatorKeys
 from stigmem_node.outbound import Outbound
@@ -119,7 +120,10 @@ class Node:
             failures=FailureLimiter(max_failures=30, window_s=window), audit_gate=self.unauth_audit,
         )
         self.apikey_failures = FailureLimiter(max_failures=10, window_s=window)
-        self.facts = LocalFacts(self.store, self.identity, self.clock, on_rotation=self.reload_identity_if_rotated)
+        self.new_facts = NewFacts(lambda: self.lanes.read(self.store.facts.head_seq),
+                                  max_waiting=settings.long_poll_max, max_per_peer=settings.long_poll_per_peer)
+        self.facts = LocalFacts(self.store, self.identity, self.clock, on_rotation=self.reload_identity_if_rotated,
+                                on_commit=self.new_facts.committed)
         self.erasure = Erasure(self.store, lambda: self.identity, self.audit, self.clock, self.store.db.reclaim_erased)
         self.activity = Activity(self.clock.now_ms, self.clock.now_iso)
         self.publisher = Publisher(self.store, self.audit, self.clock, settings.shared_scopes, self.lanes,
@@ -201,6 +205,7 @@ class Node:
     async def stop_background(self) -> None:
         """Stop what ``start_background`` started (pulls in flight are cancelled; each page
         they stored is committed; nonces handed in are committed; queued touches written)."""
+        self.new_facts.close()
         work, self._background = self._background, None
         if work is None:
             return

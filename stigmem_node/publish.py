@@ -8,12 +8,15 @@ receivers must quarantine them, and reference receivers without a quarantine sto
 Pages are assembled from the JSON stored at write time, without parsing it.  A page is
 read in the read lane, in the same worker call as the token check
 (``PeerAuthenticator.authenticate_then``); the audit row of a refused scope is written in
-the write lane.
+the write lane.  A caught-up subscriber may ask to wait (``wait=S``): ``long_poll`` holds
+the request until new facts commit (``stigmem_node.new_facts``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from stigmem_node.activity import Activity
@@ -22,6 +25,7 @@ from stigmem_node.clock import Clock
 from stigmem_node.errors import Forbidden
 from stigmem_node.hlc import format_hlc
 from stigmem_node.local_facts import parse_cursor
+from stigmem_node.new_facts import NewFacts
 from stigmem_node.offload import Offload
 from stigmem_node.peer_auth import AuthenticatedPeer
 from stigmem_node.store import Store
@@ -42,6 +46,15 @@ def _without_hlc(entry: str, hlc: str) -> str:
     return entry.replace(f'"hlc":"{hlc}"', '"hlc":null', 1)
 
 
+@dataclass(frozen=True)
+class WaitablePage:
+    """A page's body, how many facts it holds, and the head read before it."""
+
+    body: bytes
+    facts: int
+    head: int
+
+
 class Publisher:
     def __init__(self, store: Store, audit: AuditTrail, clock: Clock, shared_scopes: tuple[str, ...],
                  lanes: Offload, *, federate_instructions: bool = False, node_id: str = "",
@@ -57,6 +70,34 @@ class Publisher:
 
     def permitted(self, peer: AuthenticatedPeer) -> frozenset[str]:
         return frozenset(peer.token.scopes) & frozenset(peer.allowed_scopes) & self.shared
+
+    def waitable_page(self, peer: AuthenticatedPeer, *, cursor: str | None, limit: int, scope: str | None,
+                      ) -> WaitablePage | tuple[Forbidden, dict[str, Any]]:
+        """As ``page_or_refusal``, with the head of the facts table read *before* the page:
+        a fact the page missed has a larger ``seq`` (see ``new_facts``)."""
+        refusal = self._refusal(peer, scope)
+        if refusal is not None:
+            return refusal
+        head = self.store.facts.head_seq()
+        body, facts = self._page_counted(peer, cursor=cursor, limit=limit, scope=scope)
+        return WaitablePage(body, facts, head)
+
+    async def long_poll(self, peer: AuthenticatedPeer, first: WaitablePage, new_facts: NewFacts, wait_s: float, *,
+                        cursor: str | None, limit: int, scope: str | None) -> bytes:
+        """``first``, or if it holds no fact, the first page that does once new facts
+        commit, or the empty page when ``wait_s`` runs out (or the node stops)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        page = first
+        while page.facts == 0:
+            left = deadline - loop.time()
+            if left <= 0 or not await new_facts.wait_above(peer.peer_id, page.head, left):
+                break
+            again = await self.lanes.read(self.waitable_page, peer, cursor=cursor, limit=limit, scope=scope)
+            if not isinstance(again, WaitablePage):  # cannot happen: the scope was checked before
+                break
+            page = again
+        return page.body
 
     def page_or_refusal(self, peer: AuthenticatedPeer, *, cursor: str | None, limit: int, scope: str | None,
                         ) -> bytes | tuple[Forbidden, dict[str, Any]]:
@@ -100,6 +141,10 @@ class Publisher:
                           reason=refusal[0].code, remote_addr=remote_addr, detail=refusal[1])
 
     def _page(self, peer: AuthenticatedPeer, *, cursor: str | None, limit: int, scope: str | None) -> bytes:
+        return self._page_counted(peer, cursor=cursor, limit=limit, scope=scope)[0]
+
+    def _page_counted(self, peer: AuthenticatedPeer, *, cursor: str | None, limit: int, scope: str | None,
+                      ) -> tuple[bytes, int]:
         permitted = self.permitted(peer)
         after = parse_cursor(cursor)
         scopes = [scope] if scope is not None else sorted(permitted)
@@ -117,7 +162,7 @@ class Publisher:
         entries = ",".join([entry if hlc >= old else _without_hlc(entry, hlc) for _, entry, hlc in rows])
         text = (f'{{"v":2,"facts":[{entries}],"cursor":{json.dumps(next_cursor)},'
                 f'"has_more":{"true" if has_more else "false"}}}')
-        return text.encode("utf-8")
+        return text.encode("utf-8"), len(rows)
 
     def tombstone_page(self, peer: AuthenticatedPeer, *, since: str | None, limit: int, empty: bool = False) -> bytes:
         """One page of this node's own signed tombstones that cover a scope the peer may read

@@ -343,7 +343,8 @@ class ServedNode(_NodeSurface):
             raise
         s = self.settings
         self._server = build_server(create_app(self.node), request_timeout_s=s.request_timeout_s,
-                                    max_connections=s.max_connections, log_level=s.log_level)
+                                    max_connections=s.max_connections, log_level=s.log_level,
+                                    on_shutdown=self.node.new_facts.close)
         self._server.config.timeout_graceful_shutdown = 5
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=f"node:{name}:{self.port}", daemon=True)

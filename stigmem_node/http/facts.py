@@ -4,7 +4,8 @@ Storage work runs in the lanes: reads in the read lane, writes in the write lane
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar, cast
 
 from starlette.requests import Request
@@ -14,8 +15,9 @@ from stigmem_node.errors import Forbidden, ValidationError
 from stigmem_node.http.auth import client_addr, require
 from stigmem_node.http.params import bool_param, int_param, scope_param
 from stigmem_node.http.peers import json_body
+from stigmem_node.new_facts import MAX_WAIT_S
 from stigmem_node.peer_auth import AuthenticatedPeer
-from stigmem_node.publish import DEFAULT_LIMIT, MAX_LIMIT
+from stigmem_node.publish import DEFAULT_LIMIT, MAX_LIMIT, WaitablePage
 from stigmem_node.tokens import TokenRejected
 from stigmem_node.tombstones import TOMBSTONE_TUPLE_VERSION
 from stigmem_node.vocabulary import DEFAULT_ERASURE_REASON
@@ -80,17 +82,46 @@ async def authenticate_peer(request: Request, then: Callable[[AuthenticatedPeer]
 
 
 async def pull(request: Request) -> Response:
-    """GET /v1/federation/facts: one page for an approved peer with a fresh token."""
-    publisher = request.app.state.node.publisher
+    """GET /v1/federation/facts: one page for an approved peer with a fresh token; with
+    ``wait=S``, a caught-up peer's request waits up to S seconds for new facts."""
+    node = request.app.state.node
+    publisher = node.publisher
+    asked: dict[str, Any] = {}  # the page asked for, once the parameters are checked
 
-    def read_page(peer: AuthenticatedPeer) -> bytes | tuple[Forbidden, dict[str, Any]]:
+    def read_page(peer: AuthenticatedPeer) -> bytes | WaitablePage | tuple[Forbidden, dict[str, Any]]:
         limit = int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-        return publisher.page_or_refusal(peer, cursor=request.query_params.get("cursor"), limit=limit,
-                                         scope=scope_param(request))
+        wait_s = int_param(request, "wait", 0, 0, MAX_WAIT_S)
+        asked.update(cursor=request.query_params.get("cursor"), limit=limit, scope=scope_param(request))
+        return (publisher.waitable_page if wait_s else publisher.page_or_refusal)(peer, **asked)
 
     peer, outcome = await authenticate_peer(request, read_page)
-    body = await publisher.answer(peer, cast("bytes | tuple[Forbidden, dict[str, Any]]", outcome), client_addr(request))
+    if isinstance(outcome, WaitablePage):
+        waiting = publisher.long_poll(peer, outcome, node.new_facts, int(request.query_params["wait"]), **asked)
+        body = await until_disconnected(request, waiting)
+        if body is None:  # the peer went away: nobody reads an answer
+            return Response(status_code=204)
+    else:
+        body = await publisher.answer(peer, cast("bytes | tuple[Forbidden, dict[str, Any]]", outcome),
+                                      client_addr(request))
     return Response(body, media_type="application/json")
+
+
+async def until_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T | None:
+    """``work``'s result, or None (and ``work`` cancelled) if the client disconnects first."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+    return task.result() if not task.cancelled() else None
+
+
+async def _disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def tombstones(request: Request) -> Response:

@@ -24,6 +24,7 @@ import json
 import logging
 import socket
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -229,9 +230,17 @@ def protocol_class(request_timeout_s: float, max_connections: int) -> type[async
 
 # -- the server -----------------------------------------------------------------------
 def build_server(app: Any, *, request_timeout_s: float, max_connections: int, log_level: str = "info",
-                 access_log: bool = False):
-    """A uvicorn server for ``app`` with the protocol above; run it with ``.run(sockets=...)``."""
+                 access_log: bool = False, on_shutdown: Callable[[], None] | None = None):
+    """A uvicorn server for ``app`` with the protocol above; run it with ``.run(sockets=...)``.
+    ``on_shutdown`` runs as the shutdown begins, before open requests are waited for (it
+    answers the long-polls, so they never hold a stop up)."""
     import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            if on_shutdown is not None:
+                on_shutdown()
+            await super().shutdown(sockets)
 
     config = uvicorn.Config(
         app, http=protocol_class(request_timeout_s, max_connections), ws="none",
@@ -239,7 +248,7 @@ def build_server(app: Any, *, request_timeout_s: float, max_connections: int, lo
         proxy_headers=False,  # client addresses from trusted proxies: stigmem_node.http.forwarded
         backlog=BACKLOG,
     )
-    return uvicorn.Server(config)
+    return Server(config)
 
 
 def serve(node: Any, sockets: list[socket.socket], *, access_log: bool = False) -> None:
@@ -252,7 +261,7 @@ def serve(node: Any, sockets: list[socket.socket], *, access_log: bool = False) 
     raise_fd_limit(settings.max_connections)
     server = build_server(create_app(node), request_timeout_s=settings.request_timeout_s,
                           max_connections=settings.max_connections, log_level=settings.log_level,
-                          access_log=access_log)
+                          access_log=access_log, on_shutdown=node.new_facts.close)
     # uvicorn re-raises the SIGTERM/SIGINT it handled once it has shut down; with a no-op
     # handler in place the re-raise does nothing and a graceful stop exits 0.
     signal.signal(signal.SIGTERM, lambda *_: None)

@@ -174,6 +174,12 @@ class FactRepo:
         row = self.db.one("SELECT MAX(hlc) FROM facts WHERE received_from IS NULL")
         return row[0] if row else None
 
+    def head_seq(self) -> int:
+        """The largest ``seq`` (0 when there is no fact): commit-ordered, so a fact
+        committed after this read has a larger one."""
+        row = self.db.one("SELECT MAX(seq) FROM facts")
+        return int(row[0]) if row and row[0] is not None else 0
+
     def count(self) -> int:
         row = self.db.one("SELECT COUNT(*) FROM facts")
         return int(row[0]) if row else 0
