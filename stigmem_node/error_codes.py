@@ -180,6 +180,9 @@ _CODES: Final[tuple[ErrorCode, ...]] = (
     _e("http_parser_missing", None, "serve: the HTTP parser (httptools) is not installed", _CLI, exit_status=2),
     _e("no_published_declaration", None, "peers add URL: that node publishes no declaration", _CLI, exit_status=1),
     _e("api_key_not_found", 404, "No API key with this id (apikey revoke, the admin key API)", _H, _CLI, exit_status=1),
+    _e("backup_refused", None, "backup: FILE exists (without --force), is the database itself, or its directory is "
+       "missing or not writable", _CLI, exit_status=2),
+    _e("backup_unsupported", None, "backup of a node on PostgreSQL (use pg_dump)", _CLI, exit_status=2),
     _e("invalid_permissions", 422, "An unknown or empty permission list (apikey create, the admin key API)", _H, _CLI,
        exit_status=1),
     # -- internal -----------------------------------------------------------------------------------
