@@ -85,6 +85,9 @@ _CODES: Final[tuple[ErrorCode, ...]] = (
     _e("peer_not_pending", 409, "Approval of a peer that is not pending approval", _H),
     _e("peer_status_conflict", 409, "The action is not allowed from the peer's current status", _H),
     _e("invalid_cursor", 422, "A cursor this endpoint did not return", _H),
+    # -- the admin key API ---------------------------------------------------------------
+    _e("permission_escalation", 403, "A key asked to create a key with a permission it does not hold", _H),
+    _e("last_admin_key", 409, "Revoking the last active key holding admin:keys over HTTP", _H),
     # -- registration outcomes (a 201 whose status is rejected) ------------------------------
     _e("invalid_pubkey", None, "federation_pubkey is not a usable Ed25519 public key", _REG),
     _e("declaration_in_future", None, "signed_at is later than now + leeway", _REG),
@@ -178,8 +181,12 @@ _CODES: Final[tuple[ErrorCode, ...]] = (
     _e("address_unavailable", None, "serve: an address of the host cannot be listened on", _CLI, exit_status=2),
     _e("http_parser_missing", None, "serve: the HTTP parser (httptools) is not installed", _CLI, exit_status=2),
     _e("no_published_declaration", None, "peers add URL: that node publishes no declaration", _CLI, exit_status=1),
-    _e("api_key_not_found", None, "apikey revoke: no such key id", _CLI, exit_status=1),
-    _e("invalid_permissions", None, "apikey create: an unknown or empty permission list", _CLI, exit_status=1),
+    _e("api_key_not_found", 404, "No API key with this id (apikey revoke, the admin key API)", _H, _CLI, exit_status=1),
+    _e("backup_refused", None, "backup: FILE exists (without --force), is the database itself, or its directory is "
+       "missing or not writable", _CLI, exit_status=2),
+    _e("backup_unsupported", None, "backup of a node on PostgreSQL (use pg_dump)", _CLI, exit_status=2),
+    _e("invalid_permissions", 422, "An unknown or empty permission list (apikey create, the admin key API)", _H, _CLI,
+       exit_status=1),
     # -- internal -----------------------------------------------------------------------------------
     _e("invalid_hlc", None, "A remote HLC does not parse (absorbed by the subscriber)", _INT),
     _e("hlc_skew", None, "A remote HLC is too far ahead of the wall clock (absorbed by the subscriber)", _INT),

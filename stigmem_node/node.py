@@ -19,10 +19,11 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from stigmem_node import audit as ev
-from stigmem_node import declaration, identity, manifest, tokens
+from stigmem_node import declaration, doctor, identity, manifest, tokens
 from stigmem_node.activity import Activity
 from stigmem_node.apikeys import ApiKeys, DeferredTouches, Peppers, check_peppers
 from stigmem_node.audit import AuditTrail
+from stigmem_node.audit_anchor import verify_database
 from stigmem_node.audit_query import AuditQuery
 from stigmem_node.background import (
     Maintenance,
@@ -311,6 +312,23 @@ class Node:
         self.federation.identity = ident
         with self._lock:
             self._declaration_at = None  # re-sign the declaration and manifest with the new key
+
+    def doctor(self) -> doctor.Doctor:
+        """The node's health checks (``stigmem-node doctor``), wired to this node."""
+        s = self.settings
+        return doctor.Doctor(
+            clock=self.clock, transaction=self.store.transaction, meta=self.store.meta, identity=lambda: self.identity,
+            load_peppers=lambda: self.apikeys.peppers,
+            pepper_source="STIGMEM_API_KEY_PEPPER" if s.pepper else str(s.pepper_path),
+            active_peers=lambda: self.store.peers.list_peers("active"),
+            pending_rotation=lambda: self.store.meta.get(RESIGN_PENDING), outbound=self.outbound,
+            recent_token_skew=doctor.token_skew(
+                doctor.audit_token_skew(self.audit_query, self.clock), self.store.activity.pulls,
+                lambda node_id: (p.id if (p := self.store.peers.by_node_id(node_id)) else None), self.clock),
+            verify_audit=lambda: verify_database(s.database, checkpoint_rows=s.audit_checkpoint_rows),
+            declaration_max_age_s=s.declaration_max_age_s, leeway_s=s.clock_leeway_s,
+            timeout_s=s.outbound_timeout_s,
+        )
 
     def first_admin_key(self) -> str | None:
         """On a node without any API key, create one with every permission and return it

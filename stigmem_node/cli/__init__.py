@@ -18,6 +18,8 @@ from stigmem_node.cli._click import root
 from stigmem_node.cli._common import EXIT_FAIL, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, Globals
 from stigmem_node.cli.apikey import cmd_apikey_create, cmd_apikey_list, cmd_apikey_revoke
 from stigmem_node.cli.audit import cmd_audit_anchor, cmd_audit_export, cmd_audit_list, cmd_audit_tail, cmd_audit_verify
+from stigmem_node.cli.backup import cmd_backup
+from stigmem_node.cli.doctor import cmd_doctor
 from stigmem_node.cli.facts import cmd_facts_add, cmd_facts_list
 from stigmem_node.cli.info import cmd_info
 from stigmem_node.cli.keys import cmd_keys_rotate
@@ -51,7 +53,9 @@ __all__ = [
     "cmd_audit_list",
     "cmd_audit_tail",
     "cmd_audit_verify",
+    "cmd_backup",
     "cmd_demo",
+    "cmd_doctor",
     "cmd_facts_add",
     "cmd_facts_list",
     "cmd_info",

@@ -267,6 +267,12 @@ class Database(Queryable, Protocol):
         holder's connection, so a replica that dies never keeps it."""
         ...
 
+    def backup_to(self, path: Path, *, overwrite: bool = False) -> int:
+        """An online, consistent copy of the whole database in the file ``path`` (mode 0600),
+        taken while the node serves; its size in bytes.  SQLite only: PostgreSQL refuses
+        (``ConfigError`` ``backup_unsupported``: use ``pg_dump``)."""
+        ...
+
 
 ON_LOOP = "storage called on the event loop thread"
 

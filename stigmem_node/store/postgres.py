@@ -28,6 +28,7 @@ import threading
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -439,6 +440,11 @@ class PostgresDatabase:
         except StorageBusy:
             return False
         return True
+
+    def backup_to(self, path: Path, *, overwrite: bool = False) -> int:
+        """Refused: a PostgreSQL node is backed up with PostgreSQL's own tools."""
+        raise ConfigError("backup_unsupported", "backup copies a SQLite node; back up a PostgreSQL node with "
+                          "pg_dump --format=custom (restore with pg_restore), with the API key pepper")
 
     def close(self) -> None:
         self.pool.close()

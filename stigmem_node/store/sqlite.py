@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -371,6 +372,60 @@ class SqliteDatabase:
         being truncated (the next checkpoint completes it)."""
         row = self.returning("PRAGMA wal_checkpoint(TRUNCATE)")
         return not row[0]
+
+    # -- backup ----------------------------------------------------------------------------
+    def backup_to(self, path: Path, *, overwrite: bool = False) -> int:
+        """An online, consistent copy of the database in ``path``, mode 0600; its size.
+
+        SQLite's backup API copies every page in one step, inside one read transaction: the
+        copy is the database as of one commit, while writers (in this process or another)
+        go on.  It is written to a private temporary file beside ``path`` and then moved
+        into place, so ``path`` never holds a partial copy; an existing ``path`` is refused
+        (``backup_refused``) unless ``overwrite``.  The directory must exist."""
+        off_loop()
+        path = Path(path)
+        if path.resolve() in {self.path.resolve(), *(c.resolve() for c in files.companions(self.path))}:
+            raise ConfigError("backup_refused", f"{path} is the node's own database file")
+        if not path.parent.is_dir():
+            raise ConfigError("backup_refused", f"the directory {path.parent} does not exist")
+        if path.exists() and not overwrite:
+            raise ConfigError("backup_refused", f"{path} already exists (pass --force to replace it)")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            os.close(fd)
+        except OSError as exc:
+            raise ConfigError("backup_refused", f"cannot write in {path.parent}: {exc.strerror}") from None
+        try:
+            # mode=rw, only reading (as the read connections): a WAL database opened read-only
+            # would need its -shm to exist already.
+            source = sqlite3.connect(self.path.resolve().as_uri() + "?mode=rw", uri=True, isolation_level=None,
+                                     timeout=self.busy_timeout_s)
+            try:
+                source.execute("PRAGMA query_only=ON")
+                target = sqlite3.connect(str(tmp), isolation_level=None)
+                try:
+                    source.backup(target)  # every page in one step: one consistent snapshot
+                finally:
+                    target.close()
+            finally:
+                source.close()
+            os.chmod(tmp, 0o600)
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                os.link(tmp, path)  # fails if path appeared meanwhile: never replace what is there
+            return os.stat(path).st_size
+        except FileExistsError:
+            raise ConfigError("backup_refused", f"{path} already exists (pass --force to replace it)") from None
+        except sqlite3.Error as exc:
+            raise _translate(exc) from None
+        except OSError as exc:
+            raise ConfigError("backup_refused", f"cannot write {path}: {exc.strerror}") from None
+        finally:
+            for leftover in (tmp, *files.companions(tmp)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(leftover)
 
     def close(self) -> None:
         self._closed = True
