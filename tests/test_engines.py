@@ -10,6 +10,7 @@ busy timeout, then ``StorageBusy``.  Both: storage refuses to run on an event lo
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import threading
@@ -272,7 +273,7 @@ def test_pg_pull_lease_is_one_holder_across_processes_and_dies_with_its_connecti
         held.release()
         again = two.replication.pull_lease("peer-1")
         assert again is not None
-        two_conn_pid = again.conn.info.backend_pid
+        two_conn_pid = two.db._leases._conn.info.backend_pid
         with psycopg.connect(pg_url, autocommit=True) as admin:  # its replica dies
             admin.execute("SELECT pg_terminate_backend(%s)", (two_conn_pid,))
         deadline = time.monotonic() + 10
@@ -284,6 +285,27 @@ def test_pg_pull_lease_is_one_holder_across_processes_and_dies_with_its_connecti
     finally:
         one.close()
         two.close()
+
+
+@pytest.mark.postgres_only
+def test_pg_leases_are_one_holder_in_process_too_and_many_cost_one_connection(pg_url):
+    store = Store(pg_url)
+    try:
+        held = [store.replication.pull_lease(f"peer-{i}") for i in range(50)]
+        assert all(h is not None for h in held)
+        # Advisory locks stack within a session: the process itself keeps the second one out.
+        assert store.replication.pull_lease("peer-0") is None
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            backends = admin.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = %s",
+                                     (f"stigmem-node:{os.getpid()}:leases",)).fetchone()[0]
+        assert backends == 1
+        for h in held:
+            h.release()
+        again = store.replication.pull_lease("peer-0")
+        assert again is not None
+        again.release()
+    finally:
+        store.close()
 
 
 def test_sqlite_pull_lease_is_one_holder_per_process(tmp_path: Path):

@@ -226,7 +226,7 @@ def _lease_holder(url: str, peer_id: str) -> int | None:
             (f"stigmem-pull:{peer_id}",)).fetchone()
     if row is None:
         return None
-    return int(row[0].rsplit(":", 1)[1])
+    return int(row[0].split(":")[1])  # stigmem-node:<pid>:leases
 
 
 def test_d_one_replica_pulls_a_peer_and_another_takes_over_when_it_dies(replicas):

@@ -45,6 +45,7 @@ from stigmem_node.store.db import (
     schema_text,
     split_sql,
 )
+from stigmem_node.store.postgres_leases import Lease, Leases
 
 try:
     import psycopg
@@ -103,25 +104,6 @@ def _translate(exc: Exception) -> Exception:
     return StorageFailure(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
 
 
-class _SessionLock:
-    def __init__(self, pool: Any, conn: Any, name: str) -> None:
-        self.pool, self.conn, self.name = pool, conn, name
-
-    def release(self) -> None:
-        """Unlock and give the connection back (a broken one is discarded: the server has
-        released the lock with it)."""
-        off_loop()
-        conn, self.conn = self.conn, None
-        if conn is None:
-            return
-        try:
-            conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (self.name,))
-        except psycopg.Error:
-            log.warning("could not release the lock %s; closing its connection releases it", self.name)
-            conn.close()
-        self.pool.putconn(conn)
-
-
 class _Tx:
     """The write transaction of one thread: its connection and nesting depth."""
 
@@ -170,6 +152,10 @@ class PostgresDatabase:
         except BaseException:
             self.pool.close()
             raise
+        self._leases = Leases(
+            lambda: psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(connect_timeout_s)),
+                                    application_name=f"stigmem-node:{os.getpid()}:leases"),
+            (psycopg.Error,), _translate)
 
     # -- schema ----------------------------------------------------------------------------
     def _migrate(self, create: bool) -> None:
@@ -392,22 +378,13 @@ class PostgresDatabase:
         self.one("SELECT 1 FROM node_meta LIMIT 1")
 
     # -- locks -----------------------------------------------------------------------------
-    def try_lock(self, name: str) -> _SessionLock | None:
-        """A session advisory lock named ``name``, on a connection kept aside until
-        ``release``: None if another process holds it.  The server releases it when the
-        holder's connection dies, so a crashed replica never keeps it."""
+    def try_lock(self, name: str) -> Lease | None:
+        """A lease named ``name`` (a session advisory lock on this process's lease
+        connection, ``postgres_leases``) until ``release``: None if another process or
+        thread holds it.  The server releases it when the connection dies, so a crashed
+        replica never keeps it."""
         off_loop()
-        conn = self._getconn()
-        try:
-            row = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (name,)).fetchone()
-        except psycopg.Error as exc:
-            conn.close()
-            self.pool.putconn(conn)
-            raise _translate(exc) from None
-        if not (row and row[0]):
-            self.pool.putconn(conn)
-            return None
-        return _SessionLock(self.pool, conn, name)
+        return self._leases.try_lock(name)
 
     # -- upkeep ------------------------------------------------------------------------------
     def refresh_statistics(self) -> list[str]:
@@ -447,5 +424,6 @@ class PostgresDatabase:
                           "pg_dump --format=custom (restore with pg_restore), with the API key pepper")
 
     def close(self) -> None:
+        self._leases.close()
         self.pool.close()
 
