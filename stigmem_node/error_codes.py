@@ -178,6 +178,9 @@ _CODES: Final[tuple[ErrorCode, ...]] = (
     _e("no_published_declaration", None, "peers add URL: that node publishes no declaration", _CLI, exit_status=1),
     _e("api_key_not_found", None, "apikey revoke: no such key id", _CLI, exit_status=1),
     _e("invalid_permissions", None, "apikey create: an unknown or empty permission list", _CLI, exit_status=1),
+    _e("usage_error", None, "A command line that does not parse: unknown option, missing argument, ...", _CLI,
+       exit_status=2),
+    _e("interrupted", None, "The command was interrupted (Ctrl-C)", _CLI, exit_status=130),
     # -- internal -----------------------------------------------------------------------------------
     _e("invalid_hlc", None, "A remote HLC does not parse (absorbed by the subscriber)", _INT),
     _e("hlc_skew", None, "A remote HLC is too far ahead of the wall clock (absorbed by the subscriber)", _INT),

@@ -143,10 +143,21 @@ class CommandLine(Group):
             with self.make_context(prog_name or PROG, argv, **extra) as ctx:
                 return int(self.invoke(ctx) or 0)
 
-        code = run(invoke)
+        code = run(invoke, as_json=wants_json(argv))
         if standalone_mode:
             sys.exit(code)
         return code
+
+
+def wants_json(argv: Sequence[str]) -> bool:
+    """Whether ``--json`` (or a unique prefix of it, ``--js``) is among the options of
+    ``argv``, read before parsing so that even a usage error comes out as JSON."""
+    for arg in argv:
+        if arg == "--":
+            return False
+        if len(arg) >= 4 and "--json".startswith(arg):
+            return True
+    return False
 
 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:

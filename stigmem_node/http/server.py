@@ -229,12 +229,15 @@ def protocol_class(request_timeout_s: float, max_connections: int) -> type[async
 
 # -- the server -----------------------------------------------------------------------
 def build_server(app: Any, *, request_timeout_s: float, max_connections: int, log_level: str = "info",
-                 access_log: bool = False):
-    """A uvicorn server for ``app`` with the protocol above; run it with ``.run(sockets=...)``."""
+                 access_log: bool = False, own_logging: bool = False):
+    """A uvicorn server for ``app`` with the protocol above; run it with ``.run(sockets=...)``.
+    ``own_logging``: uvicorn's records go to the root logger's handler (``stigmem_node.logs``)
+    instead of uvicorn's own."""
     import uvicorn
 
+    extra: dict[str, Any] = {"log_config": None} if own_logging else {}
     config = uvicorn.Config(
-        app, http=protocol_class(request_timeout_s, max_connections), ws="none",
+        app, http=protocol_class(request_timeout_s, max_connections), ws="none", **extra,
         log_level=log_level, access_log=access_log, server_header=False,
         proxy_headers=False,  # client addresses from trusted proxies: stigmem_node.http.forwarded
         backlog=BACKLOG,
@@ -252,7 +255,7 @@ def serve(node: Any, sockets: list[socket.socket], *, access_log: bool = False) 
     raise_fd_limit(settings.max_connections)
     server = build_server(create_app(node), request_timeout_s=settings.request_timeout_s,
                           max_connections=settings.max_connections, log_level=settings.log_level,
-                          access_log=access_log)
+                          access_log=access_log, own_logging=True)
     # uvicorn re-raises the SIGTERM/SIGINT it handled once it has shut down; with a no-op
     # handler in place the re-raise does nothing and a graceful stop exits 0.
     signal.signal(signal.SIGTERM, lambda *_: None)
