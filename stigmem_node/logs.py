@@ -28,6 +28,7 @@ from typing import Any, TextIO
 LOG_FORMATS = ("text", "json")
 ACCESS_LOG_MODES = ("off", "errors", "all")
 REQUEST_FIELDS = ("request_id", "peer", "route", "status", "duration_ms")
+QUIET_LOGGERS = ("httpx", "httpcore")
 
 # The events a log line may carry; a record without one is ``log``.
 EVENTS = {
@@ -112,6 +113,8 @@ def setup(level: str = "info", fmt: str = "text") -> logging.Handler:
     handler.setFormatter(formatter(fmt))
     root.addHandler(handler)
     root.setLevel(level.upper())
+    for name in QUIET_LOGGERS:  # a line per outgoing request, raw URL included: not at info
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     return handler
 
 

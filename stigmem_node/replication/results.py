@@ -73,14 +73,15 @@ class PageProgress:
     elapsed_s: float
 
 
-def log_summary(log: logging.Logger, result: PeerResult, **extra: Any) -> None:
-    """The ``pull_summary`` line of one peer's pull: INFO when it succeeded, else WARNING."""
+def log_summary(log: logging.Logger, result: PeerResult, trigger: str, **extra: Any) -> None:
+    """The ``pull_summary`` line of one peer's pull (``trigger``: ``schedule`` or ``pull``):
+    INFO when it succeeded, else WARNING."""
     outcome = "skipped" if result.note and result.note.startswith("skipped") else ("ok" if result.ok else "failed")
     fields = {"event": "pull_summary", "peer": result.node_id, "peer_id": result.peer_id, "outcome": outcome,
               "pages": result.pages, "facts_new": result.new, "facts_duplicate": result.duplicates,
               "facts_rejected": result.rejected, "tombstones": result.tombstones, "erased": result.erased,
               "tombstones_refused": result.tombstones_refused, "duration_ms": round(result.duration_s * 1000, 3),
-              "error_code": result.error_code, **extra}
+              "error_code": result.error_code, "trigger": trigger, **extra}
     tail = f"; {result.error_code}: {result.error}" if result.error else (f"; {result.note}" if result.note else "")
     more = "".join(f", {k.replace('_', ' ')} {v:g}" if isinstance(v, float) else f", {k.replace('_', ' ')} {v}"
                    for k, v in extra.items())
