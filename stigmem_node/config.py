@@ -15,6 +15,7 @@ from typing import Any
 from stigmem_node import node_id as node_ids
 from stigmem_node import node_url as node_urls
 from stigmem_node.errors import ConfigError
+from stigmem_node.logs import ACCESS_LOG_MODES, LOG_FORMATS
 from stigmem_node.tokens import MAX_LEEWAY_MS
 from stigmem_node.vocabulary import DEFAULT_SHARED_SCOPES, SCOPES
 
@@ -55,6 +56,8 @@ class Settings:
     pull_attempts: int = 4
     pull_backoff_s: float = 0.5
     log_level: str = "info"
+    log_format: str = "text"  # text or json (stigmem_node.logs)
+    access_log: str = "errors"  # off, errors (status 400 and above) or all (serve)
     request_timeout_s: float = 30.0  # the whole request must arrive within this (serve)
     max_connections: int = 1000  # open connections beyond this get 503 server_busy (serve)
     db_busy_timeout_ms: int = 10_000  # a write waits this long for the database's write lock, then 503
@@ -227,6 +230,10 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
                                         *LONG_POLL_RANGE)
     if env.get("STIGMEM_LOG_LEVEL"):
         kw["log_level"] = env["STIGMEM_LOG_LEVEL"]
+    if env.get("STIGMEM_LOG_FORMAT"):
+        kw["log_format"] = env["STIGMEM_LOG_FORMAT"]
+    if env.get("STIGMEM_ACCESS_LOG"):
+        kw["access_log"] = env["STIGMEM_ACCESS_LOG"]
     return validate(Settings(**kw))
 
 
@@ -290,4 +297,8 @@ def validate(s: Settings) -> Settings:
     if s.log_level.lower() not in ("critical", "error", "warning", "info", "debug"):
         raise ConfigError(
             message=f"log level must be one of critical, error, warning, info, debug; got {s.log_level!r}")
+    if s.log_format not in LOG_FORMATS:
+        raise ConfigError(message=f"log format (STIGMEM_LOG_FORMAT) must be text or json; got {s.log_format!r}")
+    if s.access_log not in ACCESS_LOG_MODES:
+        raise ConfigError(message=f"access log (STIGMEM_ACCESS_LOG) must be off, errors or all; got {s.access_log!r}")
     return s

@@ -187,6 +187,9 @@ _CODES: Final[tuple[ErrorCode, ...]] = (
     _e("backup_unsupported", None, "backup of a node on PostgreSQL (use pg_dump)", _CLI, exit_status=2),
     _e("invalid_permissions", 422, "An unknown or empty permission list (apikey create, the admin key API)", _H, _CLI,
        exit_status=1),
+    _e("usage_error", None, "A command line that does not parse: unknown option, missing argument, ...", _CLI,
+       exit_status=2),
+    _e("interrupted", None, "The command was interrupted (Ctrl-C)", _CLI, exit_status=130),
     # -- internal -----------------------------------------------------------------------------------
     _e("invalid_hlc", None, "A remote HLC does not parse (absorbed by the subscriber)", _INT),
     _e("hlc_skew", None, "A remote HLC is too far ahead of the wall clock (absorbed by the subscriber)", _INT),

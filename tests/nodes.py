@@ -397,9 +397,10 @@ class ServedNode(_NodeSurface):
 class RunningNode(_NodeSurface):
     def __init__(self, workdir: Path, name: str = "node", env: dict[str, str] | None = None,
                  args: tuple[str, ...] = (), port: int | None = None, db: Path | None = None,
-                 database_url: str | None = None) -> None:
+                 database_url: str | None = None, split_stderr: bool = False) -> None:
         """``db``: an existing database to serve (a second process on one node's file);
-        ``database_url``: the node's PostgreSQL database instead."""
+        ``database_url``: the node's PostgreSQL database instead; ``split_stderr``: the log
+        (stderr) in a file of its own, ``stderr_text()``, apart from stdout (``log()``)."""
         self.workdir = workdir
         self.name = name
         workdir.mkdir(parents=True, exist_ok=True)
@@ -411,10 +412,12 @@ class RunningNode(_NodeSurface):
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"{name}.log"
         self._log = open(self.log_path, "w")
+        self.stderr_path = workdir / f"{name}.stderr.log"
+        self._stderr = open(self.stderr_path, "w") if split_stderr else None
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "stigmem_node", "serve", *_db_args(self.db, database_url),
              "--port", str(self.port), "--host", "127.0.0.1", *args],
-            stdout=self._log, stderr=subprocess.STDOUT, env=node_env(env), cwd=workdir,
+            stdout=self._log, stderr=self._stderr or subprocess.STDOUT, env=node_env(env), cwd=workdir,
         )
         self.api_key = ""
         self._wait_ready()
@@ -441,6 +444,10 @@ class RunningNode(_NodeSurface):
         self._log.flush()
         return self.log_path.read_text(errors="replace")
 
+    def stderr_text(self) -> str:
+        """What the process wrote on stderr (``split_stderr``)."""
+        return self.stderr_path.read_text(errors="replace")
+
     def cli(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """The CLI as a subprocess too: a process of its own next to the serving one."""
         return run_cli_process(*args, db=self.db, env=env, database_url=self.database_url)
@@ -458,6 +465,8 @@ class RunningNode(_NodeSurface):
                 self.proc.kill()
                 self.proc.wait(timeout=5)
         self._log.close()
+        if self._stderr is not None:
+            self._stderr.close()
 
 
 _stopping: list[threading.Thread] = []

@@ -138,9 +138,14 @@ def test_usage_errors_are_one_line_and_exit_2(argv: list[str], needle: str, db: 
     if argv not in (["frobnicate"], ["peers"], ["demo", "--json"], ["--json", "demo"], ["info", "--db"]):
         argv = [*argv, "--db", str(db)]
     result = invoke(*argv)
+    assert result.stdout == ""
+    if "--json" in argv:  # asked for JSON (even where --json is misplaced): the error is JSON
+        assert result.exit_code == 2, (result.exit_code, result.stderr)
+        error = json.loads(result.stderr)
+        assert error["error"] == "usage_error" and needle in error["message"], error
+        return
     line = one_error_line(result, 2)
     assert needle in line and line.endswith("--help)"), line
-    assert result.stdout == ""
 
 
 def test_ambiguous_option_prefix_is_a_usage_error(db: Path) -> None:
@@ -273,7 +278,9 @@ def test_audit_list_tail_export_verify_anchor(db: Path, tmp_path: Path) -> None:
     assert "RFC 3339" in one_error_line(invoke("audit", "list", "--since", "yesterday", "--db", db), 2)
 
     tail = invoke("audit", "tail", "-n", "2", "--db", db, "--json")
-    assert tail.exit_code == 0 and [json.loads(x)["seq"] for x in tail.stdout.splitlines()] == [3, 4]
+    assert tail.exit_code == 0 and [e["seq"] for e in json.loads(tail.stdout)] == [3, 4]  # as audit list
+    human_tail = invoke("audit", "tail", "-n", "2", "--db", db)
+    assert human_tail.stdout.splitlines() == human.stdout.splitlines()[-2:]
 
     out = tmp_path / "export.jsonl"
     assert invoke("audit", "export", "--out", out, "--since", "2000-01-01T00:00:00Z", "--db", db).exit_code == 0

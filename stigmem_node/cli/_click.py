@@ -10,6 +10,7 @@ not).
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -138,15 +139,33 @@ class CommandLine(Group):
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,  # type: ignore[override]
              complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> int:
         argv = list(sys.argv[1:] if args is None else args)
+        name = prog_name or PROG
+        var = complete_var or f"_{name.replace('-', '_').upper()}_COMPLETE"
+        instruction = os.environ.get(var)
+        if instruction:  # the shell asks for completions (click's own; docs/operating.md)
+            from click.shell_completion import shell_complete
+
+            return shell_complete(self, extra, name, var, instruction)
 
         def invoke() -> int:
             with self.make_context(prog_name or PROG, argv, **extra) as ctx:
                 return int(self.invoke(ctx) or 0)
 
-        code = run(invoke)
+        code = run(invoke, as_json=wants_json(argv))
         if standalone_mode:
             sys.exit(code)
         return code
+
+
+def wants_json(argv: Sequence[str]) -> bool:
+    """Whether ``--json`` (or a unique prefix of it, ``--js``) is among the options of
+    ``argv``, read before parsing so that even a usage error comes out as JSON."""
+    for arg in argv:
+        if arg == "--":
+            return False
+        if len(arg) >= 4 and "--json".startswith(arg):
+            return True
+    return False
 
 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:

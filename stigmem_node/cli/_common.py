@@ -21,7 +21,7 @@ from stigmem_node.federation import Actor
 if TYPE_CHECKING:
     from stigmem_node.node import Node
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 70, 130
 PROG = "stigmem-node"
 
 T = TypeVar("T")
@@ -91,9 +91,19 @@ def _one_line(text: str) -> str:
     return "".join(c if c.isprintable() else " " for c in text)
 
 
-def run(invoke: Callable[[], int]) -> int:
-    """Run a command line and turn every error into one line on stderr and an exit code:
-    2 for bad usage or configuration, 1 for a refusal, 70 for a bug (``STIGMEM_DEBUG=1``
+def _fail(as_json: bool, code: str, line: str, message: str) -> None:
+    """An error on stderr: ``line`` for people, or ``{"error": code, "message": message}``."""
+    if as_json:
+        print(json.dumps({"error": code, "message": _one_line(message)}, ensure_ascii=False), file=sys.stderr,
+              flush=True)
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
+def run(invoke: Callable[[], int], as_json: bool = False) -> int:
+    """Run a command line and turn every error into one line on stderr (with ``as_json``, one
+    JSON object ``{"error": code, "message": ...}``) and an exit code: 2 for bad usage or
+    configuration, 1 for a refusal, 130 when interrupted, 70 for a bug (``STIGMEM_DEBUG=1``
     lets its traceback through instead)."""
     try:
         return invoke()
@@ -101,21 +111,24 @@ def run(invoke: Callable[[], int]) -> int:
         return int(exc.exit_code)
     except click.UsageError as exc:
         path = exc.ctx.command_path if exc.ctx is not None else PROG
-        print(f"{path}: {_one_line(exc.format_message())} (see {path} --help)", file=sys.stderr, flush=True)
+        message = _one_line(exc.format_message())
+        _fail(as_json, "usage_error", f"{path}: {message} (see {path} --help)", message)
         return EXIT_USAGE
     except click.ClickException as exc:
-        print(f"{PROG}: {_one_line(exc.format_message())}", file=sys.stderr, flush=True)
+        message = _one_line(exc.format_message())
+        _fail(as_json, "usage_error", f"{PROG}: {message}", message)
         return int(exc.exit_code)
     except click.Abort:
         return EXIT_FAIL
     except ConfigError as exc:
-        print(f"{PROG}: {exc.message}", file=sys.stderr, flush=True)
+        _fail(as_json, exc.code, f"{PROG}: {exc.message}", exc.message)
         return EXIT_USAGE
     except StigmemError as exc:
-        print(f"{PROG}: {exc.message} ({exc.code})", file=sys.stderr, flush=True)
+        _fail(as_json, exc.code, f"{PROG}: {exc.message} ({exc.code})", exc.message)
         return EXIT_FAIL
     except KeyboardInterrupt:
-        return EXIT_FAIL
+        _fail(as_json, "interrupted", f"{PROG}: interrupted", "interrupted")
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (e.g. `| head`): stop quietly, as other tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -125,6 +138,7 @@ def run(invoke: Callable[[], int]) -> int:
         # traceback; STIGMEM_DEBUG=1 shows the traceback for a report.
         if os.environ.get("STIGMEM_DEBUG"):
             raise
-        print(f"{PROG}: internal error ({type(exc).__name__}); please report it "
-              "(STIGMEM_DEBUG=1 shows the details)", file=sys.stderr, flush=True)
+        _fail(as_json, "internal_error", f"{PROG}: internal error ({type(exc).__name__}); please report it "
+              "(STIGMEM_DEBUG=1 shows the details)",
+              f"internal error ({type(exc).__name__}); please report it (STIGMEM_DEBUG=1 shows the details)")
         return EXIT_INTERNAL

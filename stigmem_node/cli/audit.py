@@ -56,6 +56,10 @@ def _line(e: dict[str, Any]) -> str:
                                 e["peer_id"] or "-", e["actor"] or "-", e["remote_addr"] or "-", detail] if x)
 
 
+def _lines(entries: list[dict[str, Any]]) -> str:
+    return "\n".join(_line(e) for e in entries) or "No audit entries."
+
+
 @command(audit, "list", help="list audit entries, oldest first")
 @filter_options
 @click.option("--limit", type=LIMIT, default=100, help="at most this many entries (default 100)")
@@ -63,11 +67,11 @@ def cmd_audit_list(g: Globals, *, peer: str | None, event_type: str | None, sinc
                    limit: int) -> int:
     node = open_node(g)
     entries = node.audit_query.entries(_where(node, peer, event_type, since, until), limit=limit)
-    emit(g, entries, lambda es: "\n".join(_line(e) for e in es) or "No audit entries.")
+    emit(g, entries, _lines)
     return EXIT_OK
 
 
-@command(audit, "tail", help="the newest entries")
+@command(audit, "tail", help="the newest entries, as audit list prints them; --follow: then one per line as they come")
 @click.option("-n", type=LIMIT, default=20, help="how many entries (default 20)")
 @click.option("--follow", "-f", is_flag=True, help="keep printing new entries")
 @click.option("--interval", type=INTERVAL, default=1.0, help="seconds between looks with --follow (default 1)")
@@ -78,10 +82,11 @@ def cmd_audit_tail(g: Globals, *, n: int, follow: bool, interval: float) -> int:
         print(json.dumps(e, sort_keys=True, ensure_ascii=False) if g.json else _line(e), flush=True)
 
     entries = node.audit_query.newest(n)
-    for e in entries:
-        show(e)
-    if not follow:
+    if not follow:  # as audit list prints them
+        emit(g, entries, _lines)
         return EXIT_OK
+    for e in entries:  # a stream: one entry per line, JSON objects with --json
+        show(e)
     last = entries[-1]["seq"] if entries else 0
     try:
         while True:

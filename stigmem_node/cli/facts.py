@@ -19,10 +19,12 @@ facts = group("facts", help="this node's facts")
 @click.argument("relation", cls=Arg, help="what it says about it")
 @click.argument("value", cls=Arg, help="the value as text: true or false for boolean, a JSON number for number, "
                                        "null for null")
-@click.option("--type", "value_type", type=click.Choice(VALUE_TYPES), default="string", show_default=True)
-@click.option("--scope", type=click.Choice(SCOPES), default="local", show_default=True)
-@click.option("--source", default="cli", show_default=True)
-@click.option("--confidence", type=float, default=1.0, show_default=True)
+@click.option("--type", "value_type", type=click.Choice(VALUE_TYPES), default="string", show_default=True,
+              help="how VALUE is read")
+@click.option("--scope", type=click.Choice(SCOPES), default="local", show_default=True,
+              help="who may see the fact (local: never leaves the node)")
+@click.option("--source", default="cli", show_default=True, help="who asserts the fact")
+@click.option("--confidence", type=float, default=1.0, show_default=True, help="from 0 to 1")
 @click.option("--valid-until", help="RFC 3339 time")
 def cmd_facts_add(g: Globals, *, entity: str, relation: str, value: str, value_type: str, scope: str, source: str,
                   confidence: float, valid_until: str | None) -> int:
@@ -41,10 +43,10 @@ def cmd_facts_add(g: Globals, *, entity: str, relation: str, value: str, value_t
 
 
 @command(facts, "list", help="list facts, oldest first")
-@click.option("--entity")
-@click.option("--relation")
-@click.option("--scope", type=click.Choice(SCOPES))
-@click.option("--limit", type=LIMIT, default=50, show_default=True)
+@click.option("--entity", help="only facts about this entity")
+@click.option("--relation", help="only facts of this relation")
+@click.option("--scope", type=click.Choice(SCOPES), help="only facts of this scope")
+@click.option("--limit", type=LIMIT, default=50, show_default=True, help="at most this many facts")
 @click.option("--include-expired", is_flag=True, help="also list facts whose valid_until has passed")
 def cmd_facts_list(g: Globals, *, entity: str | None, relation: str | None, scope: str | None, limit: int,
                    include_expired: bool) -> int:
@@ -66,7 +68,8 @@ def cmd_facts_list(g: Globals, *, entity: str | None, relation: str | None, scop
 @command(facts, "erase", help="erase a fact, or every fact of an entity, and keep a tombstone")
 @click.argument("fact_id", cls=Arg, required=False, help="the fact's id (or use --entity)")
 @click.option("--entity", help="erase every fact of this entity instead")
-@click.option("--reason", type=click.Choice(ERASURE_REASONS), default=DEFAULT_ERASURE_REASON, show_default=True)
+@click.option("--reason", type=click.Choice(ERASURE_REASONS), default=DEFAULT_ERASURE_REASON, show_default=True,
+              help="why the fact is erased (recorded in the tombstone and the audit trail)")
 def cmd_facts_erase(g: Globals, *, fact_id: str | None, entity: str | None, reason: str) -> int:
     if (fact_id is None) == (entity is None):
         raise click.UsageError("give either a fact id or --entity, not both and not neither")

@@ -105,7 +105,7 @@ def cmd_peers_add(g: Globals, *, url: str, scopes: str | None, declaration: str 
 
 
 @command(peers, "list", help="list peers")
-@click.option("--status", type=click.Choice(PEER_STATUSES))
+@click.option("--status", type=click.Choice(PEER_STATUSES), help="only peers in this status")
 def cmd_peers_list(g: Globals, *, status: str | None) -> int:
     node = open_node(g)
     views = node.federation.views(node.federation.list_peers(status))

@@ -7,9 +7,12 @@ import logging
 
 import click
 
-from stigmem_node import __version__
+from stigmem_node import __version__, logs
 from stigmem_node.cli._click import command, root
 from stigmem_node.cli._common import EXIT_OK, Globals, emit, open_node, settings_for
+from stigmem_node.logs import ACCESS_LOG_MODES, LOG_FORMATS
+
+log = logging.getLogger("stigmem_node.serve")
 
 
 def _print_first_key(node_id: str, node_url: str, fingerprint: str, key: str) -> None:
@@ -30,7 +33,13 @@ def _print_first_key(node_id: str, node_url: str, fingerprint: str, key: str) ->
               help="seconds between pulls from peers, 0: off (env STIGMEM_FEDERATION_PULL_INTERVAL_S, default 0)")
 @click.option("--allow-insecure-http", is_flag=True,
               help="allow plain http to non-loopback peers (env STIGMEM_ALLOW_INSECURE_HTTP)")
-@click.option("--access-log", is_flag=True, help="log every request")
+@click.option("--access-log", is_flag=True,
+              help="also write uvicorn's own line per request, raw path and query included (text)")
+@click.option("--access-log-level", type=click.Choice(ACCESS_LOG_MODES),
+              help="which requests the access log records: off, errors (status 400 and above) or all "
+                   "(env STIGMEM_ACCESS_LOG, default errors)")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS),
+              help="log lines on stderr as text or one JSON object each (env STIGMEM_LOG_FORMAT, default text)")
 @click.option("--trusted-proxies", help="comma-separated addresses whose X-Forwarded-For is believed "
                                         "(env STIGMEM_TRUSTED_PROXIES; default: none)")
 @click.option("--request-timeout", type=float, help="seconds within which a whole request must arrive "
@@ -38,15 +47,15 @@ def _print_first_key(node_id: str, node_url: str, fingerprint: str, key: str) ->
 @click.option("--max-connections", type=int, help="open connections served at once; more get 503 "
                                                   "(env STIGMEM_MAX_CONNECTIONS, default 1000)")
 def cmd_serve(g: Globals, *, host: str | None, port: int | None, node_url: str | None, pull_interval: float | None,
-              allow_insecure_http: bool, access_log: bool, trusted_proxies: str | None,
-              request_timeout: float | None, max_connections: int | None) -> int:
+              allow_insecure_http: bool, access_log: bool, access_log_level: str | None, log_format: str | None,
+              trusted_proxies: str | None, request_timeout: float | None, max_connections: int | None) -> int:
     from stigmem_node.http.server import bind, serve
     from stigmem_node.node import Node
 
     settings = settings_for(g, host=host, port=port, node_url=node_url, pull_interval_s=pull_interval,
                             allow_insecure_http=True if allow_insecure_http else None,
                             trusted_proxies=trusted_proxies, request_timeout_s=request_timeout,
-                            max_connections=max_connections)
+                            max_connections=max_connections, access_log=access_log_level, log_format=log_format)
     # Listen first: a port in use or a host that does not resolve fails before anything exists.
     sockets = bind(settings.host, settings.port)
     try:
@@ -58,9 +67,14 @@ def cmd_serve(g: Globals, *, host: str | None, port: int | None, node_url: str |
         raise
     if key:
         _print_first_key(node.identity.node_id, node.identity.node_url, node.identity.fingerprint, key)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The first-start hint above and the line below go to the terminal (stdout); the log to stderr.
+    logs.setup(settings.log_level, settings.log_format)
     print(f"stigmem-node {__version__}: node {node.identity.node_url} listening on {settings.host}:{settings.port} "
           f"(database {settings.database_label})", flush=True)
+    log.info("node %s listening on %s:%s", node.identity.node_url, settings.host, settings.port,
+             extra={"event": "node_started", "node_id": node.identity.node_id, "node_url": node.identity.node_url,
+                    "version": __version__, "database": settings.database_label,
+                    "access_log": settings.access_log})
     serve(node, sockets, access_log=access_log)
     return EXIT_OK
 

@@ -14,7 +14,7 @@ from stigmem_node.errors import StigmemError
 from stigmem_node.http import admin, audit, facts, peers, wellknown
 from stigmem_node.http.errors import http_error, stigmem_error, unexpected_error
 from stigmem_node.http.forwarded import ForwardedFor
-from stigmem_node.http.middleware import BodyLimit, RequestId
+from stigmem_node.http.middleware import AccessLog, BodyLimit, RequestId
 from stigmem_node.node import Node
 
 
@@ -55,7 +55,8 @@ def create_app(node: Node) -> Starlette:
         finally:
             await node.stop_background()
 
-    middleware = [Middleware(RequestId), Middleware(BodyLimit)]
+    middleware = [Middleware(RequestId), Middleware(AccessLog, mode=node.settings.access_log, routes=routes),
+                  Middleware(BodyLimit)]
     if node.settings.trusted_proxies:
         # Client addresses from X-Forwarded-For, only from these proxies and only IP literals.
         middleware.insert(0, Middleware(ForwardedFor, trusted_proxies=node.settings.trusted_proxies))

@@ -45,6 +45,7 @@ async def require(request: Request, permission: str) -> Principal:
                                        remote_addr=addr, reason="too_many_failed_attempts",
                                        detail={"path": request.url.path[:200], **extra})
         raise
+    request.state.actor = principal.actor  # apikey:KEY_ID, for the access log (never the key)
     if permission not in principal.permissions:
         raise Forbidden("permission_required", f"this API key lacks the {permission} permission",
                         permission=permission)

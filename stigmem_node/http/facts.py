@@ -72,9 +72,11 @@ async def authenticate_peer(request: Request, then: Callable[[AuthenticatedPeer]
     what ``then`` read for it in the same worker call (``PeerAuthenticator.authenticate_then``)."""
     node = request.app.state.node
     try:
-        return await node.peer_auth.authenticate_then(
+        peer, outcome = await node.peer_auth.authenticate_then(
             request.headers.get("authorization"), method=request.method, path_qs=path_qs(request),
             remote_addr=client_addr(request), then=then)
+        request.state.peer = peer.node_id  # for the access log
+        return peer, outcome
     except TokenRejected as exc:
         if exc.code == "invalid_signature" and exc.issuer:
             node.refresh_peer_keys_soon(exc.issuer)  # the peer may have rotated its key

@@ -1,15 +1,22 @@
-"""Pure ASGI middleware: request body cap and request ids."""
+"""Pure ASGI middleware: request body cap, request ids and the access log."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import re
+import time
+from collections.abc import Sequence
 
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stigmem_node.error_codes import http_status
+from stigmem_node.logs import access_logged
+
+access_log = logging.getLogger("stigmem_node.access")
 
 MAX_BODY_BYTES = 1024 * 1024
 _RID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -108,3 +115,64 @@ class RequestId:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+def route_template(routes: Sequence[BaseRoute], scope: Scope) -> str | None:
+    """The template of the route ``scope`` was served by (``/v1/facts/{fact_id}``), or None
+    when no route has its path: never the raw path, which may hold anything a client sent."""
+    partial: str | None = None
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return getattr(route, "path", None)
+        if match is Match.PARTIAL and partial is None:
+            partial = getattr(route, "path", None)  # the path matched, the method did not (405)
+    return partial
+
+
+class AccessLog:
+    """One ``http_request`` record per answered request, as ``mode`` says: ``off``, ``errors``
+    (status 400 and above, or no answer) or ``all``.  Fields: method, route template, status,
+    duration, request id (the one in ``X-Request-Id``: runs inside ``RequestId``) and the
+    peer's node id once a peer token was accepted (``scope["state"]["peer"]``)."""
+
+    def __init__(self, app: ASGIApp, mode: str = "errors", routes: Sequence[BaseRoute] = ()) -> None:
+        self.app = app
+        self.mode = mode
+        self.routes = list(routes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.mode == "off":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 0
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        except BaseException:
+            status = status or 500  # starlette's outer error middleware answers 500
+            raise
+        finally:
+            if access_logged(self.mode, status):
+                self._log(scope, status, (time.perf_counter() - started) * 1000)
+
+    def _log(self, scope: Scope, status: int, duration_ms: float) -> None:
+        state = scope.get("state", {})
+        route = route_template(self.routes, scope)
+        peer = state.get("peer")
+        method = scope["method"]
+        fields = {"event": "http_request", "request_id": state.get("request_id"), "peer": peer,
+                  "route": route, "method": method, "status": status, "duration_ms": round(duration_ms, 3)}
+        if state.get("actor"):
+            fields["actor"] = state["actor"]
+        who = f" peer={peer}" if peer else ""
+        access_log.log(logging.WARNING if status >= 500 else logging.INFO,
+                       "%s %s %s %.1f ms request_id=%s%s", method, route or "(no route)", status or "-",
+                       duration_ms, fields["request_id"], who, extra=fields)

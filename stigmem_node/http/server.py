@@ -230,10 +230,12 @@ def protocol_class(request_timeout_s: float, max_connections: int) -> type[async
 
 # -- the server -----------------------------------------------------------------------
 def build_server(app: Any, *, request_timeout_s: float, max_connections: int, log_level: str = "info",
-                 access_log: bool = False, on_shutdown: Callable[[], None] | None = None):
+                 access_log: bool = False, own_logging: bool = False,
+                 on_shutdown: Callable[[], None] | None = None):
     """A uvicorn server for ``app`` with the protocol above; run it with ``.run(sockets=...)``.
-    ``on_shutdown`` runs as the shutdown begins, before open requests are waited for (it
-    answers the long-polls, so they never hold a stop up)."""
+    ``own_logging``: uvicorn's records go to the root logger's handler (``stigmem_node.logs``)
+    instead of uvicorn's own.  ``on_shutdown`` runs as the shutdown begins, before open
+    requests are waited for (it answers the long-polls, so they never hold a stop up)."""
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -242,8 +244,9 @@ def build_server(app: Any, *, request_timeout_s: float, max_connections: int, lo
                 on_shutdown()
             await super().shutdown(sockets)
 
+    extra: dict[str, Any] = {"log_config": None} if own_logging else {}
     config = uvicorn.Config(
-        app, http=protocol_class(request_timeout_s, max_connections), ws="none",
+        app, http=protocol_class(request_timeout_s, max_connections), ws="none", **extra,
         log_level=log_level, access_log=access_log, server_header=False,
         proxy_headers=False,  # client addresses from trusted proxies: stigmem_node.http.forwarded
         backlog=BACKLOG,
@@ -261,7 +264,7 @@ def serve(node: Any, sockets: list[socket.socket], *, access_log: bool = False) 
     raise_fd_limit(settings.max_connections)
     server = build_server(create_app(node), request_timeout_s=settings.request_timeout_s,
                           max_connections=settings.max_connections, log_level=settings.log_level,
-                          access_log=access_log, on_shutdown=node.new_facts.close)
+                          access_log=access_log, own_logging=True, on_shutdown=node.new_facts.close)
     # uvicorn re-raises the SIGTERM/SIGINT it handled once it has shut down; with a no-op
     # handler in place the re-raise does nothing and a graceful stop exits 0.
     signal.signal(signal.SIGTERM, lambda *_: None)

@@ -9,6 +9,7 @@ import time
 import httpx
 
 from stigmem_node.errors import StigmemError
+from stigmem_node.replication.results import log_summary
 from stigmem_node.replication.subscriber import Subscriber
 from stigmem_node.store.db import StorageError
 from stigmem_node.store.peers import PeerRecord
@@ -23,7 +24,8 @@ class Scheduler:
     dead peer only ever delays itself.  A peer whose pull failed waits longer after each
     failure (twice the interval, then four times, … at most ``MAX_FAILURE_WAIT_S``), so a
     dead peer is not hammered.  ``stop()`` cancels the loop and the pulls in flight; a
-    cancelled pull loses nothing (each page commits on its own).
+    cancelled pull loses nothing (each page commits on its own).  Each pull of a peer logs
+    one ``pull_summary`` line (``results.log_summary``).
     """
 
     MAX_FAILURE_WAIT_S = 300.0
@@ -68,11 +70,12 @@ class Scheduler:
         if result.ok:
             self._failures.pop(peer.id, None)
             self._not_before.pop(peer.id, None)
+            log_summary(log, result, trigger="schedule")
             return
         failures = self._failures[peer.id] = self._failures.get(peer.id, 0) + 1
         wait = min(self.MAX_FAILURE_WAIT_S, self.interval_s * 2 ** failures)
         self._not_before[peer.id] = time.monotonic() + wait
-        log.warning("pull from %s failed (%s); next try in %.0f s", peer.node_id, result.error, wait)
+        log_summary(log, result, trigger="schedule", next_try_s=wait)
 
     async def stop(self) -> None:
         """Cancel the loop and the pulls in flight, and close the client."""

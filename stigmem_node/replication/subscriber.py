@@ -28,7 +28,7 @@ from stigmem_node.federation import KeyRefresh
 from stigmem_node.offload import Offload
 from stigmem_node.replication.erasures import RemoteErasure, check_page
 from stigmem_node.replication.ingest import Ingest, Overlap
-from stigmem_node.replication.results import PassResult, PeerResult, PullError
+from stigmem_node.replication.results import PageProgress, PassResult, PeerResult, PullError, log_summary
 from stigmem_node.replication.transport import MAX_PAGE_BYTES, PageFetcher
 from stigmem_node.store.db import StorageError
 from stigmem_node.store.peers import PeerRecord, PeerRepo
@@ -101,15 +101,19 @@ class Subscriber:
         return self.pages.client(None if pool_per_peer else self.concurrency * 2)
 
     async def run_pass(self, peer_ref: str | None = None,
-                       progress: Callable[[PeerResult], None] | None = None) -> PassResult:
-        """Pull every active peer once (or only ``peer_ref``)."""
+                       progress: Callable[[PeerResult], None] | None = None,
+                       on_page: Callable[[PageProgress], None] | None = None) -> PassResult:
+        """Pull every active peer once (or only ``peer_ref``); ``progress`` is called with each
+        peer's result, ``on_page`` after each committed page of facts.  Logs one
+        ``pull_summary`` line per peer."""
         started = time.monotonic()
         peers = [await self.lanes.read(self.find_peer, peer_ref)] if peer_ref else await self.active_peers()
         sem = asyncio.Semaphore(self.concurrency)
         async with self.client() as client:
             async def one(peer: PeerRecord) -> PeerResult:
                 async with sem:
-                    result = await self.pull_peer(client, peer)
+                    result = await self.pull_peer(client, peer, on_page)
+                log_summary(log, result, trigger="pull")
                 if progress:
                     progress(result)
                 return result
@@ -117,7 +121,8 @@ class Subscriber:
             results = await asyncio.gather(*(one(p) for p in peers))
         return PassResult(list(results), time.monotonic() - started)
 
-    async def pull_peer(self, client: httpx.AsyncClient, peer: PeerRecord) -> PeerResult:
+    async def pull_peer(self, client: httpx.AsyncClient, peer: PeerRecord,
+                        on_page: Callable[[PageProgress], None] | None = None) -> PeerResult:
         """Pull one peer, if no other process of this node (a replica) is pulling it now."""
         lease = await self.lanes.read(self.store.replication.pull_lease, peer.id)
         if lease is None:
@@ -125,12 +130,13 @@ class Subscriber:
             result.note = "skipped: another process of this node is pulling this peer now"
             return result
         try:
-            return await self._pull_leased(client, peer)
+            return await self._pull_leased(client, peer, on_page)
         finally:
             # Shielded: a cancelled pull still gives its lease back.
             await asyncio.shield(self.lanes.read(lease.release))
 
-    async def _pull_leased(self, client: httpx.AsyncClient, peer: PeerRecord) -> PeerResult:
+    async def _pull_leased(self, client: httpx.AsyncClient, peer: PeerRecord,
+                           on_page: Callable[[PageProgress], None] | None) -> PeerResult:
         result = PeerResult(peer.id, peer.node_id)
         started = time.monotonic()
         error: PullError | None = None
@@ -139,7 +145,7 @@ class Subscriber:
             if peer.status != "active":
                 raise PullError("peer_not_active", f"peer is {peer.status}, not active")
             self.pages.check_peer_url(peer)
-            await self._pull(client, peer, result)
+            await self._pull(client, peer, result, on_page)
             await self._pull_tombstones(client, peer, result)
         except OutboundError as exc:
             error = PullError(exc.code, exc.message)
@@ -189,8 +195,10 @@ class Subscriber:
             note = f"tombstones not pulled ({exc.code})"
             result.note = f"{result.note}; {note}" if result.note else note
 
-    async def _pull(self, client: httpx.AsyncClient, peer: PeerRecord, result: PeerResult) -> None:
+    async def _pull(self, client: httpx.AsyncClient, peer: PeerRecord, result: PeerResult,
+                    on_page: Callable[[PageProgress], None] | None = None) -> None:
         """Page through the peer from its stored cursor, counting into ``result``."""
+        started = time.monotonic()
         cursor = (await self.lanes.read(self.store.replication.get, peer.id)).cursor
         keys = await self.lanes.read(self.ingest.peer_keys, peer)
         refreshed = False
@@ -225,6 +233,9 @@ class Subscriber:
             result.new += stored.new
             result.duplicates += stored.duplicates
             result.rejected += stored.rejected
+            if on_page is not None:
+                on_page(PageProgress(peer.id, peer.node_id, result.pages, result.new + result.duplicates,
+                                     result.rejected, time.monotonic() - started))
             if not page.has_more:
                 return
             if next_cursor == cursor:
