@@ -5,6 +5,7 @@ completion, the README's next steps as written, and the first-start hint."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pty
@@ -12,8 +13,10 @@ import re
 import select
 import shlex
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,8 +71,11 @@ def test_pull_shows_progress_on_a_terminal(node: ServedNode, fake: FakePeer) -> 
     fake.register_on(node)
     _pages(fake, 9, 2)
     master, slave = pty.openpty()
+    # A terminal 200 columns wide, whatever this one is: the line is cut to the terminal's width.
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))
+    env = {k: v for k, v in node_env().items() if k not in ("COLUMNS", "LINES")}
     try:
-        proc = subprocess.Popen(_argv(node, "pull"), stdout=subprocess.PIPE, stderr=slave, env=node_env())
+        proc = subprocess.Popen(_argv(node, "pull"), stdout=subprocess.PIPE, stderr=slave, env=env)
         os.close(slave)
         screen = _read_pty(master, proc)
         stdout = proc.communicate(timeout=60)[0].decode()

@@ -4,7 +4,7 @@ counted page by page, for when it is interrupted."""
 
 from __future__ import annotations
 
-import shutil
+import os
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -57,12 +57,22 @@ class PullProgress:
         for p in self.live.values():
             rate = p.facts / p.elapsed_s if p.elapsed_s > 0 else 0.0
             parts.append(f"{p.node_id}: {p.pages} pages, {p.facts} facts, {rate:,.0f} facts/s")
-        width = shutil.get_terminal_size((100, 24)).columns
+        width = self._width()
         line = "pulling " + " | ".join(parts)
         if len(line) >= width:
             line = line[: max(width - 2, 10)] + "…"
         self.stream.write("\r\x1b[K" + line)
         self.stream.flush()
+
+    def _width(self) -> int:
+        """The width of the terminal the progress is drawn on (COLUMNS first, as usual)."""
+        columns = os.environ.get("COLUMNS", "")
+        if columns.isdigit() and int(columns) > 0:
+            return int(columns)
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns or 100  # type: ignore[union-attr]
+        except (OSError, ValueError, AttributeError):
+            return 100
 
     def interrupted_message(self) -> str:
         if not self.kept:
