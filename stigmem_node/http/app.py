@@ -11,7 +11,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from stigmem_node.errors import StigmemError
-from stigmem_node.http import audit, facts, peers, wellknown
+from stigmem_node.http import audit, facts, peers, status, wellknown
 from stigmem_node.http.errors import http_error, stigmem_error, unexpected_error
 from stigmem_node.http.forwarded import ForwardedFor
 from stigmem_node.http.middleware import BodyLimit, RequestId
@@ -42,6 +42,10 @@ def create_app(node: Node) -> Starlette:
         Route("/v1/facts/{fact_id}", facts.erase_fact, methods=["DELETE"]),
         Route("/v1/tombstones", facts.create_tombstone, methods=["POST"]),
         Route("/v1/tombstones/{entity:path}", facts.entity_tombstones, methods=["GET"]),
+        Route("/status", status.page, methods=["GET"]),
+        Route("/status/session", status.sign_in_post, methods=["POST"]),
+        Route("/status/session/end", status.sign_out, methods=["POST"]),
+        Route("/status/peers/{peer_id}/{action}", status.peer_action, methods=["POST"]),
     ]
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
