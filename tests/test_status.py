@@ -23,11 +23,17 @@ def browser(node) -> httpx.Client:
     return httpx.Client(base_url=node.url, timeout=10, follow_redirects=False)
 
 
+def post_sign_in(c: httpx.Client, key: str, **headers: str) -> httpx.Response:
+    """Load the sign-in form (its token comes with a cookie), then post ``key`` with the token."""
+    token = csrf_of(c.get("/status").text)
+    return c.post("/status/session", data={"api_key": key, "csrf": token}, headers=headers)
+
+
 @contextlib.contextmanager
 def sign_in(node, key: str | None = None) -> Iterator[httpx.Client]:
     """A browser-like client signed in on the status page with ``key`` (default: the admin key)."""
     with browser(node) as c:
-        res = c.post("/status/session", data={"api_key": key or node.api_key})
+        res = post_sign_in(c, key or node.api_key)
         assert res.status_code == 303, res.text
         assert res.headers["location"] == "/status"
         yield c
@@ -66,9 +72,9 @@ def test_without_a_session_the_page_is_a_sign_in_form_with_strict_headers(start_
 def test_sign_in_sets_a_strict_cookie_and_stores_only_the_hash_of_the_session(start_node):
     a = start_node("a")
     with browser(a) as c:
-        res = c.post("/status/session", data={"api_key": a.api_key})
+        res = post_sign_in(c, a.api_key)
         assert res.status_code == 303
-        cookie = res.headers["set-cookie"]
+        cookie = next(v for v in res.headers.get_list("set-cookie") if v.startswith("stigmem_status="))
         session_id = cookie.split(";")[0].split("=", 1)[1]
         flags = {f.strip().lower() for f in cookie.split(";")[1:]}
         assert {"httponly", "samesite=strict", "path=/status"} <= flags
@@ -86,22 +92,26 @@ def test_a_wrong_key_or_one_without_a_reading_permission_opens_no_session(start_
     a = start_node("a")
     weak, _ = make_key(a, "facts:read")
     with browser(a) as c:
-        bad = c.post("/status/session", data={"api_key": a.api_key[:-2] + "xx"})
-        assert bad.status_code == 401 and "not valid" in bad.text and "set-cookie" not in bad.headers
-        lacking = c.post("/status/session", data={"api_key": weak})
-        assert lacking.status_code == 403 and "set-cookie" not in lacking.headers
+        bad = post_sign_in(c, a.api_key[:-2] + "xx")
+        assert bad.status_code == 401 and "not valid" in bad.text and "stigmem_status" not in c.cookies
+        lacking = post_sign_in(c, weak)
+        assert lacking.status_code == 403 and "stigmem_status" not in c.cookies
         empty = c.post("/status/session", content=b"\xff\xfe", headers={"content-type": "text/plain"})
         assert empty.status_code == 422 and empty.json()["error"] == "invalid_request"
+    with browser(a) as c:  # a sign-in posted from elsewhere lacks the form's cookie: login CSRF refused
+        forged = c.post("/status/session", data={"api_key": a.api_key, "csrf": "x" * 43})
+        assert forged.status_code == 403 and forged.json()["error"] == "csrf_failed"
+        elsewhere = post_sign_in(c, a.api_key, origin="https://evil.example")
+        assert elsewhere.status_code == 403 and elsewhere.json()["error"] == "csrf_failed"
     assert a.sql("SELECT COUNT(*) FROM sessions") == [(0,)]
 
 
 def test_failed_sign_ins_count_against_the_api_key_limiter_and_are_audited(start_node):
     a = start_node("a")
     with browser(a) as c:
-        codes = [c.post("/status/session", data={"api_key": f"stgm_000000000000_{'x' * 43}"}).status_code
-                 for _ in range(10)]
+        codes = [post_sign_in(c, f"stgm_000000000000_{'x' * 43}").status_code for _ in range(10)]
         assert codes == [401] * 10
-        over = c.post("/status/session", data={"api_key": a.api_key})  # even a valid key, as the API does
+        over = post_sign_in(c, a.api_key)  # even a valid key, as the API does
         assert over.status_code == 429 and int(over.headers["retry-after"]) > 0
     with a.client() as api:  # the same limiter: the API refuses this address too
         assert api.get("/v1/federation/peers").status_code == 429
@@ -142,11 +152,12 @@ def test_a_form_without_the_right_csrf_token_or_from_another_origin_is_refused(s
         token = csrf_of(c.get("/status").text)
         for data, headers in (({}, {}), ({"csrf": "0" * 64}, {}), ({"csrf": token[:-1]}, {}),
                               ({"csrf": token}, {"origin": "https://evil.example"}),
-                              ({"csrf": token}, {"origin": "null"})):
+                              ({}, {"origin": "null"})):
             res = c.post(f"/status/peers/{b_at_a}/suspend", data=data, headers=headers)
             assert res.status_code == 403 and res.json()["error"] == "csrf_failed", (data, headers, res.text)
         assert a.sql("SELECT status FROM peers WHERE id = ?", (b_at_a,)) == [("active",)]
-        ok = c.post(f"/status/peers/{b_at_a}/suspend", data={"csrf": token}, headers={"origin": a.url})
+        # Origin null (what browsers send under Referrer-Policy: no-referrer) leaves the token to decide.
+        ok = c.post(f"/status/peers/{b_at_a}/suspend", data={"csrf": token}, headers={"origin": "null"})
         assert ok.status_code == 303 and ok.headers["location"] == "/status?flash=suspended"
     assert a.sql("SELECT status FROM peers WHERE id = ?", (b_at_a,)) == [("suspended",)]
     with browser(a) as anonymous:  # no session: 401, not a crash

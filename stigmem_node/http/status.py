@@ -14,6 +14,8 @@ sent, must be this node's.  Sessions: ``stigmem_node.sessions``.
 
 from __future__ import annotations
 
+import hmac
+import secrets
 from urllib.parse import parse_qs, urlsplit
 
 from starlette.requests import Request
@@ -26,6 +28,7 @@ from stigmem_node.http.status_html import FLASH_MESSAGES, sign_in, status_page
 from stigmem_node.sessions import MAX_AGE_S, Session, csrf_ok
 
 COOKIE = "stigmem_status"
+SIGN_IN_COOKIE = "stigmem_status_signin"
 READ_PERMISSIONS = ("audit:read", "admin:federation")
 SECURITY_HEADERS = {
     "Content-Security-Policy": ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
@@ -66,10 +69,10 @@ async def _form(request: Request) -> dict[str, str]:
 
 
 def _same_origin(request: Request) -> bool:
-    """No Origin header (older clients), or one naming this node: as the browser reached it,
-    or as its node URL says."""
+    """No Origin header (or ``null``), or one naming this node: as the browser reached it, or
+    as its node URL says.  A second barrier only: the CSRF tokens are the defence."""
     origin = request.headers.get("origin")
-    if origin is None:
+    if origin is None or origin.strip() == "null":  # under Referrer-Policy no-referrer, browsers send "null"
         return True
     own = {f"{request.url.scheme}://{request.url.netloc}".lower()}
     url = urlsplit(request.app.state.node.identity.node_url)
@@ -82,10 +85,21 @@ def _csrf_checked(request: Request, session: Session, form: dict[str, str]) -> N
         raise Forbidden("csrf_failed", "the form's CSRF token is missing or wrong, or it came from another origin")
 
 
+def _sign_in_form(request: Request, message: str | None = None, status_code: int = 200,
+                  headers: dict[str, str] | None = None) -> HTMLResponse:
+    """The sign-in form, with a fresh token both in a hidden field and in a SameSite=Strict
+    cookie: a sign-in posted from another site lacks the cookie and is refused."""
+    token = secrets.token_hex(32)
+    response = _html(sign_in(token, message), status_code, headers)
+    response.set_cookie(SIGN_IN_COOKIE, token, max_age=3600, path="/status", httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https")
+    return response
+
+
 async def page(request: Request) -> Response:
     session = await _session(request)
     if session is None:
-        return _html(sign_in())
+        return _sign_in_form(request)
     node = request.app.state.node
     audit_allowed = "audit:read" in session.permissions
     report = await node.lanes.read(lambda: node.status.report(with_audit=audit_allowed))
@@ -96,23 +110,28 @@ async def page(request: Request) -> Response:
 
 
 async def sign_in_post(request: Request) -> Response:
-    if not _same_origin(request):
-        raise Forbidden("csrf_failed", "the sign-in form came from another origin")
     form = await _form(request)
+    expected = request.cookies.get(SIGN_IN_COOKIE, "")
+    given = form.get("csrf", "")
+    if not _same_origin(request) or not expected or not hmac.compare_digest(
+            given.encode("utf-8", "replace"), expected.encode("utf-8", "replace")):
+        raise Forbidden("csrf_failed", "the sign-in form's token is missing or wrong, or it came from another origin")
     try:
         principal = await authenticate(request, form.get("api_key"))
     except Unauthorized:
-        return _html(sign_in("That API key is not valid."), 401)
+        return _sign_in_form(request, "That API key is not valid.", 401)
     except StigmemError as exc:
         if exc.code != "too_many_failed_attempts":
             raise
-        return _html(sign_in("Too many failed sign-ins from this address; retry later."), 429,
-                     {"Retry-After": str(exc.retry_after or 60)})
+        return _sign_in_form(request, "Too many failed sign-ins from this address; retry later.", 429,
+                             {"Retry-After": str(exc.retry_after or 60)})
     if not any(p in principal.permissions for p in READ_PERMISSIONS):
-        return _html(sign_in("That API key holds neither audit:read nor admin:federation."), 403)
+        return _sign_in_form(request, "That API key holds neither audit:read nor admin:federation.", 403)
     node = request.app.state.node
     session_id = await node.lanes.write(node.sessions.open, principal)
     response = _redirect()
+    response.delete_cookie(SIGN_IN_COOKIE, path="/status", httponly=True, samesite="strict",
+                           secure=request.url.scheme == "https")
     response.set_cookie(COOKIE, session_id, max_age=MAX_AGE_S, path="/status", httponly=True, samesite="strict",
                         secure=request.url.scheme == "https")
     return response

@@ -47,12 +47,12 @@ def _document(title: str, body: str) -> str:
             f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>{body}</body></html>")
 
 
-def sign_in(message: str | None = None) -> str:
+def sign_in(csrf: str, message: str | None = None) -> str:
     note = f'<p class="flash error" role="alert">{_e(message)}</p>' if message else ""
     return _document("stigmem-node status: sign in", (
         "<h1>stigmem-node status</h1>"
         f"{note}"
-        '<form method="post" action="/status/session" autocomplete="off">'
+        f'<form method="post" action="/status/session" autocomplete="off">{_hidden(csrf)}'
         '<p><label for="api_key">API key (with <code>audit:read</code> or <code>admin:federation</code>)</label><br>'
         '<input id="api_key" name="api_key" type="password" size="70" required></p>'
         '<p><button type="submit" id="sign-in">Sign in</button></p></form>'))
