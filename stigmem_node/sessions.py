@@ -67,7 +67,9 @@ class Sessions:
         self.max_age_ms = max_age_s * 1000
 
     def open(self, principal: Principal) -> str:
-        """A new session for ``principal`` (already authenticated); returns its id."""
+        """A new session for ``principal`` (already authenticated); returns its id.  Sessions
+        expired meanwhile are deleted first, so the table stays small."""
+        self.prune()
         session_id = secrets.token_urlsafe(32)
         now = self.clock.now_ms()
         self.repo.insert(SessionRecord(_hash(session_id), principal.key_id, tuple(sorted(principal.permissions)),

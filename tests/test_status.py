@@ -277,3 +277,38 @@ def test_the_page_shows_live_replication_both_ways(start_node):
     with sign_in(b) as c:
         page = c.get("/status").text
     assert "Facts in: 4 in the last hour" in page and at_b.last_pull_out in page
+
+
+def test_expired_sessions_are_deleted_at_the_next_sign_in(start_node):
+    a = start_node("a")
+    with sign_in(a):
+        pass
+    with sign_in(a):
+        pass
+    assert a.sql("SELECT COUNT(*) FROM sessions") == [(2,)]
+    a.node.clock.offset_s = MAX_AGE_S
+    with sign_in(a):
+        pass
+    assert a.sql("SELECT COUNT(*) FROM sessions") == [(1,)]
+
+
+def test_hostile_form_input_is_a_clear_error_never_a_500(start_node):
+    a = start_node("a")
+    wk_b = start_node("b").well_known()
+    with a.client() as api:
+        b_at_a = api.post("/v1/federation/peers", json=wk_b["declaration"]).json()["peer_id"]
+    with sign_in(a) as c:
+        token = csrf_of(c.get("/status").text)
+        for data in ({"csrf": token, "fingerprint": "sha256:\x00"}, {"csrf": token + "\x00"}):
+            res = c.post(f"/status/peers/{b_at_a}/approve", data=data)
+            assert res.status_code in (403, 422), (data, res.status_code, res.text)
+        surrogate = c.post(f"/status/peers/{b_at_a}/approve", content=f"csrf={token}&fingerprint=%ED%A0%80".encode(),
+                           headers={"content-type": "application/x-www-form-urlencoded"})
+        assert surrogate.headers["location"] == "/status?flash=fingerprint_mismatch"
+        huge = c.post(f"/status/peers/{b_at_a}/approve", data={"csrf": token, "fingerprint": "f" * 20_000})
+        assert huge.status_code == 422
+        weird = c.post(f"/status/peers/{'x' * 300}/suspend", data={"csrf": token})
+        assert weird.status_code == 404
+        forged = c.get("/status", headers={"cookie": "stigmem_status=" + "%C3%A9" * 500})
+        assert forged.status_code == 200 and 'name="api_key"' in forged.text
+    assert a.sql("SELECT status FROM peers WHERE id = ?", (b_at_a,)) == [("pending_approval",)]

@@ -65,7 +65,10 @@ async def _form(request: Request) -> dict[str, str]:
         fields = parse_qs(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=20, strict_parsing=False)
     except (UnicodeDecodeError, ValueError):
         raise ValidationError("invalid_request", "the form body is not url-encoded UTF-8", field="body") from None
-    return {k: v[0] for k, v in fields.items() if v}
+    form = {k: v[0] for k, v in fields.items() if v}
+    if any("\x00" in k or "\x00" in v for k, v in form.items()):
+        raise ValidationError("invalid_request", "a form field holds NUL", field="body")
+    return form
 
 
 def _same_origin(request: Request) -> bool:
