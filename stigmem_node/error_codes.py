@@ -71,6 +71,8 @@ _CODES: Final[tuple[ErrorCode, ...]] = (
     _e("too_many_failed_attempts", 429, "Too many failed authentications from this address; retry later", _H),
     _e("too_many_waiting", 429, "A long-poll pull (wait=S) beyond the bound per peer or in all; retry later", _H,
        retry_after=1),
+    _e("session_required", 401, "A status page action without a live session (sign in on /status)", _H),
+    _e("csrf_failed", 403, "A status page form's CSRF token is missing or wrong, or its Origin is not this node", _H),
     # -- peers -------------------------------------------------------------------------
     _e("malformed_declaration", 422, "A declaration field is missing, of the wrong type, empty or too long", _H),
     _e("invalid_node_id", 422, "Not a valid node id", _H, _CLI, exit_status=2),

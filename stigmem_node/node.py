@@ -49,6 +49,8 @@ from stigmem_node.publish import Publisher
 from stigmem_node.ratelimit import FailureLimiter, UnauthenticatedAuditGate
 from stigmem_node.replication import Ingest, PageFetcher, PullOptions, Scheduler, Subscriber
 from stigmem_node.replication.erasures import RemoteErasure
+from stigmem_node.sessions import Sessions
+from stigmem_node.status import StatusReader
 from stigmem_node.store import Store
 
 if TYPE_CHECKING:
@@ -130,6 +132,11 @@ class Node:
         self.publisher = Publisher(self.store, self.audit, self.clock, settings.shared_scopes, self.lanes,
                                    federate_instructions=settings.federate_instructions,
                                    node_id=self.identity.node_id, activity=self.activity)
+        self.started_at_s = self.clock.time()
+        self.sessions = Sessions(self.store.sessions, self.store.apikeys, self.clock)
+        self.status = StatusReader(self.store.peers, self.store.replication, self.store.activity, self.store.facts,
+                                   self.audit_query, self.clock, lambda: self.identity,
+                                   shared_scopes=settings.shared_scopes, started_at_s=self.started_at_s)
         self._declaration: declaration.Declaration | None = None
         self._manifest: dict[str, Any] | None = None
         self._refresh_not_before: dict[str, float] = {}

@@ -11,7 +11,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from stigmem_node.errors import StigmemError
-from stigmem_node.http import admin, audit, facts, peers, wellknown
+from stigmem_node.http import admin, audit, facts, peers, status, wellknown
 from stigmem_node.http.errors import http_error, stigmem_error, unexpected_error
 from stigmem_node.http.forwarded import ForwardedFor
 from stigmem_node.http.middleware import AccessLog, BodyLimit, RequestId
@@ -45,6 +45,10 @@ def create_app(node: Node) -> Starlette:
         Route("/v1/admin/apikeys", admin.create_key, methods=["POST"]),
         Route("/v1/admin/apikeys", admin.list_keys, methods=["GET"]),
         Route("/v1/admin/apikeys/{key_id}/revoke", admin.revoke_key, methods=["POST"]),
+        Route("/status", status.page, methods=["GET"]),
+        Route("/status/session", status.sign_in_post, methods=["POST"]),
+        Route("/status/session/end", status.sign_out, methods=["POST"]),
+        Route("/status/peers/{peer_id}/{action}", status.peer_action, methods=["POST"]),
     ]
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

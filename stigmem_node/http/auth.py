@@ -27,6 +27,16 @@ async def require(request: Request, permission: str) -> Principal:
     later, in the background).  Every authentication failure gives the same 401; after too
     many from one address the address gets 429 with Retry-After until the window passes.
     """
+    principal = await authenticate(request, bearer(request))
+    if permission not in principal.permissions:
+        raise Forbidden("permission_required", f"this API key lacks the {permission} permission",
+                        permission=permission)
+    return principal
+
+
+async def authenticate(request: Request, key: str | None) -> Principal:
+    """The principal of ``key`` (from a header or a sign-in form), counting a failure against
+    the caller's address and auditing the throttle as ``require`` describes."""
     node = request.app.state.node
     limiter = request.app.state.auth_limiter
     addr = client_addr(request)
@@ -35,7 +45,7 @@ async def require(request: Request, permission: str) -> Principal:
         raise StigmemError("too_many_failed_attempts", "too many failed authentication attempts; retry later",
                            retry_after=retry)
     try:
-        principal: Principal = await node.lanes.read(node.apikeys.authenticate, bearer(request))
+        principal: Principal = await node.lanes.read(node.apikeys.authenticate, key)
     except Unauthorized:
         limiter.fail(addr)
         if limiter.retry_after(addr) is not None:
@@ -46,9 +56,6 @@ async def require(request: Request, permission: str) -> Principal:
                                        detail={"path": request.url.path[:200], **extra})
         raise
     request.state.actor = principal.actor  # apikey:KEY_ID, for the access log (never the key)
-    if permission not in principal.permissions:
-        raise Forbidden("permission_required", f"this API key lacks the {permission} permission",
-                        permission=permission)
     return principal
 
 

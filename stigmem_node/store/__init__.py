@@ -28,6 +28,7 @@ from stigmem_node.store.meta import MetaRepo
 from stigmem_node.store.nonces import NonceRepo
 from stigmem_node.store.peers import PeerRepo
 from stigmem_node.store.replication import ReplicationRepo
+from stigmem_node.store.sessions import SessionRepo
 from stigmem_node.store.tombstones import TombstoneRepo
 
 __all__ = ["ConstraintViolation", "Database", "IntegrityConflict", "StorageBusy", "StorageError",
@@ -61,6 +62,7 @@ class Store:
         self.replication = ReplicationRepo(self.db)
         self.tombstones = TombstoneRepo(self.db)
         self.activity = ActivityRepo(self.db)
+        self.sessions = SessionRepo(self.db)
 
     @property
     def engine(self) -> str:

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from stigmem_node.errors import ConfigError, Conflict, StigmemError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Migrations from version N-1 to N, for N > 1: SQL both engines run, or one text per engine
 # (``migration_sql``) where the SQL differs (triggers).  Version 1 is the engine's schema
@@ -143,6 +143,25 @@ CREATE TABLE fact_traffic (
     direction TEXT COLLATE "C" NOT NULL CHECK (direction IN ('in', 'out')),
     facts     BIGINT NOT NULL,
     PRIMARY KEY (minute, direction)
+);
+"""},
+    # 6: status page sessions (``store.sessions``), shared by replicas: the SHA-256 of the
+    # session id (never the id), the API key it was opened with and that key's permissions.
+    6: {"sqlite": """
+CREATE TABLE IF NOT EXISTS sessions (
+    id_hash      TEXT PRIMARY KEY,
+    key_id       TEXT NOT NULL,
+    permissions  TEXT NOT NULL,
+    created_ms   INTEGER NOT NULL,
+    seen_ms      INTEGER NOT NULL
+);
+""", "postgresql": """
+CREATE TABLE sessions (
+    id_hash      TEXT COLLATE "C" PRIMARY KEY,
+    key_id       TEXT COLLATE "C" NOT NULL,
+    permissions  TEXT COLLATE "C" NOT NULL,
+    created_ms   BIGINT NOT NULL,
+    seen_ms      BIGINT NOT NULL
 );
 """},
 }
