@@ -59,6 +59,7 @@ class Settings:
     db_busy_timeout_ms: int = 10_000  # a write waits this long for the database's write lock, then 503
     read_lane_threads: int = 32  # worker threads for storage reads (stigmem_node.offload)
     write_lane_threads: int = 16  # worker threads for storage writes
+    metrics_allow: str | None = None  # addresses (IPs, CIDRs) that may read /metrics without a key
 
     @property
     def public_url(self) -> str:
@@ -217,6 +218,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         kw["read_lane_threads"] = _int("STIGMEM_READ_LANE_THREADS", env["STIGMEM_READ_LANE_THREADS"], *LANE_RANGE)
     if env.get("STIGMEM_WRITE_LANE_THREADS"):
         kw["write_lane_threads"] = _int("STIGMEM_WRITE_LANE_THREADS", env["STIGMEM_WRITE_LANE_THREADS"], *LANE_RANGE)
+    if env.get("STIGMEM_METRICS_ALLOW"):
+        kw["metrics_allow"] = env["STIGMEM_METRICS_ALLOW"]
     if env.get("STIGMEM_LOG_LEVEL"):
         kw["log_level"] = env["STIGMEM_LOG_LEVEL"]
     return validate(Settings(**kw))
@@ -263,6 +266,12 @@ def validate(s: Settings) -> Settings:
                 item == "*" or ipaddress.ip_network(item, strict=False)
             except ValueError:
                 raise ConfigError(message=f"trusted proxies: {item!r} is not an IP address or network (or *)") from None
+    if s.metrics_allow is not None:
+        for item in (x.strip() for x in s.metrics_allow.split(",")):
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ConfigError(message=f"STIGMEM_METRICS_ALLOW: {item!r} is not an IP address or network") from None
     if not 0 <= s.pull_interval_s <= 86400:
         raise ConfigError(message=f"pull interval must be between 0 and 86400 seconds, got {s.pull_interval_s:g}")
     lo, hi = REQUEST_TIMEOUT_RANGE

@@ -69,6 +69,8 @@ _CODES: Final[tuple[ErrorCode, ...]] = (
     _e("invalid_api_key", 401, "Missing, malformed, unknown, wrong, revoked or expired API key", _H),
     _e("permission_required", 403, "The API key lacks the endpoint's permission", _H),
     _e("too_many_failed_attempts", 429, "Too many failed authentications from this address; retry later", _H),
+    _e("metrics_not_allowed", 403, "GET /metrics from an address that is neither loopback nor in "
+       "STIGMEM_METRICS_ALLOW, without an API key", _H),
     # -- peers -------------------------------------------------------------------------
     _e("malformed_declaration", 422, "A declaration field is missing, of the wrong type, empty or too long", _H),
     _e("invalid_node_id", 422, "Not a valid node id", _H, _CLI, exit_status=2),

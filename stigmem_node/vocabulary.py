@@ -26,7 +26,8 @@ VALUE_TYPES: Final = ("string", "text", "number", "boolean", "datetime", "ref", 
 INTERPRET_AS: Final = ("content", "instruction")
 
 #: What an operator API key may do.
-PERMISSIONS: Final = ("federate", "admin:federation", "audit:read", "facts:write", "facts:read", "facts:erase")
+PERMISSIONS: Final = ("federate", "admin:federation", "audit:read", "facts:write", "facts:read", "facts:erase",
+                      "metrics:read")
 
 #: Why a fact or an entity was erased (a tombstone's ``reason``).
 ERASURE_REASONS: Final = ("right_to_erasure", "legal", "incorrect", "operator")

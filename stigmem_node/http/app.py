@@ -11,9 +11,10 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from stigmem_node.errors import StigmemError
-from stigmem_node.http import audit, facts, peers, wellknown
+from stigmem_node.http import audit, facts, metrics, peers, wellknown
 from stigmem_node.http.errors import http_error, stigmem_error, unexpected_error
 from stigmem_node.http.forwarded import ForwardedFor
+from stigmem_node.http.metrics import HttpMetrics
 from stigmem_node.http.middleware import BodyLimit, RequestId
 from stigmem_node.node import Node
 
@@ -42,6 +43,7 @@ def create_app(node: Node) -> Starlette:
         Route("/v1/facts/{fact_id}", facts.erase_fact, methods=["DELETE"]),
         Route("/v1/tombstones", facts.create_tombstone, methods=["POST"]),
         Route("/v1/tombstones/{entity:path}", facts.entity_tombstones, methods=["GET"]),
+        Route("/metrics", metrics.metrics, methods=["GET"]),
     ]
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -52,7 +54,8 @@ def create_app(node: Node) -> Starlette:
         finally:
             await node.stop_background()
 
-    middleware = [Middleware(RequestId), Middleware(BodyLimit)]
+    middleware = [Middleware(HttpMetrics, metrics=node.metrics, routes=routes), Middleware(RequestId),
+                  Middleware(BodyLimit)]
     if node.settings.trusted_proxies:
         # Client addresses from X-Forwarded-For, only from these proxies and only IP literals.
         middleware.insert(0, Middleware(ForwardedFor, trusted_proxies=node.settings.trusted_proxies))
