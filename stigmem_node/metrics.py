@@ -245,7 +245,12 @@ class Metrics:
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
-        r.register(StorageCollector(source, rules, now, now_iso))
+        # The series read from storage, apart: a scrape leaves them out when the database
+        # does not answer (``exposition``).
+        self.storage = CollectorRegistry(auto_describe=True)
+        self.storage.register(StorageCollector(source, rules, now, now_iso))
+        self._down = CollectorRegistry(auto_describe=True)
+        self._down.register(_DatabaseDown())
 
     # -- hooks of the use cases ------------------------------------------------------------
     def rejected(self, code: str) -> None:
@@ -266,6 +271,15 @@ class Metrics:
         self.http_duration.labels(route, m).observe(seconds)
 
     # -- the scrape ---------------------------------------------------------------------
-    def exposition(self) -> bytes:
-        """The text exposition format of every series (reads storage: run in the read lane)."""
-        return generate_latest(self.registry)
+    def exposition(self, *, database: bool = True) -> bytes:
+        """The text exposition format of every series (reads storage: run in the read lane).
+        ``database``: False when the database is known not to answer: the storage series are
+        left out and ``stigmem_database_up`` is 0, without waiting for it."""
+        return generate_latest(self.registry) + generate_latest(self.storage if database else self._down)
+
+
+class _DatabaseDown(Collector):
+    def collect(self) -> Iterable[Metric]:
+        up = GaugeMetricFamily("stigmem_database_up", "1 if the scrape could read the database, else 0")
+        up.add_metric([], 0.0)
+        return [up]

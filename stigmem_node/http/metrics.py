@@ -70,7 +70,7 @@ class HttpMetrics:
 
         try:
             await self.app(scope, receive, send_noting_status)
-        except BaseException:
+        except Exception:
             if status is None:
                 status = 500  # the server's error handler, outside this middleware, answers 500
             raise
@@ -104,5 +104,8 @@ async def metrics(request: Request) -> Response:
     elif not address_may_scrape(client_addr(request), node.settings.metrics_allow):
         raise Forbidden("metrics_not_allowed", "metrics are served to loopback clients, to the addresses in "
                         f"STIGMEM_METRICS_ALLOW, and to API keys with the {PERMISSION} permission")
-    body = await node.lanes.read(node.metrics.exposition)
+    # A database that does not answer a trivial read within a second is reported as down
+    # (stigmem_database_up 0) rather than holding the scrape past the scraper's timeout.
+    answers = await node.database_problem() is None
+    body = await node.lanes.read(node.metrics.exposition, database=answers)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
