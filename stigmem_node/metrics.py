@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -173,9 +173,9 @@ class StorageCollector(Collector):
                                     "When the last pull of the peer started (Unix time)", labels=label)
         failures = GaugeMetricFamily("stigmem_replication_consecutive_failures",
                                      "Pulls of the peer failed in a row since its last success", labels=label)
-        ingested = GaugeMetricFamily("stigmem_replication_facts_ingested",
+        ingested = CounterMetricFamily("stigmem_replication_facts_ingested",
                                      "Facts received from the peer and stored", labels=label)
-        rejected = GaugeMetricFamily("stigmem_replication_facts_rejected",
+        rejected = CounterMetricFamily("stigmem_replication_facts_rejected",
                                      "Facts received from the peer and refused", labels=label)
         lag = GaugeMetricFamily("stigmem_replication_lag_seconds",
                                 "Seconds since the last successful pull of the peer", labels=label)
@@ -205,7 +205,7 @@ class StorageCollector(Collector):
         behind = GaugeMetricFamily("stigmem_peer_cursor_behind_facts",
                                    "Facts this node would still serve the peer after the cursor its last page "
                                    "reached", labels=label)
-        served = GaugeMetricFamily("stigmem_peer_facts_served", "Facts served to the peer", labels=label)
+        served = CounterMetricFamily("stigmem_peer_facts_served", "Facts served to the peer", labels=label)
         now_iso = self.now_iso()
         for p in peers:
             pull = pulls.get(p.id)

@@ -30,6 +30,13 @@ def scrape(n, headers: dict[str, str] | None = None) -> str:
     return res.text
 
 
+def scrape_up(n) -> str:
+    """A scrape that read the database (stigmem_database_up 1)."""
+    text = scrape(n)
+    assert value(text, "stigmem_database_up") == 1, "the scrape could not read the database"
+    return text
+
+
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """(sample name, sorted labels) -> value, parsed by prometheus_client."""
     found = {}
@@ -60,9 +67,9 @@ def test_scrape_during_a_federation_shows_both_directions_and_no_secret(start_no
     assert code == 0, summary
 
     # B, the subscriber of A.
-    text_b = scrape(b)
-    assert value(text_b, "stigmem_replication_facts_ingested", peer=a_id) == 3
-    assert value(text_b, "stigmem_replication_facts_rejected", peer=a_id) == 0
+    text_b = scrape_up(b)
+    assert value(text_b, "stigmem_replication_facts_ingested_total", peer=a_id) == 3
+    assert value(text_b, "stigmem_replication_facts_rejected_total", peer=a_id) == 0
     assert value(text_b, "stigmem_replication_consecutive_failures", peer=a_id) == 0
     success = value(text_b, "stigmem_replication_last_success_timestamp_seconds", peer=a_id)
     attempt = value(text_b, "stigmem_replication_last_attempt_timestamp_seconds", peer=a_id)
@@ -75,12 +82,12 @@ def test_scrape_during_a_federation_shows_both_directions_and_no_secret(start_no
     assert value(text_b, "stigmem_peers", status="active") == 1
 
     # A, the publisher: its notes of B's pulls are written within a couple of seconds.
-    wait_for(lambda: value(scrape(a), "stigmem_peer_last_pull_timestamp_seconds", peer=b_id) is not None,
+    wait_for(lambda: value(scrape_up(a), "stigmem_peer_last_pull_timestamp_seconds", peer=b_id) is not None,
              timeout=30, what="B's pull in A's metrics")
-    text_a = scrape(a)
+    text_a = scrape_up(a)
     assert before - 1 <= value(text_a, "stigmem_peer_last_pull_timestamp_seconds", peer=b_id) <= time.time() + 1
     assert value(text_a, "stigmem_peer_cursor_behind_facts", peer=b_id) == 0
-    assert value(text_a, "stigmem_peer_facts_served", peer=b_id) == 3
+    assert value(text_a, "stigmem_peer_facts_served_total", peer=b_id) == 3
     assert value(text_a, "stigmem_facts_stored", origin="local") == 4
     assert value(text_a, "stigmem_facts_stored", origin="received") == 0
     assert value(text_a, "stigmem_http_requests_total", route=PULL_ROUTE, method="GET", status="200") >= 1
@@ -99,7 +106,7 @@ def test_scrape_during_a_federation_shows_both_directions_and_no_secret(start_no
     # More facts at A: B's cursor is behind by exactly those it may read (not the local one).
     post_facts(a, [fact(f"urn:metrics:more:{i}", "public") for i in range(2)])
     post_facts(a, [fact("urn:metrics:home2", "local")])
-    assert value(scrape(a), "stigmem_peer_cursor_behind_facts", peer=b_id) == 2
+    assert value(scrape_up(a), "stigmem_peer_cursor_behind_facts", peer=b_id) == 2
 
     # Token rejections by code, and nonces: a token used twice is a replay the second time.
     token = b.node.mint_peer_token(a_id, ["public"])
@@ -111,7 +118,7 @@ def test_scrape_during_a_federation_shows_both_directions_and_no_secret(start_no
         assert bad.status_code == 401 and bad.json()["error"] == "malformed_token"
         none = c.get(PULL_ROUTE)
         assert none.json()["error"] == "peer_token_required"
-    text_a = scrape(a)
+    text_a = scrape_up(a)
     assert value(text_a, "stigmem_peer_token_rejections_total", code="nonce_already_seen") == 1
     assert value(text_a, "stigmem_peer_token_rejections_total", code="malformed_token") == 1
     assert value(text_a, "stigmem_peer_token_rejections_total", code="peer_token_required") == 1
@@ -126,7 +133,7 @@ def test_scrape_during_a_federation_shows_both_directions_and_no_secret(start_no
         assert pepper
         secrets.extend(line.split(":", 1)[-1] for line in pepper)
     secrets.extend(key.rsplit("_", 1)[-1] for key in (a.api_key, b.api_key))  # each key's secret part alone
-    for text in (scrape(a), scrape(b)):
+    for text in (scrape_up(a), scrape_up(b)):
         for secret in secrets:
             assert secret and secret not in text
 
@@ -136,7 +143,7 @@ def test_consecutive_failures_rise_while_the_peer_is_down_and_lag_grows(start_no
     federate(a, b)
     a_id = node_id(a)
     assert pull(b)[0] == 0
-    text = scrape(b)
+    text = scrape_up(b)
     success = value(text, "stigmem_replication_last_success_timestamp_seconds", peer=a_id)
     assert value(text, "stigmem_replication_consecutive_failures", peer=a_id) == 0
     a.stop()
@@ -144,7 +151,7 @@ def test_consecutive_failures_rise_while_the_peer_is_down_and_lag_grows(start_no
     for failures in (1, 2):
         code, _ = pull(b, env=once)
         assert code != 0
-        text = scrape(b)
+        text = scrape_up(b)
         assert value(text, "stigmem_replication_consecutive_failures", peer=a_id) == failures
         assert value(text, "stigmem_replication_last_success_timestamp_seconds", peer=a_id) == success
         assert value(text, "stigmem_replication_last_attempt_timestamp_seconds", peer=a_id) >= success
@@ -198,7 +205,7 @@ def test_http_series_are_labelled_by_route_template_never_by_raw_path(start_node
         assert c.request("PROPFIND", "/v1/facts").status_code == 405
         big = c.post("/v1/facts", content=b"x" * (1024 * 1024 + 1), headers={"content-type": "application/json"})
         assert big.status_code == 413
-    text = scrape(n)
+    text = scrape_up(n)
     assert value(text, "stigmem_http_requests_total", route="/v1/facts/{fact_id}", method="GET", status="404") == 1
     assert value(text, "stigmem_http_requests_total", route="unmatched", method="GET", status="404") == 1
     assert value(text, "stigmem_http_requests_total", route="/metrics", method="DELETE", status="405") == 1

@@ -28,6 +28,7 @@ from stigmem_node.http.forwarded import parse_ip
 from stigmem_node.metrics import UNMATCHED, Metrics
 
 PERMISSION = "metrics:read"
+DATABASE_WAIT_S = 5.0  # within Prometheus's default scrape timeout (10 s)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -104,8 +105,8 @@ async def metrics(request: Request) -> Response:
     elif not address_may_scrape(client_addr(request), node.settings.metrics_allow):
         raise Forbidden("metrics_not_allowed", "metrics are served to loopback clients, to the addresses in "
                         f"STIGMEM_METRICS_ALLOW, and to API keys with the {PERMISSION} permission")
-    # A database that does not answer a trivial read within a second is reported as down
-    # (stigmem_database_up 0) rather than holding the scrape past the scraper's timeout.
-    answers = await node.database_problem() is None
+    # A database that does not answer a trivial read within DATABASE_WAIT_S is reported as
+    # down (stigmem_database_up 0) rather than holding the scrape past the scraper's timeout.
+    answers = await node.database_problem(DATABASE_WAIT_S) is None
     body = await node.lanes.read(node.metrics.exposition, database=answers)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
