@@ -65,6 +65,7 @@ class Settings:
     write_lane_threads: int = 16  # worker threads for storage writes
     long_poll_max: int = 1000  # pull requests waiting for new facts (wait=S), in all (serve)
     long_poll_per_peer: int = 4  # and per peer
+    metrics_allow: str | None = None  # addresses (IPs, CIDRs) that may read /metrics without a key
 
     @property
     def public_url(self) -> str:
@@ -228,6 +229,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     if env.get("STIGMEM_LONG_POLL_PER_PEER"):
         kw["long_poll_per_peer"] = _int("STIGMEM_LONG_POLL_PER_PEER", env["STIGMEM_LONG_POLL_PER_PEER"],
                                         *LONG_POLL_RANGE)
+    if env.get("STIGMEM_METRICS_ALLOW"):
+        kw["metrics_allow"] = env["STIGMEM_METRICS_ALLOW"]
     if env.get("STIGMEM_LOG_LEVEL"):
         kw["log_level"] = env["STIGMEM_LOG_LEVEL"]
     if env.get("STIGMEM_LOG_FORMAT"):
@@ -278,6 +281,12 @@ def validate(s: Settings) -> Settings:
                 item == "*" or ipaddress.ip_network(item, strict=False)
             except ValueError:
                 raise ConfigError(message=f"trusted proxies: {item!r} is not an IP address or network (or *)") from None
+    if s.metrics_allow is not None:
+        for item in (x.strip() for x in s.metrics_allow.split(",")):
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ConfigError(message=f"STIGMEM_METRICS_ALLOW: {item!r} is not an IP address or network") from None
     if not 0 <= s.pull_interval_s <= 86400:
         raise ConfigError(message=f"pull interval must be between 0 and 86400 seconds, got {s.pull_interval_s:g}")
     lo, hi = REQUEST_TIMEOUT_RANGE

@@ -73,6 +73,8 @@ _CODES: Final[tuple[ErrorCode, ...]] = (
        retry_after=1),
     _e("session_required", 401, "A status page action without a live session (sign in on /status)", _H),
     _e("csrf_failed", 403, "A status page form's CSRF token is missing or wrong, or its Origin is not this node", _H),
+    _e("metrics_not_allowed", 403, "GET /metrics from an address that is neither loopback nor in "
+       "STIGMEM_METRICS_ALLOW, without an API key", _H),
     # -- peers -------------------------------------------------------------------------
     _e("malformed_declaration", 422, "A declaration field is missing, of the wrong type, empty or too long", _H),
     _e("invalid_node_id", 422, "Not a valid node id", _H, _CLI, exit_status=2),

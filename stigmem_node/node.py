@@ -40,6 +40,7 @@ from stigmem_node.erasure import Erasure
 from stigmem_node.errors import StigmemError
 from stigmem_node.federation import Federation
 from stigmem_node.local_facts import LocalFacts
+from stigmem_node.metrics import Metrics, PublishRules, StoreSource
 from stigmem_node.new_facts import NewFacts
 from stigmem_node.offload import Lanes
 from stigmem_node.operator_keys import OperatorKeys
@@ -87,7 +88,10 @@ class Node:
                                  allow_insecure_http=settings.allow_insecure_http, transport=transport)
         self.store = Store(settings.database, settings.synchronous, create=create,
                            busy_timeout_ms=settings.db_busy_timeout_ms, pool_size=settings.db_pool_size)
-        self.lanes = Lanes(settings.read_lane_threads, settings.write_lane_threads)
+        rules = PublishRules(frozenset(settings.shared_scopes) - {"local"}, settings.federate_instructions)
+        self.metrics = Metrics(StoreSource(self.store, rules), rules, now=lambda: self.clock.now_ms() / 1000,
+                               now_iso=self.clock.now_iso)
+        self.lanes = Lanes(settings.read_lane_threads, settings.write_lane_threads, observer=self.metrics.lane_work)
 
         def peppers() -> Peppers:
             loaded = Peppers.load(settings.pepper_path, settings.pepper, create=create,
@@ -121,6 +125,7 @@ class Node:
             self.store, self.identity.node_id, self.audit, self.clock, self.lanes,
             leeway_ms=settings.clock_leeway_s * 1000,
             failures=FailureLimiter(max_failures=30, window_s=window), audit_gate=self.unauth_audit,
+            observer=self.metrics,
         )
         self.apikey_failures = FailureLimiter(max_failures=10, window_s=window)
         self.new_facts = NewFacts(lambda: self.lanes.read(self.store.facts.head_seq),

@@ -19,12 +19,17 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+#: Told, in the worker thread, of each piece of work a lane ran: the lane ("read" or
+#: "write") and the seconds the work took (the node's metrics).
+LaneObserver = Callable[[str, float], None]
 
 DEFAULT_READ_THREADS = 32
 DEFAULT_WRITE_THREADS = 16
@@ -50,16 +55,22 @@ class Lanes:
     caller that is cancelled stops waiting; the work it handed over still runs to its end
     (a transaction either commits or rolls back whole)."""
 
-    def __init__(self, read_threads: int = DEFAULT_READ_THREADS, write_threads: int = DEFAULT_WRITE_THREADS) -> None:
+    def __init__(self, read_threads: int = DEFAULT_READ_THREADS, write_threads: int = DEFAULT_WRITE_THREADS, *,
+                 observer: LaneObserver | None = None) -> None:
+        """``observer``: told of the time each piece of work took (in the worker thread)."""
         if read_threads < 1 or write_threads < 1:
             raise ValueError("each lane needs at least one thread")
         self.read_threads = read_threads
         self.write_threads = write_threads
+        self.observer = observer
         self._read = ThreadPoolExecutor(read_threads, thread_name_prefix="stigmem-read")
         self._write = ThreadPoolExecutor(write_threads, thread_name_prefix="stigmem-write")
 
-    @staticmethod
-    async def _run(pool: ThreadPoolExecutor, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+    async def _run(self, pool: ThreadPoolExecutor, fn: Callable[..., T], args: tuple[Any, ...],
+                   kwargs: dict[str, Any]) -> T:
+        observer = self.observer
+        if observer is not None:
+            fn = functools.partial(_timed, observer, "read" if pool is self._read else "write", fn)
         call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(pool, call)
 
@@ -80,3 +91,11 @@ class Lanes:
         """Let the threads finish the work they hold, then end them (the node's close)."""
         self._read.shutdown(wait=True, cancel_futures=True)
         self._write.shutdown(wait=True, cancel_futures=True)
+
+
+def _timed(observer: LaneObserver, lane: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    start = time.perf_counter()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        observer(lane, time.perf_counter() - start)

@@ -78,6 +78,18 @@ class NonceStore(Protocol):
     def consume_batch(self, items: list[tuple[str, str, int]]) -> list[bool]: ...
 
 
+class AuthObserver(Protocol):
+    """Told of each outcome of peer authentication (the node's metrics)."""
+
+    def rejected(self, code: str) -> None:
+        """A request was refused with ``code`` (a ``TokenRejected`` code, or the throttle's)."""
+        ...
+
+    def nonce_accepted(self) -> None:
+        """A fresh nonce was committed: a request authenticated."""
+        ...
+
+
 class AuthStore(Protocol):
     """The storage peer authentication uses (``stigmem_node.store.Store`` is one)."""
 
@@ -145,8 +157,10 @@ class NonceBatcher:
 class PeerAuthenticator:
     def __init__(self, store: AuthStore, node_id: str, audit: AuditTrail, clock: Clock, lanes: Offload, *,
                  leeway_ms: int, max_lifetime_ms: int = tokens.MAX_LIFETIME_MS, failures: FailureLimiter | None = None,
-                 audit_gate: UnauthenticatedAuditGate | None = None) -> None:
+                 audit_gate: UnauthenticatedAuditGate | None = None, observer: AuthObserver | None = None) -> None:
+        """``observer``: told of each rejection and each nonce accepted (None: nobody)."""
         self.store = store
+        self.observer = observer
         self.node_id = node_id
         self.audit = audit
         self.clock = clock
@@ -235,6 +249,8 @@ class PeerAuthenticator:
         thrown away unseen."""
         retry = self.failures.retry_after(remote_addr)
         if retry is not None:
+            if self.observer is not None:
+                self.observer.rejected("too_many_failed_attempts")
             raise StigmemError("too_many_failed_attempts", "too many failed peer authentications; retry later",
                                retry_after=retry)
         now_ms = self.clock.now_ms()
@@ -249,8 +265,12 @@ class PeerAuthenticator:
                 raise TokenRejected("nonce_already_seen", "this token was already used", issuer=verified.peer.node_id,
                                     skew_ms=now_ms - int(verified.claims["iat"]))
         except TokenRejected as exc:
+            if self.observer is not None:
+                self.observer.rejected(exc.code)
             await self._rejected(exc, found[0][0] if found else None, remote_addr, path_qs)
             raise
+        if self.observer is not None:
+            self.observer.nonce_accepted()
         if isinstance(result, _Raised):
             raise result.error
         return AuthenticatedPeer(verified, found[0][1]), result

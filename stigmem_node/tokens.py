@@ -24,8 +24,7 @@ ignores them.
     missing, or ``iat``/``exp``/``nbf`` not an integer in
     0..10**15 (floats, strings, booleans, null refused);
     ``exp < iat``; ``scopes`` present but not a list of strings;
-    ``nonce`` present but not a string of at most 128 chars
-    without NUL;
+    ``nonce`` present but not a string of ≤ 128 chars without NUL;
     ``htm``/``htu`` present but not non-empty strings
  3  ``alg`` is not exactly ``EdDSA``; ``typ`` present and not      invalid_token
     ``JWT``; ``crit`` or ``b64`` present (no extension is
@@ -59,9 +58,8 @@ Decisions:
 * Exceptions from the caller's ``lookup`` propagate unchanged (a storage failure is not the
   token's fault); anything wrong with the token itself raises ``TokenRejected``.
 * ``token_inspect`` explains a token without verifying it (``stigmem-node token inspect``).
-* PyJWT does the signature work: the ``EdDSA`` algorithm of a ``PyJWS`` pinned to
-  ``["EdDSA"]`` verifies the signing input split out once here (``decode_complete`` would
-  parse the whole token again per key tried, ~20 µs each).
+* PyJWT's ``EdDSA`` (a ``PyJWS`` pinned to ``["EdDSA"]``) verifies the signing input split
+  out once here (``decode_complete`` would parse the token again per key tried, ~20 µs each).
 """
 
 from __future__ import annotations
@@ -99,8 +97,7 @@ REJECTION_CODES: tuple[str, ...] = (
 )
 
 
-def _valid_nonce(nonce: object) -> bool:
-    """A nonce every storage engine can keep byte for byte: PostgreSQL text holds no NUL."""
+def _valid_nonce(nonce: object) -> bool:  # NUL: PostgreSQL text cannot keep it
     return is_utf8_text(nonce) and len(nonce) <= MAX_NONCE_CHARS and "\x00" not in nonce
 
 

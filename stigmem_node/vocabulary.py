@@ -27,7 +27,7 @@ INTERPRET_AS: Final = ("content", "instruction")
 
 #: What an operator API key may do.
 PERMISSIONS: Final = ("federate", "admin:federation", "audit:read", "facts:write", "facts:read", "facts:erase",
-                      "admin:keys")
+                      "admin:keys", "metrics:read")
 
 #: Why a fact or an entity was erased (a tombstone's ``reason``).
 ERASURE_REASONS: Final = ("right_to_erasure", "legal", "incorrect", "operator")

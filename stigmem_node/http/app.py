@@ -11,9 +11,10 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from stigmem_node.errors import StigmemError
-from stigmem_node.http import admin, audit, facts, peers, status, wellknown
+from stigmem_node.http import admin, audit, facts, metrics, peers, status, wellknown
 from stigmem_node.http.errors import http_error, stigmem_error, unexpected_error
 from stigmem_node.http.forwarded import ForwardedFor
+from stigmem_node.http.metrics import HttpMetrics
 from stigmem_node.http.middleware import AccessLog, BodyLimit, RequestId
 from stigmem_node.node import Node
 
@@ -49,6 +50,7 @@ def create_app(node: Node) -> Starlette:
         Route("/status/session", status.sign_in_post, methods=["POST"]),
         Route("/status/session/end", status.sign_out, methods=["POST"]),
         Route("/status/peers/{peer_id}/{action}", status.peer_action, methods=["POST"]),
+        Route("/metrics", metrics.metrics, methods=["GET"]),
     ]
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -59,7 +61,8 @@ def create_app(node: Node) -> Starlette:
         finally:
             await node.stop_background()
 
-    middleware = [Middleware(RequestId), Middleware(AccessLog, mode=node.settings.access_log, routes=routes),
+    middleware = [Middleware(HttpMetrics, metrics=node.metrics, routes=routes), Middleware(RequestId),
+                  Middleware(AccessLog, mode=node.settings.access_log, routes=routes),
                   Middleware(BodyLimit)]
     if node.settings.trusted_proxies:
         # Client addresses from X-Forwarded-For, only from these proxies and only IP literals.

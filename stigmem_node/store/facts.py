@@ -52,6 +52,17 @@ def _filters(live_at: str | None, **equal: str | None) -> tuple[str, list[Any]]:
     return where, params
 
 
+def _served(scopes: Sequence[str], after: int, now_iso: str, instructions: bool) -> tuple[str, tuple[Any, ...]]:
+    """The WHERE clause (and its parameters) of the facts served to a peer reading ``scopes``
+    after seq ``after``: this node's own, unexpired, instructions only if ``instructions``."""
+    marks = ",".join("?" * len(scopes))
+    no_instructions = ("" if instructions else
+                       " AND interpret_as = 'content' AND substr(entity, 1, 12) <> 'instruction:'"
+                       " AND substr(relation, 1, 12) <> 'instruction:'")
+    return (f"seq > ? AND received_from IS NULL AND scope IN ({marks})"
+            f" AND (valid_until IS NULL OR valid_until > ?){no_instructions}", (after, *scopes, now_iso))
+
+
 class FactRepo:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -117,14 +128,9 @@ class FactRepo:
         are read one by one and the page stops before the entries would exceed it (one
         row at least), so a page of large facts never sits in memory whole.
         """
-        marks = ",".join("?" * len(scopes))
-        no_instructions = ("" if instructions else
-                           " AND interpret_as = 'content' AND substr(entity, 1, 12) <> 'instruction:'"
-                           " AND substr(relation, 1, 12) <> 'instruction:'")
-        sql = (f"SELECT seq, entry, hlc FROM facts"
-               f" WHERE seq > ? AND received_from IS NULL AND scope IN ({marks})"
-               f" AND (valid_until IS NULL OR valid_until > ?){no_instructions} ORDER BY seq LIMIT ?")
-        params = (after, *scopes, now_iso, limit)
+        where, params = _served(scopes, after, now_iso, instructions)
+        sql = f"SELECT seq, entry, hlc FROM facts WHERE {where} ORDER BY seq LIMIT ?"
+        params = (*params, limit)
         if max_chars is None:
             return self.db.all(sql, params), False
         rows: list[tuple[int, str, str]] = []
@@ -139,6 +145,18 @@ class FactRepo:
         finally:
             found.close()
         return rows, False
+
+    def count_for_peer(self, scopes: Sequence[str], after: int, now_iso: str, *, instructions: bool = False) -> int:
+        """How many facts ``page_for_peer`` would still serve after seq ``after`` (a range of
+        the primary key: the cost is the facts counted)."""
+        where, params = _served(scopes, after, now_iso, instructions)
+        row = self.db.one(f"SELECT COUNT(*) FROM facts WHERE {where}", params)
+        return int(row[0]) if row else 0
+
+    def count_by_origin(self) -> tuple[int, int]:
+        """(this node's own facts, facts received from peers): one pass over the table."""
+        row = self.db.one("SELECT COUNT(*), COUNT(received_from) FROM facts")
+        return (int(row[0]) - int(row[1]), int(row[1])) if row else (0, 0)
 
     def local_entries(self, after: int, limit: int) -> list[tuple[int, str]]:
         """(seq, entry) of this node's own facts, by seq (for re-signing after a key rotation)."""
