@@ -141,7 +141,8 @@ class Node:
         self.sessions = Sessions(self.store.sessions, self.store.apikeys, self.clock)
         self.status = StatusReader(self.store.peers, self.store.replication, self.store.activity, self.store.facts,
                                    self.audit_query, self.clock, lambda: self.identity,
-                                   shared_scopes=settings.shared_scopes, started_at_s=self.started_at_s)
+                                   shared_scopes=settings.shared_scopes, started_at_s=self.started_at_s,
+                                   instructions=settings.federate_instructions)
         self._declaration: declaration.Declaration | None = None
         self._manifest: dict[str, Any] | None = None
         self._refresh_not_before: dict[str, float] = {}

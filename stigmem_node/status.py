@@ -6,9 +6,10 @@ the read lane); it knows no HTTP and renders nothing (``http.status_html`` does)
 For each peer it joins two views:
 
 - as a *publisher* (``peer_pulls``): the peer's last pull from us ("last pull in") and how
-  far its cursor is behind our head, in facts: our own facts in the scopes granted to the
-  peer and shared by this node whose ``seq`` is above the cursor its last page reached
-  (``behind_facts``; from the start when it never pulled);
+  far its cursor is behind our head, in facts: the facts the publisher would still serve
+  it after the cursor its last page reached (``behind_facts``: our own unexpired facts in
+  the scopes granted to the peer and shared by this node; from the start when it never
+  pulled), the same count as the metric ``stigmem_peer_cursor_behind_facts``;
 - as a *subscriber* (``replication_state``): our last successful pull of the peer ("last
   pull out"), its last error and consecutive failures, and the lag in seconds: the time
   since that last success (``lag_s``; None when we never pulled it successfully).
@@ -83,7 +84,8 @@ class StatusReport:
 class StatusReader:
     def __init__(self, peers: PeerRepo, replication: ReplicationRepo, activity: ActivityRepo, facts: FactRepo,
                  audit: AuditQuery, clock: Clock, identity: Callable[[], NodeIdentity], *,
-                 shared_scopes: tuple[str, ...], started_at_s: float, version: str = __version__) -> None:
+                 shared_scopes: tuple[str, ...], started_at_s: float, version: str = __version__,
+                 instructions: bool = False) -> None:
         self.peers = peers
         self.replication = replication
         self.activity = activity
@@ -94,6 +96,7 @@ class StatusReader:
         self.shared = frozenset(shared_scopes) - {"local"}
         self.started_at_s = started_at_s
         self.version = version
+        self.instructions = instructions  # instruction facts are served (STIGMEM_FEDERATE_INSTRUCTIONS)
 
     def report(self, *, with_audit: bool) -> StatusReport:
         """Everything the page shows; the audit events only ``with_audit``."""
@@ -106,7 +109,7 @@ class StatusReader:
     def peer_statuses(self) -> tuple[PeerStatus, ...]:
         pulls = self.activity.pulls()
         states = self.replication.all()
-        now = self.clock.now()
+        now, now_iso = self.clock.now(), self.clock.now_iso()
         out: list[PeerStatus] = []
         for peer in self.peers.list_peers():
             pull = pulls.get(peer.id)
@@ -122,7 +125,8 @@ class StatusReader:
             out.append(PeerStatus(
                 peer.id, peer.node_id, peer.node_url, peer.status, fingerprint(peer.federation_pubkey),
                 tuple(peer.allowed_scopes), pull.last_pull_at if pull else None,
-                self.facts.count_own_after(pull.cursor_seq if pull else 0, scopes),
+                self.facts.count_for_peer(scopes, pull.cursor_seq if pull else 0, now_iso,
+                                          instructions=self.instructions) if scopes else 0,
                 success, state.last_attempt_at if state else None, lag,
                 state.last_error if state else None, state.consecutive_failures if state else 0,
             ))

@@ -84,9 +84,15 @@ def listening_socket(port: int) -> socket.socket:
     return sock
 
 
+# A PostgreSQL node's pool in the tests: the suite runs many nodes at once on one server,
+# whose connections are limited (max_connections, 100 by default).
+TEST_POOL_SIZE = "8"
+
+
 def node_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STIGMEM_")}
     env["PYTHONUNBUFFERED"] = "1"
+    env["STIGMEM_DB_POOL_SIZE"] = TEST_POOL_SIZE
     env.update(extra or {})
     return env
 
@@ -331,6 +337,7 @@ class ServedNode(_NodeSurface):
         on_postgres = {"database_url": database_url} if database_url else {}
         if database_url:
             engines.provide_pepper(self.db, stigmem_env)
+            stigmem_env.setdefault("STIGMEM_DB_POOL_SIZE", TEST_POOL_SIZE)
         self.settings = from_env(stigmem_env).with_overrides(
             db_path=self.db, host="127.0.0.1", port=self.port, log_level=log_level, **on_postgres,
             **_serve_overrides(args))

@@ -202,16 +202,6 @@ class FactRepo:
         row = self.db.one("SELECT COUNT(*) FROM facts")
         return int(row[0]) if row else 0
 
-    def count_own_after(self, after: int, scopes: Sequence[str]) -> int:
-        """How many of this node's own facts in ``scopes`` have a ``seq`` above ``after``:
-        how far a peer whose cursor reached ``after`` is behind (expiry not counted)."""
-        if not scopes:
-            return 0
-        marks = ",".join("?" * len(scopes))
-        row = self.db.one(f"SELECT COUNT(*) FROM facts WHERE seq > ? AND received_from IS NULL AND scope IN ({marks})",
-                          (after, *scopes))
-        return int(row[0]) if row else 0
-
 
 def _not_after(timestamp: str, until: str) -> bool:
     """``timestamp`` at or before ``until`` (RFC 3339 UTC texts of one form compare as times;
