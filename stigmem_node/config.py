@@ -26,7 +26,8 @@ REQUEST_TIMEOUT_RANGE = (0.1, 3600.0)
 MAX_CONNECTIONS_RANGE = (1, 100_000)
 BUSY_TIMEOUT_MS_RANGE = (0, 600_000)
 LANE_RANGE = (1, 1024)
-LONG_POLL_RANGE = (0, 100_000)  # 0: long-polls are refused
+LONG_POLL_RANGE = (0, 100_000)
+MAX_PULL_WAIT_S = 30  # the longest long-poll a publisher holds (new_facts.MAX_WAIT_S)  # 0: long-polls are refused
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Settings:
     outbound_timeout_s: float = 5.0
     pepper: str | None = None
     pull_interval_s: float = 0.0  # 0: no in-server schedule
+    pull_wait_s: int = 25  # with a schedule, follow each peer with long-polls of this many seconds (0: off)
     trusted_proxies: str | None = None  # addresses whose X-Forwarded-For is believed
     federate_instructions: bool = False
     auth_window_s: float = 60.0  # window of the per-address failure limits and audit budget
@@ -189,6 +191,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         kw["pull_interval_s"] = _float(
             "STIGMEM_FEDERATION_PULL_INTERVAL_S", env["STIGMEM_FEDERATION_PULL_INTERVAL_S"], 0, 86400
         )
+    if env.get("STIGMEM_PULL_WAIT_S"):
+        kw["pull_wait_s"] = _int("STIGMEM_PULL_WAIT_S", env["STIGMEM_PULL_WAIT_S"], 0, MAX_PULL_WAIT_S)
     if env.get("STIGMEM_DECLARATION_MAX_AGE_S"):
         kw["declaration_max_age_s"] = _int("STIGMEM_DECLARATION_MAX_AGE_S", env["STIGMEM_DECLARATION_MAX_AGE_S"],
                                            60, 365 * 24 * 3600)
@@ -287,6 +291,8 @@ def validate(s: Settings) -> Settings:
                 ipaddress.ip_network(item, strict=False)
             except ValueError:
                 raise ConfigError(message=f"STIGMEM_METRICS_ALLOW: {item!r} is not an IP address or network") from None
+    if not (isinstance(s.pull_wait_s, int) and 0 <= s.pull_wait_s <= MAX_PULL_WAIT_S):
+        raise ConfigError(message=f"pull wait must be between 0 and {MAX_PULL_WAIT_S} seconds, got {s.pull_wait_s!r}")
     if not 0 <= s.pull_interval_s <= 86400:
         raise ConfigError(message=f"pull interval must be between 0 and 86400 seconds, got {s.pull_interval_s:g}")
     lo, hi = REQUEST_TIMEOUT_RANGE

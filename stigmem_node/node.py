@@ -202,7 +202,7 @@ class Node:
         self.apikeys.defer_touches(touches)
         scheduler = None
         if self.settings.pull_interval_s > 0:
-            scheduler = Scheduler(self.subscriber(), self.settings.pull_interval_s)
+            scheduler = Scheduler(self.subscriber(), self.settings.pull_interval_s, wait_s=self.settings.pull_wait_s)
             scheduler.start()
         tasks = [
             asyncio.create_task(watch_identity(self.reload_identity_if_rotated, lambda: self.identity.key_id,

@@ -278,8 +278,9 @@ class _NodeSurface:
 
 # -- a node in this process ---------------------------------------------------------------------
 _SERVE_FLAGS = {"--node-url": "node_url", "--pull-interval": "pull_interval_s", "--trusted-proxies": "trusted_proxies",
-                "--request-timeout": "request_timeout_s", "--max-connections": "max_connections"}
-_SERVE_TYPES = {"pull_interval_s": float, "request_timeout_s": float, "max_connections": int}
+                "--request-timeout": "request_timeout_s", "--max-connections": "max_connections",
+                "--pull-wait": "pull_wait_s"}
+_SERVE_TYPES = {"pull_interval_s": float, "request_timeout_s": float, "max_connections": int, "pull_wait_s": int}
 
 
 def _serve_overrides(args: Sequence[str]) -> dict[str, Any]:

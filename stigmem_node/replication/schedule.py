@@ -18,10 +18,16 @@ log = logging.getLogger("stigmem_node.replication")
 
 
 class Scheduler:
-    """Pull every active peer every ``interval_s`` seconds, each peer on its own.
+    """Pull every active peer every ``interval_s`` seconds, each peer on its own; or, with
+    ``wait_s``, follow each one: pass after pass, each opening with a long-poll
+    (``GET /v1/federation/facts?wait=S``) that the peer answers as soon as it commits new
+    facts, so they arrive within a second instead of an interval.  A peer that answers a
+    long-poll at once with nothing (it does not hold requests) is pulled by the interval
+    for ``NO_WAIT_RETRY_S``; a failure falls back to the interval with the backoff below.
 
-    Each tick starts a pull for every active peer that has none running, so a slow or
-    dead peer only ever delays itself.  A peer whose pull failed waits longer after each
+    Each tick (every ``SCAN_S`` at most) starts a pull for every active peer that has none
+    running and is due (a new peer at once, then an interval after its last start), so a
+    slow or dead peer only ever delays itself.  A peer whose pull failed waits longer after each
     failure (twice the interval, then four times, … at most ``MAX_FAILURE_WAIT_S``), so a
     dead peer is not hammered.  ``stop()`` cancels the loop and the pulls in flight; a
     cancelled pull loses nothing (each page commits on its own).  Each pull of a peer logs
@@ -29,10 +35,18 @@ class Scheduler:
     """
 
     MAX_FAILURE_WAIT_S = 300.0
+    #: How long a peer that answered a long-poll at once with nothing is pulled by the interval
+    #: only, before it is asked to hold a request again.
+    NO_WAIT_RETRY_S = 600.0
+    SCAN_S = 2.0
 
-    def __init__(self, subscriber: Subscriber, interval_s: float) -> None:
+    def __init__(self, subscriber: Subscriber, interval_s: float, *, wait_s: int = 0) -> None:
+        """``wait_s``: follow each peer with long-polls of that many seconds (0: interval only)."""
         self.subscriber = subscriber
         self.interval_s = interval_s
+        self.wait_s = wait_s
+        self._no_wait_until: dict[str, float] = {}
+        self._due: dict[str, float] = {}  # when each peer's next pass is due (monotonic)
         self._running: dict[str, asyncio.Task[None]] = {}
         self._failures: dict[str, int] = {}
         self._not_before: dict[str, float] = {}
@@ -57,25 +71,52 @@ class Scheduler:
                 self._running.pop(gone, None)
                 self._failures.pop(gone, None)
                 self._not_before.pop(gone, None)
+                self._no_wait_until.pop(gone, None)
+                self._due.pop(gone, None)
             for peer in peers:
                 task = self._running.get(peer.id)
-                if (task is None or task.done()) and self._not_before.get(peer.id, 0.0) <= now:
+                due = max(self._not_before.get(peer.id, 0.0), self._due.get(peer.id, 0.0))
+                if (task is None or task.done()) and due <= now:
+                    self._due[peer.id] = now + self.interval_s
                     self._running[peer.id] = asyncio.create_task(self._pull(peer), name=f"pull {peer.node_id}")
-            await asyncio.sleep(self.interval_s)
+            # Look for newly active peers at least every SCAN_S, whatever the interval: a peer
+            # approved now is pulled now, not an interval later.
+            await asyncio.sleep(min(self.interval_s, self.SCAN_S))
 
     async def _pull(self, peer: PeerRecord) -> None:
+        """One pass; when following, pass after pass (each first page a long-poll) for as
+        long as the peer is active, holds the requests and answers without error."""
         if self._client is None:
             raise RuntimeError("the scheduler is not running")
-        result = await self.subscriber.pull_peer(self._client, peer)
-        if result.ok:
+        while True:
+            wait_s = self.wait_s if self._no_wait_until.get(peer.id, 0.0) <= time.monotonic() else 0
+            result = await self.subscriber.pull_peer(self._client, peer, wait_s=wait_s)
+            if not result.ok:
+                failures = self._failures[peer.id] = self._failures.get(peer.id, 0) + 1
+                wait = min(self.MAX_FAILURE_WAIT_S, self.interval_s * 2 ** failures)
+                self._not_before[peer.id] = time.monotonic() + wait
+                log_summary(log, result, trigger="schedule", next_try_s=wait)
+                return
             self._failures.pop(peer.id, None)
             self._not_before.pop(peer.id, None)
-            log_summary(log, result, trigger="schedule")
-            return
-        failures = self._failures[peer.id] = self._failures.get(peer.id, 0) + 1
-        wait = min(self.MAX_FAILURE_WAIT_S, self.interval_s * 2 ** failures)
-        self._not_before[peer.id] = time.monotonic() + wait
-        log_summary(log, result, trigger="schedule", next_try_s=wait)
+            moved = result.new or result.duplicates or result.rejected or result.tombstones or result.tombstones_refused
+            held = result.duration_s >= wait_s / 2  # the peer held the long-poll
+            if not (wait_s and held and not moved):  # following, a pass that only waited is not worth a line
+                log_summary(log, result, trigger="follow" if wait_s else "schedule")
+            if not wait_s:
+                return
+            if not moved and not held:
+                # Answered at once with nothing: the peer does not hold requests (a reference
+                # node ignores wait), or another process of this node follows it.  Back to the
+                # interval for this peer, so it is not asked again and again.
+                self._no_wait_until[peer.id] = time.monotonic() + self.NO_WAIT_RETRY_S
+                return
+            try:
+                peer = await self.subscriber.current(peer.id)
+            except (StorageError, StigmemError):  # removed, or the database is away: the loop decides
+                return
+            if peer.status != "active":
+                return
 
     async def stop(self) -> None:
         """Cancel the loop and the pulls in flight, and close the client."""

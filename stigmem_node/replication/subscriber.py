@@ -90,6 +90,10 @@ class Subscriber:
         self.max_pages = max_pages
         self.erasures = erasures
 
+    async def current(self, peer_id: str) -> PeerRecord:
+        """The peer as stored now (its status may have changed); raises ``NotFound``."""
+        return await self.lanes.read(self.find_peer, peer_id)
+
     async def active_peers(self) -> list[PeerRecord]:
         return await self.lanes.read(self.store.peers.list_peers, "active")
 
@@ -122,21 +126,23 @@ class Subscriber:
         return PassResult(list(results), time.monotonic() - started)
 
     async def pull_peer(self, client: httpx.AsyncClient, peer: PeerRecord,
-                        on_page: Callable[[PageProgress], None] | None = None) -> PeerResult:
-        """Pull one peer, if no other process of this node (a replica) is pulling it now."""
+                        on_page: Callable[[PageProgress], None] | None = None, *, wait_s: int = 0) -> PeerResult:
+        """Pull one peer, if no other process of this node (a replica) is pulling it now.
+        ``wait_s``: the pass's first page is a long-poll (``wait=S``): when caught up, the
+        pass waits up to that long for the peer's next facts."""
         lease = await self.lanes.read(self.store.replication.pull_lease, peer.id)
         if lease is None:
             result = PeerResult(peer.id, peer.node_id)
             result.note = "skipped: another process of this node is pulling this peer now"
             return result
         try:
-            return await self._pull_leased(client, peer, on_page)
+            return await self._pull_leased(client, peer, on_page, wait_s)
         finally:
             # Shielded: a cancelled pull still gives its lease back.
             await asyncio.shield(self.lanes.read(lease.release))
 
     async def _pull_leased(self, client: httpx.AsyncClient, peer: PeerRecord,
-                           on_page: Callable[[PageProgress], None] | None) -> PeerResult:
+                           on_page: Callable[[PageProgress], None] | None, wait_s: int = 0) -> PeerResult:
         result = PeerResult(peer.id, peer.node_id)
         started = time.monotonic()
         error: PullError | None = None
@@ -145,7 +151,7 @@ class Subscriber:
             if peer.status != "active":
                 raise PullError("peer_not_active", f"peer is {peer.status}, not active")
             self.pages.check_peer_url(peer)
-            await self._pull(client, peer, result, on_page)
+            await self._pull(client, peer, result, on_page, wait_s)
             await self._pull_tombstones(client, peer, result)
         except OutboundError as exc:
             error = PullError(exc.code, exc.message)
@@ -196,8 +202,9 @@ class Subscriber:
             result.note = f"{result.note}; {note}" if result.note else note
 
     async def _pull(self, client: httpx.AsyncClient, peer: PeerRecord, result: PeerResult,
-                    on_page: Callable[[PageProgress], None] | None = None) -> None:
-        """Page through the peer from its stored cursor, counting into ``result``."""
+                    on_page: Callable[[PageProgress], None] | None = None, wait_s: int = 0) -> None:
+        """Page through the peer from its stored cursor, counting into ``result`` (the first
+        page a long-poll of ``wait_s`` seconds, if given)."""
         started = time.monotonic()
         cursor = (await self.lanes.read(self.store.replication.get, peer.id)).cursor
         keys = await self.lanes.read(self.ingest.peer_keys, peer)
@@ -208,7 +215,7 @@ class Subscriber:
                 result.note = f"stopped after {self.max_pages} pages; the next pass carries on"
                 return
             try:
-                page = await self.pages.fetch(client, peer, cursor, limit)
+                page = await self.pages.fetch(client, peer, cursor, limit, wait_s=0 if result.pages else wait_s)
             except PullError as exc:
                 if exc.code != "page_too_large" or limit == 1:
                     raise

@@ -73,10 +73,15 @@ class PageFetcher:
         """Refuse a peer whose stored URL this node must not fetch.  Raises ``OutboundError``."""
         self.outbound.check_url(str(node_base(peer.node_url)))
 
-    async def fetch(self, client: httpx.AsyncClient, peer: PeerRecord, cursor: str | None, limit: int) -> Page:
-        """The page after ``cursor``, retried as above.  Raises ``PullError``."""
+    async def fetch(self, client: httpx.AsyncClient, peer: PeerRecord, cursor: str | None, limit: int, *,
+                    wait_s: int = 0) -> Page:
+        """The page after ``cursor``, retried as above.  Raises ``PullError``.  ``wait_s``: a
+        long-poll (the peer may hold the request that long for new facts): its deadline is
+        that much longer, and it is tried once (the caller falls back on any error)."""
         query = f"limit={limit}" + (f"&cursor={quote(cursor, safe='')}" if cursor else "")
-        body = await self._get(client, peer, f"/v1/federation/facts?{query}")
+        if wait_s:
+            query += f"&wait={wait_s}"
+        body = await self._get(client, peer, f"/v1/federation/facts?{query}", wait_s=wait_s)
         return parse_page(body, limit)
 
     async def fetch_tombstones(self, client: httpx.AsyncClient, peer: PeerRecord, since: str | None,
@@ -86,14 +91,15 @@ class PageFetcher:
         body = await self._get(client, peer, f"/v1/federation/tombstones?{query}")
         return parse_tombstone_page(body, limit, since)
 
-    async def _get(self, client: httpx.AsyncClient, peer: PeerRecord, path_qs: str) -> bytes:
+    async def _get(self, client: httpx.AsyncClient, peer: PeerRecord, path_qs: str, *, wait_s: int = 0) -> bytes:
         url = node_base(peer.node_url).join(path_qs)
-        for attempt in range(1, self.attempts + 1):
+        attempts = 1 if wait_s else self.attempts
+        for attempt in range(1, attempts + 1):
             token = self.mint_token(peer.node_id, peer.allowed_scopes, method="GET", path_qs=path_qs)
             try:
-                return await self._get_body(client, url, token)
+                return await self._get_body(client, url, token, self.timeout_s + wait_s)
             except _Retry as retry:
-                if attempt == self.attempts:
+                if attempt == attempts:
                     raise retry.error from None
                 delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
                 delay *= 1 + random.random() * 0.25  # noqa: S311 - jitter, not a secret
@@ -102,16 +108,16 @@ class PageFetcher:
                 await asyncio.sleep(delay)
         raise PullError("pull_failed", "no attempt was made")  # pragma: no cover - attempts >= 1
 
-    async def _get_body(self, client: httpx.AsyncClient, url: str, token: str) -> bytes:
+    async def _get_body(self, client: httpx.AsyncClient, url: str, token: str, timeout_s: float) -> bytes:
         # One deadline for the whole request: a peer dripping its page byte by byte cannot
         # hold the pull for longer than timeout_s.
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         try:
-            answer = await self.outbound.fetch(url, client=client, headers=headers, timeout_s=self.timeout_s,
+            answer = await self.outbound.fetch(url, client=client, headers=headers, timeout_s=timeout_s,
                                                max_bytes=self.max_page_bytes, max_redirects=0)
         except OutboundError as exc:
             if exc.code == "fetch_timeout":
-                raise _Retry(PullError("peer_timeout", f"the peer did not answer within {self.timeout_s:g} s")) \
+                raise _Retry(PullError("peer_timeout", f"the peer did not answer within {timeout_s:g} s")) \
                     from None
             if exc.code == "fetch_failed":
                 raise _Retry(PullError("peer_unreachable", f"cannot reach the peer ({exc.extra.get('cause')})")) \
