@@ -36,10 +36,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Node, peer_up
+from _common import Node, insert_ceiling, peer_up
 
 PROGRESS_EVERY_S = 5.0
 SAMPLE_EVERY_S = 0.05
+CEILING_ROWS = 100_000  # the insert ceiling is measured on at most this many of the rows
 MIB = 1024 * 1024
 
 
@@ -226,7 +227,12 @@ def main() -> None:
             " AND NOT EXISTS (SELECT 1 FROM main.facts bf WHERE bf.id = af.id)").fetchone()
         (a_last,) = watch.execute("SELECT MAX(seq) FROM a.facts").fetchone()
         (cursor,) = watch.execute("SELECT cursor FROM main.replication_state").fetchone()
+        from stigmem_node.store.facts import INSERT_COLS
+
+        sample = watch.execute(f"SELECT {INSERT_COLS} FROM main.facts WHERE received_from IS NOT NULL"  # noqa: S608
+                               f" LIMIT {CEILING_ROWS}").fetchall()
         watch.close()
+        ceiling_rate = len(sample) / insert_ceiling(sample, work)
     finally:
         a.stop()
         b.stop()
@@ -238,6 +244,8 @@ def main() -> None:
     print(f"stored on B: {count:,} rows, {distinct:,} distinct ids, {missing} of A's missing, "
           f"cursor {cursor} (A's last seq {a_last}): {'exactly once' if ok else 'WRONG'}")
     print(f"last run:    {got:,} facts in {elapsed:.1f} s = {got / elapsed:,.0f} facts/s")
+    print(f"insert ceiling:  {ceiling_rate:,.0f} facts/s (the same rows, up to {CEILING_ROWS:,}, into an empty "
+          f"schema in one transaction); ratio {got / elapsed / ceiling_rate:.3f}")
     print(f"peak RSS of the puller: {peak:.1f} MiB (last run)"
           + (f"; {max(k[3] for k in kills):.1f} MiB (killed runs)" if kills else ""))
     if not ok:
