@@ -67,6 +67,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="stigmem-bench-pull-"))
     a = Node(work, "a", cpu=0)
     b = Node(work, "b")
+    floor = None
     try:
         peer_up(a, b)
         b_info = b.well_known()
@@ -106,9 +107,10 @@ def main() -> None:
             if res["requests"] >= budget:
                 print("warning: wrk ran out of tokens; raise the budget")
         rss = a.rss_mib()
-        floor.terminate()
-        floor.wait(10)
     finally:
+        if floor is not None:  # also when a run failed: the floor would hold the terminal's pipe
+            floor.terminate()
+            floor.wait(10)
         a.stop()
         b.stop()
 

@@ -175,24 +175,44 @@ class PeerAuthenticator:
         # Parsed keys and scope sets, by their text: few distinct values, never stale.
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._scope_cache: dict[str, tuple[str, ...]] = {}
+        # What _peer derived from a peer's rows, by their values: (valid from, valid until,
+        # PeerAuth, scopes); bounded, never stale (the rows themselves are read every time).
+        self._derived: dict[tuple[Any, ...], tuple[int, int, PeerAuth, tuple[str, ...]]] = {}
 
     def _peer(self, node_id: str, now_ms: int) -> tuple[PeerAuth, tuple[str, ...]] | None:
         """The peer's status, keys and granted scopes, read afresh for every request: a
-        suspension or a key change made by any process applies to the very next one."""
+        suspension or a key change made by any process applies to the very next one.
+
+        Only what is derived from the rows (parsed keys and scopes, retirement times, the
+        ``PeerAuth``) is kept, by the rows' exact values, for as long as no key's retirement
+        falls between then and now."""
         rows = self.store.peers.auth_rows(node_id)
         if not rows:
             return None
+        key = (node_id, *rows)
+        cached = self._derived.get(key)
+        if cached is not None and cached[0] <= now_ms <= cached[1]:
+            return cached[2], cached[3]
         peer_id, status, scopes_json = rows[0][0], rows[0][1], rows[0][2]
         keys = []
+        valid_from, valid_until = -1, tokens.MAX_TIME_MS * 2  # while the same keys are retired
         for _, _, _, key_id, public_key, retire_after in rows:
             if key_id is None:
                 continue
-            if retire_after and int(parse_rfc3339(retire_after).timestamp() * 1000) < now_ms:
-                continue
-            key = self._key(public_key)
-            if key is not None:
-                keys.append((key_id, key))
-        return PeerAuth(peer_id, node_id, status, tuple(keys)), self._scopes(scopes_json)
+            if retire_after:
+                retire_ms = int(parse_rfc3339(retire_after).timestamp() * 1000)
+                if retire_ms < now_ms:
+                    valid_from = max(valid_from, retire_ms + 1)
+                    continue
+                valid_until = min(valid_until, retire_ms)
+            parsed = self._key(public_key)
+            if parsed is not None:
+                keys.append((key_id, parsed))
+        entry = (PeerAuth(peer_id, node_id, status, tuple(keys)), self._scopes(scopes_json))
+        if len(self._derived) > 1000:
+            self._derived.clear()
+        self._derived[key] = (valid_from, valid_until, *entry)
+        return entry
 
     def _scopes(self, scopes_json: str) -> tuple[str, ...]:
         scopes = self._scope_cache.get(scopes_json)
