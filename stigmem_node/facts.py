@@ -61,6 +61,7 @@ __all__ = [
     "DEFAULT_CONFIDENCE", "DEFAULT_SCOPE", "DEFAULT_TENANT", "MAX_ID_CHARS", "MAX_NAME_CHARS",
     "Fact", "FactInput", "Origin",
     "check_string", "cid_of", "compute_cid", "expiry_key", "fact_from_wire", "fact_wire", "is_instruction", "new_fact",
+    "new_fact_id",
     "parse_time", "required_text", "unexpected_error", "validate_new_fact", "value_from_text",
 ]
 
@@ -377,6 +378,11 @@ def new_fact(
                 value_type=inp.value_type, value_v=inp.value_v, interpret_as=inp.interpret_as, source=inp.source,
                 timestamp=timestamp, hlc=hlc, valid_until=inp.valid_until, confidence=inp.confidence,
                 scope=inp.scope, origin_node_id=origin_node_id)
+
+
+def new_fact_id() -> str:
+    """A new local fact's id: a random UUID4, in its hyphenated lowercase form."""
+    return str(uuid.uuid4())
 
 
 def is_instruction(fact: Fact | FactInput) -> bool:

@@ -63,7 +63,8 @@ def row_view(row: FactRow) -> dict[str, Any]:
 class LocalFacts:
     def __init__(self, store: Store, identity: NodeIdentity, clock: Clock,
                  on_rotation: Callable[[], object] | None = None,
-                 on_commit: Callable[[], object] | None = None) -> None:
+                 on_commit: Callable[[], object] | None = None,
+                 new_id: Callable[[], str] | None = None) -> None:
         self.store = store
         self.identity = identity
         self.clock = clock
@@ -73,6 +74,8 @@ class LocalFacts:
         # Called after a transaction that stored new facts commits (wakes long-polls).
         self.on_commit = on_commit
         self._hlc: HLC | None = None
+        # The id of each new fact (a fresh UUID4; tests give a deterministic source).
+        self.new_id = new_id or fm.new_fact_id
 
     @property
     def hlc(self) -> HLC:
@@ -122,7 +125,7 @@ class LocalFacts:
                     results[i] = Stored(row_view(existing), False)
                     continue
                 fact = fm.new_fact(inp, origin_node_id=ident.node_id, hlc=self.hlc.tick(),
-                                   timestamp=self.clock.now_iso())
+                                   timestamp=self.clock.now_iso(), fact_id=self.new_id())
                 origin = om.origin_for(fact, node_id=ident.node_id, entity_uri=ident.node_url)
                 sig = om.sign_fact_origin(ident.private_key, fact, origin)
                 entry = om.pull_entry(fact, origin, sig)

@@ -1,0 +1,130 @@
+"""Pinned bytes of asserted facts: what ``LocalFacts.assert_many`` stores (every column, the
+served entry text, the origin signature) and answers, for a fixed batch, key, clock and ids.
+
+The values were computed by the node itself and must never change: peers (ours and reference
+nodes) verify the stored entries byte for byte, and a faster assert path has to produce exactly
+these rows.  Ed25519 is deterministic, so the signatures are pinned too (key seed
+``bytes(range(32))``).  The batch holds every value type, non-ASCII and escaped text, a
+``valid_until`` with an offset, a duplicate inside the batch and the same content with two
+``valid_until`` texts naming one instant (one fact) and another instant (a new fact).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from stigmem_node.clock import Clock
+from stigmem_node.encoding import b64url_encode
+from stigmem_node.identity import NodeIdentity
+from stigmem_node.keys import key_id_of
+from stigmem_node.local_facts import LocalFacts
+from stigmem_node.store import Store
+from stigmem_node.store.facts import INSERT_COLS
+from stigmem_node.store.meta import KeyRow
+from tests.engines import Engine
+
+NODE_ID = "stigmem:node:4be895b3-188b-47a3-8a96-2b20584a25ec"
+NODE_URL = "http://127.0.0.1:18101"
+_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+PRIVATE = b64url_encode(_KEY.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                           serialization.NoEncryption()))
+PUBLIC = b64url_encode(_KEY.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+
+
+class FixedClock(Clock):
+    def time(self) -> float:
+        return 1795399679.090120
+
+
+def _fact(i: int, vtype: str, v: Any, **extra: Any) -> dict[str, Any]:
+    return {"entity": f"stigmem://pin/é/{i}", "relation": "pin:r", "value": {"type": vtype, "v": v},
+            "source": "agent:pin", **extra}
+
+
+BATCH: list[dict[str, Any]] = [
+    _fact(0, "number", 42, confidence=0.9, scope="company"),
+    _fact(1, "number", 42.0, scope="public", valid_until="2027-03-01T10:00:00+01:00"),
+    _fact(2, "number", 1e-07, confidence=0.25),
+    _fact(3, "string", "plain", scope="company"),
+    _fact(4, "text", 'Grüße "q" \\ \n\t \x01 \x7f \u2028 😀', scope="team", confidence=0.5),
+    _fact(5, "boolean", True),
+    _fact(6, "null", None, valid_until="2027-03-01T09:00:00Z"),
+    _fact(7, "datetime", "2026-01-02T03:04:05+02:00"),
+    _fact(8, "ref", "stigmem://pin/other", value_extra=1),
+    {**_fact(9, "string", "instr"), "value": {"type": "string", "v": "instr", "interpret_as": "instruction"}},
+    _fact(0, "number", 42, confidence=0.9, scope="company"),  # a duplicate inside the batch
+    _fact(1, "number", 42.0, scope="public", valid_until="2027-03-01T09:00:00.000Z"),  # same instant: same fact
+    _fact(1, "number", 42.0, scope="public", valid_until="2027-03-01T09:00:01Z"),  # another instant: new fact
+]
+CREATED = [True] * 10 + [False, False, True]
+SAME_AS = {10: 0, 11: 1}
+
+# sha256 of the stored rows (INSERT_COLS, by seq) and of the answered facts (without seq),
+# each as compact JSON; and one stored entry in full, to show what the hashes cover.
+ROWS_SHA256 = "1a9971abf8bd74597f44f8de1ec8f125f6d59aaf650d311c203e3ac39b405e10"
+ANSWER_SHA256 = "fb3dea226026fde5a03468c21f769a60d320298f9f66655fd3b4595b17148009"
+ENTRY_4 = (
+    '{"fact":{"id":"pin-004","entity":"stigmem://pin/é/4","relation":"pin:r","value":{"type":"text","v":"'
+    'Grüße \\"q\\" \\\\ \\n\\t \\u0001 \x7f \u2028 😀","interpret_as":"content"},"source":"agent:pin","timestamp":"2026-1'
+    '1-23T02:07:59.090120Z","hlc":"1795399679090.004","received_from":null,"valid_until":null,"confidence'
+    '":0.5,"scope":"team","origin_node_id":"stigmem:node:4be895b3-188b-47a3-8a96-2b20584a25ec","cid":"sha'
+    '256:19f7ef4345020ed97e220130f4fba7dcb51cc09462de4ed5e82a6909452e51fe"},"origin":{"tenant":"default",'
+    '"node_id":"stigmem:node:4be895b3-188b-47a3-8a96-2b20584a25ec","allowed_scopes":["team"],"allowed_ten'
+    'ants":["default"],"entity_uri":"http://127.0.0.1:18101"},"origin_sig":"GFHTYnCzsCLyc_lSqcTvmXsmC6uQ7'
+    '7GaEXbLQDEIcm31Xs76X8p18USfeFHmr-hFS3w1uNO8XDg03R04g5prBA","origin_manifest":null,"origin_key_proof"'
+    ':null}'
+)
+SIG_4 = "GFHTYnCzsCLyc_lSqcTvmXsmC6uQ77GaEXbLQDEIcm31Xs76X8p18USfeFHmr-hFS3w1uNO8XDg03R04g5prBA"
+
+
+@pytest.fixture
+def local(engine: Engine, tmp_path: Path) -> Iterator[LocalFacts]:
+    store = Store(engine.url("pins") or tmp_path / "pins.db")
+    identity = NodeIdentity(NODE_ID, NODE_URL, KeyRow(key_id_of(PUBLIC), PUBLIC, PRIVATE, "2026-11-23T02:00:00Z",
+                                                       "active", None), [])
+    ids = iter(f"pin-{i:03d}" for i in range(1000))
+    yield LocalFacts(store, identity, FixedClock(), new_id=lambda: next(ids))
+    store.close()
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
+
+
+def _rows(local: LocalFacts) -> list[list[Any]]:
+    return [list(r) for r in local.store.db.all(f"SELECT {INSERT_COLS} FROM facts ORDER BY seq")]
+
+
+def test_stored_rows_entries_and_signatures_of_a_batch_never_change(local: LocalFacts) -> None:
+    stored = local.assert_many(local.validate_batch(BATCH))
+    assert [s.created for s in stored] == CREATED
+    for dup, first in SAME_AS.items():
+        assert stored[dup].fact == stored[first].fact
+    seqs = [s.fact["seq"] for s in stored if s.created]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    rows = _rows(local)
+    assert _sha(rows) == ROWS_SHA256
+    assert _sha([{k: v for k, v in s.fact.items() if k != "seq"} for s in stored]) == ANSWER_SHA256
+    assert (rows[4][15], rows[4][14]) == (ENTRY_4, SIG_4)
+    assert json.loads(rows[4][15])["fact"] == {k: v for k, v in stored[4].fact.items() if k != "seq"}
+
+
+def test_the_same_batch_again_stores_nothing_and_answers_the_stored_facts(local: LocalFacts) -> None:
+    first = local.assert_many(local.validate_batch(BATCH))
+    rows = _rows(local)
+    again = local.assert_many(local.validate_batch(list(reversed(BATCH))))
+    assert not any(s.created for s in again)
+    assert [s.fact for s in reversed(again)] == [s.fact for s in first]
+    assert _rows(local) == rows
+    # Stored facts and new ones in one batch: the new ones only are created.
+    more = local.assert_many(local.validate_batch([BATCH[3], _fact(20, "string", "new"), BATCH[3]]))
+    assert [s.created for s in more] == [False, True, False]
+    assert more[0].fact == first[3].fact and more[1].fact["seq"] > max(s.fact["seq"] for s in first)
