@@ -372,9 +372,11 @@ def new_fact(
     hlc: str,
     timestamp: str,
     fact_id: str | None = None,
+    cid: str | None = None,
 ) -> Fact:
-    """A local fact from validated input: a fresh UUID4 id (unless given) and its CID."""
-    return Fact(id=fact_id or str(uuid.uuid4()), cid=inp.cid, entity=inp.entity, relation=inp.relation,
+    """A local fact from validated input: a fresh UUID4 id (unless given) and its CID
+    (``cid``: the caller's ``inp.cid``, already computed)."""
+    return Fact(id=fact_id or new_fact_id(), cid=cid or inp.cid, entity=inp.entity, relation=inp.relation,
                 value_type=inp.value_type, value_v=inp.value_v, interpret_as=inp.interpret_as, source=inp.source,
                 timestamp=timestamp, hlc=hlc, valid_until=inp.valid_until, confidence=inp.confidence,
                 scope=inp.scope, origin_node_id=origin_node_id)

@@ -109,23 +109,24 @@ class LocalFacts:
         results: list[Stored | None] = [None] * len(inputs)
         rows: list[tuple[Any, ...]] = []
         new: dict[tuple[str, str | None], int] = {}  # (cid, expiry key) -> index of the first new fact
+        keys = [(inp.cid, fm.expiry_key(inp.valid_until)) for inp in inputs]
         with self.store.transaction():
             if self.on_rotation is not None and self.store.meta.get("current_key_id") != ident.key_id:
                 self.on_rotation()
                 ident = self.identity
+            stored = self.store.facts.local_by_contents(keys)
             for i, inp in enumerate(inputs):
-                cid = inp.cid
-                expires = fm.expiry_key(inp.valid_until)
-                key = (cid, expires)
+                key = keys[i]
                 if key in new:
                     results[i] = Stored(results[new[key]].fact, False)  # type: ignore[union-attr]
                     continue
-                existing = self.store.facts.local_by_content(cid, expires)
+                existing = stored.get(key)
                 if existing is not None:
                     results[i] = Stored(row_view(existing), False)
                     continue
+                expires = key[1]
                 fact = fm.new_fact(inp, origin_node_id=ident.node_id, hlc=self.hlc.tick(),
-                                   timestamp=self.clock.now_iso(), fact_id=self.new_id())
+                                   timestamp=self.clock.now_iso(), fact_id=self.new_id(), cid=key[0])
                 origin = om.origin_for(fact, node_id=ident.node_id, entity_uri=ident.node_url)
                 sig = om.sign_fact_origin(ident.private_key, fact, origin)
                 entry = om.pull_entry(fact, origin, sig)
