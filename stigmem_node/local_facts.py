@@ -114,13 +114,13 @@ class LocalFacts:
             if self.on_rotation is not None and self.store.meta.get("current_key_id") != ident.key_id:
                 self.on_rotation()
                 ident = self.identity
-            stored = self.store.facts.local_by_contents(keys)
+            held = self.store.facts.local_by_contents(keys)
             for i, inp in enumerate(inputs):
                 key = keys[i]
                 if key in new:
                     results[i] = Stored(results[new[key]].fact, False)  # type: ignore[union-attr]
                     continue
-                existing = stored.get(key)
+                existing = held.get(key)
                 if existing is not None:
                     results[i] = Stored(row_view(existing), False)
                     continue
