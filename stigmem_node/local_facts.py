@@ -128,7 +128,7 @@ class LocalFacts:
                 fact = fm.new_fact(inp, origin_node_id=ident.node_id, hlc=self.hlc.tick(),
                                    timestamp=self.clock.now_iso(), fact_id=self.new_id(), cid=key[0])
                 origin = om.origin_for(fact, node_id=ident.node_id, entity_uri=ident.node_url)
-                sig = om.sign_fact_origin(ident.private_key, fact, origin)
+                sig = om.sign_fact_origin(ident, fact, origin)
                 entry = om.pull_entry(fact, origin, sig)
                 body = entry["fact"]
                 rows.append((
@@ -161,7 +161,7 @@ class LocalFacts:
                 entry = json.loads(text)
                 o, f = entry["origin"], entry["fact"]
                 sig = om.sign_origin(
-                    self.identity.private_key, fact_id=f["id"], cid=f["cid"], entity_uri=o["entity_uri"],
+                    self.identity, fact_id=f["id"], cid=f["cid"], entity_uri=o["entity_uri"],
                     origin_node_id=o["node_id"], origin_allowed_scopes=o["allowed_scopes"],
                     origin_allowed_tenants=o["allowed_tenants"], origin_tenant=o["tenant"],
                     valid_until=f["valid_until"],
