@@ -1,10 +1,19 @@
-"""The origin-signature payload assembled directly from its strings is the RFC 8785 text of
-the tuple: the same bytes as ``encoding.jcs`` and the ``rfc8785`` package give, for any text
-(escapes, non-ASCII, astral characters, lists in any order), and the same refusal of a lone
-surrogate.  Values that are not plain strings take the general ``jcs`` path."""
+"""The texts an assert builds directly are the texts their definitions give.
+
+- The origin-signature payload assembled from its strings is the RFC 8785 text of the
+  tuple: the same bytes as ``encoding.jcs`` and the ``rfc8785`` package give, for any text
+  (escapes, non-ASCII, astral characters, lists in any order), and the same refusal of a
+  lone surrogate.  Values that are not plain strings take the general ``jcs`` path.
+- The CID hashes ``json.dumps(sort_keys=True, compact, ensure_ascii=False)`` of its eight
+  members, for any text and confidence.
+- A new fact id is a UUID4 in its canonical text.
+"""
 
 from __future__ import annotations
 
+import json
+import re
+import uuid
 from typing import Any
 
 import pytest
@@ -12,7 +21,8 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stigmem_node.encoding import jcs
+from stigmem_node.encoding import jcs, sha256_hex
+from stigmem_node.facts import compute_cid, new_fact_id
 from stigmem_node.origin import ORIGIN_TUPLE_VERSION, origin_sig_payload
 
 TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
@@ -54,3 +64,30 @@ def test_values_that_are_not_plain_strings_take_the_general_path() -> None:
     assert origin_sig_payload(**f) == jcs(_general(f))
     with pytest.raises(TypeError):  # a number is refused, as jcs refuses it
         origin_sig_payload(**{**f, "valid_until": 5})
+
+
+@settings(max_examples=300, deadline=None)
+@given(entity=TEXT, relation=TEXT, value_type=TEXT, value_v=TEXT, source=TEXT, scope=TEXT, interpret_as=TEXT,
+       confidence=st.floats(allow_nan=False, allow_infinity=False) | st.integers(-10**6, 10**6))
+def test_the_cid_hashes_the_sorted_compact_json_of_its_members(**f: Any) -> None:
+    body = {**f, "confidence": float(f["confidence"])}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    assert compute_cid(**f) == "sha256:" + sha256_hex(text.encode("utf-8"))
+
+
+def test_the_cid_refuses_what_json_refuses() -> None:
+    f = {"entity": "e", "relation": "r", "value_type": "string", "value_v": "v", "source": "s", "scope": "company"}
+    with pytest.raises(ValueError):
+        compute_cid(**f, confidence=float("nan"))
+    with pytest.raises(UnicodeEncodeError):
+        compute_cid(**{**f, "value_v": "\ud800"}, confidence=1.0)
+    assert compute_cid(**{**f, "entity": _Text("e")}, confidence=1) == compute_cid(**f, confidence=1.0)
+
+
+def test_a_new_fact_id_is_a_random_uuid4_in_canonical_text() -> None:
+    ids = {new_fact_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (str(parsed), parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)
+        assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", text)
