@@ -22,6 +22,7 @@ from stigmem_node import facts as fm
 from stigmem_node import origin as om
 from stigmem_node.clock import Clock
 from stigmem_node.errors import Erased, NotFound, ValidationError
+from stigmem_node.facts import Origin
 from stigmem_node.hlc import HLC
 from stigmem_node.identity import NodeIdentity
 from stigmem_node.store import Store
@@ -35,6 +36,7 @@ _CURSOR_RE = re.compile(r"[0-9]{1,18}")
 class Stored:
     fact: dict[str, Any]  # wire form, plus seq
     created: bool
+    text: str  # ``fact`` as JSON text (compact, non-ASCII kept), as an answer serves it
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,14 @@ class Listing:
 
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def entry_text(fact_text: str, origin_text: str, origin_sig: str) -> str:
+    """A local fact's stored entry, ``_dumps({**pull_entry(fact, origin, sig),
+    "origin_manifest": None, "origin_key_proof": None})``, from the texts of its parts (the
+    origin block's is the same for every fact of a scope)."""
+    return (f'{{"fact":{fact_text},"origin":{origin_text},"origin_sig":{_dumps(origin_sig)},'
+            f'"origin_manifest":null,"origin_key_proof":null}}')
 
 
 def row_view(row: FactRow) -> dict[str, Any]:
@@ -104,49 +114,64 @@ class LocalFacts:
         return out
 
     def assert_many(self, inputs: list[fm.FactInput]) -> list[Stored]:
-        """Store validated facts in one transaction; returns them in input order."""
+        """Store validated facts in one transaction; returns them in input order.
+
+        Each new fact's JSON text is made once: its stored entry and its ``Stored.text`` are
+        built from it (``entry_text``)."""
         ident = self.identity
-        results: list[Stored | None] = [None] * len(inputs)
+        first: list[int] = []  # per input: the index of the input whose fact it is
+        found: dict[int, FactRow] = {}  # input index -> the stored fact it repeats
+        made: dict[int, tuple[dict[str, Any], str]] = {}  # input index -> (new fact's wire body, its text)
         rows: list[tuple[Any, ...]] = []
-        new: dict[tuple[str, str | None], int] = {}  # (cid, expiry key) -> index of the first new fact
+        seen: dict[tuple[str, str | None], int] = {}  # (cid, expiry key) -> index of its first input
         keys = [(inp.cid, fm.expiry_key(inp.valid_until)) for inp in inputs]
         with self.store.transaction():
             if self.on_rotation is not None and self.store.meta.get("current_key_id") != ident.key_id:
                 self.on_rotation()
                 ident = self.identity
             held = self.store.facts.local_by_contents(keys)
+            origins: dict[str, tuple[Origin, str]] = {}  # scope -> its origin block and that block's text
             for i, inp in enumerate(inputs):
                 key = keys[i]
-                if key in new:
-                    results[i] = Stored(results[new[key]].fact, False)  # type: ignore[union-attr]
+                if key in seen:
+                    first.append(seen[key])
                     continue
+                seen[key] = i
+                first.append(i)
                 existing = held.get(key)
                 if existing is not None:
-                    results[i] = Stored(row_view(existing), False)
+                    found[i] = existing
                     continue
-                expires = key[1]
                 fact = fm.new_fact(inp, origin_node_id=ident.node_id, hlc=self.hlc.tick(),
                                    timestamp=self.clock.now_iso(), fact_id=self.new_id(), cid=key[0])
-                origin = om.origin_for(fact, node_id=ident.node_id, entity_uri=ident.node_url)
+                if fact.scope not in origins:
+                    origin = om.origin_for(fact, node_id=ident.node_id, entity_uri=ident.node_url)
+                    origins[fact.scope] = (origin, _dumps(origin.to_wire()))
+                origin, origin_text = origins[fact.scope]
                 sig = om.sign_fact_origin(ident, fact, origin)
-                entry = om.pull_entry(fact, origin, sig)
-                body = entry["fact"]
+                body = fm.fact_wire(fact)
+                text = _dumps(body)
                 rows.append((
                     fact.id, fact.cid, fact.entity, fact.relation, fact.value_type, fact.value_v, fact.interpret_as,
-                    fact.source, fact.timestamp, fact.hlc, expires, fact.confidence, fact.scope,
-                    fact.origin_node_id, sig, _dumps({**entry, "origin_manifest": None, "origin_key_proof": None}),
-                    None, None,
+                    fact.source, fact.timestamp, fact.hlc, key[1], fact.confidence, fact.scope,
+                    fact.origin_node_id, sig, entry_text(text, origin_text, sig), None, None,
                 ))
-                new[key] = i
-                results[i] = Stored(body, True)
+                made[i] = (body, text)
             self.store.facts.insert_many(rows)
             seqs = self.store.facts.seqs_of([r[0] for r in rows])
-        for i in new.values():
-            stored = results[i]
-            stored.fact["seq"] = seqs[stored.fact["id"]]  # type: ignore[union-attr]
-        if new and self.on_commit is not None:
+        answers: dict[int, Stored] = {}
+        for i, (body, text) in made.items():
+            seq = seqs[body["id"]]
+            body["seq"] = seq
+            answers[i] = Stored(body, True, f'{text[:-1]},"seq":{seq}}}')
+        for i, row in found.items():
+            view = row_view(row)
+            answers[i] = Stored(view, False, _dumps(view))
+        results = [answers[j] if j == i else Stored(answers[j].fact, False, answers[j].text)
+                   for i, j in enumerate(first)]
+        if made and self.on_commit is not None:
             self.on_commit()
-        return results  # type: ignore[return-value]
+        return results
 
     def resign_all(self, batch: int = 2000) -> int:
         """Re-sign every local fact's origin block with the current key (after a rotation),

@@ -99,6 +99,10 @@ def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
 
 
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def _rows(local: LocalFacts) -> list[list[Any]]:
     return [list(r) for r in local.store.db.all(f"SELECT {INSERT_COLS} FROM facts ORDER BY seq")]
 
@@ -115,6 +119,10 @@ def test_stored_rows_entries_and_signatures_of_a_batch_never_change(local: Local
     assert _sha([{k: v for k, v in s.fact.items() if k != "seq"} for s in stored]) == ANSWER_SHA256
     assert (rows[4][15], rows[4][14]) == (ENTRY_4, SIG_4)
     assert json.loads(rows[4][15])["fact"] == {k: v for k, v in stored[4].fact.items() if k != "seq"}
+    for row in rows:  # each entry is the compact JSON text of its own parse (nothing else spliced in)
+        assert _dumps(json.loads(row[15])) == row[15]
+    for s in stored:  # each answer's text is the text of its fact, as a JSON response writes it
+        assert s.text == _dumps(s.fact)
 
 
 def test_the_same_batch_again_stores_nothing_and_answers_the_stored_facts(local: LocalFacts) -> None:
@@ -128,3 +136,17 @@ def test_the_same_batch_again_stores_nothing_and_answers_the_stored_facts(local:
     more = local.assert_many(local.validate_batch([BATCH[3], _fact(20, "string", "new"), BATCH[3]]))
     assert [s.created for s in more] == [False, True, False]
     assert more[0].fact == first[3].fact and more[1].fact["seq"] > max(s.fact["seq"] for s in first)
+    assert [s.text for s in more] == [_dumps(s.fact) for s in more]
+
+
+def test_post_answers_are_the_json_response_bytes(start_node) -> None:
+    n = start_node("n")
+    batch = [*BATCH, BATCH[0]]
+    for body in ({"facts": batch}, {"facts": batch}, BATCH[4], BATCH[4]):
+        res = n.client().post("/v1/facts", json=body)
+        assert res.status_code in (200, 201), res.text
+        assert res.headers["content-type"] == "application/json"
+        assert res.content == _dumps(res.json()).encode("utf-8")
+    got = n.client().post("/v1/facts", json={"facts": batch}).json()
+    assert (got["created"], got["duplicates"], len(got["facts"])) == (0, len(batch), len(batch))
+    assert list(got) == ["facts", "created", "duplicates"]
