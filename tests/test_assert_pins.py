@@ -150,3 +150,24 @@ def test_post_answers_are_the_json_response_bytes(start_node) -> None:
     got = n.client().post("/v1/facts", json={"facts": batch}).json()
     assert (got["created"], got["duplicates"], len(got["facts"])) == (0, len(batch), len(batch))
     assert list(got) == ["facts", "created", "duplicates"]
+
+
+def test_lone_surrogates_are_refused_however_the_body_spells_them(start_node) -> None:
+    n = start_node("n")
+    good = json.dumps({"facts": [_fact(30, "string", "x")]})
+    bad_texts = [
+        good.replace('"x"', '"\\ud800"').encode(),  # an escape
+        good.replace('"x"', '"\\uDC00 tail"').encode(),  # an upper-case low-surrogate escape
+        good.encode().replace(b'"x"', b'"\xed\xa0\x80"'),  # an encoded surrogate's bytes
+        good.replace('"x"', '"\\ud800"').encode("utf-16-le"),  # UTF-16 text (json.loads reads it)
+        good.replace('"x"', '"\ud800"').encode("utf-16-le", "surrogatepass"),  # a raw one in UTF-16
+    ]
+    for raw in bad_texts:
+        res = n.client().post("/v1/facts", content=raw, headers={"content-type": "application/json"})
+        assert (res.status_code, res.json()["error"]) == (400, "invalid_json"), raw
+    # Text that only looks close is taken: a Hangul letter (bytes ED 95 9C) and an escaped pair.
+    for v, stored in (("\ud55c", "\ud55c"), ("\\ud83d\\ude00", "\U0001f600")):
+        raw = good.replace('"x"', f'"{v}"').encode()
+        res = n.client().post("/v1/facts", content=raw, headers={"content-type": "application/json"})
+        assert res.status_code == 201, res.text
+        assert res.json()["facts"][0]["value"]["v"] == stored
