@@ -261,7 +261,8 @@ def check_string(value: str, field: str, *, max_chars: int, strict: bool) -> Non
             raise invalid_fact(field, f"{field} must not contain control characters")
     elif "\x00" in value:
         raise invalid_fact(field, f"{field} must not contain NUL characters")
-    utf8(value, field)
+    if not value.isascii():  # ASCII text is valid Unicode: only other text may hold a lone surrogate
+        utf8(value, field)
 
 
 def _confidence(obj: dict[str, Any], field: str, *, required: bool) -> float:
