@@ -61,8 +61,8 @@ from stigmem_node.vocabulary import SCOPES, VALUE_TYPES
 __all__ = [
     "DEFAULT_CONFIDENCE", "DEFAULT_SCOPE", "DEFAULT_TENANT", "MAX_ID_CHARS", "MAX_NAME_CHARS",
     "Fact", "FactInput", "Origin",
-    "check_string", "cid_of", "compute_cid", "expiry_key", "fact_from_wire", "fact_wire", "is_instruction", "new_fact",
-    "new_fact_id",
+    "check_string", "cid_of", "compute_cid", "expiry_key", "fact_from_wire", "fact_wire", "is_instruction",
+    "local_fact_text", "new_fact", "new_fact_id", "new_fact_ids",
     "parse_time", "required_text", "unexpected_error", "validate_new_fact", "value_from_text",
 ]
 
@@ -409,8 +409,17 @@ _UUID4_SET: Final = (4 << 76) | (0x8000 << 48)
 def new_fact_id() -> str:
     """A new local fact's id: a random UUID4 (RFC 9562: version 4, variant 10), in its
     hyphenated lowercase form; what ``str(uuid.uuid4())`` gives, without the object."""
-    h = f"{int.from_bytes(os.urandom(16)) & _UUID4_CLEAR | _UUID4_SET:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return new_fact_ids(1)[0]
+
+
+def new_fact_ids(n: int) -> list[str]:
+    """``n`` new fact ids (``new_fact_id``) from one read of the system's random source."""
+    raw = os.urandom(16 * n)
+    out = []
+    for i in range(0, 16 * n, 16):
+        h = f"{int.from_bytes(raw[i:i + 16]) & _UUID4_CLEAR | _UUID4_SET:032x}"
+        out.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return out
 
 
 def is_instruction(fact: Fact | FactInput) -> bool:
@@ -449,6 +458,40 @@ def fact_wire(fact: Fact) -> dict[str, Any]:
         "origin_node_id": fact.origin_node_id,
         "cid": fact.cid,
     }
+
+
+def local_fact_text(inp: FactInput, *, fact_id: str, cid: str, timestamp: str, hlc: str,
+                    origin_node_id: str) -> str:
+    """The compact JSON text (non-ASCII kept) of ``fact_wire(new_fact(inp, ...))``, assembled
+    directly: members in ``fact_wire``'s order, strings escaped by the encoder
+    ``json.dumps(ensure_ascii=False)`` uses, numbers written as it writes them (a test
+    compares the two for any input).  Raises ``ValueError`` where json.dumps would (a
+    non-finite number, which validation never lets through)."""
+    v = decode_value(inp.value_type, inp.value_v)
+    if v is None:
+        value = "null"
+    elif v is True or v is False:
+        value = "true" if v else "false"
+    elif type(v) is int:
+        value = int.__repr__(v)
+    elif type(v) is float:
+        if not math.isfinite(v):
+            raise ValueError("Out of range float values are not JSON compliant")
+        value = float.__repr__(v)
+    else:
+        value = _json_string(v)
+    confidence = float(inp.confidence)
+    if not math.isfinite(confidence):
+        raise ValueError("Out of range float values are not JSON compliant")
+    return "".join((
+        '{"id":', _json_string(fact_id), ',"entity":', _json_string(inp.entity),
+        ',"relation":', _json_string(inp.relation), ',"value":{"type":', _json_string(inp.value_type),
+        ',"v":', value, ',"interpret_as":', _json_string(inp.interpret_as), '},"source":', _json_string(inp.source),
+        ',"timestamp":', _json_string(timestamp), ',"hlc":', _json_string(hlc), ',"received_from":null',
+        ',"valid_until":', "null" if inp.valid_until is None else _json_string(inp.valid_until),
+        ',"confidence":', float.__repr__(confidence), ',"scope":', _json_string(inp.scope),
+        ',"origin_node_id":', _json_string(origin_node_id), ',"cid":', _json_string(cid), "}",
+    ))
 
 
 def fact_from_wire(

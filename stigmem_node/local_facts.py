@@ -33,11 +33,23 @@ MAX_BATCH = 500
 _CURSOR_RE = re.compile(r"[0-9]{1,18}")
 
 
-@dataclass(frozen=True)
 class Stored:
-    fact: dict[str, Any]  # wire form, plus seq
-    created: bool
-    text: str  # ``fact`` as JSON text (compact, non-ASCII kept), as an answer serves it
+    """A fact as an assert answers it: its JSON text (compact, non-ASCII kept: what a JSON
+    response writes), whether this assert created it, and ``fact``, the text parsed (its
+    wire form plus seq; parsed when first asked for: the HTTP answer needs only the text)."""
+
+    __slots__ = ("_fact", "created", "text")
+
+    def __init__(self, text: str, created: bool, fact: dict[str, Any] | None = None) -> None:
+        self.text = text
+        self.created = created
+        self._fact = fact
+
+    @property
+    def fact(self) -> dict[str, Any]:
+        if self._fact is None:
+            self._fact = json.loads(self.text)
+        return self._fact
 
 
 @dataclass(frozen=True)
@@ -77,7 +89,7 @@ class LocalFacts:
     def __init__(self, store: Store, identity: NodeIdentity, clock: Clock,
                  on_rotation: Callable[[], object] | None = None,
                  on_commit: Callable[[], object] | None = None,
-                 new_id: Callable[[], str] | None = None) -> None:
+                 new_ids: Callable[[int], list[str]] | None = None) -> None:
         self.store = store
         self.identity = identity
         self.clock = clock
@@ -87,8 +99,8 @@ class LocalFacts:
         # Called after a transaction that stored new facts commits (wakes long-polls).
         self.on_commit = on_commit
         self._hlc: HLC | None = None
-        # The id of each new fact (a fresh UUID4; tests give a deterministic source).
-        self.new_id = new_id or fm.new_fact_id
+        # Ids for up to n new facts (fresh UUID4s; tests give a deterministic source).
+        self.new_ids = new_ids or fm.new_fact_ids
 
     @property
     def hlc(self) -> HLC:
@@ -124,10 +136,11 @@ class LocalFacts:
         ident = self.identity
         first: list[int] = []  # per input: the index of the input whose fact it is
         found: dict[int, FactRow] = {}  # input index -> the stored fact it repeats
-        made: dict[int, tuple[dict[str, Any], str]] = {}  # input index -> (new fact's wire body, its text)
+        made: dict[int, tuple[str, str]] = {}  # input index -> (new fact's id, its text)
         rows: list[tuple[Any, ...]] = []
         seen: dict[tuple[str, str | None], int] = {}  # (cid, expiry key) -> index of its first input
         keys = [(inp.cid, fm.expiry_key(inp.valid_until)) for inp in inputs]
+        ids = iter(self.new_ids(len(inputs)))
         with self.store.transaction():
             if self.on_rotation is not None and self.store.meta.get("current_key_id") != ident.key_id:
                 self.on_rotation()
@@ -145,33 +158,33 @@ class LocalFacts:
                 if existing is not None:
                     found[i] = existing
                     continue
-                fact = fm.new_fact(inp, origin_node_id=ident.node_id, hlc=self.hlc.tick(),
-                                   timestamp=self.clock.now_iso(), fact_id=self.new_id(), cid=key[0])
-                if fact.scope not in origins:
-                    origin = om.origin_for(fact, node_id=ident.node_id, entity_uri=ident.node_url)
-                    origins[fact.scope] = (origin, _dumps(origin.to_wire()))
-                origin, origin_text = origins[fact.scope]
-                sig = om.sign_fact_origin(ident, fact, origin)
-                body = fm.fact_wire(fact)
-                text = _dumps(body)
+                fact_id, cid, hlc, timestamp = next(ids), key[0], self.hlc.tick(), self.clock.now_iso()
+                if inp.scope not in origins:
+                    origin = om.origin_for(inp, node_id=ident.node_id, entity_uri=ident.node_url)
+                    origins[inp.scope] = (origin, _dumps(origin.to_wire()))
+                origin, origin_text = origins[inp.scope]
+                sig = om.sign_origin(
+                    ident, fact_id=fact_id, cid=cid, entity_uri=origin.entity_uri, origin_node_id=origin.node_id,
+                    origin_allowed_scopes=origin.allowed_scopes, origin_allowed_tenants=origin.allowed_tenants,
+                    origin_tenant=origin.tenant, valid_until=inp.valid_until,
+                )
+                text = fm.local_fact_text(inp, fact_id=fact_id, cid=cid, timestamp=timestamp, hlc=hlc,
+                                          origin_node_id=ident.node_id)
                 rows.append((
-                    fact.id, fact.cid, fact.entity, fact.relation, fact.value_type, fact.value_v, fact.interpret_as,
-                    fact.source, fact.timestamp, fact.hlc, key[1], fact.confidence, fact.scope,
-                    fact.origin_node_id, sig, entry_text(text, origin_text, sig), None, None,
+                    fact_id, cid, inp.entity, inp.relation, inp.value_type, inp.value_v, inp.interpret_as,
+                    inp.source, timestamp, hlc, key[1], inp.confidence, inp.scope,
+                    ident.node_id, sig, entry_text(text, origin_text, sig), None, None,
                 ))
-                made[i] = (body, text)
+                made[i] = (fact_id, text)
             self.store.facts.insert_many(rows)
             seqs = self.store.facts.seqs_of([r[0] for r in rows])
         answers: dict[int, Stored] = {}
-        for i, (body, text) in made.items():
-            seq = seqs[body["id"]]
-            body["seq"] = seq
-            answers[i] = Stored(body, True, f'{text[:-1]},"seq":{seq}}}')
+        for i, (fact_id, text) in made.items():
+            answers[i] = Stored(f'{text[:-1]},"seq":{seqs[fact_id]}}}', True)
         for i, row in found.items():
             view = row_view(row)
-            answers[i] = Stored(view, False, _dumps(view))
-        results = [answers[j] if j == i else Stored(answers[j].fact, False, answers[j].text)
-                   for i, j in enumerate(first)]
+            answers[i] = Stored(_dumps(view), False, view)
+        results = [answers[j] if j == i else Stored(answers[j].text, False) for i, j in enumerate(first)]
         if made and self.on_commit is not None:
             self.on_commit()
         return results

@@ -24,6 +24,7 @@ from stigmem_node.errors import ValidationError
 from stigmem_node.facts import (
     DEFAULT_TENANT,
     Fact,
+    FactInput,
     Origin,
     check_string,
     fact_from_wire,
@@ -68,7 +69,7 @@ class PulledEntry:
 # --------------------------------------------------------------------------- origin block
 
 
-def origin_for(fact: Fact, *, node_id: str, entity_uri: str, tenant: str = DEFAULT_TENANT) -> Origin:
+def origin_for(fact: Fact | FactInput, *, node_id: str, entity_uri: str, tenant: str = DEFAULT_TENANT) -> Origin:
     """The origin block this node serves for one of its own facts (grant = the fact's scope)."""
     return Origin(
         tenant=tenant,

@@ -6,6 +6,7 @@
   lone surrogate.  Values that are not plain strings take the general ``jcs`` path.
 - The CID hashes ``json.dumps(sort_keys=True, compact, ensure_ascii=False)`` of its eight
   members, for any text and confidence.
+- A new fact's wire text is ``json.dumps`` of ``fact_wire(new_fact(...))``, for any valid input.
 - A new fact id is a UUID4 in its canonical text.
 """
 
@@ -18,11 +19,20 @@ from typing import Any
 
 import pytest
 import rfc8785
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from stigmem_node.encoding import jcs, sha256_hex
-from stigmem_node.facts import compute_cid, new_fact_id
+from stigmem_node.errors import ValidationError
+from stigmem_node.facts import (
+    compute_cid,
+    fact_wire,
+    local_fact_text,
+    new_fact,
+    new_fact_id,
+    new_fact_ids,
+    validate_new_fact,
+)
 from stigmem_node.origin import ORIGIN_TUPLE_VERSION, origin_sig_payload
 
 TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
@@ -85,9 +95,42 @@ def test_the_cid_refuses_what_json_refuses() -> None:
 
 
 def test_a_new_fact_id_is_a_random_uuid4_in_canonical_text() -> None:
-    ids = {new_fact_id() for _ in range(2000)}
-    assert len(ids) == 2000
+    ids = {new_fact_id() for _ in range(1000)} | set(new_fact_ids(1000)) | set(new_fact_ids(1))
+    assert len(ids) == 2001 and new_fact_ids(0) == []
     for text in ids:
         parsed = uuid.UUID(text)
         assert (str(parsed), parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)
         assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", text)
+
+
+NAME = st.text(st.characters(exclude_categories=("Cs", "Cc")), min_size=1, max_size=30).filter(str.strip)
+VALUE = st.one_of(
+    st.tuples(st.just("number"), st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False)),
+    st.tuples(st.sampled_from(["string", "text"]), st.text(st.characters(exclude_categories=("Cs",)), max_size=40)),
+    st.tuples(st.just("boolean"), st.booleans()),
+    st.tuples(st.just("null"), st.none()),
+    st.tuples(st.just("ref"), st.from_regex(r"[a-z]{1,8}://[a-z0-9/]{1,20}", fullmatch=True)),
+    st.tuples(st.just("datetime"), st.sampled_from(["2026-01-02", "2026-01-02T03:04:05.5+02:00"])),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(entity=NAME, relation=NAME, source=NAME, value=VALUE, interpret_as=st.sampled_from([None, "content", "instruction"]),
+       confidence=st.none() | st.floats(0, 1) | st.sampled_from([0, 1]),
+       scope=st.none() | st.sampled_from(["local", "team", "company", "public"]),
+       valid_until=st.none() | st.sampled_from(["2027-03-01T10:00:00+01:00", "2027-03-01T09:00:00.123456789Z"]),
+       fact_id=NAME, hlc=st.from_regex(r"[0-9]{13}\.[0-9]{3}", fullmatch=True))
+def test_a_new_facts_text_is_the_json_of_its_wire_form(entity: str, relation: str, source: str, value: Any,
+                                                        interpret_as: str | None, confidence: Any, scope: Any,
+                                                        valid_until: Any, fact_id: str, hlc: str) -> None:
+    body = {"entity": entity, "relation": relation, "source": source, "confidence": confidence, "scope": scope,
+            "value": {"type": value[0], "v": value[1], "interpret_as": interpret_as}, "valid_until": valid_until}
+    try:
+        inp = validate_new_fact(body)
+    except ValidationError:
+        event("refused by validation")
+        return
+    made = {"fact_id": fact_id, "timestamp": "2026-11-23T02:07:59.090120Z", "hlc": hlc, "origin_node_id": "n:é"}
+    wire = fact_wire(new_fact(inp, **made))
+    expected = json.dumps(wire, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    assert local_fact_text(inp, cid=inp.cid, **made) == expected

@@ -91,7 +91,7 @@ def local(engine: Engine, tmp_path: Path) -> Iterator[LocalFacts]:
     identity = NodeIdentity(NODE_ID, NODE_URL, KeyRow(key_id_of(PUBLIC), PUBLIC, PRIVATE, "2026-11-23T02:00:00Z",
                                                        "active", None), [])
     ids = iter(f"pin-{i:03d}" for i in range(1000))
-    yield LocalFacts(store, identity, FixedClock(), new_id=lambda: next(ids))
+    yield LocalFacts(store, identity, FixedClock(), new_ids=lambda n: [next(ids) for _ in range(n)])
     store.close()
 
 
