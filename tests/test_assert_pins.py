@@ -27,7 +27,7 @@ from stigmem_node.identity import NodeIdentity
 from stigmem_node.keys import key_id_of
 from stigmem_node.local_facts import LocalFacts
 from stigmem_node.store import Store
-from stigmem_node.store.facts import INSERT_COLS
+from stigmem_node.store.facts import INSERT_COLS, LOOKUP_CHUNK
 from stigmem_node.store.meta import KeyRow
 from tests.engines import Engine
 
@@ -171,3 +171,24 @@ def test_lone_surrogates_are_refused_however_the_body_spells_them(start_node) ->
         res = n.client().post("/v1/facts", content=raw, headers={"content-type": "application/json"})
         assert res.status_code == 201, res.text
         assert res.json()["facts"][0]["value"]["v"] == stored
+
+
+def test_the_batched_lookup_finds_own_facts_by_cid_and_expiry_across_chunks(local: LocalFacts) -> None:
+    facts = local.store.facts
+    # A received copy of fact 2's content (another origin's), stored first: never an own fact's duplicate.
+    inp = local.validate_batch(BATCH[2:3])[0]
+    with local.store.transaction():
+        facts.insert_many([("recv-0", inp.cid, inp.entity, inp.relation, inp.value_type, inp.value_v, inp.interpret_as,
+                            inp.source, "2026-11-23T02:00:00Z", "1795399600000.000", None, inp.confidence, inp.scope,
+                            "stigmem:node:peer", "sig", "{}", "stigmem:node:peer", "2026-11-23T02:00:00Z")])
+    first = local.assert_many(local.validate_batch(BATCH[:3]))
+    assert [s.created for s in first] == [True, True, True]
+    rows = [r for r in _rows(local) if r[16] is None]
+    own = [(r[1], r[10]) for r in rows]
+    noise = [(f"sha256:{i:064x}", None) for i in range(LOOKUP_CHUNK * 2 + 7)]
+    found = facts.local_by_contents([*noise[:LOOKUP_CHUNK + 3], own[0], *noise[LOOKUP_CHUNK + 3:], own[1],
+                                     (own[1][0], None), own[2]])
+    assert sorted(found) == sorted(own)  # (cid, another valid_until) is not fact 1
+    assert [found[k].id for k in own] == [s.fact["id"] for s in first]
+    again = local.assert_many(local.validate_batch(BATCH[:3]))
+    assert [(s.created, s.fact) for s in again] == [(False, s.fact) for s in first]
