@@ -34,10 +34,11 @@ itself fails unexpectedly (a bug, logged with its traceback; never a rejection).
 from __future__ import annotations
 
 import json
+import json.encoder
 import logging
 import math
+import os
 import re
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -60,7 +61,8 @@ from stigmem_node.vocabulary import SCOPES, VALUE_TYPES
 __all__ = [
     "DEFAULT_CONFIDENCE", "DEFAULT_SCOPE", "DEFAULT_TENANT", "MAX_ID_CHARS", "MAX_NAME_CHARS",
     "Fact", "FactInput", "Origin",
-    "check_string", "cid_of", "compute_cid", "expiry_key", "fact_from_wire", "fact_wire", "is_instruction", "new_fact",
+    "check_string", "cid_of", "compute_cid", "expiry_key", "fact_from_wire", "fact_wire", "is_instruction",
+    "local_fact_text", "new_fact", "new_fact_id", "new_fact_ids",
     "parse_time", "required_text", "unexpected_error", "validate_new_fact", "value_from_text",
 ]
 
@@ -74,6 +76,8 @@ MAX_NAME_CHARS: Final = 2048
 MAX_ID_CHARS: Final = 256
 MAX_TIME_CHARS: Final = 64
 
+# A JSON string literal, escaped as json.dumps(ensure_ascii=False) escapes it (C speed).
+_json_string: Final = json.encoder.encode_basestring
 _CID_RE: Final = re.compile(r"sha256:[0-9a-f]{64}")
 _CTRL_RE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _CTRL_OR_SPACE_RE: Final = re.compile(r"[\x00-\x20\x7f-\x9f\s]")
@@ -176,9 +180,25 @@ def compute_cid(
     confidence: float,
     interpret_as: str = DEFAULT_INTERPRET_AS,
 ) -> str:
-    """CID v2, byte-for-byte as the reference computes it (see the module docstring)."""
+    """CID v2, byte-for-byte as the reference computes it (see the module docstring).
+
+    For the usual arguments (exact ``str`` texts, a finite confidence) the JSON text is
+    assembled directly, members in their sorted order, each string escaped by the encoder
+    ``json.dumps(ensure_ascii=False)`` uses and the float written as it writes floats
+    (``float.__repr__``): the same bytes (a test compares them), without building and
+    sorting a dict on every fact."""
+    conf = float(confidence)
+    if (type(entity) is str and type(relation) is str and type(value_type) is str and type(value_v) is str
+            and type(source) is str and type(scope) is str and type(interpret_as) is str and math.isfinite(conf)):
+        text = "".join((
+            '{"confidence":', float.__repr__(conf), ',"entity":', _json_string(entity),
+            ',"interpret_as":', _json_string(interpret_as), ',"relation":', _json_string(relation),
+            ',"scope":', _json_string(scope), ',"source":', _json_string(source),
+            ',"value_type":', _json_string(value_type), ',"value_v":', _json_string(value_v), "}",
+        ))
+        return "sha256:" + sha256_hex(text.encode("utf-8"))
     body = {
-        "confidence": float(confidence),
+        "confidence": conf,
         "entity": entity,
         "interpret_as": interpret_as,
         "relation": relation,
@@ -241,7 +261,8 @@ def check_string(value: str, field: str, *, max_chars: int, strict: bool) -> Non
             raise invalid_fact(field, f"{field} must not contain control characters")
     elif "\x00" in value:
         raise invalid_fact(field, f"{field} must not contain NUL characters")
-    utf8(value, field)
+    if not value.isascii():  # ASCII text is valid Unicode: only other text may hold a lone surrogate
+        utf8(value, field)
 
 
 def _confidence(obj: dict[str, Any], field: str, *, required: bool) -> float:
@@ -371,12 +392,34 @@ def new_fact(
     hlc: str,
     timestamp: str,
     fact_id: str | None = None,
+    cid: str | None = None,
 ) -> Fact:
-    """A local fact from validated input: a fresh UUID4 id (unless given) and its CID."""
-    return Fact(id=fact_id or str(uuid.uuid4()), cid=inp.cid, entity=inp.entity, relation=inp.relation,
+    """A local fact from validated input: a fresh UUID4 id (unless given) and its CID
+    (``cid``: the caller's ``inp.cid``, already computed)."""
+    return Fact(id=fact_id or new_fact_id(), cid=cid or inp.cid, entity=inp.entity, relation=inp.relation,
                 value_type=inp.value_type, value_v=inp.value_v, interpret_as=inp.interpret_as, source=inp.source,
                 timestamp=timestamp, hlc=hlc, valid_until=inp.valid_until, confidence=inp.confidence,
                 scope=inp.scope, origin_node_id=origin_node_id)
+
+
+_UUID4_CLEAR: Final = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET: Final = (4 << 76) | (0x8000 << 48)
+
+
+def new_fact_id() -> str:
+    """A new local fact's id: a random UUID4 (RFC 9562: version 4, variant 10), in its
+    hyphenated lowercase form; what ``str(uuid.uuid4())`` gives, without the object."""
+    return new_fact_ids(1)[0]
+
+
+def new_fact_ids(n: int) -> list[str]:
+    """``n`` new fact ids (``new_fact_id``) from one read of the system's random source."""
+    raw = os.urandom(16 * n)
+    out = []
+    for i in range(0, 16 * n, 16):
+        h = f"{int.from_bytes(raw[i:i + 16]) & _UUID4_CLEAR | _UUID4_SET:032x}"
+        out.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return out
 
 
 def is_instruction(fact: Fact | FactInput) -> bool:
@@ -415,6 +458,40 @@ def fact_wire(fact: Fact) -> dict[str, Any]:
         "origin_node_id": fact.origin_node_id,
         "cid": fact.cid,
     }
+
+
+def local_fact_text(inp: FactInput, *, fact_id: str, cid: str, timestamp: str, hlc: str,
+                    origin_node_id: str) -> str:
+    """The compact JSON text (non-ASCII kept) of ``fact_wire(new_fact(inp, ...))``, assembled
+    directly: members in ``fact_wire``'s order, strings escaped by the encoder
+    ``json.dumps(ensure_ascii=False)`` uses, numbers written as it writes them (a test
+    compares the two for any input).  Raises ``ValueError`` where json.dumps would (a
+    non-finite number, which validation never lets through)."""
+    v = decode_value(inp.value_type, inp.value_v)
+    if v is None:
+        value = "null"
+    elif v is True or v is False:
+        value = "true" if v else "false"
+    elif type(v) is int:
+        value = int.__repr__(v)
+    elif type(v) is float:
+        if not math.isfinite(v):
+            raise ValueError("Out of range float values are not JSON compliant")
+        value = float.__repr__(v)
+    else:
+        value = _json_string(v)
+    confidence = float(inp.confidence)
+    if not math.isfinite(confidence):
+        raise ValueError("Out of range float values are not JSON compliant")
+    return "".join((
+        '{"id":', _json_string(fact_id), ',"entity":', _json_string(inp.entity),
+        ',"relation":', _json_string(inp.relation), ',"value":{"type":', _json_string(inp.value_type),
+        ',"v":', value, ',"interpret_as":', _json_string(inp.interpret_as), '},"source":', _json_string(inp.source),
+        ',"timestamp":', _json_string(timestamp), ',"hlc":', _json_string(hlc), ',"received_from":null',
+        ',"valid_until":', "null" if inp.valid_until is None else _json_string(inp.valid_until),
+        ',"confidence":', float.__repr__(confidence), ',"scope":', _json_string(inp.scope),
+        ',"origin_node_id":', _json_string(origin_node_id), ',"cid":', _json_string(cid), "}",
+    ))
 
 
 def fact_from_wire(

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from stigmem_node.clock import Clock, iso, parse_rfc3339
 from stigmem_node.encoding import b64url_decode, b64url_encode, fingerprint
 from stigmem_node.errors import ConfigError
-from stigmem_node.keys import endorsement_payload, generate_keypair, key_id_of
+from stigmem_node.keys import Ed25519Signing, endorsement_payload, generate_keypair, key_id_of
 from stigmem_node.store.meta import KeyRow, MetaRepo
 
 
@@ -54,6 +54,7 @@ class NodeIdentity:
         self.key_id = active.key_id
         self.public_key = active.public_key
         self._private = Ed25519PrivateKey.from_private_bytes(b64url_decode(active.private_key))
+        self._signing = Ed25519Signing(self._private)
         self.previous_keys = [VerifyKey(k.key_id, k.public_key, k.retire_after) for k in previous]
         self.past_keys = past or []
 
@@ -62,7 +63,7 @@ class NodeIdentity:
         return fingerprint(self.public_key)
 
     def sign(self, message: bytes, /) -> bytes:
-        return self._private.sign(message)
+        return self._signing.sign(message)
 
     @property
     def private_key(self) -> Ed25519PrivateKey:

@@ -13,6 +13,7 @@ reference node does); the same content with another valid_until is a new fact.
 from __future__ import annotations
 
 import json
+import json.encoder
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from stigmem_node import facts as fm
 from stigmem_node import origin as om
 from stigmem_node.clock import Clock
 from stigmem_node.errors import Erased, NotFound, ValidationError
+from stigmem_node.facts import Origin
 from stigmem_node.hlc import HLC
 from stigmem_node.identity import NodeIdentity
 from stigmem_node.store import Store
@@ -31,10 +33,23 @@ MAX_BATCH = 500
 _CURSOR_RE = re.compile(r"[0-9]{1,18}")
 
 
-@dataclass(frozen=True)
 class Stored:
-    fact: dict[str, Any]  # wire form, plus seq
-    created: bool
+    """A fact as an assert answers it: its JSON text (compact, non-ASCII kept: what a JSON
+    response writes), whether this assert created it, and ``fact``, the text parsed (its
+    wire form plus seq; parsed when first asked for: the HTTP answer needs only the text)."""
+
+    __slots__ = ("_fact", "created", "text")
+
+    def __init__(self, text: str, created: bool, fact: dict[str, Any] | None = None) -> None:
+        self.text = text
+        self.created = created
+        self._fact = fact
+
+    @property
+    def fact(self) -> dict[str, Any]:
+        if self._fact is None:
+            self._fact = json.loads(self.text)
+        return self._fact
 
 
 @dataclass(frozen=True)
@@ -47,8 +62,18 @@ class Listing:
     total: int  # facts matching the filters, independent of cursor and limit
 
 
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+# Compact JSON, non-ASCII kept, no NaN: one encoder for every call (json.dumps with these
+# options would build a new one each time).
+_dumps: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_string: Callable[[str], str] = json.encoder.encode_basestring  # a JSON string literal, as _dumps writes it
+
+
+def entry_text(fact_text: str, origin_text: str, origin_sig: str) -> str:
+    """A local fact's stored entry, ``_dumps({**pull_entry(fact, origin, sig),
+    "origin_manifest": None, "origin_key_proof": None})``, from the texts of its parts (the
+    origin block's is the same for every fact of a scope)."""
+    return (f'{{"fact":{fact_text},"origin":{origin_text},"origin_sig":{_string(origin_sig)},'
+            f'"origin_manifest":null,"origin_key_proof":null}}')
 
 
 def row_view(row: FactRow) -> dict[str, Any]:
@@ -63,7 +88,8 @@ def row_view(row: FactRow) -> dict[str, Any]:
 class LocalFacts:
     def __init__(self, store: Store, identity: NodeIdentity, clock: Clock,
                  on_rotation: Callable[[], object] | None = None,
-                 on_commit: Callable[[], object] | None = None) -> None:
+                 on_commit: Callable[[], object] | None = None,
+                 new_ids: Callable[[int], list[str]] | None = None) -> None:
         self.store = store
         self.identity = identity
         self.clock = clock
@@ -73,6 +99,8 @@ class LocalFacts:
         # Called after a transaction that stored new facts commits (wakes long-polls).
         self.on_commit = on_commit
         self._hlc: HLC | None = None
+        # Ids for up to n new facts (fresh UUID4s; tests give a deterministic source).
+        self.new_ids = new_ids or fm.new_fact_ids
 
     @property
     def hlc(self) -> HLC:
@@ -101,48 +129,65 @@ class LocalFacts:
         return out
 
     def assert_many(self, inputs: list[fm.FactInput]) -> list[Stored]:
-        """Store validated facts in one transaction; returns them in input order."""
+        """Store validated facts in one transaction; returns them in input order.
+
+        Each new fact's JSON text is made once: its stored entry and its ``Stored.text`` are
+        built from it (``entry_text``)."""
         ident = self.identity
-        results: list[Stored | None] = [None] * len(inputs)
+        first: list[int] = []  # per input: the index of the input whose fact it is
+        found: dict[int, FactRow] = {}  # input index -> the stored fact it repeats
+        made: dict[int, tuple[str, str]] = {}  # input index -> (new fact's id, its text)
         rows: list[tuple[Any, ...]] = []
-        new: dict[tuple[str, str | None], int] = {}  # (cid, expiry key) -> index of the first new fact
+        seen: dict[tuple[str, str | None], int] = {}  # (cid, expiry key) -> index of its first input
+        keys = [(inp.cid, fm.expiry_key(inp.valid_until)) for inp in inputs]
+        ids = iter(self.new_ids(len(inputs)))
         with self.store.transaction():
             if self.on_rotation is not None and self.store.meta.get("current_key_id") != ident.key_id:
                 self.on_rotation()
                 ident = self.identity
+            held = self.store.facts.local_by_contents(keys)
+            origins: dict[str, tuple[Origin, str]] = {}  # scope -> its origin block and that block's text
             for i, inp in enumerate(inputs):
-                cid = inp.cid
-                expires = fm.expiry_key(inp.valid_until)
-                key = (cid, expires)
-                if key in new:
-                    results[i] = Stored(results[new[key]].fact, False)  # type: ignore[union-attr]
+                key = keys[i]
+                if key in seen:
+                    first.append(seen[key])
                     continue
-                existing = self.store.facts.local_by_content(cid, expires)
+                seen[key] = i
+                first.append(i)
+                existing = held.get(key)
                 if existing is not None:
-                    results[i] = Stored(row_view(existing), False)
+                    found[i] = existing
                     continue
-                fact = fm.new_fact(inp, origin_node_id=ident.node_id, hlc=self.hlc.tick(),
-                                   timestamp=self.clock.now_iso())
-                origin = om.origin_for(fact, node_id=ident.node_id, entity_uri=ident.node_url)
-                sig = om.sign_fact_origin(ident.private_key, fact, origin)
-                entry = om.pull_entry(fact, origin, sig)
-                body = entry["fact"]
+                fact_id, cid, hlc, timestamp = next(ids), key[0], self.hlc.tick(), self.clock.now_iso()
+                if inp.scope not in origins:
+                    origin = om.origin_for(inp, node_id=ident.node_id, entity_uri=ident.node_url)
+                    origins[inp.scope] = (origin, _dumps(origin.to_wire()))
+                origin, origin_text = origins[inp.scope]
+                sig = om.sign_origin(
+                    ident, fact_id=fact_id, cid=cid, entity_uri=origin.entity_uri, origin_node_id=origin.node_id,
+                    origin_allowed_scopes=origin.allowed_scopes, origin_allowed_tenants=origin.allowed_tenants,
+                    origin_tenant=origin.tenant, valid_until=inp.valid_until,
+                )
+                text = fm.local_fact_text(inp, fact_id=fact_id, cid=cid, timestamp=timestamp, hlc=hlc,
+                                          origin_node_id=ident.node_id)
                 rows.append((
-                    fact.id, fact.cid, fact.entity, fact.relation, fact.value_type, fact.value_v, fact.interpret_as,
-                    fact.source, fact.timestamp, fact.hlc, expires, fact.confidence, fact.scope,
-                    fact.origin_node_id, sig, _dumps({**entry, "origin_manifest": None, "origin_key_proof": None}),
-                    None, None,
+                    fact_id, cid, inp.entity, inp.relation, inp.value_type, inp.value_v, inp.interpret_as,
+                    inp.source, timestamp, hlc, key[1], inp.confidence, inp.scope,
+                    ident.node_id, sig, entry_text(text, origin_text, sig), None, None,
                 ))
-                new[key] = i
-                results[i] = Stored(body, True)
+                made[i] = (fact_id, text)
             self.store.facts.insert_many(rows)
             seqs = self.store.facts.seqs_of([r[0] for r in rows])
-        for i in new.values():
-            stored = results[i]
-            stored.fact["seq"] = seqs[stored.fact["id"]]  # type: ignore[union-attr]
-        if new and self.on_commit is not None:
+        answers: dict[int, Stored] = {}
+        for i, (fact_id, text) in made.items():
+            answers[i] = Stored(f'{text[:-1]},"seq":{seqs[fact_id]}}}', True)
+        for i, row in found.items():
+            view = row_view(row)
+            answers[i] = Stored(_dumps(view), False, view)
+        results = [answers[j] if j == i else Stored(answers[j].text, False) for i, j in enumerate(first)]
+        if made and self.on_commit is not None:
             self.on_commit()
-        return results  # type: ignore[return-value]
+        return results
 
     def resign_all(self, batch: int = 2000) -> int:
         """Re-sign every local fact's origin block with the current key (after a rotation),
@@ -157,7 +202,7 @@ class LocalFacts:
                 entry = json.loads(text)
                 o, f = entry["origin"], entry["fact"]
                 sig = om.sign_origin(
-                    self.identity.private_key, fact_id=f["id"], cid=f["cid"], entity_uri=o["entity_uri"],
+                    self.identity, fact_id=f["id"], cid=f["cid"], entity_uri=o["entity_uri"],
                     origin_node_id=o["node_id"], origin_allowed_scopes=o["allowed_scopes"],
                     origin_allowed_tenants=o["allowed_tenants"], origin_tenant=o["tenant"],
                     valid_until=f["valid_until"],

@@ -12,6 +12,7 @@ only strings, lists of strings and null, for which RFC 8785 and the reference's
 
 from __future__ import annotations
 
+import json.encoder
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Final
@@ -23,6 +24,7 @@ from stigmem_node.errors import ValidationError
 from stigmem_node.facts import (
     DEFAULT_TENANT,
     Fact,
+    FactInput,
     Origin,
     check_string,
     fact_from_wire,
@@ -48,6 +50,8 @@ __all__ = [
 ]
 
 ORIGIN_TUPLE_VERSION: Final = "2.1"
+# A JSON string literal, escaped as json.dumps(ensure_ascii=False) escapes it (C speed).
+_string: Final = json.encoder.encode_basestring
 MAX_ORIGIN_LIST: Final = 64
 MAX_ORIGIN_ITEM_CHARS: Final = 2048
 MAX_SIG_CHARS: Final = 128
@@ -65,7 +69,7 @@ class PulledEntry:
 # --------------------------------------------------------------------------- origin block
 
 
-def origin_for(fact: Fact, *, node_id: str, entity_uri: str, tenant: str = DEFAULT_TENANT) -> Origin:
+def origin_for(fact: Fact | FactInput, *, node_id: str, entity_uri: str, tenant: str = DEFAULT_TENANT) -> Origin:
     """The origin block this node serves for one of its own facts (grant = the fact's scope)."""
     return Origin(
         tenant=tenant,
@@ -155,14 +159,33 @@ def origin_sig_payload(
     origin_tenant: str,
     valid_until: str | None,
 ) -> bytes:
-    """RFC 8785 bytes of the signed origin tuple, version ``"2.1"`` (lists sorted)."""
+    """RFC 8785 bytes of the signed origin tuple, version ``"2.1"`` (lists sorted).
+
+    When every member is a ``str`` (``valid_until`` may be None), the text is assembled
+    directly, members in their sorted order and each string escaped by the encoder
+    ``json.dumps(ensure_ascii=False)`` uses: the same bytes as ``jcs`` gives (a test
+    compares them), without sorting and walking the object on every fact."""
+    scopes = sorted(origin_allowed_scopes)
+    tenants = sorted(origin_allowed_tenants)
+    if (type(cid) is str and type(entity_uri) is str and type(fact_id) is str and type(origin_node_id) is str
+            and type(origin_tenant) is str and (valid_until is None or type(valid_until) is str)
+            and all(type(x) is str for x in scopes) and all(type(x) is str for x in tenants)):
+        text = "".join((
+            '{"cid":', _string(cid), ',"entity_uri":', _string(entity_uri), ',"fact_id":', _string(fact_id),
+            ',"origin_allowed_scopes":[', ",".join(map(_string, scopes)),
+            '],"origin_allowed_tenants":[', ",".join(map(_string, tenants)),
+            '],"origin_node_id":', _string(origin_node_id), ',"origin_tenant":', _string(origin_tenant),
+            ',"tv":"', ORIGIN_TUPLE_VERSION, '","valid_until":',
+            "null" if valid_until is None else _string(valid_until), "}",
+        ))
+        return text.encode("utf-8")
     return jcs(
         {
             "cid": cid,
             "entity_uri": entity_uri,
             "fact_id": fact_id,
-            "origin_allowed_scopes": sorted(origin_allowed_scopes),
-            "origin_allowed_tenants": sorted(origin_allowed_tenants),
+            "origin_allowed_scopes": scopes,
+            "origin_allowed_tenants": tenants,
             "origin_node_id": origin_node_id,
             "origin_tenant": origin_tenant,
             "tv": ORIGIN_TUPLE_VERSION,

@@ -25,8 +25,11 @@ async def json_body(request: Request, *, required: bool = True) -> dict[str, Any
         return {}
     try:
         body = json.loads(raw)
-        # Refuse unpaired surrogates (``"\ud800"``): no later layer could store them.
-        json.dumps(body, ensure_ascii=False).encode("utf-8")
+        # Refuse unpaired surrogates (``"\ud800"``): no later layer could store them.  In
+        # UTF-8 text only a \u escape or the bytes of an encoded surrogate (ED A0-BF, which
+        # json.loads lets through) can make one: without those, nothing to check.
+        if b"\\u" in raw or b"\xed" in raw or json.detect_encoding(raw) != "utf-8":
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
     except (ValueError, UnicodeError, RecursionError):
         raise ValidationError("invalid_json", "the body is not valid JSON text in UTF-8") from None
     if not isinstance(body, dict):

@@ -14,6 +14,7 @@ INSERT_COLS = (
     " confidence, scope, origin_node_id, origin_sig, entry, received_from, received_at"
 )
 ROW_COLS = "seq, " + INSERT_COLS
+LOOKUP_CHUNK = 500  # CIDs per query of ``local_by_contents`` (well under every engine's parameter limit)
 
 
 @dataclass(frozen=True)
@@ -87,13 +88,24 @@ class FactRepo:
         rows = self.db.all(f"SELECT id, cid, valid_until FROM facts WHERE id IN ({marks})", tuple(ids))
         return {r[0]: (r[1], r[2]) for r in rows}
 
-    def local_by_content(self, cid: str, valid_until: str | None) -> FactRow | None:
-        """This node's own fact with this CID and this valid_until (which the CID leaves out)."""
-        row = self.db.one(
-            f"SELECT {ROW_COLS} FROM facts WHERE cid = ? AND valid_until IS NOT DISTINCT FROM ?"
-            f" AND received_from IS NULL ORDER BY seq LIMIT 1", (cid, valid_until)
-        )
-        return FactRow(*row) if row else None
+    def local_by_contents(self, keys: Sequence[tuple[str, str | None]]) -> dict[tuple[str, str | None], FactRow]:
+        """This node's own facts with these (CID, valid_until) pairs (the CID leaves out
+        valid_until): the first stored of each pair found, by seq.  One query per
+        ``LOOKUP_CHUNK`` CIDs, on the CID index."""
+        wanted = set(keys)
+        cids = sorted({cid for cid, _ in wanted})
+        found: dict[tuple[str, str | None], FactRow] = {}
+        for start in range(0, len(cids), LOOKUP_CHUNK):
+            chunk = cids[start:start + LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.all(f"SELECT {ROW_COLS} FROM facts WHERE cid IN ({marks}) AND received_from IS NULL"
+                               f" ORDER BY seq", tuple(chunk))
+            for row in rows:
+                fact = FactRow(*row)
+                key = (fact.cid, fact.valid_until)
+                if key in wanted and key not in found:
+                    found[key] = fact
+        return found
 
     def get(self, fact_id: str) -> FactRow | None:
         row = self.db.one(f"SELECT {ROW_COLS} FROM facts WHERE id = ?", (fact_id,))
