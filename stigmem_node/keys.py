@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Final, Protocol
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from nacl import bindings as sodium
+from nacl.exceptions import BadSignatureError
 
 from stigmem_node.encoding import b64url_decode, b64url_encode, key_id, sorted_json
 
@@ -146,7 +146,12 @@ def verify_any(public_keys: Ed25519PublicKey | Iterable[Ed25519PublicKey], signa
                payload: Callable[[], bytes]) -> bool:
     """True if ``signature`` (base64url text of 64 bytes) verifies over ``payload()`` under
     any of ``public_keys``; never raises on bad input (a payload that cannot be built, bad
-    base64, a wrong length: False)."""
+    base64, a wrong length: False).
+
+    Verified by libsodium, in a little over half the time OpenSSL takes (every pulled fact is
+    verified once).  libsodium verifies strictly (RFC 8032: S below the group order, R and
+    the key canonical and not of small order): whatever it accepts, OpenSSL accepts too, and
+    no honest signer makes a signature it refuses (tests/test_signing.py)."""
     keys = [public_keys] if isinstance(public_keys, Ed25519PublicKey) else list(public_keys)
     if not keys or not isinstance(signature, str):
         return False
@@ -157,10 +162,11 @@ def verify_any(public_keys: Ed25519PublicKey | Iterable[Ed25519PublicKey], signa
         return False
     if len(sig) != 64:
         return False
+    signed = sig + data
     for key in keys:
         try:
-            key.verify(sig, data)
+            sodium.crypto_sign_open(signed, key.public_bytes_raw())
             return True
-        except InvalidSignature:
+        except BadSignatureError:
             continue
     return False
