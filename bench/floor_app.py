@@ -33,6 +33,10 @@ class OneSignatureCheck:
         scopes = ("company", "public")
         self.peer = AuthenticatedPeer(VerifiedToken(PeerAuth("floor", "floor", "active", ()), {}, "n", 0, scopes, "k"),
                                       scopes)
+        self.nonces = self  # no nonce is written: nothing to wait for at shutdown
+
+    async def wait_idle(self) -> None:
+        return None
 
     async def authenticate_then(self, authorization, *, method, path_qs, remote_addr, then):
         """As the node does, one hand-over to a read-lane thread: there, the signature check
