@@ -37,6 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Node, insert_ceiling, peer_up
+from pull import load_facts
 
 PROGRESS_EVERY_S = 5.0
 SAMPLE_EVERY_S = 0.05
@@ -58,18 +59,14 @@ def proc_status_kib(pid: int, field: str) -> int:
 # -- loading A (cached) ----------------------------------------------------------------------------
 def load(node: Node, n: int) -> None:
     t0 = time.perf_counter()
-    last = t0
-    with node.client() as c:
-        for start in range(0, n, 500):
-            batch = [{"entity": f"stigmem://bench/item/{i}", "relation": "memory:note",
-                      "value": {"type": "string", "v": f"fact number {i} " + "x" * 120},
-                      "source": "stigmem://bench/agent", "confidence": 0.9,
-                      "scope": "company" if i % 2 else "public"} for i in range(start, min(n, start + 500))]
-            c.post("/v1/facts", json={"facts": batch}).raise_for_status()
-            if time.perf_counter() - last > PROGRESS_EVERY_S:
-                last = time.perf_counter()
-                done = start + len(batch)
-                print(f"  loading A: {done:,}/{n:,} facts ({done / (last - t0):,.0f}/s)", flush=True)
+    last = [t0]
+
+    def progress(done: int) -> None:
+        if time.perf_counter() - last[0] > PROGRESS_EVERY_S:
+            last[0] = time.perf_counter()
+            print(f"  loading A: {done:,}/{n:,} facts ({done / (last[0] - t0):,.0f}/s)", flush=True)
+
+    load_facts(node, n, progress)
 
 
 def cached_a(n: int, fresh: bool) -> tuple[Path, dict]:

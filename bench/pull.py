@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -38,7 +39,8 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def load_facts(node: Node, n: int) -> None:
+def load_facts(node: Node, n: int, progress: Callable[[int], None] | None = None) -> None:
+    """Assert ``n`` facts on ``node`` in batches of 500; ``progress(done)`` after each batch."""
     with node.client() as c:
         for start in range(0, n, 500):
             batch = [{"entity": f"stigmem://bench/item/{i}", "relation": "memory:note",
@@ -46,6 +48,8 @@ def load_facts(node: Node, n: int) -> None:
                       "source": "stigmem://bench/agent", "confidence": 0.9,
                       "scope": "company" if i % 2 else "public"} for i in range(start, min(n, start + 500))]
             c.post("/v1/facts", json={"facts": batch}).raise_for_status()
+            if progress is not None:
+                progress(start + len(batch))
 
 
 def mint_tokens(path: Path, count: int, *, iss: str, sub: str, key: Ed25519PrivateKey, key_id: str,

@@ -11,20 +11,11 @@ import time
 import pytest
 
 from tests.fakepeer import FakePeer
-from tests.test_replication import fact, federate, node_id, post_facts, q
+from tests.test_replication import fact, federate, node_id, post_facts, q, wait_for
 
 pytestmark = pytest.mark.slow
 
 HOUR = "3600"
-
-
-def until(pred, what: str, timeout: float = 60) -> None:
-    """A failsafe only: the tests below prove a mechanism, not a speed."""
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def received_ids(n) -> set[str]:
@@ -36,11 +27,11 @@ def test_a_follower_gets_each_new_fact_through_its_long_poll_not_its_interval(st
     # B pulls once at start, then only every hour: each later fact can only come by the long-poll.
     b = start_node("b", args=("--pull-interval", HOUR, "--pull-wait", "25"))
     federate(a, b)
-    until(lambda: a.node.new_facts.waiting == 1, "B's long-poll to wait at A")
+    wait_for(lambda: a.node.new_facts.waiting == 1, 60, what="B's long-poll to wait at A")
     for i in range(3):
         (f,) = post_facts(a, [fact(f"urn:follow:{i}", "public")])
-        until(lambda f=f: f["id"] in received_ids(b), f"fact {i} at B")
-        until(lambda: a.node.new_facts.waiting == 1, "B to wait again")
+        wait_for(lambda f=f: f["id"] in received_ids(b), 60, what=f"fact {i} at B")
+        wait_for(lambda: a.node.new_facts.waiting == 1, 60, what="B to wait again")
     assert q(b.target, "SELECT COUNT(*) FROM facts WHERE received_from = ?", (node_id(a),)) == [(3,)]
 
 
@@ -58,7 +49,7 @@ def test_a_peer_that_answers_at_once_is_left_to_the_interval(start_node):
         peer.add(peer.make("ex:one"))
         b = start_node("b", args=("--pull-interval", "0.2", "--pull-wait", "25"))
         peer.register_on(b)
-        until(lambda: len(peer.hits) >= 6, "a few passes")
+        wait_for(lambda: len(peer.hits) >= 6, 60, what="a few passes")
         waits = [h for h in peer.hits if "wait" in h.query]
         # The first passes ask to wait; once a long-poll came back at once with nothing, the
         # peer is pulled by the interval only: every later request is a plain page.

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.test_pull import PULL, Fed, _federation, assert_error, fact, new_addr, nonce_row
+from tests.test_replication import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -46,15 +47,6 @@ def waiting_at_a(fed: Fed) -> int:
     return fed.a.node.new_facts.waiting
 
 
-def until(pred, what: str, timeout: float = 30) -> None:
-    """A failsafe deadline only: the tests assert order of events, never a duration."""
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def test_a_waiting_pull_answers_once_a_permitted_fact_commits_and_the_token_stays_spent(fed: Fed):
     cursor = fed.end_cursor()
     nonce = str(uuid.uuid4())
@@ -62,7 +54,7 @@ def test_a_waiting_pull_answers_once_a_permitted_fact_commits_and_the_token_stay
     token = fed.mint(path, nonce=nonce)
     out: dict = {}
     t = long_poll(fed, path, token, out)
-    until(lambda: waiting_at_a(fed) == 1, "the request to wait")
+    wait_for(lambda: waiting_at_a(fed) == 1, 60, what="the request to wait")
     assert nonce_row(fed.a.target, nonce) is not None  # spent before the wait, not after
     # A fact B may not read (local never leaves) wakes the request for nothing: it goes on waiting.
     fed.add_facts([fact("urn:lp:local", "local")])
@@ -112,7 +104,7 @@ def test_a_fact_committed_by_another_process_wakes_the_wait(fed: Fed):
     path = wait_path(cursor, 30)
     out: dict = {}
     t = long_poll(fed, path, fed.mint(path), out)
-    until(lambda: waiting_at_a(fed) == 1, "the request to wait")
+    wait_for(lambda: waiting_at_a(fed) == 1, 60, what="the request to wait")
     added = fed.a.cli("facts", "add", "urn:lp:cli", "test:rel", "from the cli", "--scope", "public", "--json")
     assert added.returncode == 0, added.stderr
     t.join(timeout=60)
@@ -129,7 +121,7 @@ def test_waiting_is_bounded_per_peer_and_bad_wait_values_are_refused(fed: Fed):
         out: dict = {}
         threads.append(long_poll(fed, path, fed.mint(path), out))
         outs.append(out)
-    until(lambda: waiting_at_a(fed) == fed.a.node.settings.long_poll_per_peer, "every request to wait")
+    wait_for(lambda: waiting_at_a(fed) == fed.a.node.settings.long_poll_per_peer, 60, what="every request to wait")
     path = wait_path(cursor, 30)
     res = fed.get(path, fed.mint(path))
     assert_error(res, 429, "too_many_waiting")
@@ -151,7 +143,7 @@ def test_a_stopping_node_answers_its_waiting_requests_at_once(fed: Fed):
     path = wait_path(cursor, 30)
     out: dict = {}
     t = long_poll(fed, path, fed.mint(path), out, addr=new_addr())
-    until(lambda: waiting_at_a(fed) == 1, "the request to wait")
+    wait_for(lambda: waiting_at_a(fed) == 1, 60, what="the request to wait")
     fed.a.stop()
     t.join(timeout=60)
     assert out["response"].status_code == 200
