@@ -21,7 +21,7 @@ import contextvars
 import functools
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 P = ParamSpec("P")
@@ -41,6 +41,10 @@ class Offload(Protocol):
     async def read(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T: ...
 
     async def write(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T: ...
+
+    def submit_write(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        """Hand ``fn`` to the write lane from any thread (a worker of the read lane too)."""
+        ...
 
 
 class Lanes:
@@ -81,6 +85,13 @@ class Lanes:
     async def write(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn(*args, **kwargs)`` in the write lane."""
         return await self._run(self._write, fn, args, kwargs)
+
+    def submit_write(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        """``fn(*args, **kwargs)`` handed to the write lane from any thread; its future."""
+        call: Callable[..., T] = fn
+        if self.observer is not None:
+            call = functools.partial(_timed, self.observer, "write", fn)
+        return self._write.submit(call, *args, **kwargs)
 
     async def read_within(self, timeout_s: float, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn`` in the read lane, given up after ``timeout_s`` (``TimeoutError``); the

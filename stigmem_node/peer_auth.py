@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -30,6 +32,7 @@ from stigmem_node.errors import StigmemError
 from stigmem_node.keys import public_key_from_b64
 from stigmem_node.offload import Offload
 from stigmem_node.ratelimit import FailureLimiter, UnauthenticatedAuditGate
+from stigmem_node.store.db import StorageUnavailable
 from stigmem_node.store.peers import PeerRepo
 from stigmem_node.tokens import PeerAuth, TokenRejected, VerifiedToken
 
@@ -103,10 +106,12 @@ class AuthStore(Protocol):
 class NonceBatcher:
     """Group commit of nonces: the nonces of concurrent requests share one transaction.
 
-    A request adds its nonce and awaits the outcome.  One batch at a time is committed in
-    the write lane (``consume_batch``: one transaction for all of it); the nonces that
-    arrive meanwhile form the next batch.  Each request learns only once its nonce is
-    committed whether it was fresh or a replay, so no answer leaves before its nonce is
+    A nonce is handed in from any thread (``submit``: the read-lane worker that verified
+    its token does it at once, so the commit runs while that worker reads the page) and its
+    future tells, once the batch that holds it is committed, whether it was fresh or a
+    replay.  One batch at a time is committed, by a write-lane thread that takes batch after
+    batch while nonces keep coming (``consume_batch``: one transaction each); the nonces
+    that arrive meanwhile form the next batch.  No answer leaves before its nonce is
     durable, and replays stay exact: the primary key admits each nonce once, within a
     batch, across batches and across processes.
     """
@@ -116,42 +121,70 @@ class NonceBatcher:
     def __init__(self, nonces: NonceStore, lanes: Offload) -> None:
         self.nonces = nonces
         self.lanes = lanes
-        self._pending: list[tuple[tuple[str, str, int], asyncio.Future[bool]]] = []
-        self._task: asyncio.Task[None] | None = None
+        self._lock = threading.Lock()
+        self._pending: list[tuple[tuple[str, str, int], Future[bool]]] = []
+        self._draining = False
+        self._idle = threading.Event()
+        self._idle.set()
         self.commits = 0  # transactions committed (how well requests share them)
         self.consumed = 0  # nonces in them
 
-    async def consume(self, nonce: str, peer_id: str, expires_at_ms: int) -> bool:
-        """True if ``nonce`` was fresh (now recorded), False if it was already seen; returns
-        once the batch that holds it is committed (``StorageBusy`` if it could not be)."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bool] = loop.create_future()
-        self._pending.append(((nonce, peer_id, expires_at_ms), future))
-        if self._task is None or self._task.done():
-            self._task = loop.create_task(self._drain(), name="stigmem-nonce-commit")
-        return await future
+    def submit(self, nonce: str, peer_id: str, expires_at_ms: int) -> Future[bool]:
+        """Hand in ``nonce`` (any thread); its future: True if fresh (now recorded), False if
+        already seen, or the storage error (``StorageBusy``) of the batch that held it."""
+        future: Future[bool] = Future()
+        with self._lock:
+            self._pending.append(((nonce, peer_id, expires_at_ms), future))
+            if self._draining:
+                return future
+            self._draining = True
+            self._idle.clear()
+        try:
+            self.lanes.submit_write(self._drain)
+        except RuntimeError:  # the lanes are closed: the node is stopping
+            self._fail_pending(StorageUnavailable("the node is stopping"))
+        return future
 
-    async def _drain(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending[:self.MAX_BATCH], self._pending[self.MAX_BATCH:]
+    async def consume(self, nonce: str, peer_id: str, expires_at_ms: int) -> bool:
+        """``submit`` from the event loop, awaited."""
+        return await asyncio.wrap_future(self.submit(nonce, peer_id, expires_at_ms))
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._pending:
+                    self._draining = False
+                    self._idle.set()
+                    return
+                batch, self._pending = self._pending[:self.MAX_BATCH], self._pending[self.MAX_BATCH:]
+            # A request cancelled meanwhile (its client left) still spends its nonce.
+            waiting = [f.set_running_or_notify_cancel() for _, f in batch]
             try:
-                fresh = await self.lanes.write(self.nonces.consume_batch, [item for item, _ in batch])
+                fresh = self.nonces.consume_batch([item for item, _ in batch])
             except Exception as exc:  # noqa: BLE001 - each request answers with it (e.g. database_busy)
-                for _, future in batch:
-                    if not future.done():
+                for (_, future), live in zip(batch, waiting, strict=True):
+                    if live:
                         future.set_exception(exc)
                 continue
             self.commits += 1
             self.consumed += len(batch)
-            for (_, future), ok in zip(batch, fresh, strict=True):
-                if not future.done():  # a request cancelled meanwhile (its client left)
+            for (_, future), live, ok in zip(batch, waiting, fresh, strict=True):
+                if live:
                     future.set_result(ok)
+
+    def _fail_pending(self, exc: Exception) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+            self._draining = False
+            self._idle.set()
+        for _, future in batch:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(exc)
 
     async def wait_idle(self) -> None:
         """Wait until every nonce handed in so far is committed."""
-        task = self._task
-        if task is not None and not task.done():
-            await asyncio.gather(task, return_exceptions=True)
+        if not self._idle.is_set():
+            await asyncio.get_running_loop().run_in_executor(None, self._idle.wait)
 
 
 class PeerAuthenticator:
@@ -279,9 +312,10 @@ class PeerAuthenticator:
             token = bearer_token(authorization)
             if token is None:
                 raise TokenRejected("peer_token_required", "a peer token (Authorization: Bearer) is required")
-            verified, result = await self.lanes.read(self._verify_then, token, now_ms, method, path_qs, found, then)
-            kept_until = tokens.nonce_kept_until(verified.exp_ms)
-            if not await self.nonces.consume(verified.nonce, verified.peer.peer_id, kept_until):
+            verified, result, spent = await self.lanes.read(self._verify_then, token, now_ms, method, path_qs, found,
+                                                            then)
+            fresh = spent.result() if spent.done() else await asyncio.wrap_future(spent)
+            if not fresh:
                 raise TokenRejected("nonce_already_seen", "this token was already used", issuer=verified.peer.node_id,
                                     skew_ms=now_ms - int(verified.claims["iat"]))
         except TokenRejected as exc:
@@ -297,14 +331,17 @@ class PeerAuthenticator:
 
     def _verify_then(self, token: str, now_ms: int, method: str | None, path_qs: str | None,
                      found: list[tuple[str, tuple[str, ...]]], then: Callable[[AuthenticatedPeer], R] | None,
-                     ) -> tuple[VerifiedToken, R | None]:
+                     ) -> tuple[VerifiedToken, R | None, Future[bool]]:
+        """The token verified, its nonce handed to the committer (whose commit runs while
+        ``then`` reads), and ``then``'s result."""
         verified = self._verify(token, now_ms, method, path_qs, found)
+        spent = self.nonces.submit(verified.nonce, verified.peer.peer_id, tokens.nonce_kept_until(verified.exp_ms))
         if then is None:
-            return verified, None
+            return verified, None, spent
         try:
-            return verified, then(AuthenticatedPeer(verified, found[0][1]))
+            return verified, then(AuthenticatedPeer(verified, found[0][1])), spent
         except StigmemError as exc:  # raised once the nonce is consumed (as before the read)
-            return verified, _Raised(exc)  # type: ignore[return-value]
+            return verified, _Raised(exc), spent  # type: ignore[return-value]
 
     async def _rejected(self, exc: TokenRejected, peer_id: str | None, remote_addr: str, path_qs: str | None) -> None:
         """Count the failure and write its audit rows (within the budgets), durably."""
