@@ -1,4 +1,4 @@
-"""Facts: the model, validation of new and pulled facts, CID v2 and the wire form.
+"""Facts: the model, validation of new and pulled facts, and the wire form.
 
 Pure: no HTTP, no SQL, no key storage.  The value rules (types, stored text, integers and
 floats) are in ``stigmem_node.values``, the origin block and its signature in
@@ -7,17 +7,7 @@ floats) are in ``stigmem_node.values``, the origin block and its signature in
 Wire compatibility with the reference node (PyPI ``stigmem-node==0.9.0a12``)
 ===========================================================================
 
-**CID v2.**  ``"sha256:" + hex(SHA-256(body))`` where ``body`` is the compact,
-key-sorted JSON (``json.dumps(sort_keys=True, separators=(",", ":"),
-ensure_ascii=False)``, UTF-8; *not* RFC 8785) of exactly eight members:
-``confidence`` (a JSON float, Python ``repr`` form: ``0.9``, ``1.0``, ``1e-05``),
-``entity``, ``interpret_as``, ``relation``, ``scope``, ``source``, ``value_type`` and
-``value_v``.  ``value_v`` is the *stored text* of the value (``values``: ``"true"``,
-``"null"``, ``"42"``, ``"42.0"``, the string itself).  ``id``, ``timestamp``, ``hlc`` and
-``valid_until`` are not covered (``id`` and ``valid_until`` are bound by the origin
-signature instead).  The known-answer vectors in ``tests/test_facts.py`` were computed
-with the reference's own code.  The same POST body gives the same CID on our node as on a
-reference node, apart from the reference's entity/source normalisation, which we do not do.
+**CID v2** is ``stigmem_node.cid``'s.
 
 **Ingesting reference facts.**  ``fact_from_wire`` recomputes the CID from ``str()`` of
 the wire value; if that fails for an integral number it retries with the number's other
@@ -37,18 +27,17 @@ import json
 import json.encoder
 import logging
 import math
-import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from stigmem_node.cid import cid_of, compute_cid
 from stigmem_node.clock import iso, parse_rfc3339
-from stigmem_node.encoding import sha256_hex
 from stigmem_node.errors import InternalValidationError, ValidationError
+from stigmem_node.fact_ids import new_fact_id, new_fact_ids
 from stigmem_node.hlc import format_hlc, parse_hlc
 from stigmem_node.values import (
-    DEFAULT_INTERPRET_AS,
     decode_value,
     invalid_fact,
     new_value_text,
@@ -164,57 +153,6 @@ class Fact:
 
     def computed_cid(self) -> str:
         return cid_of(self)
-
-
-# --------------------------------------------------------------------------- CID
-
-
-def compute_cid(
-    *,
-    entity: str,
-    relation: str,
-    value_type: str,
-    value_v: str,
-    source: str,
-    scope: str,
-    confidence: float,
-    interpret_as: str = DEFAULT_INTERPRET_AS,
-) -> str:
-    """CID v2, byte-for-byte as the reference computes it (see the module docstring).
-
-    For the usual arguments (exact ``str`` texts, a finite confidence) the JSON text is
-    assembled directly, members in their sorted order, each string escaped by the encoder
-    ``json.dumps(ensure_ascii=False)`` uses and the float written as it writes floats
-    (``float.__repr__``): the same bytes (a test compares them), without building and
-    sorting a dict on every fact."""
-    conf = float(confidence)
-    if (type(entity) is str and type(relation) is str and type(value_type) is str and type(value_v) is str
-            and type(source) is str and type(scope) is str and type(interpret_as) is str and math.isfinite(conf)):
-        text = "".join((
-            '{"confidence":', float.__repr__(conf), ',"entity":', _json_string(entity),
-            ',"interpret_as":', _json_string(interpret_as), ',"relation":', _json_string(relation),
-            ',"scope":', _json_string(scope), ',"source":', _json_string(source),
-            ',"value_type":', _json_string(value_type), ',"value_v":', _json_string(value_v), "}",
-        ))
-        return "sha256:" + sha256_hex(text.encode("utf-8"))
-    body = {
-        "confidence": conf,
-        "entity": entity,
-        "interpret_as": interpret_as,
-        "relation": relation,
-        "scope": scope,
-        "source": source,
-        "value_type": value_type,
-        "value_v": value_v,
-    }
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return "sha256:" + sha256_hex(text.encode("utf-8"))
-
-
-def cid_of(f: FactInput | Fact) -> str:
-    """The CID of a fact's content (see ``compute_cid``)."""
-    return compute_cid(entity=f.entity, relation=f.relation, value_type=f.value_type, value_v=f.value_v,
-                       source=f.source, scope=f.scope, confidence=f.confidence, interpret_as=f.interpret_as)
 
 
 # --------------------------------------------------------------------------- field checks
@@ -400,26 +338,6 @@ def new_fact(
                 value_type=inp.value_type, value_v=inp.value_v, interpret_as=inp.interpret_as, source=inp.source,
                 timestamp=timestamp, hlc=hlc, valid_until=inp.valid_until, confidence=inp.confidence,
                 scope=inp.scope, origin_node_id=origin_node_id)
-
-
-_UUID4_CLEAR: Final = ~((0xF000 << 64) | (0xC000 << 48))
-_UUID4_SET: Final = (4 << 76) | (0x8000 << 48)
-
-
-def new_fact_id() -> str:
-    """A new local fact's id: a random UUID4 (RFC 9562: version 4, variant 10), in its
-    hyphenated lowercase form; what ``str(uuid.uuid4())`` gives, without the object."""
-    return new_fact_ids(1)[0]
-
-
-def new_fact_ids(n: int) -> list[str]:
-    """``n`` new fact ids (``new_fact_id``) from one read of the system's random source."""
-    raw = os.urandom(16 * n)
-    out = []
-    for i in range(0, 16 * n, 16):
-        h = f"{int.from_bytes(raw[i:i + 16]) & _UUID4_CLEAR | _UUID4_SET:032x}"
-        out.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
-    return out
 
 
 def is_instruction(fact: Fact | FactInput) -> bool:
