@@ -18,36 +18,18 @@ from __future__ import annotations
 import json
 import json.encoder
 import math
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final
 
 from stigmem_node.encoding import sha256_hex
 from stigmem_node.values import DEFAULT_INTERPRET_AS
 
-__all__ = ["CidContent", "cid_of", "compute_cid"]
+if TYPE_CHECKING:
+    from stigmem_node.facts import Fact, FactInput
+
+__all__ = ["cid_of", "compute_cid"]
 
 # A JSON string literal, escaped as json.dumps(ensure_ascii=False) escapes it (C speed).
 _json_string: Final = json.encoder.encode_basestring
-
-
-class CidContent(Protocol):
-    """What the CID covers (a ``facts.FactInput`` or ``facts.Fact``)."""
-
-    @property
-    def entity(self) -> str: ...
-    @property
-    def relation(self) -> str: ...
-    @property
-    def value_type(self) -> str: ...
-    @property
-    def value_v(self) -> str: ...
-    @property
-    def source(self) -> str: ...
-    @property
-    def scope(self) -> str: ...
-    @property
-    def confidence(self) -> float: ...
-    @property
-    def interpret_as(self) -> str: ...
 
 
 def compute_cid(
@@ -92,7 +74,7 @@ def compute_cid(
     return "sha256:" + sha256_hex(text.encode("utf-8"))
 
 
-def cid_of(f: CidContent) -> str:
+def cid_of(f: FactInput | Fact) -> str:
     """The CID of a fact's content (see ``compute_cid``)."""
     return compute_cid(entity=f.entity, relation=f.relation, value_type=f.value_type, value_v=f.value_v,
                        source=f.source, scope=f.scope, confidence=f.confidence, interpret_as=f.interpret_as)

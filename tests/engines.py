@@ -247,6 +247,24 @@ class Engine:
             after(drop)
 
 
+@contextlib.contextmanager
+def refusing_connections(url: str) -> Iterator[None]:
+    """The PostgreSQL database at ``url`` refuses new connections and loses its open ones
+    (a failover, a partition) for the block; it accepts them again after."""
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    admin = url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+    try:
+        yield
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+
 def provide_pepper(db: Path | str | None, env: dict[str, str] | None = None) -> None:
     """A node on PostgreSQL never makes its own API key pepper (each replica would make
     another): its operator provides one, in STIGMEM_API_KEY_PEPPER or a pepper file.  Tests

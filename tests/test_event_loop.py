@@ -27,6 +27,7 @@ from stigmem_node.offload import Lanes
 from stigmem_node.store import Store
 from stigmem_node.store.db import ON_LOOP, is_postgres_url
 from stigmem_node.store.postgres import WRITE_LOCK
+from tests.engines import refusing_connections
 from tests.nodes import RunningNode
 
 HOLD_LOCK = """
@@ -242,15 +243,8 @@ def test_the_busy_timeout_and_lane_sizes_are_settings(tmp_path: Path):
 def test_readyz_is_503_while_postgresql_refuses_the_node_and_ready_again_after(start_node, engine):
     """A database that goes away (a failover, a partition) and comes back: the node answers
     503 database_unavailable meanwhile, never a 500, stays live, and recovers by itself."""
-    import psycopg
-
     node = start_node("a")
-    name = str(node.target).rsplit("/", 1)[1]
-    admin_url = str(node.target).rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-    try:
+    with refusing_connections(str(node.target)):
         deadline = time.monotonic() + 20
         while (res := httpx.get(node.url + "/readyz", timeout=30)).status_code != 503:
             assert res.status_code == 200 and time.monotonic() < deadline
@@ -260,9 +254,6 @@ def test_readyz_is_503_while_postgresql_refuses_the_node_and_ready_again_after(s
         with node.client() as c:
             listed = c.get("/v1/facts", timeout=30)
         assert listed.status_code == 503 and listed.json()["error"] == "database_unavailable"
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
     deadline = time.monotonic() + 20
     while httpx.get(node.url + "/readyz", timeout=30).status_code != 200:
         assert time.monotonic() < deadline, "the node did not reconnect"

@@ -39,7 +39,11 @@ def test_without_pull_wait_the_schedule_only_polls(start_node):
     a = start_node("a")
     b = start_node("b", args=("--pull-interval", HOUR, "--pull-wait", "0"))
     federate(a, b)
-    time.sleep(1)  # B's first pass has run by now, and it holds no request open
+    # B's first pass has completed (it pulled A) ...
+    wait_for(lambda: q(b.target, "SELECT COUNT(*) FROM replication_state WHERE last_success_at IS NOT NULL")
+             == [(1,)], 60, what="B's first pass")
+    # ... and left no request waiting at A, where a follower would have opened its next one at once.
+    time.sleep(0.5)
     assert a.node.new_facts.waiting == 0
 
 

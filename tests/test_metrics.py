@@ -18,6 +18,7 @@ from stigmem_node.config import from_env
 from stigmem_node.encoding import b64url_encode
 from stigmem_node.errors import ConfigError
 from stigmem_node.offload import Lanes
+from tests.engines import refusing_connections
 from tests.test_replication import fact, federate, node_id, post_facts, pull, wait_for
 
 PULL_ROUTE = "/v1/federation/facts"
@@ -242,22 +243,12 @@ def test_lanes_tell_their_observer_the_lane_and_duration_of_each_piece_of_work()
 def test_a_scrape_while_the_database_refuses_the_node_says_so_and_still_answers(start_node, engine):
     """PostgreSQL away (a failover): the scrape answers 200 with stigmem_database_up 0 and the
     in-process series, never a 500; and 1 with the storage series once it is back."""
-    import psycopg
-
     n = start_node("a")
     assert value(scrape(n), "stigmem_database_up") == 1
-    name = str(n.target).rsplit("/", 1)[1]
-    admin_url = str(n.target).rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-    try:
+    with refusing_connections(str(n.target)):
         wait_for(lambda: value(scrape(n), "stigmem_database_up") == 0, timeout=30, what="stigmem_database_up 0")
         text = scrape(n)
         assert value(text, "stigmem_facts_stored", origin="local") is None
         assert value(text, "process_resident_memory_bytes") > 0
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
     wait_for(lambda: value(scrape(n), "stigmem_database_up") == 1, timeout=30, what="stigmem_database_up 1")
     assert value(scrape(n), "stigmem_facts_stored", origin="local") == 0
