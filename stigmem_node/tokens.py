@@ -6,7 +6,7 @@ Wire shape (compatible with the reference node, which sends no ``kid``)::
 
     header  {"alg":"EdDSA","typ":"JWT","kid":"<key id of the signing key>"}
     claims  {"iss":"<caller node_id>","sub":"<target node_id>","iat":<ms>,"exp":<ms>,
-             "nonce":"<uuid4>","scopes":[...],"htm":"GET","htu":"/v1/federation/facts?limit=100"}
+             "nonce":"<uuidv7>","scopes":[...],"htm":"GET","htu":"/v1/federation/facts?limit=100"}
 
 ``iat``, ``exp`` and the optional ``nbf`` are epoch **milliseconds** and must be JSON integers
 in ``0..10**15``.  ``htm``/``htu`` (our additions) bind a token to one request; the reference
@@ -64,17 +64,17 @@ Decisions:
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from stigmem_node.encoding import STRICT_JSON, b64url_decode, is_utf8_text
 from stigmem_node.errors import StigmemError
+from stigmem_node.keys import verifies
+from stigmem_node.token_nonce import new_nonce
 
 ALGORITHM = "EdDSA"
 DEFAULT_TTL_MS = 60_000
@@ -206,8 +206,9 @@ def mint(
     """Mint a compact EdDSA JWS for one request to the node ``audience``.
 
     ``sub`` is the *target* node_id; ``iat``/``exp`` are epoch milliseconds; ``nonce`` is a
-    fresh UUID4 unless given; ``htm`` is upper-cased.  Raises ``ValueError`` when ``ttl_ms``
-    is outside 1..3,600,000 or an argument has the wrong shape.
+    fresh time-ordered UUIDv7 (``token_nonce``) unless given; ``htm`` is upper-cased.
+    Raises ``ValueError`` when ``ttl_ms`` is outside 1..3,600,000 or an argument has the
+    wrong shape.
     """
     if type(ttl_ms) is not int or not 1 <= ttl_ms <= MAX_LIFETIME_MS:
         raise ValueError(f"ttl_ms must be an integer in 1..{MAX_LIFETIME_MS}")
@@ -220,7 +221,7 @@ def mint(
     if key_id is not None and not is_utf8_text(key_id):
         raise ValueError("key_id must be a non-empty string or None")
     if nonce is None:
-        nonce = str(uuid.uuid4())
+        nonce = new_nonce(now_ms)
     elif not _valid_nonce(nonce):
         raise ValueError(f"nonce must be a non-empty string of at most {MAX_NONCE_CHARS} characters, without NUL")
     claims: dict[str, Any] = {
@@ -317,11 +318,8 @@ def _verify_signature(parsed: ParsedToken, peer: PeerAuth) -> str | None:
         if named:
             candidates = named
     for kid, public_key in candidates:
-        try:
-            public_key.verify(parsed.signature, parsed.signing_input)
-        except InvalidSignature:
-            continue
-        return kid
+        if verifies(public_key, parsed.signature, parsed.signing_input):
+            return kid
     return None
 
 

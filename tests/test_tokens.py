@@ -10,6 +10,7 @@ import base64
 import hashlib
 import hmac
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -395,6 +396,17 @@ def test_rejects_tampered_payload() -> None:
     assert rejected(f"{head}.{body}.{sig}").code == "invalid_signature"
 
 
+def test_rejects_a_second_spelling_of_the_signature() -> None:
+    """S + L verifies the same equation; a strict verifier (libsodium, RFC 8032) refuses it, so a
+    token cannot be replayed under a new spelling of its signature."""
+    head, body, sig = good_token().split(".")
+    signature = base64.urlsafe_b64decode(sig + "==")
+    s = int.from_bytes(signature[32:], "little") + 2**252 + 27742317777372353535851937790883648493
+    assert s < 2**256  # true for this fixed key and claims
+    malleable = b64url_encode(signature[:32] + s.to_bytes(32, "little"))
+    assert rejected(f"{head}.{body}.{malleable}").code == "invalid_signature"
+
+
 def test_rejects_peer_without_keys() -> None:
     keyless = PeerAuth(ALICE_AUTH.peer_id, ALICE, "active", ())
     assert rejected(good_token(), lookup=lambda iss: keyless).code == "invalid_signature"
@@ -655,3 +667,17 @@ def test_fuzz_signed_arbitrary_claims_only_raise_token_rejected(overrides: dict[
     assert isinstance(result.nonce, str) and result.nonce
     assert all(isinstance(s, str) for s in result.scopes)
     inspect(token, now_ms=NOW)
+
+
+def test_minted_nonces_are_uuid7_ordered_by_iat() -> None:
+    """The nonces this node mints carry the token's iat in their first 48 bits (UUIDv7), so
+    consecutive tokens' nonces sort in issue order and are kept on neighbouring pages."""
+    nonces = [check(good_token(now_ms=NOW + i)).nonce for i in range(50)]
+    assert nonces == sorted(nonces) and len(set(nonces)) == 50
+    for i, nonce in enumerate(nonces):
+        value = uuid.UUID(nonce)
+        assert (value.version, value.variant) == (7, uuid.RFC_4122)
+        assert value.int >> 80 == NOW + i
+    many = {tokens.mint(issuer=ALICE, audience=US, private_key=ALICE_KEY, key_id=None, scopes=["public"], now_ms=NOW)
+            for _ in range(200)}  # one millisecond: told apart by their 74 random bits
+    assert len({check(t).nonce for t in many}) == 200
