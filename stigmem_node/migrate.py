@@ -1,7 +1,8 @@
 """Move a node from its SQLite file into an empty PostgreSQL database (``stigmem-node
 migrate --to``), as one node: the same identity and keys, peers, facts with their seq
-(cursors that peers hold stay valid), subscriber cursors, nonces, the audit trail row for
-row, and API keys.
+(cursors that peers hold stay valid), tombstones, subscriber cursors, replication activity,
+nonces, the audit trail row for row, and API keys (``store.copy.TABLES``; the status page's
+sessions are not copied: operators sign in again).
 
 The source is read through ``store.readonly`` (nothing is written to it, not even a
 ``-wal`` file) inside one snapshot.  The target must be empty; everything is copied in one

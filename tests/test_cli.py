@@ -1,6 +1,8 @@
-"""The command line in process (click's CliRunner), on real SQLite files and, for the peer
-commands, a real peer served on 127.0.0.1 with real Ed25519 keys: every command group's
-output shape and exit codes, and the global options before or after the command.
+"""The command line in process (click's CliRunner), on real SQLite files and PostgreSQL
+databases (every command group's test runs on both engines; those about ``--db`` itself on
+SQLite) and, for the peer commands, a real peer served on 127.0.0.1 with real Ed25519 keys:
+every command group's output shape and exit codes, and the global options before or after
+the command.
 
 The subprocess tests (test_cli_hostile, test_apikeys, test_audit*, ...) keep covering the
 installed entry point; one test below runs it too, with the global options first.
@@ -9,9 +11,11 @@ installed entry point; one test below runs it too, with the global options first
 from __future__ import annotations
 
 import json
+import secrets
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from stigmem_node import cli
+from tests.engines import Engine
 from tests.fakepeer import FakePeer
 from tests.nodes import node_env
 
@@ -38,8 +43,17 @@ def _runner() -> CliRunner:
         return CliRunner()  # click >= 8.2 keeps stderr apart
 
 
+# A node's --db path -> its PostgreSQL database in the [pg] runs (the ``db`` fixture): invoke()
+# passes --database-url URL where a test says --db PATH, so one test runs on both engines.
+_URLS: dict[str, str] = {}
+
+
 def invoke(*args: str | Path, input: str | None = None) -> Result:
-    return _runner().invoke(cli.root, [str(a) for a in args], input=input, catch_exceptions=False)
+    argv = [str(a) for a in args]
+    for i in range(len(argv) - 1):
+        if argv[i] == "--db" and argv[i + 1] in _URLS:
+            argv[i:i + 2] = ["--database-url", _URLS[argv[i + 1]]]
+    return _runner().invoke(cli.root, argv, input=input, catch_exceptions=False)
 
 
 def as_json(result: Result) -> Any:
@@ -56,14 +70,25 @@ def one_error_line(result: Result, code: int) -> str:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
+def db(tmp_path: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A node made by ``init``, on the test's engine: on PostgreSQL a fresh database of its own,
+    which invoke() names by ``--database-url`` wherever the test passes ``--db`` this path."""
     path = tmp_path / "node.db"
-    created = as_json(invoke("init", "--db", path, "--json"))
-    assert created["admin_key"].startswith("stgm_")
-    return path
+    url = engine.url("node", empty=True)
+    if url is not None:
+        monkeypatch.setenv("STIGMEM_API_KEY_PEPPER", f"1:{secrets.token_hex(32)}")
+        _URLS[str(path)] = url
+    try:
+        created = as_json(invoke("init", "--db", path, "--json"))
+        assert created["admin_key"].startswith("stgm_")
+        assert url is None or not path.exists()  # on PostgreSQL, no SQLite file was made
+        yield path
+    finally:
+        _URLS.pop(str(path), None)
 
 
 # -- main and the global options ---------------------------------------------------------------
+@pytest.mark.sqlite_only  # --db handling
 def test_main_returns_the_exit_code_in_process(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["--version"]) == 0
     assert capsys.readouterr().out.startswith("stigmem-node ")
@@ -82,12 +107,14 @@ PLACEMENTS = [
 ]
 
 
+@pytest.mark.sqlite_only  # --db handling
 @pytest.mark.parametrize("argv", PLACEMENTS, ids=[" ".join(a) for a in PLACEMENTS])
 def test_global_options_work_before_or_after_the_command(argv: list[str], db: Path) -> None:
     info = as_json(invoke(*[a.replace("{db}", str(db)) for a in argv]))
     assert info["database"] == str(db) and info["node_id"].startswith("stigmem:node:")
 
 
+@pytest.mark.sqlite_only  # --db handling
 @pytest.mark.parametrize("argv", [
     ["--db", "{db}", "--json", "peers", "list"],
     ["peers", "list", "--db", "{db}", "--json"],
@@ -98,12 +125,14 @@ def test_global_options_around_a_command_group(argv: list[str], db: Path) -> Non
     assert as_json(invoke(*[a.replace("{db}", str(db)) for a in argv])) == []
 
 
+@pytest.mark.sqlite_only  # --db handling
 def test_the_db_nearest_the_command_wins(db: Path, tmp_path: Path) -> None:
     assert as_json(invoke("--db", tmp_path / "missing.db", "info", "--db", db, "--json"))["database"] == str(db)
     line = one_error_line(invoke("--db", db, "info", "--db", tmp_path / "missing.db"), 2)
     assert "no node database" in line and not (tmp_path / "missing.db").exists()
 
 
+@pytest.mark.sqlite_only  # --db handling
 def test_the_installed_entry_point_takes_global_options_first(db: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "stigmem_node", "--db", str(db), "--json", "peers", "list"],
                          capture_output=True, text=True, env=node_env(), timeout=60)
@@ -133,6 +162,7 @@ USAGE_ERRORS = [
 ]
 
 
+@pytest.mark.sqlite_only  # --db handling
 @pytest.mark.parametrize("argv,needle", USAGE_ERRORS, ids=[" ".join(a) for a, _ in USAGE_ERRORS])
 def test_usage_errors_are_one_line_and_exit_2(argv: list[str], needle: str, db: Path) -> None:
     if argv not in (["frobnicate"], ["peers"], ["demo", "--json"], ["--json", "demo"], ["info", "--db"]):
@@ -148,11 +178,13 @@ def test_usage_errors_are_one_line_and_exit_2(argv: list[str], needle: str, db: 
     assert needle in line and line.endswith("--help)"), line
 
 
+@pytest.mark.sqlite_only  # --db handling
 def test_ambiguous_option_prefix_is_a_usage_error(db: Path) -> None:
     line = one_error_line(invoke("facts", "add", "e", "r", "v", "--s", "x", "--db", db), 2)
     assert "ambiguous option: --s could match --scope, --source" in line
 
 
+@pytest.mark.sqlite_only  # --db handling
 def test_a_unique_prefix_names_an_option_and_negative_numbers_are_values(db: Path) -> None:
     stored = as_json(invoke("facts", "add", "e:neg", "r", "-1.5", "--ty", "number", "--sco", "team", "--db", db,
                             "--js"))

@@ -1,6 +1,7 @@
 """``stigmem-node migrate --to``: a SQLite node moved into an empty PostgreSQL database is the
-same node there (identity, keys, facts with their seq, API keys, the audit trail), the
-SQLite file is untouched, and a database that already holds a node is refused."""
+same node there (identity, keys, facts with their seq, API keys, the audit trail; peers,
+cursors, nonces, tombstones and activity row for row), the SQLite file is untouched, and a
+database that already holds a node is refused."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.nodes import run_cli
+from tests.engines import sql
+from tests.nodes import ServedNode, run_cli, stop_all
+from tests.test_replication import fact, federate, post_facts, pull, wait_for
+from tests.test_status import sign_in
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -93,3 +97,49 @@ def test_migrate_refuses_bad_arguments_in_one_line(tmp_path: Path, pg_url: str):
     assert not (tmp_path / "missing.db").exists()
     res = run_cli("migrate", "--to", "postgresql://postgres@127.0.0.1:1/none", db=_sqlite_node(tmp_path))
     assert res.returncode == 2 and "cannot connect" in res.stderr and "Traceback" not in res.stderr
+
+
+NOT_COPIED = {"sessions"}  # status page sign-ins: an operator signs in again after the move
+
+
+def _tables(target: Path | str) -> set[str]:
+    if isinstance(target, Path):
+        rows = sql(target, "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+    else:
+        rows = sql(target, "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() "
+                           "AND table_name <> 'stigmem_schema'")
+    return {name for (name,) in rows}
+
+
+@pytest.mark.postgres_only
+def test_migrate_copies_every_table_of_a_federated_node_row_for_row(tmp_path: Path, pg_url: str):
+    """A node that pulled and was pulled from, erased a fact and has a status-page session:
+    every table of its schema arrives row for row (peers and their keys, cursors, nonces,
+    tombstones, replication activity), whatever tables a later schema adds, except the
+    status page's sessions, which are not copied (docs/operating.md: sign in again)."""
+    a, b = ServedNode(tmp_path / "a", "a"), ServedNode(tmp_path / "b", "b")
+    try:
+        federate(a, b)
+        post_facts(a, [fact(f"ex:a{i}", "company") for i in range(5)])
+        own = post_facts(b, [fact(f"ex:b{i}", "company") for i in range(5)])
+        assert pull(b)[0] == 0 and pull(a)[0] == 0  # b has cursors; a's pulls left nonces in b
+        with b.client() as c:
+            assert c.delete(f"/v1/facts/{own[0]['id']}", params={"reason": "right_to_erasure"}).status_code == 200
+        with sign_in(b):
+            pass
+        wait_for(lambda: sql(b.db, "SELECT COUNT(*) FROM peer_pulls")[0][0] == 1, 10, what="b's peer_pulls")
+    finally:
+        stop_all([a, b], wait=True)
+    tables = _tables(b.db)
+    assert {"peers", "peer_keys", "nonce_cache", "replication_state", "tombstones", "peer_pulls", "fact_traffic",
+            "sessions"} <= tables
+    empty = sorted(t for t in tables if not sql(b.db, f"SELECT COUNT(*) FROM {t}")[0][0])
+    assert empty == [], f"the source node should fill every table, these are empty: {empty}"
+
+    report = json.loads(_ok("migrate", "--to", pg_url, "--json", db=b.db))
+    assert report["audit_chain"]["ok"] is True
+    copied = tables - NOT_COPIED
+    assert _tables(pg_url) == tables and set(report["copied"]) == copied
+    for table in sorted(copied):
+        assert sorted(sql(pg_url, f"SELECT * FROM {table}")) == sorted(sql(b.db, f"SELECT * FROM {table}")), table
+    assert sql(pg_url, "SELECT COUNT(*) FROM sessions") == [(0,)]
