@@ -6,8 +6,12 @@ of them down during the erasure; and a peer whose tombstones are forged, foreign
 from __future__ import annotations
 
 import json
+import time
 import uuid
+from datetime import UTC, datetime
 
+from stigmem_node import tombstones as tm
+from stigmem_node.clock import iso
 from tests.fakepeer import FakePeer
 from tests.nodes import ServedNode
 from tests.test_replication import by_node, federate, pull
@@ -101,5 +105,43 @@ def test_only_the_origins_signature_erases_and_refusals_are_audited(start_node):
         assert b.sql("SELECT COUNT(*) FROM tombstones") == [(1,)]
         rc, again = pull(b)
         assert rc == 0 and again["tombstones_refused"] == 0, again
+    finally:
+        peer.down()
+
+
+def test_after_the_origins_tombstones_the_erased_facts_are_refused_whenever_they_arrive(start_node):
+    """A fact tombstone and an entity tombstone from the origin: the same fact id, and a fact of
+    the entity timestamped at or before ``erased_at``, are refused (``fact_rejected``, reason
+    ``fact_erased``) when the origin serves them again; a newer fact of the entity is taken."""
+    b = start_node("b")
+    peer = FakePeer(name="origin").up()
+    try:
+        peer.register_on(b)
+        secret = f"SECRET-{uuid.uuid4().hex}"
+        one, held = peer.add(peer.make("ex:one", v=secret), peer.make("ex:ent", v=secret))
+        rc, summary = pull(b)
+        assert rc == 0 and summary["new"] == 2, summary
+        unseen = peer.make("ex:ent", v="not yet served")  # timestamped before the erasure
+        time.sleep(0.01)
+        ent = tm.Tombstone(kind="entity", fact_id=None, entity="ex:ent", cid=None, erased_at=iso(datetime.now(UTC)),
+                           origin_node_id=peer.node_id, reason="legal")
+        peer.tombstones = [peer.tombstone(one), {**ent.to_wire(), "origin_sig": tm.sign_tombstone(peer.key, ent)}]
+        rc, summary = pull(b)
+        assert rc == 0 and (summary["tombstones"], summary["erased"]) == (2, 2), summary
+        assert fact_ids(b) == set()
+
+        time.sleep(0.01)
+        newer = peer.make("ex:ent", v="after the erasure")
+        peer.add(one, held, unseen, newer)  # the origin serves them (again)
+        rc, summary = pull(b)
+        assert rc == 0 and (summary["new"], summary["rejected"]) == (1, 3), summary
+        assert fact_ids(b) == {newer["fact"]["id"]}
+        refused = [r for r in audit(b) if r[0] == "fact_rejected"]
+        assert {r[2] for r in refused} == {"fact_erased"}
+        assert sorted(json.loads(r[3])["fact_id"] for r in refused) == sorted(
+            e["fact"]["id"] for e in (one, held, unseen))
+        for row in audit(b):
+            assert secret not in json.dumps(row)
+        assert secret not in b.log()
     finally:
         peer.down()
