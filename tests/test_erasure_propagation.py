@@ -1,7 +1,8 @@
 """Erasure reaches every peer: subscribers pull the origin's tombstones after its facts,
 verify them against the origin's pinned keys, erase their copies, keep the tombstone, and
 audit it, all without the content.  Three real nodes (A the origin, B and C subscribers), one
-of them down during the erasure; and a peer whose tombstones are forged, foreign or broken."""
+of them down during the erasure; a peer whose tombstones are forged, foreign or broken; the
+erased facts refused when they arrive again; and a tombstone signed with a rotated key."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from stigmem_node import tombstones as tm
 from stigmem_node.clock import iso
 from tests.fakepeer import FakePeer
 from tests.nodes import ServedNode
+from tests.test_key_rotation import wait_for_key
 from tests.test_replication import by_node, federate, pull
 
 
@@ -145,3 +147,24 @@ def test_after_the_origins_tombstones_the_erased_facts_are_refused_whenever_they
         assert secret not in b.log()
     finally:
         peer.down()
+
+
+def test_a_tombstone_signed_with_the_origins_rotated_key_is_applied_after_one_refresh(start_node):
+    """The origin rotates its key after B pulled its fact, then erases it: B's fact cursor is
+    past the fact, so only the tombstone carries the new key; B follows the endorsed rotation
+    (one well-known refresh) and applies it."""
+    a, b = start_node("a"), start_node("b")
+    federate(a, b)
+    (one, kept) = post(a, fact("doc:rotated", "x"), fact("doc:kept", "y"))
+    rc, summary = pull(b)
+    assert rc == 0 and summary["new"] == 2, summary
+    rotated = a.cli_json("keys", "rotate", "--grace", "1")
+    wait_for_key(a, rotated["key_id"])
+    assert a.client().delete(f"/v1/facts/{one['id']}", params={"reason": "incorrect"}).status_code == 200
+    rc, summary = pull(b)
+    assert rc == 0 and (summary["new"], summary["tombstones"], summary["erased"], summary["tombstones_refused"]) == (
+        0, 1, 1, 0), summary
+    assert summary["duplicates"] == 0, summary  # no fact page carried the new key
+    assert fact_ids(b) == {kept["id"]}
+    assert [r[1] for r in audit(b) if r[0] == "peer_key_rotated"] == ["node:pull"]
+    assert [r for r in audit(b) if r[0] == "tombstone_refused"] == []
