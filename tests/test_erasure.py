@@ -251,10 +251,15 @@ def test_peers_see_only_tombstones_of_what_they_could_receive_in_commit_order(fe
     empty = tombstone_page(fed)
     assert empty == {"v": 2, "tombstones": [], "revocations": [], "cursor": None, "has_more": False}
     assert tombstone_page(fed, since="7")["cursor"] == "7"
+    path = "/v1/federation/facts?limit=500"
+    assert len(fed.get(path, fed.mint(path)).json()["facts"]) == 3  # company, public and p:ent
     for f in (company, public, local):
         assert a.client().delete(f"/v1/facts/{f['id']}").status_code == 200
     assert a.client().post(ERASE_PATH, json={"entity": "p:ent", "reason": "legal"}).status_code == 201
     assert a.client().post(ERASE_PATH, json={"entity": "p:never-held"}).status_code == 201
+
+    pulled = fed.get(path, fed.mint(path)).json()["facts"]  # erased facts and entities are in no pull page
+    assert pulled == [], [e["fact"]["entity"] for e in pulled]
 
     b_page = tombstone_page(fed)  # B may read company and public
     got = [(t["kind"], t["fact_id"] or t["entity"]) for t in b_page["tombstones"]]
