@@ -1,15 +1,21 @@
 """Erasure reaches every peer: subscribers pull the origin's tombstones after its facts,
 verify them against the origin's pinned keys, erase their copies, keep the tombstone, and
 audit it, all without the content.  Three real nodes (A the origin, B and C subscribers), one
-of them down during the erasure; and a peer whose tombstones are forged, foreign or broken."""
+of them down during the erasure; a peer whose tombstones are forged, foreign or broken; the
+erased facts refused when they arrive again; and a tombstone signed with a rotated key."""
 
 from __future__ import annotations
 
 import json
+import time
 import uuid
+from datetime import UTC, datetime
 
+from stigmem_node import tombstones as tm
+from stigmem_node.clock import iso
 from tests.fakepeer import FakePeer
 from tests.nodes import ServedNode
+from tests.test_key_rotation import wait_for_key
 from tests.test_replication import by_node, federate, pull
 
 
@@ -103,3 +109,62 @@ def test_only_the_origins_signature_erases_and_refusals_are_audited(start_node):
         assert rc == 0 and again["tombstones_refused"] == 0, again
     finally:
         peer.down()
+
+
+def test_after_the_origins_tombstones_the_erased_facts_are_refused_whenever_they_arrive(start_node):
+    """A fact tombstone and an entity tombstone from the origin: the same fact id, and a fact of
+    the entity timestamped at or before ``erased_at``, are refused (``fact_rejected``, reason
+    ``fact_erased``) when the origin serves them again; a newer fact of the entity is taken."""
+    b = start_node("b")
+    peer = FakePeer(name="origin").up()
+    try:
+        peer.register_on(b)
+        secret = f"SECRET-{uuid.uuid4().hex}"
+        one, held = peer.add(peer.make("ex:one", v=secret), peer.make("ex:ent", v=secret))
+        rc, summary = pull(b)
+        assert rc == 0 and summary["new"] == 2, summary
+        unseen = peer.make("ex:ent", v="not yet served")  # timestamped before the erasure
+        time.sleep(0.01)
+        ent = tm.Tombstone(kind="entity", fact_id=None, entity="ex:ent", cid=None, erased_at=iso(datetime.now(UTC)),
+                           origin_node_id=peer.node_id, reason="legal")
+        peer.tombstones = [peer.tombstone(one), {**ent.to_wire(), "origin_sig": tm.sign_tombstone(peer.key, ent)}]
+        rc, summary = pull(b)
+        assert rc == 0 and (summary["tombstones"], summary["erased"]) == (2, 2), summary
+        assert fact_ids(b) == set()
+
+        time.sleep(0.01)
+        newer = peer.make("ex:ent", v="after the erasure")
+        peer.add(one, held, unseen, newer)  # the origin serves them (again)
+        rc, summary = pull(b)
+        assert rc == 0 and (summary["new"], summary["rejected"]) == (1, 3), summary
+        assert fact_ids(b) == {newer["fact"]["id"]}
+        refused = [r for r in audit(b) if r[0] == "fact_rejected"]
+        assert {r[2] for r in refused} == {"fact_erased"}
+        assert sorted(json.loads(r[3])["fact_id"] for r in refused) == sorted(
+            e["fact"]["id"] for e in (one, held, unseen))
+        for row in audit(b):
+            assert secret not in json.dumps(row)
+        assert secret not in b.log()
+    finally:
+        peer.down()
+
+
+def test_a_tombstone_signed_with_the_origins_rotated_key_is_applied_after_one_refresh(start_node):
+    """The origin rotates its key after B pulled its fact, then erases it: B's fact cursor is
+    past the fact, so only the tombstone carries the new key; B follows the endorsed rotation
+    (one well-known refresh) and applies it."""
+    a, b = start_node("a"), start_node("b")
+    federate(a, b)
+    (one, kept) = post(a, fact("doc:rotated", "x"), fact("doc:kept", "y"))
+    rc, summary = pull(b)
+    assert rc == 0 and summary["new"] == 2, summary
+    rotated = a.cli_json("keys", "rotate", "--grace", "1")
+    wait_for_key(a, rotated["key_id"])
+    assert a.client().delete(f"/v1/facts/{one['id']}", params={"reason": "incorrect"}).status_code == 200
+    rc, summary = pull(b)
+    assert rc == 0 and (summary["new"], summary["tombstones"], summary["erased"], summary["tombstones_refused"]) == (
+        0, 1, 1, 0), summary
+    assert summary["duplicates"] == 0, summary  # no fact page carried the new key
+    assert fact_ids(b) == {kept["id"]}
+    assert [r[1] for r in audit(b) if r[0] == "peer_key_rotated"] == ["node:pull"]
+    assert [r for r in audit(b) if r[0] == "tombstone_refused"] == []

@@ -410,8 +410,9 @@ class PostgresDatabase:
     def reclaim_erased(self) -> bool:
         """After an erasure: VACUUM ``facts`` (its TOAST table and indexes too), so that the
         deleted rows' dead tuples are removed and their space is free for reuse.  Their bytes
-        may remain in free space of the data files until reused, in WAL segments until they
-        are recycled, and in backups (docs/security.md).  False if it could not run."""
+        may remain in free space of the data files until reused, in old ``pg_statistic`` rows
+        (samples of an earlier ANALYZE), in WAL segments until they are recycled, and in
+        backups (docs/security.md).  False if it could not run."""
         try:
             self.execute("VACUUM (ANALYZE) facts")
         except StorageBusy:

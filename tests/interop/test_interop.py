@@ -528,8 +528,9 @@ def test_reference_pulls_from_us(ref, ours, linked):
 
 
 def test_reference_polls_our_tombstones_after_an_erasure_without_errors(ref, ours, linked):
-    """A reference node that polls a page with a real tombstone of ours keeps pulling and logs
-    nothing wrong (it does not apply our tombstones: its own tombstone path differs)."""
+    """After we erase a fact the reference pulled, the reference keeps polling our tombstones
+    (it asks no ``tv``, so its pages stay empty: it could neither store nor verify ours) and
+    pulling our new facts, and logs nothing wrong; it keeps its copy (docs/interop.md)."""
     entity = "stigmem://interop/ours-to-ref/erased"
     (stored,) = ours_post_facts(ours, [{"entity": entity, "relation": "memory:note", "source": "agent:interop",
                                          "value": {"type": "string", "v": "to be erased"}, "confidence": 0.9,
