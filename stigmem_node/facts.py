@@ -417,6 +417,8 @@ def fact_from_wire(
     *,
     origin_node_id: str = "",
     field_prefix: str = "",
+    origin: Origin | None = None,
+    origin_sig: str | None = None,
 ) -> Fact:
     """Validate a pulled fact and check its CID; raise only ``ValidationError``.
 
@@ -429,14 +431,14 @@ def fact_from_wire(
     ``received_at`` are left ``None`` for the caller to set.
     """
     try:
-        return _fact_from_wire(obj, origin_node_id, field_prefix)
+        return _fact_from_wire(obj, origin_node_id, field_prefix, origin, origin_sig)
     except ValidationError:
         raise
     except Exception as exc:  # noqa: BLE001 - a bug in the checks: internal_validation_error, logged
         raise unexpected_error(field_prefix.rstrip(".") or None, exc) from None
 
 
-def _fact_from_wire(obj: Any, origin_node_id: str, p: str) -> Fact:
+def _fact_from_wire(obj: Any, origin_node_id: str, p: str, origin: Origin | None, origin_sig: str | None) -> Fact:
     if not isinstance(obj, dict):
         raise invalid_fact(p.rstrip(".") or None, "fact must be a JSON object")
     fact_id = required_text(obj, "id", p + "id", max_chars=MAX_ID_CHARS)
@@ -484,4 +486,4 @@ def _fact_from_wire(obj: Any, origin_node_id: str, p: str) -> Fact:
             raise invalid_fact(p + "cid", "cid does not match the fact's content", code="cid_mismatch")
     return Fact(id=fact_id, cid=cid, entity=entity, relation=relation, value_type=vtype, value_v=value_v,
                 interpret_as=interp, source=source, timestamp=timestamp, hlc=hlc, valid_until=valid_until,
-                confidence=confidence, scope=scope, origin_node_id=origin_node_id)
+                confidence=confidence, scope=scope, origin_node_id=origin_node_id, origin=origin, origin_sig=origin_sig)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ from stigmem_node.publish import Publisher
 from stigmem_node.ratelimit import FailureLimiter, UnauthenticatedAuditGate
 from stigmem_node.replication import Ingest, PageFetcher, PullOptions, Scheduler, Subscriber
 from stigmem_node.replication.erasures import RemoteErasure
+from stigmem_node.replication.verifier import InlineVerifier, ProcessVerifier
 from stigmem_node.sessions import Sessions
 from stigmem_node.status import StatusReader
 from stigmem_node.store import Store
@@ -92,6 +94,9 @@ class Node:
         self.metrics = Metrics(StoreSource(self.store, rules), rules, now=lambda: self.clock.now_ms() / 1000,
                                now_iso=self.clock.now_iso)
         self.lanes = Lanes(settings.read_lane_threads, settings.write_lane_threads, observer=self.metrics.lane_work)
+        # Pulled facts' signatures are checked in a worker process where there is a core to spare.
+        self.verifier: ProcessVerifier | InlineVerifier = \
+            ProcessVerifier() if (os.cpu_count() or 1) > 1 else InlineVerifier()
 
         def peppers() -> Peppers:
             loaded = Peppers.load(settings.pepper_path, settings.pepper, create=create,
@@ -188,7 +193,8 @@ class Node:
         return Subscriber(self.store, self.clock, pages, ingest, self.lanes, find_peer=self.federation.get,
                           refresh_keys=self.federation.refresh_peer_keys, concurrency=o.concurrency,
                           page_limit=o.page_limit, max_pages=o.max_pages,
-                          erasures=RemoteErasure(self.store, self.audit, self.store.db.reclaim_erased))
+                          erasures=RemoteErasure(self.store, self.audit, self.store.db.reclaim_erased),
+                          verifier=self.verifier)
 
     # -- a serving node's background work --------------------------------------------------
     async def start_background(self) -> None:
@@ -372,5 +378,6 @@ class Node:
         }
 
     def close(self) -> None:
+        self.verifier.close()
         self.lanes.close()
         self.store.close()

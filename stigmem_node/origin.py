@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json.encoder
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from stigmem_node.encoding import b64url_encode, jcs
+from stigmem_node.encoding import b64url_decode, b64url_encode, jcs
 from stigmem_node.errors import ValidationError
 from stigmem_node.facts import (
     DEFAULT_TENANT,
@@ -39,6 +39,7 @@ __all__ = [
     "ORIGIN_TUPLE_VERSION",
     "PulledEntry",
     "entry_from_wire",
+    "fact_origin_signed",
     "origin_for",
     "origin_from_wire",
     "origin_sig_payload",
@@ -142,8 +143,9 @@ def _entry_from_wire(entry: Any, p: str) -> PulledEntry:
     sig = entry.get("origin_sig")
     if not isinstance(sig, str) or not sig or len(sig) > MAX_SIG_CHARS:
         raise invalid_fact(p + "origin_sig", f"{p}origin_sig must be a base64url signature")
-    fact = fact_from_wire(entry.get("fact"), origin_node_id=origin.node_id, field_prefix=p + "fact.")
-    return PulledEntry(fact=replace(fact, origin=origin, origin_sig=sig), origin=origin, origin_sig=sig)
+    fact = fact_from_wire(entry.get("fact"), origin_node_id=origin.node_id, field_prefix=p + "fact.", origin=origin,
+                          origin_sig=sig)
+    return PulledEntry(fact=fact, origin=origin, origin_sig=sig)
 
 
 # --------------------------------------------------------------------------- origin signature
@@ -230,3 +232,18 @@ def verify_fact_origin(
     signature: Any,
 ) -> bool:
     return verify_origin(public_keys, signature, **_signed_fields(fact, origin))
+
+
+def fact_origin_signed(fact: Fact, origin: Origin, signature: Any) -> bytes | None:
+    """The signature's 64 bytes followed by the signed origin tuple: what a verifier checks
+    (libsodium's signed-message form), built here so that it can be checked elsewhere (a
+    worker process).  None where ``verify_fact_origin`` refuses before any key is tried: no
+    entity, a signature that is not base64url of 64 bytes, a tuple that cannot be built."""
+    if not origin.entity_uri or not isinstance(signature, str):
+        return None
+    try:
+        sig = b64url_decode(signature)
+        data = origin_sig_payload(**_signed_fields(fact, origin))
+    except (TypeError, ValueError):
+        return None
+    return sig + data if len(sig) == 64 else None

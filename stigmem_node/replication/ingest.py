@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -87,6 +87,46 @@ class StoredPage:
     rejected: int
 
 
+@dataclass(frozen=True)
+class PreparedPage:
+    """A page checked but for its signatures: (index, entry, signed bytes or None) of the
+    entries left, and (index, rejection) of those already refused."""
+
+    pending: list[tuple[int, om.PulledEntry, bytes | None]]
+    rejections: list[tuple[int, Rejection]]
+
+    @property
+    def signed(self) -> list[bytes]:
+        """What the verifier checks: the signed bytes of the entries that have them."""
+        return [signed for _, _, signed in self.pending if signed is not None]
+
+    def finish(self, verdicts: bytes) -> CheckedPage:
+        """The checked page, given one verdict per item of ``signed``: what ``check_page``
+        gives for the same entries and keys, in the same order."""
+        entries: list[om.PulledEntry] = []
+        refused = list(self.rejections)
+        it = iter(verdicts)
+        for index, entry, signed in self.pending:
+            if signed is not None and next(it):
+                entries.append(entry)
+            else:
+                refused.append((index, (entry.fact.id, _bad_signature(index))))
+        refused.sort(key=lambda r: r[0])
+        return CheckedPage(entries, [r for _, r in refused])
+
+
+def _bad_signature(index: int) -> ValidationError:
+    return ValidationError("invalid_origin_signature", "the origin signature does not verify under the peer's keys",
+                           field=f"facts[{index}].origin_sig")
+
+
+def _rejected_id(raw: Any) -> str | None:
+    """The id a refused entry names, if it names one (for its audit row)."""
+    body = raw.get("fact") if isinstance(raw, dict) else None
+    fid = body.get("id") if isinstance(body, dict) else None
+    return fid if isinstance(fid, str) else None
+
+
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
@@ -123,12 +163,30 @@ class Ingest:
             try:
                 checked.append(self._check(peer, raw, keys, i))
             except ValidationError as exc:
-                body = raw.get("fact") if isinstance(raw, dict) else None
-                fid = body.get("id") if isinstance(body, dict) else None
-                rejections.append((fid if isinstance(fid, str) else None, exc))
+                rejections.append((_rejected_id(raw), exc))
         return CheckedPage(checked, rejections)
 
+    def prepare_page(self, peer: PeerRecord, raw_facts: list[Any]) -> PreparedPage:
+        """``check_page`` up to the signatures: every check but those, and the bytes each
+        remaining signature covers, for a ``Verifier`` (no storage access)."""
+        pending: list[tuple[int, om.PulledEntry, bytes | None]] = []
+        rejections: list[tuple[int, Rejection]] = []
+        for i, raw in enumerate(raw_facts):
+            try:
+                entry = self._check_unsigned(peer, raw, i)
+            except ValidationError as exc:
+                rejections.append((i, (_rejected_id(raw), exc)))
+                continue
+            pending.append((i, entry, om.fact_origin_signed(entry.fact, entry.origin, entry.origin_sig)))
+        return PreparedPage(pending, rejections)
+
     def _check(self, peer: PeerRecord, raw: Any, keys: list[Ed25519PublicKey], index: int) -> om.PulledEntry:
+        entry = self._check_unsigned(peer, raw, index)
+        if not om.verify_fact_origin(keys, entry.fact, entry.origin, entry.origin_sig):
+            raise _bad_signature(index)
+        return entry
+
+    def _check_unsigned(self, peer: PeerRecord, raw: Any, index: int) -> om.PulledEntry:
         entry = om.entry_from_wire(raw, field_prefix=f"facts[{index}].")
         fact, origin = entry.fact, entry.origin
         if origin.node_id != peer.node_id:
@@ -143,10 +201,6 @@ class Ingest:
             raise ValidationError("instruction_not_accepted",
                                   "instruction facts are accepted only with STIGMEM_FEDERATE_INSTRUCTIONS",
                                   field=f"facts[{index}].value.interpret_as")
-        if not om.verify_fact_origin(keys, fact, origin, entry.origin_sig):
-            raise ValidationError("invalid_origin_signature",
-                                  "the origin signature does not verify under the peer's keys",
-                                  field=f"facts[{index}].origin_sig")
         return entry
 
     def store_page(self, peer: PeerRecord, page: CheckedPage, cursor_before: str | None,
@@ -185,8 +239,9 @@ class Ingest:
                     except ValidationError:
                         pass  # a skewed peer clock must not drag ours; the fact keeps its own HLC
                 stamp = fact.hlc or hlc.tick()
-                fact = replace(fact, hlc=stamp, received_from=peer.node_id, received_at=now)
-                wire = {"fact": fm.fact_wire(fact), "origin": entry.origin.to_wire(), "origin_sig": entry.origin_sig}
+                served = fm.fact_wire(fact)  # as it will be served: with its stamp and sender
+                served["hlc"], served["received_from"] = stamp, peer.node_id
+                wire = {"fact": served, "origin": entry.origin.to_wire(), "origin_sig": entry.origin_sig}
                 rows.append((
                     fact.id, fact.cid, fact.entity, fact.relation, fact.value_type, fact.value_v, fact.interpret_as,
                     fact.source, fact.timestamp, stamp, fm.expiry_key(fact.valid_until), fact.confidence, fact.scope,

@@ -21,15 +21,17 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from stigmem_node.clock import Clock
 from stigmem_node.errors import OutboundError, StigmemError
 from stigmem_node.federation import KeyRefresh
 from stigmem_node.offload import Offload
 from stigmem_node.replication.erasures import RemoteErasure, check_page
-from stigmem_node.replication.ingest import Ingest, Overlap
+from stigmem_node.replication.ingest import Ingest, Overlap, PreparedPage
 from stigmem_node.replication.results import PageProgress, PassResult, PeerResult, PullError, log_summary
-from stigmem_node.replication.transport import MAX_PAGE_BYTES, PageFetcher
+from stigmem_node.replication.transport import MAX_PAGE_BYTES, Page, PageFetcher
+from stigmem_node.replication.verifier import InlineVerifier, Verifier
 from stigmem_node.store.db import StorageError
 from stigmem_node.store.peers import PeerRecord, PeerRepo
 from stigmem_node.store.replication import ReplicationRepo
@@ -76,8 +78,9 @@ class Subscriber:
     def __init__(self, store: SubscriberStore, clock: Clock, pages: PageFetcher, ingest: Ingest, lanes: Offload, *,
                  find_peer: Callable[[str], PeerRecord], refresh_keys: KeyRefresher,
                  concurrency: int = 4, page_limit: int = 500, max_pages: int = MAX_PAGES_PER_PASS,
-                 erasures: RemoteErasure | None = None) -> None:
-        """``find_peer``: a peer by peer id or node id (raises ``NotFound``; run in the read lane)."""
+                 erasures: RemoteErasure | None = None, verifier: Verifier | None = None) -> None:
+        """``find_peer``: a peer by peer id or node id (raises ``NotFound``; run in the read lane).
+        ``verifier``: checks the pulled facts' signatures (default: in a thread of this process)."""
         self.store = store
         self.lanes = lanes
         self.clock = clock
@@ -89,6 +92,7 @@ class Subscriber:
         self.page_limit = page_limit
         self.max_pages = max_pages
         self.erasures = erasures
+        self.verifier: Verifier = verifier or InlineVerifier()
 
     async def current(self, peer_id: str) -> PeerRecord:
         """The peer as stored now (its status may have changed); raises ``NotFound``."""
@@ -204,47 +208,83 @@ class Subscriber:
     async def _pull(self, client: httpx.AsyncClient, peer: PeerRecord, result: PeerResult,
                     on_page: Callable[[PageProgress], None] | None = None, wait_s: int = 0) -> None:
         """Page through the peer from its stored cursor, counting into ``result`` (the first
-        page a long-poll of ``wait_s`` seconds, if given)."""
+        page a long-poll of ``wait_s`` seconds, if given).
+
+        Pages flow through three stages at once: the peer serves page N+2 (fetched ahead)
+        while this process prepares page N+1 and the verifier checks its signatures (a
+        worker process, on another core) while page N is stored.  Pages are still stored
+        one after another, each with its cursor in one transaction: a page fetched or checked
+        ahead is used only after the one before it is committed, and dropped otherwise."""
         started = time.monotonic()
         cursor = (await self.lanes.read(self.store.replication.get, peer.id)).cursor
         keys = await self.lanes.read(self.ingest.peer_keys, peer)
         refreshed = False
-        limit = self.page_limit
+        ahead: asyncio.Future[tuple[Page, int]] | None = None
+        checking: asyncio.Future[bytes] | None = None
+        try:
+            page, limit = await self._fetch(client, peer, cursor, self.page_limit, wait_s)
+            prepared = await asyncio.to_thread(self.ingest.prepare_page, peer, page.facts)
+            verdicts = checking = self._verify(keys, prepared)
+            while True:
+                result.pages += 1
+                next_cursor = page.cursor if page.cursor is not None else cursor
+                more = page.has_more and next_cursor != cursor and result.pages < self.max_pages
+                if more and ahead is None:
+                    ahead = asyncio.ensure_future(self._fetch(client, peer, next_cursor, limit, 0))
+                checked = prepared.finish(await verdicts)
+                checking = None
+                if not refreshed and checked.bad_signature:
+                    # Perhaps the peer rotated its key: follow an endorsed rotation once per pass.
+                    refreshed = True
+                    if (await self.refresh_keys(peer, actor="node:pull")).rotated:
+                        keys = await self.lanes.read(self.ingest.peer_keys, peer)
+                        checked = prepared.finish(await self._verify(keys, prepared))
+                if more and ahead is not None:  # the next page is checked while this one is stored
+                    (page_after, limit), ahead = await ahead, None
+                    prepared_after = await asyncio.to_thread(self.ingest.prepare_page, peer, page_after.facts)
+                    verdicts = checking = self._verify(keys, prepared_after)
+                    if page_after.has_more and page_after.cursor not in (None, next_cursor) \
+                            and result.pages + 1 < self.max_pages:
+                        ahead = asyncio.ensure_future(self._fetch(client, peer, page_after.cursor, limit, 0))
+                try:
+                    stored = await self.lanes.write(self.ingest.store_page, peer, checked, cursor, next_cursor)
+                except Overlap:
+                    result.note = "another pull advanced this peer's cursor first; this run stopped for it"
+                    return
+                result.new += stored.new
+                result.duplicates += stored.duplicates
+                result.rejected += stored.rejected
+                if on_page is not None:
+                    on_page(PageProgress(peer.id, peer.node_id, result.pages, result.new + result.duplicates,
+                                         result.rejected, time.monotonic() - started))
+                if not page.has_more:
+                    return
+                if next_cursor == cursor:
+                    raise PullError("cursor_stuck", "the peer said has_more but did not move its cursor")
+                if result.pages >= self.max_pages:
+                    result.note = f"stopped after {self.max_pages} pages; the next pass carries on"
+                    return
+                cursor, page, prepared = next_cursor, page_after, prepared_after
+        finally:
+            for pending in (ahead, checking):  # work for a pull that stopped: dropped unseen
+                if pending is not None:
+                    pending.cancel()
+                    await asyncio.wait([pending])
+                    if not pending.cancelled():
+                        pending.exception()  # retrieved, so that asyncio does not report it
+
+    def _verify(self, keys: list[Ed25519PublicKey], prepared: PreparedPage) -> asyncio.Future[bytes]:
+        """Start checking ``prepared``'s signatures under ``keys``."""
+        return asyncio.ensure_future(self.verifier.verify([k.public_bytes_raw() for k in keys], prepared.signed))
+
+    async def _fetch(self, client: httpx.AsyncClient, peer: PeerRecord, cursor: str | None, limit: int,
+                     wait_s: int) -> tuple[Page, int]:
+        """The page after ``cursor``, and the page size it took: a peer whose page is too large
+        to take is asked for fewer facts a page, down to one."""
         while True:
-            if result.pages >= self.max_pages:
-                result.note = f"stopped after {self.max_pages} pages; the next pass carries on"
-                return
             try:
-                page = await self.pages.fetch(client, peer, cursor, limit, wait_s=0 if result.pages else wait_s)
+                return await self.pages.fetch(client, peer, cursor, limit, wait_s=wait_s), limit
             except PullError as exc:
                 if exc.code != "page_too_large" or limit == 1:
                     raise
                 limit = max(1, limit // 2)  # large facts: ask for fewer per page
-                continue
-            result.pages += 1
-            next_cursor = page.cursor if page.cursor is not None else cursor
-            # Checking (signatures above all) runs off the event loop: a serving node keeps
-            # answering requests while it ingests.
-            checked = await asyncio.to_thread(self.ingest.check_page, peer, page.facts, keys)
-            if not refreshed and checked.bad_signature:
-                # Perhaps the peer rotated its key: follow an endorsed rotation once per pass.
-                refreshed = True
-                if (await self.refresh_keys(peer, actor="node:pull")).rotated:
-                    keys = await self.lanes.read(self.ingest.peer_keys, peer)
-                    checked = await asyncio.to_thread(self.ingest.check_page, peer, page.facts, keys)
-            try:
-                stored = await self.lanes.write(self.ingest.store_page, peer, checked, cursor, next_cursor)
-            except Overlap:
-                result.note = "another pull advanced this peer's cursor first; this run stopped for it"
-                return
-            result.new += stored.new
-            result.duplicates += stored.duplicates
-            result.rejected += stored.rejected
-            if on_page is not None:
-                on_page(PageProgress(peer.id, peer.node_id, result.pages, result.new + result.duplicates,
-                                     result.rejected, time.monotonic() - started))
-            if not page.has_more:
-                return
-            if next_cursor == cursor:
-                raise PullError("cursor_stuck", "the peer said has_more but did not move its cursor")
-            cursor = next_cursor
