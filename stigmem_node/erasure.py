@@ -7,13 +7,16 @@
   can erase its facts elsewhere); this node then refuses the fact if it arrives again
   (``replication.ingest``).
 - **An entity**: every stored fact of it is erased (ours and received ones); one tombstone,
-  signed, covering the scopes of our own erased facts (served for those scopes only).
+  signed, covering the scopes of our own erased facts (served for those scopes only).  The
+  erased facts' ids (only the ids) are recorded with it (``erased_facts``), so that
+  ``GET /v1/facts/{id}`` answers 410 for each, as for a fact erased by id.
   Facts of the entity that arrive later with a ``timestamp`` at or before ``erased_at`` are
   refused.
 
 The tombstone and the deletion are one transaction (the schema's guard refuses a delete
-without a tombstone).  The ``fact_erased`` audit row names ids, CIDs, the reason and, for an
-entity, a SHA-256 digest of its name: never the content, since the trail is append-only.
+without a fact tombstone of the id, or an entity tombstone that recorded the id).  The
+``fact_erased`` audit row names ids, CIDs, the reason and, for an entity, a SHA-256 digest of
+its name: never the content, since the trail is append-only.
 After the commit, the engine reclaims the deleted rows' space (``reclaim_erased``: a WAL
 truncation on SQLite, whose connections run with ``secure_delete``; a VACUUM on PostgreSQL).
 """
@@ -138,6 +141,7 @@ class Erasure:
                                 origin_node_id=ident.node_id, reason=reason)
             tomb = replace(tomb, origin_sig=tm.sign_tombstone(ident, tomb))
             seq = self._insert(tomb, own_scopes)
+            self.store.tombstones.record_erased(seq, [f[0] for f in found])
             erased = self.store.facts.erase_entity(entity)
             self.audit.record(FACT_ERASED, actor=actor, reason=reason, remote_addr=remote_addr,
                               detail={"kind": "entity", "tombstone_seq": seq,

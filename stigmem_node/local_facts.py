@@ -217,7 +217,7 @@ class LocalFacts:
     def get(self, fact_id: str) -> dict[str, Any]:
         row = self.store.facts.get(fact_id) if isinstance(fact_id, str) and len(fact_id) <= 256 else None
         if row is None:
-            if isinstance(fact_id, str) and len(fact_id) <= 256 and self.store.tombstones.of_fact(fact_id):
+            if isinstance(fact_id, str) and len(fact_id) <= 256 and self.store.tombstones.erased(fact_id):
                 raise Erased("fact_erased", "this fact was erased")
             raise NotFound("fact_not_found", "no fact with this id")
         return row_view(row)

@@ -1,11 +1,12 @@
 """Move a node from its SQLite file into an empty PostgreSQL database (``stigmem-node
 migrate --to``), as one node: the same identity and keys, peers, facts with their seq
-(cursors that peers hold stay valid), tombstones, subscriber cursors, replication activity,
-nonces, the audit trail row for row, and API keys (``store.copy.TABLES``; the status page's
-sessions are not copied: operators sign in again).
+(cursors that peers hold stay valid), tombstones and the ids of the facts they erased,
+subscriber cursors, replication activity, nonces, the audit trail row for row, and API keys
+(``store.copy.TABLES``; the status page's sessions are not copied: operators sign in again).
 
 The source is read through ``store.readonly`` (nothing is written to it, not even a
-``-wal`` file) inside one snapshot.  The target must be empty; everything is copied in one
+``-wal`` file) inside one snapshot, so it must already be at this version's schema (nothing
+upgrades it here: any other command does).  The target must be empty; everything is copied in one
 transaction, so a failure leaves it empty.  Afterwards every table's row count is compared
 and the target's audit chain is verified (hash chain, signed checkpoints, no gap).
 """
@@ -20,6 +21,7 @@ from typing import Any
 from stigmem_node.audit_verify import VerifyReport, verify_chain
 from stigmem_node.errors import StigmemError
 from stigmem_node.store import copy, open_database
+from stigmem_node.store.db import SCHEMA_VERSION
 from stigmem_node.store.readonly import open_read_only
 
 
@@ -44,6 +46,15 @@ def migrate(source: Path | str, target: str, *, checkpoint_rows: int,
     """Copy the node at ``source`` into the empty database ``target``; verify; report."""
     report = MigrationReport(str(source), "")
     with open_read_only(source) as src:
+        row = src.one("PRAGMA user_version")
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise MigrationRefused(message=f"{source} has schema version {version}, newer than this "
+                                           f"stigmem-node understands ({SCHEMA_VERSION})")
+        if version < SCHEMA_VERSION:  # the read-only source is never upgraded here
+            raise MigrationRefused(message=f"{source} has schema version {version}, older than this "
+                                           f"stigmem-node copies ({SCHEMA_VERSION}): open it once with this "
+                                           "version to upgrade it (e.g. stigmem-node info --db PATH), then migrate")
         dst = open_database(target, create=True)
         report.target = dst.target
         try:

@@ -138,6 +138,23 @@ def test_the_schema_refuses_a_delete_without_a_tombstone_and_tombstones_are_appe
     assert node.sql("SELECT fact_id, reason FROM tombstones") == [(one["id"], "operator")]
 
 
+def test_under_an_entity_tombstone_only_a_fact_whose_id_was_recorded_can_be_deleted(node: ServedNode):
+    """The guard: an entity tombstone lets a fact row go only once its id is in erased_facts
+    (which is append-only), so no erasure deletes a fact without leaving its id behind."""
+    (old,) = post(node, fact("person:guarded"))
+    with node.client() as c:
+        assert c.post(ERASE_PATH, json={"entity": "person:guarded"}).json()["facts_erased"] == 1
+        (later,) = post(node, fact("person:guarded", v="asserted after the erasure"))
+    with pytest.raises(SqlError):
+        node.sql("DELETE FROM facts WHERE id = ?", (later["id"],))
+    assert node.sql("SELECT id FROM facts") == [(later["id"],)]
+    for statement in ("DELETE FROM erased_facts", "UPDATE erased_facts SET fact_id = 'other'",
+                      "UPDATE erased_facts SET tombstone_seq = tombstone_seq + 1"):
+        with pytest.raises(SqlError):
+            node.sql(statement)
+    assert node.sql("SELECT fact_id FROM erased_facts") == [(old["id"],)]
+
+
 # --------------------------------------------------------------------------- the bytes are gone
 
 
@@ -231,14 +248,19 @@ def test_erasing_an_entity_erases_all_its_facts_and_the_operator_can_ask_when(no
         after = c.get(f"{ERASE_PATH}/{entity}").json()
         assert after["erased"] is True and after["erased_at"] == tomb["erased_at"]
         assert [t["seq"] for t in after["tombstones"]] == [tomb["seq"]]
-        for f in facts[:3]:
-            assert c.get(f"/v1/facts/{f['id']}").status_code == 404  # erased by entity: no fact tombstone
+        for f in facts[:3]:  # erased with the entity: 410, as an id erased by itself
+            assert_error(c.get(f"/v1/facts/{f['id']}"), 410, "fact_erased")
+            assert secret not in c.get(f"/v1/facts/{f['id']}").text
+        assert_error(c.get(f"/v1/facts/{uuid.uuid4()}"), 404, "fact_not_found")  # never stored
         assert [f["id"] for f in c.get("/v1/facts", params={"entity": entity}).json()["facts"]] == []
         assert c.get(f"/v1/facts/{facts[3]['id']}").status_code == 200
     (row,) = [r for r in audit_rows(node) if r[0] == "fact_erased"]
     detail = json.loads(row[3])
     assert sorted(detail["fact_ids"]) == sorted(f["id"] for f in facts[:3]) and detail["count"] == 3
     assert secret not in json.dumps(row) and "entity_sha256" in detail
+    # What remains of the facts is their ids, each with the entity tombstone that erased it.
+    assert sorted(node.sql("SELECT fact_id, tombstone_seq FROM erased_facts")) == sorted(
+        (f["id"], tomb["seq"]) for f in facts[:3])
 
 
 # --------------------------------------------------------------------------- served to peers
@@ -329,7 +351,7 @@ def test_cli_erases_a_fact_or_an_entity_with_clear_errors(node: ServedNode):
     res = node.cli("facts", "erase", "--entity", "person:cli-ent", "--json")
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["facts_erased"] == 1
-    assert node.client().get(f"/v1/facts/{two['id']}").status_code == 404
+    assert node.client().get(f"/v1/facts/{two['id']}").status_code == 410
 
     for args, code in ((("facts", "erase"), 2), (("facts", "erase", "x", "--entity", "e"), 2),
                        (("facts", "erase", "x", "--reason", "because"), 2),

@@ -59,7 +59,11 @@ def test_an_erasure_reaches_every_subscriber_including_one_that_was_down(start_n
     rc, summary = pull(b)
     assert rc == 0 and summary["tombstones"] == 2 and summary["erased"] == 3, summary
     assert fact_ids(b) == {kept["id"]}
-    assert b.client().get(f"/v1/facts/{one['id']}").json()["error"] == "fact_erased"
+    for erased in (one, e1, e2):  # by its id, or with its entity: 410 on the subscriber too
+        res = b.client().get(f"/v1/facts/{erased['id']}")
+        assert (res.status_code, res.json()["error"]) == (410, "fact_erased")
+    assert b.client().get(f"/v1/facts/{uuid.uuid4()}").status_code == 404  # never stored
+    assert sorted(r[0] for r in b.sql("SELECT fact_id FROM erased_facts")) == sorted([e1["id"], e2["id"]])
     status = b.client().get(f"/v1/tombstones/{person}").json()
     assert status["erased"] is True and status["tombstones"][0]["received_from"] is not None
     applied = [r for r in audit(b) if r[0] == "fact_erased"]
@@ -75,6 +79,7 @@ def test_an_erasure_reaches_every_subscriber_including_one_that_was_down(start_n
     rc, summary = pull(c2)
     assert rc == 0 and summary["tombstones"] == 2 and summary["erased"] == 3, summary
     assert fact_ids(c2) == {kept["id"]}
+    assert sorted(r[0] for r in c2.sql("SELECT fact_id FROM erased_facts")) == sorted([e1["id"], e2["id"]])
 
     # The tombstones B and C received are theirs to keep, never served onwards.
     for n in (b, c2):
@@ -131,6 +136,9 @@ def test_after_the_origins_tombstones_the_erased_facts_are_refused_whenever_they
         rc, summary = pull(b)
         assert rc == 0 and (summary["tombstones"], summary["erased"]) == (2, 2), summary
         assert fact_ids(b) == set()
+        with b.client() as c:  # the ids b held answer 410; one it never held, 404
+            assert c.get(f"/v1/facts/{held['fact']['id']}").status_code == 410
+            assert c.get(f"/v1/facts/{unseen['fact']['id']}").status_code == 404
 
         time.sleep(0.01)
         newer = peer.make("ex:ent", v="after the erasure")

@@ -13,6 +13,7 @@ import pytest
 
 from tests.engines import sql
 from tests.nodes import ServedNode, run_cli, stop_all
+from tests.test_erasure_upgrade import back_to_schema_6
 from tests.test_replication import fact, federate, post_facts, pull, wait_for
 from tests.test_status import sign_in
 
@@ -99,6 +100,20 @@ def test_migrate_refuses_bad_arguments_in_one_line(tmp_path: Path, pg_url: str):
     assert res.returncode == 2 and "cannot connect" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.postgres_only
+def test_migrate_refuses_a_source_of_an_older_schema_until_it_is_opened_once(tmp_path: Path, pg_url: str):
+    """The source is read without writing, so it is never upgraded there: a schema-6 file is
+    refused with what to do, and copies once any command has opened it."""
+    db = _sqlite_node(tmp_path)
+    back_to_schema_6(db)
+    res = run_cli("migrate", "--to", pg_url, db=db)
+    assert res.returncode == 1 and "migration_refused" in res.stderr and "schema version 6" in res.stderr
+    assert "Traceback" not in res.stderr and _tables(pg_url) == set()  # the target untouched
+    _ok("info", db=db)  # opens the node: migration 7
+    report = json.loads(_ok("migrate", "--to", pg_url, "--json", db=db))
+    assert report["audit_chain"]["ok"] is True and report["copied"]["erased_facts"] == 0
+
+
 NOT_COPIED = {"sessions"}  # status page sign-ins: an operator signs in again after the move
 
 
@@ -113,10 +128,11 @@ def _tables(target: Path | str) -> set[str]:
 
 @pytest.mark.postgres_only
 def test_migrate_copies_every_table_of_a_federated_node_row_for_row(tmp_path: Path, pg_url: str):
-    """A node that pulled and was pulled from, erased a fact and has a status-page session:
-    every table of its schema arrives row for row (peers and their keys, cursors, nonces,
-    tombstones, replication activity), whatever tables a later schema adds, except the
-    status page's sessions, which are not copied (docs/operating.md: sign in again)."""
+    """A node that pulled and was pulled from, erased a fact and an entity and has a status-page
+    session: every table of its schema arrives row for row (peers and their keys, cursors, nonces,
+    tombstones and the ids they erased, replication activity), whatever tables a later schema
+    adds, except the status page's sessions, which are not copied (docs/operating.md: sign in
+    again)."""
     a, b = ServedNode(tmp_path / "a", "a"), ServedNode(tmp_path / "b", "b")
     try:
         federate(a, b)
@@ -125,14 +141,15 @@ def test_migrate_copies_every_table_of_a_federated_node_row_for_row(tmp_path: Pa
         assert pull(b)[0] == 0 and pull(a)[0] == 0  # b has cursors; a's pulls left nonces in b
         with b.client() as c:
             assert c.delete(f"/v1/facts/{own[0]['id']}", params={"reason": "right_to_erasure"}).status_code == 200
+            assert c.post("/v1/tombstones", json={"entity": own[1]["entity"]}).json()["facts_erased"] == 1
         with sign_in(b):
             pass
         wait_for(lambda: sql(b.db, "SELECT COUNT(*) FROM peer_pulls")[0][0] == 1, 10, what="b's peer_pulls")
     finally:
         stop_all([a, b], wait=True)
     tables = _tables(b.db)
-    assert {"peers", "peer_keys", "nonce_cache", "replication_state", "tombstones", "peer_pulls", "fact_traffic",
-            "sessions"} <= tables
+    assert {"peers", "peer_keys", "nonce_cache", "replication_state", "tombstones", "erased_facts", "peer_pulls",
+            "fact_traffic", "sessions"} <= tables
     empty = sorted(t for t in tables if not sql(b.db, f"SELECT COUNT(*) FROM {t}")[0][0])
     assert empty == [], f"the source node should fill every table, these are empty: {empty}"
 

@@ -10,11 +10,12 @@ After a peer's facts, the subscriber pulls the tombstones the peer serves
 - ``store_page`` (one transaction, in the write lane): each accepted tombstone is kept
   (``received_from`` = the peer; never served onwards) and its facts are erased: a fact
   tombstone erases that fact if it came from this origin; an entity tombstone erases the
-  entity's facts from this origin whose ``timestamp`` is at or before ``erased_at``.  From
-  then on ingest refuses those facts (``fact_erased``).  A tombstone already kept changes
-  nothing.  Applied tombstones are audited as ``fact_erased`` (ids, CIDs, origin, reason; an
-  entity by the SHA-256 of its name), refused ones as ``tombstone_refused`` with a reason code:
-  never content.  The cursor moves in the same transaction.
+  entity's facts from this origin whose ``timestamp`` is at or before ``erased_at`` (their
+  ids, only the ids, recorded with the tombstone: ``GET /v1/facts/{id}`` answers 410 for
+  them as for a fact erased by id).  From then on ingest refuses those facts (``fact_erased``).
+  A tombstone already kept changes nothing.  Applied tombstones are audited as ``fact_erased``
+  (ids, CIDs, origin, reason; an entity by the SHA-256 of its name), refused ones as
+  ``tombstone_refused`` with a reason code: never content.  The cursor moves in the same transaction.
 """
 
 from __future__ import annotations
@@ -131,6 +132,8 @@ class RemoteErasure:
             kind=tomb.kind, fact_id=tomb.fact_id, entity=tomb.entity, cid=tomb.cid,
             scopes=json.dumps(sorted(set(scopes)), separators=(",", ":")), erased_at=tomb.erased_at,
             origin_node_id=tomb.origin_node_id, reason=tomb.reason, origin_sig=tomb.origin_sig, received_from=peer.id)
+        if tomb.kind == "entity":
+            self.store.tombstones.record_erased(seq, [v[0] for v in victims])
         for fact_id, _ in victims:
             self.store.facts.erase(fact_id)
         detail: dict[str, Any] = {"kind": tomb.kind, "tombstone_seq": seq, "fact_ids": [v[0] for v in victims],

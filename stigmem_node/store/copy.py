@@ -25,6 +25,7 @@ TABLES: dict[str, tuple[str, ...]] = {
               "received_from", "received_at"),
     "tombstones": ("seq", "kind", "fact_id", "entity", "cid", "scopes", "erased_at", "origin_node_id", "reason",
                    "origin_sig", "received_from"),
+    "erased_facts": ("fact_id", "tombstone_seq"),
     "replication_state": ("peer_id", "cursor", "last_attempt_at", "last_success_at", "last_error",
                           "facts_ingested", "facts_rejected", "tombstone_cursor", "consecutive_failures"),
     "peer_pulls": ("peer_id", "last_pull_at", "cursor_seq", "facts_served", "token_skew_ms"),

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from stigmem_node.errors import ConfigError, Conflict, StigmemError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 # Migrations from version N-1 to N, for N > 1: SQL both engines run, or one text per engine
 # (``migration_sql``) where the SQL differs (triggers).  Version 1 is the engine's schema
@@ -163,6 +163,48 @@ CREATE TABLE sessions (
     created_ms   BIGINT NOT NULL,
     seen_ms      BIGINT NOT NULL
 );
+"""},
+    # 7: the ids of the facts an entity tombstone erased (ids only, never content), written
+    # in the transaction that deletes their rows, so GET /v1/facts/{id} answers 410 for them
+    # as for a fact erased by id.  Append-only, like tombstones.  The facts guard now lets a
+    # row go only under a fact tombstone of its id, or under an entity tombstone of its
+    # entity that recorded its id here: no erasure deletes a fact without leaving its id.
+    7: {"sqlite": """
+CREATE TABLE IF NOT EXISTS erased_facts (
+    fact_id       TEXT PRIMARY KEY,
+    tombstone_seq INTEGER NOT NULL REFERENCES tombstones(seq)
+);
+CREATE TRIGGER IF NOT EXISTS erased_facts_no_update BEFORE UPDATE ON erased_facts
+BEGIN SELECT RAISE(ABORT, 'erased_facts are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS erased_facts_no_delete BEFORE DELETE ON erased_facts
+BEGIN SELECT RAISE(ABORT, 'erased_facts are append-only'); END;
+DROP TRIGGER IF EXISTS facts_no_delete;
+CREATE TRIGGER facts_no_delete BEFORE DELETE ON facts
+WHEN NOT EXISTS (SELECT 1 FROM tombstones WHERE kind = 'fact' AND fact_id = OLD.id)
+ AND NOT EXISTS (SELECT 1 FROM erased_facts e JOIN tombstones t ON t.seq = e.tombstone_seq
+                 WHERE e.fact_id = OLD.id AND t.kind = 'entity' AND t.entity = OLD.entity)
+BEGIN SELECT RAISE(ABORT, 'facts are append-only'); END;
+""", "postgresql": """
+CREATE TABLE erased_facts (
+    fact_id       TEXT COLLATE "C" PRIMARY KEY,
+    tombstone_seq BIGINT NOT NULL REFERENCES tombstones(seq)
+);
+CREATE TRIGGER erased_facts_no_update BEFORE UPDATE ON erased_facts
+    FOR EACH ROW EXECUTE FUNCTION stigmem_append_only();
+CREATE TRIGGER erased_facts_no_delete BEFORE DELETE ON erased_facts
+    FOR EACH ROW EXECUTE FUNCTION stigmem_append_only();
+CREATE TRIGGER erased_facts_no_truncate BEFORE TRUNCATE ON erased_facts
+    FOR EACH STATEMENT EXECUTE FUNCTION stigmem_append_only();
+CREATE OR REPLACE FUNCTION stigmem_erasure_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM tombstones WHERE kind = 'fact' AND fact_id = OLD.id)
+       OR EXISTS (SELECT 1 FROM erased_facts e JOIN tombstones t ON t.seq = e.tombstone_seq
+                  WHERE e.fact_id = OLD.id AND t.kind = 'entity' AND t.entity = OLD.entity) THEN
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION 'facts are append-only' USING ERRCODE = 'integrity_constraint_violation';
+END
+$$;
 """},
 }
 

@@ -66,8 +66,8 @@ DIALECT = Dialect(
 )
 
 
-_ANALYZABLE = frozenset({"facts", "tombstones", "audit_log", "nonce_cache", "peers", "peer_keys", "api_keys",
-                         "replication_state", "node_meta", "node_keys"})
+_ANALYZABLE = frozenset({"facts", "tombstones", "erased_facts", "audit_log", "nonce_cache", "peers", "peer_keys",
+                         "api_keys", "replication_state", "node_meta", "node_keys"})
 
 
 def redact(url: str) -> str:

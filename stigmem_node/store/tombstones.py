@@ -5,6 +5,11 @@ the erased fact's scope; an entity tombstone: the scopes of this node's own eras
 the entity), so that a peer is served only tombstones of what it may have received.
 ``origin_sig`` is NULL for a local tombstone (a received fact erased here), which is never
 served; ``received_from`` is the peer a tombstone came from (NULL: made here).
+
+``erased_facts`` holds the ids (only the ids) of the facts an entity tombstone erased, with
+that tombstone's seq, so that an id erased with its entity is known as erased, as one erased
+by its own fact tombstone is.  The facts guard refuses to delete a fact row under an entity
+tombstone whose id is not recorded there first.
 """
 
 from __future__ import annotations
@@ -57,6 +62,19 @@ class TombstoneRepo:
         rows = self.db.all(f"SELECT {COLS} FROM tombstones WHERE kind = 'entity' AND entity = ? ORDER BY seq",
                            (entity,))
         return [TombstoneRow(*r) for r in rows]
+
+    def record_erased(self, tombstone_seq: int, fact_ids: Sequence[str]) -> None:
+        """Record the ids of the facts the entity tombstone ``tombstone_seq`` erases (call in
+        the erasing transaction, before deleting their rows).  An id recorded before stays
+        with its first tombstone."""
+        self.db.executemany("INSERT INTO erased_facts (fact_id, tombstone_seq) VALUES (?, ?)"
+                            " ON CONFLICT (fact_id) DO NOTHING", [(f, tombstone_seq) for f in fact_ids])
+
+    def erased(self, fact_id: str) -> bool:
+        """Whether this fact id was erased: by its own fact tombstone, or with its entity."""
+        return self.db.one(
+            "SELECT 1 FROM tombstones WHERE kind = 'fact' AND fact_id = ?"
+            " UNION ALL SELECT 1 FROM erased_facts WHERE fact_id = ? LIMIT 1", (fact_id, fact_id)) is not None
 
     def erased_ids(self, ids: Sequence[str]) -> set[str]:
         """The ids among ``ids`` that have a fact tombstone."""
