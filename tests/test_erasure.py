@@ -197,7 +197,7 @@ def test_postgres_the_erased_text_is_in_no_table(node: ServedNode):
 def test_postgres_the_documented_vacuum_full_leaves_the_erased_bytes_in_no_database_file(node: ServedNode):
     """PostgreSQL zeroes no freed space, and ANALYZE (the erasure's own, run while other facts
     with the value still lived) copies sample values into pg_statistic.  The procedure of
-    docs/security.md (VACUUM FULL facts and pg_statistic, CHECKPOINT) leaves the bytes in no
+    docs/security.md (ANALYZE facts, VACUUM FULL facts and pg_statistic, CHECKPOINT) leaves the bytes in no
     file of the database; the WAL is out of reach, as documented.  The files are read through
     pg_read_binary_file, which needs a superuser (as the test server's admin is)."""
     import psycopg
@@ -224,8 +224,11 @@ def test_postgres_the_documented_vacuum_full_leaves_the_erased_bytes_in_no_datab
     assert files_holding(secret) and files_holding(kept)
     for f in facts[:-1]:
         assert node.client().delete(f"/v1/facts/{f['id']}", params={"reason": "legal"}).status_code == 200
-    run("VACUUM FULL facts", "VACUUM FULL pg_statistic", "CHECKPOINT")
-    assert files_holding(secret) == [], "the erased value is still in a file of the database"
+    run("ANALYZE facts", "VACUUM FULL facts", "VACUUM FULL pg_statistic", "CHECKPOINT")
+    holding = files_holding(secret)
+    assert holding == [], ("the erased value is still in a file of the database", [
+        node.sql("SELECT pg_filenode_relation(0, ?::oid)::text", (f.split(".")[0].split("_")[0],))[0][0]
+        for f in holding])
     assert files_holding(kept)
 
 

@@ -142,14 +142,18 @@ def test_after_the_origins_tombstones_the_erased_facts_are_refused_whenever_they
 
         time.sleep(0.01)
         newer = peer.make("ex:ent", v="after the erasure")
-        peer.add(one, held, unseen, newer)  # the origin serves them (again)
+        # An id erased with its entity stays erased, even on a newer fact of another entity.
+        reused = peer.make("ex:elsewhere", v="same id, later", fact_id=held["fact"]["id"])
+        peer.add(one, held, unseen, newer, reused)  # the origin serves them (again)
         rc, summary = pull(b)
-        assert rc == 0 and (summary["new"], summary["rejected"]) == (1, 3), summary
+        assert rc == 0 and (summary["new"], summary["rejected"]) == (1, 4), summary
         assert fact_ids(b) == {newer["fact"]["id"]}
         refused = [r for r in audit(b) if r[0] == "fact_rejected"]
         assert {r[2] for r in refused} == {"fact_erased"}
         assert sorted(json.loads(r[3])["fact_id"] for r in refused) == sorted(
-            e["fact"]["id"] for e in (one, held, unseen))
+            e["fact"]["id"] for e in (one, held, unseen, reused))
+        with b.client() as c:
+            assert c.get(f"/v1/facts/{held['fact']['id']}").status_code == 410
         for row in audit(b):
             assert secret not in json.dumps(row)
         assert secret not in b.log()

@@ -77,12 +77,13 @@ class TombstoneRepo:
             " UNION ALL SELECT 1 FROM erased_facts WHERE fact_id = ? LIMIT 1", (fact_id, fact_id)) is not None
 
     def erased_ids(self, ids: Sequence[str]) -> set[str]:
-        """The ids among ``ids`` that have a fact tombstone."""
+        """The ids among ``ids`` that were erased: by a fact tombstone, or with their entity."""
         if not ids:
             return set()
         marks = ",".join("?" * len(ids))
         return {r[0] for r in self.db.all(
-            f"SELECT fact_id FROM tombstones WHERE kind = 'fact' AND fact_id IN ({marks})", tuple(ids))}
+            f"SELECT fact_id FROM tombstones WHERE kind = 'fact' AND fact_id IN ({marks})"
+            f" UNION SELECT fact_id FROM erased_facts WHERE fact_id IN ({marks})", (*ids, *ids))}
 
     def entities_erased_at(self, entities: Sequence[str]) -> dict[str, str]:
         """entity -> the latest ``erased_at`` of its entity tombstones, for those that have one."""
