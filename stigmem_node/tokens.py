@@ -64,14 +64,14 @@ Decisions:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from stigmem_node.encoding import STRICT_JSON, b64url_decode, is_utf8_text
+from stigmem_node.encoding import STRICT_JSON, b64url_decode, b64url_encode, is_utf8_text
 from stigmem_node.errors import StigmemError
 from stigmem_node.keys import verifies
 from stigmem_node.token_nonce import new_nonce
@@ -240,8 +240,10 @@ def mint(
         if not is_utf8_text(htu):
             raise ValueError("htu must be a non-empty string")
         claims["htu"] = htu
-    headers = {"typ": "JWT", "kid": key_id} if key_id is not None else {"typ": "JWT"}
-    return jwt.encode(claims, private_key, algorithm=ALGORITHM, headers=headers)
+    header = {"alg": ALGORITHM, "typ": "JWT", **({"kid": key_id} if key_id is not None else {})}
+    signing_input = ".".join(b64url_encode(json.dumps(part, separators=(",", ":")).encode())
+                             for part in (header, claims))
+    return f"{signing_input}.{b64url_encode(private_key.sign(signing_input.encode('ascii')))}"
 
 
 # --------------------------------------------------------------------------- verification
