@@ -68,6 +68,7 @@ MAX_TIME_CHARS: Final = 64
 # A JSON string literal, escaped as json.dumps(ensure_ascii=False) escapes it (C speed).
 _json_string: Final = json.encoder.encode_basestring
 _CID_RE: Final = re.compile(r"sha256:[0-9a-f]{64}")
+_HLC_FIXED_RE: Final = re.compile(r"[0-9]{13}\.[0-9]{3}")  # what format_hlc writes
 _CTRL_RE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _CTRL_OR_SPACE_RE: Final = re.compile(r"[\x00-\x20\x7f-\x9f\s]")
 _JSON_NUMBER_RE: Final = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
@@ -459,8 +460,9 @@ def _fact_from_wire(obj: Any, origin_node_id: str, p: str, origin: Origin | None
     hlc_raw = obj.get("hlc")
     hlc = ""
     if hlc_raw is not None:
-        try:
-            hlc = format_hlc(*parse_hlc(hlc_raw))
+        try:  # the fixed-width form is kept as it is; any other is normalised to it
+            fixed = type(hlc_raw) is str and _HLC_FIXED_RE.fullmatch(hlc_raw)
+            hlc = hlc_raw if fixed else format_hlc(*parse_hlc(hlc_raw))
         except ValueError:
             raise invalid_fact(p + "hlc", f"{p}hlc must be a hybrid logical clock '<wall ms>.<counter>'") from None
     valid_until = obj.get("valid_until")

@@ -119,33 +119,54 @@ def pull_entry(fact: Fact, origin: Origin, origin_sig: str) -> dict[str, Any]:
     return {"fact": fact_wire(fact), "origin": origin.to_wire(), "origin_sig": origin_sig}
 
 
-def entry_from_wire(entry: Any, *, field_prefix: str = "") -> PulledEntry:
+def entry_from_wire(entry: Any, *, field_prefix: str = "", origins: dict[Any, Origin] | None = None) -> PulledEntry:
     """Structurally validate one pulled entry (fact + origin + signature text).
 
     The fact's CID is checked; the signature, the sender, the scope grant and the tenant
     are the caller's to check (``verify_fact_origin`` and policy).  The returned fact has
     ``origin_node_id`` from the origin block and carries ``origin`` and ``origin_sig``.
     Field paths are ``fact.value.v``, ``origin.tenant``, ``origin_sig`` and so on.  Raises
-    only ``ValidationError``.
+    only ``ValidationError``.  ``origins``: origin blocks already validated, by their values
+    (the entries of one page share one block: it is checked once).
     """
     try:
-        return _entry_from_wire(entry, field_prefix)
+        return _entry_from_wire(entry, field_prefix, origins)
     except ValidationError:
         raise
     except Exception as exc:  # noqa: BLE001 - a bug in the checks: internal_validation_error, logged
         raise unexpected_error(field_prefix.rstrip(".") or None, exc) from None
 
 
-def _entry_from_wire(entry: Any, p: str) -> PulledEntry:
+def _entry_from_wire(entry: Any, p: str, origins: dict[Any, Origin] | None) -> PulledEntry:
     if not isinstance(entry, dict):
         raise invalid_fact(p.rstrip(".") or None, "entry must be an object {fact, origin, origin_sig}")
-    origin = origin_from_wire(entry.get("origin"), field=p + "origin")
+    raw = entry.get("origin")
+    key = _origin_key(raw) if origins is not None else None
+    origin = origins.get(key) if origins is not None and key is not None else None
+    if origin is None:
+        origin = origin_from_wire(raw, field=p + "origin")
+        if origins is not None and key is not None and len(origins) < 64:
+            origins[key] = origin
     sig = entry.get("origin_sig")
     if not isinstance(sig, str) or not sig or len(sig) > MAX_SIG_CHARS:
         raise invalid_fact(p + "origin_sig", f"{p}origin_sig must be a base64url signature")
     fact = fact_from_wire(entry.get("fact"), origin_node_id=origin.node_id, field_prefix=p + "fact.", origin=origin,
                           origin_sig=sig)
     return PulledEntry(fact=fact, origin=origin, origin_sig=sig)
+
+
+def _origin_key(raw: Any) -> tuple[Any, ...] | None:
+    """An origin block's values, exactly (types included), when it is a plain one: blocks with
+    the same key validate to the same ``Origin``."""
+    if type(raw) is not dict:
+        return None
+    scopes, tenants = raw.get("allowed_scopes"), raw.get("allowed_tenants")
+    if type(scopes) is not list or type(tenants) is not list:
+        return None
+    values = (raw.get("tenant"), raw.get("node_id"), raw.get("entity_uri"), *scopes, None, *tenants)
+    if not all(type(v) is str for v in values if v is not None):
+        return None
+    return values
 
 
 # --------------------------------------------------------------------------- origin signature

@@ -424,6 +424,25 @@ def test_a_failing_peer_does_not_stop_the_others_and_is_caught_up_next_pass(star
     assert rep["last_error"] is None and rep["cursor"] == "5" and rep["facts_ingested"] == 5
 
 
+def test_a_page_that_cannot_be_fetched_stops_the_pull_after_the_pages_before_it_are_stored(start_node, fake_peer):
+    """The next page is fetched while this one is checked: when that fetch fails for good,
+    the page already fetched is still stored (with its cursor) before the pull reports the
+    error, and the next pass goes on from there, nothing lost, nothing twice."""
+    p = start_node("p")
+    f = fake_peer()
+    f.register_on(p)
+    f.add(*[f.make(f"g-{i}", "public") for i in range(1200)])  # three pages of 500
+    f.then(Behaviour("ok"), Behaviour("status", status=400))  # the second page is refused (final)
+    rc, summary = pull(p, env=FAST)
+    res = by_node(summary)[f.node_id]
+    assert rc == 1 and res["error_code"] and res["new"] == 500, summary
+    assert len(received(p.target)) == 500
+    rc, summary = pull(p, env=FAST)
+    res = by_node(summary)[f.node_id]
+    assert rc == 0 and (res["new"], res["duplicates"]) == (700, 0), summary
+    assert len(received(p.target)) == 1200
+
+
 def test_retry_after_seconds_and_http_date_are_honoured_before_the_next_attempt(start_node, fake_peer):
     from datetime import datetime, timedelta
     from email.utils import format_datetime

@@ -127,8 +127,7 @@ def _rejected_id(raw: Any) -> str | None:
     return fid if isinstance(fid, str) else None
 
 
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 class Ingest:
@@ -171,9 +170,10 @@ class Ingest:
         remaining signature covers, for a ``Verifier`` (no storage access)."""
         pending: list[tuple[int, om.PulledEntry, bytes | None]] = []
         rejections: list[tuple[int, Rejection]] = []
+        origins: dict[Any, fm.Origin] = {}
         for i, raw in enumerate(raw_facts):
             try:
-                entry = self._check_unsigned(peer, raw, i)
+                entry = self._check_unsigned(peer, raw, i, origins)
             except ValidationError as exc:
                 rejections.append((i, (_rejected_id(raw), exc)))
                 continue
@@ -186,8 +186,9 @@ class Ingest:
             raise _bad_signature(index)
         return entry
 
-    def _check_unsigned(self, peer: PeerRecord, raw: Any, index: int) -> om.PulledEntry:
-        entry = om.entry_from_wire(raw, field_prefix=f"facts[{index}].")
+    def _check_unsigned(self, peer: PeerRecord, raw: Any, index: int,
+                        origins: dict[Any, fm.Origin] | None = None) -> om.PulledEntry:
+        entry = om.entry_from_wire(raw, field_prefix=f"facts[{index}].", origins=origins)
         fact, origin = entry.fact, entry.origin
         if origin.node_id != peer.node_id:
             raise ValidationError("origin_not_sender",
@@ -210,6 +211,15 @@ class Ingest:
         rejections = list(page.rejections)
         now = self.clock.now_iso()
         hlc = self.hlc()
+        # The page's newest clock merged once (fixed-width HLC text sorts as the clocks do); if
+        # it is skewed, the others are merged one by one below.
+        newest = max((e.fact.hlc for e in page.entries if e.fact.hlc), default="")
+        merged = True
+        if newest:
+            try:
+                hlc.receive(newest)
+            except ValidationError:
+                merged = False
         with self.store.transaction():
             known = self.store.facts.known([e.fact.id for e in page.entries])
             erased = self._erased(page.entries)
@@ -233,7 +243,7 @@ class Ingest:
                         dup += 1
                     continue
                 seen[fact.id] = (fact.cid, fact.valid_until)
-                if fact.hlc:
+                if fact.hlc and not merged:
                     try:
                         hlc.receive(fact.hlc)
                     except ValidationError:

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -28,7 +28,7 @@ from stigmem_node.errors import OutboundError, StigmemError
 from stigmem_node.federation import KeyRefresh
 from stigmem_node.offload import Offload
 from stigmem_node.replication.erasures import RemoteErasure, check_page
-from stigmem_node.replication.ingest import Ingest, Overlap, PreparedPage
+from stigmem_node.replication.ingest import CheckedPage, Ingest, Overlap, PreparedPage
 from stigmem_node.replication.results import PageProgress, PassResult, PeerResult, PullError, log_summary
 from stigmem_node.replication.transport import MAX_PAGE_BYTES, Page, PageFetcher
 from stigmem_node.replication.verifier import InlineVerifier, Verifier
@@ -210,17 +210,20 @@ class Subscriber:
         """Page through the peer from its stored cursor, counting into ``result`` (the first
         page a long-poll of ``wait_s`` seconds, if given).
 
-        Pages flow through three stages at once: the peer serves page N+2 (fetched ahead)
-        while this process prepares page N+1 and the verifier checks its signatures (a
-        worker process, on another core) while page N is stored.  Pages are still stored
-        one after another, each with its cursor in one transaction: a page fetched or checked
-        ahead is used only after the one before it is committed, and dropped otherwise."""
+        Pages flow through four stages at once: while page N-1 is stored and the verifier (a
+        worker process, on another core) checks page N's signatures, this process prepares
+        page N+1 and the peer serves page N+2.  Pages are still stored one after another,
+        each with its cursor in one transaction, and a page is stored only once the one
+        before it is committed; work ahead of a pull that stops is dropped unseen.  A page
+        that could not be fetched stops the pull only after the pages before it are stored."""
         started = time.monotonic()
+        self.verifier.warm()  # up by the first page
         cursor = (await self.lanes.read(self.store.replication.get, peer.id)).cursor
         keys = await self.lanes.read(self.ingest.peer_keys, peer)
         refreshed = False
         ahead: asyncio.Future[tuple[Page, int]] | None = None
         checking: asyncio.Future[bytes] | None = None
+        storing: asyncio.Future[bool] | None = None
         try:
             page, limit = await self._fetch(client, peer, cursor, self.page_limit, wait_s)
             prepared = await asyncio.to_thread(self.ingest.prepare_page, peer, page.facts)
@@ -229,8 +232,23 @@ class Subscriber:
                 result.pages += 1
                 next_cursor = page.cursor if page.cursor is not None else cursor
                 more = page.has_more and next_cursor != cursor and result.pages < self.max_pages
-                if more and ahead is None:
-                    ahead = asyncio.ensure_future(self._fetch(client, peer, next_cursor, limit, 0))
+                failed: Exception | None = None
+                if more:
+                    try:
+                        if ahead is None:
+                            ahead = asyncio.ensure_future(self._fetch(client, peer, next_cursor, limit, 0))
+                        (page_after, limit), ahead = await ahead, None
+                    except Exception as exc:  # noqa: BLE001 - raised below, once this page is stored
+                        ahead, failed, more = None, exc, False
+                if more:
+                    if page_after.has_more and page_after.cursor not in (None, next_cursor) \
+                            and result.pages + 1 < self.max_pages:
+                        ahead = asyncio.ensure_future(self._fetch(client, peer, page_after.cursor, limit, 0))
+                    prepared_after = await asyncio.to_thread(self.ingest.prepare_page, peer, page_after.facts)
+                if storing is not None:
+                    stored, storing = await storing, None
+                    if not stored:
+                        return
                 checked = prepared.finish(await verdicts)
                 checking = None
                 if not refreshed and checked.bad_signature:
@@ -239,39 +257,49 @@ class Subscriber:
                     if (await self.refresh_keys(peer, actor="node:pull")).rotated:
                         keys = await self.lanes.read(self.ingest.peer_keys, peer)
                         checked = prepared.finish(await self._verify(keys, prepared))
-                if more and ahead is not None:  # the next page is checked while this one is stored
-                    (page_after, limit), ahead = await ahead, None
-                    prepared_after = await asyncio.to_thread(self.ingest.prepare_page, peer, page_after.facts)
+                if more:
                     verdicts = checking = self._verify(keys, prepared_after)
-                    if page_after.has_more and page_after.cursor not in (None, next_cursor) \
-                            and result.pages + 1 < self.max_pages:
-                        ahead = asyncio.ensure_future(self._fetch(client, peer, page_after.cursor, limit, 0))
-                try:
-                    stored = await self.lanes.write(self.ingest.store_page, peer, checked, cursor, next_cursor)
-                except Overlap:
-                    result.note = "another pull advanced this peer's cursor first; this run stopped for it"
-                    return
-                result.new += stored.new
-                result.duplicates += stored.duplicates
-                result.rejected += stored.rejected
-                if on_page is not None:
-                    on_page(PageProgress(peer.id, peer.node_id, result.pages, result.new + result.duplicates,
-                                         result.rejected, time.monotonic() - started))
-                if not page.has_more:
-                    return
-                if next_cursor == cursor:
-                    raise PullError("cursor_stuck", "the peer said has_more but did not move its cursor")
-                if result.pages >= self.max_pages:
+                storing = asyncio.ensure_future(self._store(peer, checked, cursor, next_cursor, result, on_page,
+                                                            started, result.pages))
+                if not more:
+                    stored, storing = await storing, None
+                    if failed is not None:
+                        raise failed
+                    if not stored or not page.has_more:
+                        return
+                    if next_cursor == cursor:
+                        raise PullError("cursor_stuck", "the peer said has_more but did not move its cursor")
                     result.note = f"stopped after {self.max_pages} pages; the next pass carries on"
                     return
                 cursor, page, prepared = next_cursor, page_after, prepared_after
         finally:
-            for pending in (ahead, checking):  # work for a pull that stopped: dropped unseen
+            for pending in (ahead, checking):  # work ahead of a pull that stopped: dropped unseen
                 if pending is not None:
                     pending.cancel()
-                    await asyncio.wait([pending])
-                    if not pending.cancelled():
-                        pending.exception()  # retrieved, so that asyncio does not report it
+            unfinished: list[asyncio.Future[Any] | None] = [ahead, checking, storing]
+            for waiting in unfinished:  # a page being stored is committed or not, as it goes
+                if waiting is not None:
+                    await asyncio.wait([waiting])
+                    if not waiting.cancelled():
+                        waiting.exception()  # retrieved, so that asyncio does not report it
+
+    async def _store(self, peer: PeerRecord, checked: CheckedPage, cursor: str | None, next_cursor: str | None,
+                     result: PeerResult, on_page: Callable[[PageProgress], None] | None, started: float,
+                     pages: int) -> bool:
+        """Store a checked page with its cursor, counting into ``result``; False if another
+        pull advanced the cursor first (nothing stored)."""
+        try:
+            stored = await self.lanes.write(self.ingest.store_page, peer, checked, cursor, next_cursor)
+        except Overlap:
+            result.note = "another pull advanced this peer's cursor first; this run stopped for it"
+            return False
+        result.new += stored.new
+        result.duplicates += stored.duplicates
+        result.rejected += stored.rejected
+        if on_page is not None:
+            on_page(PageProgress(peer.id, peer.node_id, pages, result.new + result.duplicates,
+                                 result.rejected, time.monotonic() - started))
+        return True
 
     def _verify(self, keys: list[Ed25519PublicKey], prepared: PreparedPage) -> asyncio.Future[bytes]:
         """Start checking ``prepared``'s signatures under ``keys``."""

@@ -13,6 +13,7 @@ batch and every later one are checked inline, and the node says so once in its l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import subprocess
 import sys
@@ -29,12 +30,19 @@ class Verifier(Protocol):
         """One byte per item: 1 if it verifies under any of ``keys`` (raw public keys)."""
         ...
 
+    def warm(self) -> None:
+        """Get ready for a batch soon (start what takes time to start); never blocks long."""
+        ...
+
 
 class InlineVerifier:
     """Checks every batch in a thread of this process."""
 
     async def verify(self, keys: list[bytes], items: list[bytes]) -> bytes:
         return await asyncio.to_thread(verify_batch, keys, items)
+
+    def warm(self) -> None:
+        return None
 
     def close(self) -> None:
         return None
@@ -65,6 +73,18 @@ class ProcessVerifier:
                 self._broken = True
                 log.warning("signature worker unavailable (%s); checking signatures in this process", exc)
         return await asyncio.to_thread(verify_batch, keys, items)
+
+    def warm(self) -> None:
+        """Start the worker now, so that it is up by the first batch (unless it is busy,
+        broken or closed)."""
+        if self._broken or not self._lock.acquire(blocking=False):
+            return
+        try:
+            self._started()
+        except WorkerFailed:
+            pass  # the first batch finds it out, and says so
+        finally:
+            self._lock.release()
 
     def _round_trip(self, keys: list[bytes], items: list[bytes]) -> bytes:
         request = encode_request(keys, items)
@@ -100,7 +120,8 @@ class ProcessVerifier:
     def _stop(self, proc: subprocess.Popen[bytes]) -> None:
         for stream in (proc.stdin, proc.stdout):
             if stream is not None:
-                stream.close()
+                with contextlib.suppress(BrokenPipeError):  # a dead worker cannot take what is unflushed
+                    stream.close()
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
