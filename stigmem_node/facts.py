@@ -35,8 +35,8 @@ from typing import Any, Final
 from stigmem_node.cid import cid_of, compute_cid
 from stigmem_node.clock import iso, parse_rfc3339
 from stigmem_node.errors import InternalValidationError, ValidationError
-from stigmem_node.fact_ids import new_fact_id, new_fact_ids
 from stigmem_node.hlc import format_hlc, parse_hlc
+from stigmem_node.uuid7 import uuid7
 from stigmem_node.values import (
     decode_value,
     invalid_fact,
@@ -51,7 +51,7 @@ __all__ = [
     "DEFAULT_CONFIDENCE", "DEFAULT_SCOPE", "DEFAULT_TENANT", "MAX_ID_CHARS", "MAX_NAME_CHARS",
     "Fact", "FactInput", "Origin",
     "check_string", "cid_of", "compute_cid", "expiry_key", "fact_from_wire", "fact_wire", "is_instruction",
-    "local_fact_text", "new_fact", "new_fact_id", "new_fact_ids",
+    "local_fact_text", "new_fact",
     "parse_time", "required_text", "unexpected_error", "validate_new_fact", "value_from_text",
 ]
 
@@ -333,9 +333,10 @@ def new_fact(
     fact_id: str | None = None,
     cid: str | None = None,
 ) -> Fact:
-    """A local fact from validated input: a fresh UUID4 id (unless given) and its CID
-    (``cid``: the caller's ``inp.cid``, already computed)."""
-    return Fact(id=fact_id or new_fact_id(), cid=cid or inp.cid, entity=inp.entity, relation=inp.relation,
+    """A local fact from validated input: a fresh time-ordered id (unless given; a UUIDv7
+    stamped with the wall time of ``hlc``) and its CID (``cid``: the caller's ``inp.cid``,
+    already computed)."""
+    return Fact(id=fact_id or uuid7(parse_hlc(hlc)[0]), cid=cid or inp.cid, entity=inp.entity, relation=inp.relation,
                 value_type=inp.value_type, value_v=inp.value_v, interpret_as=inp.interpret_as, source=inp.source,
                 timestamp=timestamp, hlc=hlc, valid_until=inp.valid_until, confidence=inp.confidence,
                 scope=inp.scope, origin_node_id=origin_node_id)

@@ -28,6 +28,7 @@ from stigmem_node.hlc import HLC
 from stigmem_node.identity import NodeIdentity
 from stigmem_node.store import Store
 from stigmem_node.store.facts import FactRow
+from stigmem_node.uuid7 import uuid7s
 
 MAX_BATCH = 500
 _CURSOR_RE = re.compile(r"[0-9]{1,18}")
@@ -99,8 +100,8 @@ class LocalFacts:
         # Called after a transaction that stored new facts commits (wakes long-polls).
         self.on_commit = on_commit
         self._hlc: HLC | None = None
-        # Ids for up to n new facts (fresh UUID4s; tests give a deterministic source).
-        self.new_ids = new_ids or fm.new_fact_ids
+        # Ids for up to n new facts (fresh UUIDv7s; tests give a deterministic source).
+        self.new_ids = new_ids or (lambda n: uuid7s(n, self.clock.now_ms()))
 
     @property
     def hlc(self) -> HLC:
@@ -145,7 +146,8 @@ class LocalFacts:
             if self.on_rotation is not None and self.store.meta.get("current_key_id") != ident.key_id:
                 self.on_rotation()
                 ident = self.identity
-            held = self.store.facts.local_by_contents(keys)
+            held = self.store.facts.local_by_contents(
+                [(inp.entity, inp.relation, *key) for inp, key in zip(inputs, keys, strict=True)])
             origins: dict[str, tuple[Origin, str]] = {}  # scope -> its origin block and that block's text
             for i, inp in enumerate(inputs):
                 key = keys[i]

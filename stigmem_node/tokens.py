@@ -74,7 +74,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from stigmem_node.encoding import STRICT_JSON, b64url_decode, b64url_encode, is_utf8_text
 from stigmem_node.errors import StigmemError
 from stigmem_node.keys import verifies
-from stigmem_node.token_nonce import new_nonce
+from stigmem_node.uuid7 import uuid7
 
 ALGORITHM = "EdDSA"
 DEFAULT_TTL_MS = 60_000
@@ -206,7 +206,7 @@ def mint(
     """Mint a compact EdDSA JWS for one request to the node ``audience``.
 
     ``sub`` is the *target* node_id; ``iat``/``exp`` are epoch milliseconds; ``nonce`` is a
-    fresh time-ordered UUIDv7 (``token_nonce``) unless given; ``htm`` is upper-cased.
+    fresh time-ordered UUIDv7 (``uuid7``) unless given; ``htm`` is upper-cased.
     Raises ``ValueError`` when ``ttl_ms`` is outside 1..3,600,000 or an argument has the
     wrong shape.
     """
@@ -221,7 +221,7 @@ def mint(
     if key_id is not None and not is_utf8_text(key_id):
         raise ValueError("key_id must be a non-empty string or None")
     if nonce is None:
-        nonce = new_nonce(now_ms)
+        nonce = uuid7(now_ms)
     elif not _valid_nonce(nonce):
         raise ValueError(f"nonce must be a non-empty string of at most {MAX_NONCE_CHARS} characters, without NUL")
     claims: dict[str, Any] = {

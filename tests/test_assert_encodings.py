@@ -29,11 +29,10 @@ from stigmem_node.facts import (
     fact_wire,
     local_fact_text,
     new_fact,
-    new_fact_id,
-    new_fact_ids,
     validate_new_fact,
 )
 from stigmem_node.origin import ORIGIN_TUPLE_VERSION, origin_sig_payload
+from stigmem_node.uuid7 import uuid7, uuid7s
 
 TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
 
@@ -94,13 +93,17 @@ def test_the_cid_refuses_what_json_refuses() -> None:
     assert compute_cid(**{**f, "entity": _Text("e")}, confidence=1) == compute_cid(**f, confidence=1.0)
 
 
-def test_a_new_fact_id_is_a_random_uuid4_in_canonical_text() -> None:
-    ids = {new_fact_id() for _ in range(1000)} | set(new_fact_ids(1000)) | set(new_fact_ids(1))
-    assert len(ids) == 2001 and new_fact_ids(0) == []
+def test_a_new_fact_id_is_a_time_ordered_uuid7_in_canonical_text() -> None:
+    now = 1_795_399_600_123
+    ids = {uuid7(now) for _ in range(1000)} | set(uuid7s(1000, now)) | set(uuid7s(1, now + 1))
+    assert len(ids) == 2001 and uuid7s(0, now) == []
     for text in ids:
         parsed = uuid.UUID(text)
-        assert (str(parsed), parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)
-        assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", text)
+        assert (str(parsed), parsed.version, parsed.variant) == (text, 7, uuid.RFC_4122)
+        assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", text)
+        assert parsed.int >> 80 in (now, now + 1)
+    earlier, later = uuid7(now), uuid7(now + 1)
+    assert earlier < later  # ids made later sort after, as text
 
 
 NAME = st.text(st.characters(exclude_categories=("Cs", "Cc")), min_size=1, max_size=30).filter(str.strip)

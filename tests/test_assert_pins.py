@@ -184,11 +184,34 @@ def test_the_batched_lookup_finds_own_facts_by_cid_and_expiry_across_chunks(loca
     first = local.assert_many(local.validate_batch(BATCH[:3]))
     assert [s.created for s in first] == [True, True, True]
     rows = [r for r in _rows(local) if r[16] is None]
-    own = [(r[1], r[10]) for r in rows]
-    noise = [(f"sha256:{i:064x}", None) for i in range(LOOKUP_CHUNK * 2 + 7)]
-    found = facts.local_by_contents([*noise[:LOOKUP_CHUNK + 3], own[0], *noise[LOOKUP_CHUNK + 3:], own[1],
-                                     (own[1][0], None), own[2]])
+    contents = [(r[2], r[3], r[1], r[10]) for r in rows]  # (entity, relation, cid, valid_until)
+    own = [(c[2], c[3]) for c in contents]
+    noise = [(rows[0][2], rows[0][3], f"sha256:{i:064x}", None) for i in range(LOOKUP_CHUNK * 2 + 7)]
+    found = facts.local_by_contents([*noise[:LOOKUP_CHUNK + 3], contents[0], *noise[LOOKUP_CHUNK + 3:], contents[1],
+                                     (*contents[1][:3], None), contents[2]])
     assert sorted(found) == sorted(own)  # (cid, another valid_until) is not fact 1
     assert [found[k].id for k in own] == [s.fact["id"] for s in first]
     again = local.assert_many(local.validate_batch(BATCH[:3]))
     assert [(s.created, s.fact) for s in again] == [(False, s.fact) for s in first]
+
+
+def test_every_fact_of_a_large_batch_carries_its_own_signature_in_input_order(local: LocalFacts) -> None:
+    """A full batch: every row carries the signature its own fields get, in its entry too, in
+    input order, under the ids the node was given."""
+    from stigmem_node import origin as om
+
+    n = 437
+    batch = [_fact(1000 + i, "number", i) for i in range(n)]
+    stored = local.assert_many(local.validate_batch(batch))
+    assert all(s.created for s in stored) and len(stored) == n
+    rows = _rows(local)
+    assert [r[0] for r in rows] == [s.fact["id"] for s in stored] == [f"pin-{i:03d}" for i in range(n)]
+    for r in rows:
+        entry = json.loads(r[15])
+        o = entry["origin"]
+        expected = om.sign_origin(_KEY, fact_id=r[0], cid=r[1], entity_uri=o["entity_uri"], origin_node_id=r[13],
+                                  origin_allowed_scopes=o["allowed_scopes"],
+                                  origin_allowed_tenants=o["allowed_tenants"], origin_tenant=o["tenant"],
+                                  valid_until=r[10])
+        assert r[14] == entry["origin_sig"] == expected
+

@@ -37,11 +37,14 @@ def _schema_6_guard(engine: str) -> list[str]:
 
 
 def back_to_schema_6(target: Path | str) -> None:
-    """Make a stopped node's database what schema 6 left: no erased_facts, the old guard.
-    It undoes migration 7 only: a later migration must be undone here too."""
-    assert SCHEMA_VERSION == 7, "undo the migrations after 7 here first"
+    """Make a stopped node's database what schema 6 left: no erased_facts, the old guard, the
+    old fact indexes.  It undoes migrations 8 and 7: a later migration must be undone here too."""
+    assert SCHEMA_VERSION == 8, "undo the migrations after 8 here first"
     engine = "postgresql" if is_postgres(target) else "sqlite"
     with connect(target) as conn:
+        conn.execute("CREATE INDEX facts_entity ON facts (entity, relation)")
+        conn.execute("CREATE INDEX facts_cid ON facts (cid)")
+        conn.execute("DROP INDEX facts_content")
         conn.execute("DROP TABLE erased_facts")
         for statement in _schema_6_guard(engine):
             conn.execute(statement)

@@ -26,7 +26,7 @@ FACTS = "/v1/facts"
 ERROR_KEYS = {"error", "detail", "message"}
 CID_RE = re.compile(r"sha256:[0-9a-f]{64}")
 HLC_RE = re.compile(r"[0-9]{13}\.[0-9]{3}")
-UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")  # UUIDv7
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "stigmem_node"
 FORBIDDEN = ("sqlite3", "httpx", "starlette", "stigmem_node.store", "stigmem_node.config")
 
 # The core modules: they may import one another and nothing else of the package.
-CORE = ("cid", "clock", "declaration", "encoding", "error_codes", "errors", "fact_ids", "facts", "hlc", "keys",
-        "manifest", "node_id", "node_url", "origin", "token_inspect", "token_nonce", "tokens", "verify_worker", "tombstones", "values", "vocabulary")
+CORE = ("cid", "clock", "declaration", "encoding", "error_codes", "errors", "facts", "hlc", "keys",
+        "manifest", "node_id", "node_url", "origin", "token_inspect", "uuid7", "tokens", "verify_worker", "tombstones", "values", "vocabulary")
 
 
 def _plain_env() -> dict[str, str]:

@@ -88,18 +88,23 @@ class FactRepo:
         rows = self.db.all(f"SELECT id, cid, valid_until FROM facts WHERE id IN ({marks})", tuple(ids))
         return {r[0]: (r[1], r[2]) for r in rows}
 
-    def local_by_contents(self, keys: Sequence[tuple[str, str | None]]) -> dict[tuple[str, str | None], FactRow]:
-        """This node's own facts with these (CID, valid_until) pairs (the CID leaves out
-        valid_until): the first stored of each pair found, by seq.  One query per
-        ``LOOKUP_CHUNK`` CIDs, on the CID index."""
-        wanted = set(keys)
-        cids = sorted({cid for cid, _ in wanted})
+    def local_by_contents(self, contents: Sequence[tuple[str, str, str, str | None]],
+                          ) -> dict[tuple[str, str | None], FactRow]:
+        """This node's own facts with these contents, given as (entity, relation, CID,
+        valid_until): by (CID, valid_until) (the CID leaves out valid_until), the first stored
+        of each pair found, by seq.  One query per ``LOOKUP_CHUNK`` contents, on the content
+        index (entity, relation, cid)."""
+        wanted = {(cid, until) for _, _, cid, until in contents}
+        triples = sorted({(entity, relation, cid) for entity, relation, cid, _ in contents})
         found: dict[tuple[str, str | None], FactRow] = {}
-        for start in range(0, len(cids), LOOKUP_CHUNK):
-            chunk = cids[start:start + LOOKUP_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            rows = self.db.all(f"SELECT {ROW_COLS} FROM facts WHERE cid IN ({marks}) AND received_from IS NULL"
-                               f" ORDER BY seq", tuple(chunk))
+        cols = ", ".join(f"f.{c.strip()}" for c in ROW_COLS.split(","))
+        for start in range(0, len(triples), LOOKUP_CHUNK):
+            chunk = triples[start:start + LOOKUP_CHUNK]
+            rows = self.db.all(
+                f"WITH wanted (entity, relation, cid) AS (VALUES {','.join(['(?, ?, ?)'] * len(chunk))})"
+                f" SELECT {cols} FROM wanted JOIN facts f ON f.entity = wanted.entity"
+                " AND f.relation = wanted.relation AND f.cid = wanted.cid"
+                " WHERE f.received_from IS NULL ORDER BY f.seq", tuple(v for t in chunk for v in t))
             for row in rows:
                 fact = FactRow(*row)
                 key = (fact.cid, fact.valid_until)
