@@ -185,3 +185,14 @@ def test_a_pull_checks_its_pages_in_the_worker_and_drops_pages_fetched_ahead(pai
     assert b.verifier.batches >= 3
     stored = b.store.db.all("SELECT id FROM facts WHERE received_from IS NOT NULL")
     assert sorted(r[0] for r in stored) == sorted(r[0] for r in a.store.db.all("SELECT id FROM facts"))
+
+
+def test_a_worker_that_does_not_answer_in_time_is_stopped_and_the_batch_checked_here(tmp_path: Path) -> None:
+    stuck = tmp_path / "stuck-python"
+    stuck.write_text("#!/bin/sh\nexec sleep 30\n")  # takes the request and never answers
+    stuck.chmod(0o700)
+    verifier = ProcessVerifier(python=str(stuck), timeout_s=0.3)
+    signed = [KEY.sign(b"a") + b"a", OTHER.sign(b"b") + b"b"]
+    assert asyncio.run(verifier.verify([raw(KEY)], signed)) == b"\x01\x00"
+    assert verifier.batches == 0 and verifier._proc is None  # the stuck worker is gone
+    verifier.close()

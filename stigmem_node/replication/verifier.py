@@ -6,8 +6,10 @@ signature covers; a ``Verifier`` says which of them verify under the peer's keys
 them in a thread of this process.  ``ProcessVerifier`` sends each batch to one worker process
 (``stigmem_node.verify_worker``), started at first use and kept for the node's life, so that
 the subscriber prepares and stores other pages while the signatures are checked.  Both give
-the same verdicts (the same libsodium check); if the worker cannot be started or dies, the
-batch and every later one are checked inline, and the node says so once in its log.
+the same verdicts (the same libsodium check).  A worker found dead before a batch is started
+again; one that cannot be started, fails a batch or does not answer it within
+``WORKER_TIMEOUT_S`` is stopped, and that batch and every later one are checked inline (the
+node says so once in its log).
 """
 
 from __future__ import annotations
@@ -15,14 +17,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import select
 import subprocess
 import sys
 import threading
-from typing import Protocol
+import time
+from typing import IO, Protocol
 
 from stigmem_node.verify_worker import encode_request, verify_batch
 
 log = logging.getLogger("stigmem_node.replication")
+
+# A batch is at most a page (500 signatures, about 25 ms of work): a worker silent for this
+# long is stuck, and is stopped.
+WORKER_TIMEOUT_S = 30.0
+
+
+def _read(stream: IO[bytes], size: int, deadline: float) -> bytes:
+    """Up to ``size`` bytes from the worker's pipe (fewer only at its end), waiting no later
+    than ``deadline`` (``TimeoutError``)."""
+    fd, data = stream.fileno(), bytearray()
+    while len(data) < size:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise TimeoutError("the worker did not answer in time")
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
 
 
 class Verifier(Protocol):
@@ -55,8 +79,10 @@ class WorkerFailed(Exception):
 class ProcessVerifier:
     """Checks batches in one worker process (one batch at a time), falling back to a thread."""
 
-    def __init__(self, python: str = sys.executable) -> None:
+    def __init__(self, python: str = sys.executable, *, timeout_s: float = WORKER_TIMEOUT_S) -> None:
+        """``timeout_s``: how long a batch may take before the worker is given up for stuck."""
         self.python = python
+        self.timeout_s = timeout_s
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._broken = False
@@ -94,11 +120,12 @@ class ProcessVerifier:
             try:
                 proc.stdin.write(request)
                 proc.stdin.flush()
-                head = proc.stdout.read(4)
-                answer = proc.stdout.read(int.from_bytes(head, "big")) if len(head) == 4 else b""
-            except OSError as exc:
-                self._stop(proc)
-                raise WorkerFailed(str(exc)) from None
+                deadline = time.monotonic() + self.timeout_s
+                head = _read(proc.stdout, 4, deadline)
+                answer = _read(proc.stdout, int.from_bytes(head, "big"), deadline) if len(head) == 4 else b""
+            except (OSError, TimeoutError) as exc:
+                self._stop(proc, kill=isinstance(exc, TimeoutError))
+                raise WorkerFailed(str(exc) or type(exc).__name__) from None
             if len(head) != 4 or int.from_bytes(head, "big") != len(items) or len(answer) != len(items):
                 self._stop(proc)
                 raise WorkerFailed("the worker ended or answered out of turn")
@@ -117,7 +144,10 @@ class ProcessVerifier:
                 raise WorkerFailed(f"cannot start it: {exc}") from None
         return self._proc
 
-    def _stop(self, proc: subprocess.Popen[bytes]) -> None:
+    def _stop(self, proc: subprocess.Popen[bytes], *, kill: bool = False) -> None:
+        """End the worker: it ends when its input does; a stuck one (``kill``), at once."""
+        if kill:
+            proc.kill()
         for stream in (proc.stdin, proc.stdout):
             if stream is not None:
                 with contextlib.suppress(BrokenPipeError):  # a dead worker cannot take what is unflushed
