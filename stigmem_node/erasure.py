@@ -100,14 +100,15 @@ class Erasure:
     def erase_fact(self, fact_id: Any, reason: Any, *, actor: str, remote_addr: str | None = None,
                    ) -> dict[str, Any]:
         """Erase one stored fact; its tombstone's view, with ``created`` false if the fact
-        was already erased.  ``fact_not_found`` if no fact and no tombstone has this id."""
+        was already erased (the view is then of the tombstone that erased it: its own, or its
+        entity's).  ``fact_not_found`` if no fact has this id and none was erased."""
         fact_id = check_fact_id(fact_id)
         reason = tm.check_reason(reason)
         ident = self.identity()
         with self.store.transaction():
             row = self.store.facts.get(fact_id)
             if row is None:
-                existing = self.store.tombstones.of_fact(fact_id)
+                existing = self.store.tombstones.erasing(fact_id)
                 if existing is None:
                     raise NotFound("fact_not_found", "no fact with this id")
                 return {**tombstone_view(existing), "created": False}

@@ -70,6 +70,16 @@ class TombstoneRepo:
         self.db.executemany("INSERT INTO erased_facts (fact_id, tombstone_seq) VALUES (?, ?)"
                             " ON CONFLICT (fact_id) DO NOTHING", [(f, tombstone_seq) for f in fact_ids])
 
+    def erasing(self, fact_id: str) -> TombstoneRow | None:
+        """The tombstone that erased this fact id: its own fact tombstone, or the entity
+        tombstone that recorded it."""
+        row = self.db.one(
+            f"SELECT {COLS} FROM tombstones WHERE kind = 'fact' AND fact_id = ?"
+            f" UNION ALL SELECT {', '.join('t.' + c.strip() for c in COLS.split(','))} FROM erased_facts e"
+            " JOIN tombstones t ON t.seq = e.tombstone_seq WHERE e.fact_id = ? ORDER BY 1 LIMIT 1",
+            (fact_id, fact_id))
+        return TombstoneRow(*row) if row else None
+
     def erased(self, fact_id: str) -> bool:
         """Whether this fact id was erased: by its own fact tombstone, or with its entity."""
         return self.db.one(
