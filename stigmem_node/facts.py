@@ -380,9 +380,10 @@ def fact_wire(fact: Fact) -> dict[str, Any]:
     }
 
 
-def local_fact_text(inp: FactInput, *, fact_id: str, cid: str, timestamp: str, hlc: str,
-                    origin_node_id: str) -> str:
-    """The compact JSON text (non-ASCII kept) of ``fact_wire(new_fact(inp, ...))``, assembled
+def local_fact_text(inp: FactInput | Fact, *, fact_id: str, cid: str, timestamp: str, hlc: str,
+                    origin_node_id: str, received_from: str | None = None) -> str:
+    """The compact JSON text (non-ASCII kept) of ``fact_wire(new_fact(inp, ...))`` (or, given
+    a received ``Fact`` and its sender, of its ``fact_wire`` as stored), assembled
     directly: members in ``fact_wire``'s order, strings escaped by the encoder
     ``json.dumps(ensure_ascii=False)`` uses, numbers written as it writes them (a test
     compares the two for any input).  Raises ``ValueError`` where json.dumps would (a
@@ -407,7 +408,8 @@ def local_fact_text(inp: FactInput, *, fact_id: str, cid: str, timestamp: str, h
         '{"id":', _json_string(fact_id), ',"entity":', _json_string(inp.entity),
         ',"relation":', _json_string(inp.relation), ',"value":{"type":', _json_string(inp.value_type),
         ',"v":', value, ',"interpret_as":', _json_string(inp.interpret_as), '},"source":', _json_string(inp.source),
-        ',"timestamp":', _json_string(timestamp), ',"hlc":', _json_string(hlc), ',"received_from":null',
+        ',"timestamp":', _json_string(timestamp), ',"hlc":', _json_string(hlc),
+        ',"received_from":', "null" if received_from is None else _json_string(received_from),
         ',"valid_until":', "null" if inp.valid_until is None else _json_string(inp.valid_until),
         ',"confidence":', float.__repr__(confidence), ',"scope":', _json_string(inp.scope),
         ',"origin_node_id":', _json_string(origin_node_id), ',"cid":', _json_string(cid), "}",

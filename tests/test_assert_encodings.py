@@ -122,10 +122,13 @@ VALUE = st.one_of(
        confidence=st.none() | st.floats(0, 1) | st.sampled_from([0, 1]),
        scope=st.none() | st.sampled_from(["local", "team", "company", "public"]),
        valid_until=st.none() | st.sampled_from(["2027-03-01T10:00:00+01:00", "2027-03-01T09:00:00.123456789Z"]),
-       fact_id=NAME, hlc=st.from_regex(r"[0-9]{13}\.[0-9]{3}", fullmatch=True))
+       fact_id=NAME, hlc=st.from_regex(r"[0-9]{13}\.[0-9]{3}", fullmatch=True),
+       received_from=st.none() | st.sampled_from(["stigmem:node:peer-é", 'n:"q"\\']))
 def test_a_new_facts_text_is_the_json_of_its_wire_form(entity: str, relation: str, source: str, value: Any,
                                                         interpret_as: str | None, confidence: Any, scope: Any,
-                                                        valid_until: Any, fact_id: str, hlc: str) -> None:
+                                                        valid_until: Any, fact_id: str, hlc: str,
+                                                        received_from: str | None) -> None:
+    """For a new fact, and for a received one as stored (with its sender)."""
     body = {"entity": entity, "relation": relation, "source": source, "confidence": confidence, "scope": scope,
             "value": {"type": value[0], "v": value[1], "interpret_as": interpret_as}, "valid_until": valid_until}
     try:
@@ -134,6 +137,8 @@ def test_a_new_facts_text_is_the_json_of_its_wire_form(entity: str, relation: st
         event("refused by validation")
         return
     made = {"fact_id": fact_id, "timestamp": "2026-11-23T02:07:59.090120Z", "hlc": hlc, "origin_node_id": "n:é"}
-    wire = fact_wire(new_fact(inp, **made))
+    fact = new_fact(inp, **made)
+    wire = {**fact_wire(fact), "received_from": received_from}
     expected = json.dumps(wire, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    assert local_fact_text(inp, cid=inp.cid, **made) == expected
+    assert local_fact_text(inp, cid=inp.cid, **made, received_from=received_from) == expected
+    assert local_fact_text(fact, cid=fact.cid, **made, received_from=received_from) == expected

@@ -225,6 +225,7 @@ class Ingest:
             erased = self._erased(page.entries)
             rows, dup = [], 0
             seen: dict[str, tuple[str, str | None]] = {}  # id -> (cid, valid_until) stored from this page
+            origin_texts: dict[int, str] = {}  # the text of each origin block, by the block's identity
             for entry in page.entries:
                 fact = entry.fact
                 if fact.id in erased:
@@ -249,13 +250,18 @@ class Ingest:
                     except ValidationError:
                         pass  # a skewed peer clock must not drag ours; the fact keeps its own HLC
                 stamp = fact.hlc or hlc.tick()
-                served = fm.fact_wire(fact)  # as it will be served: with its stamp and sender
-                served["hlc"], served["received_from"] = stamp, peer.node_id
-                wire = {"fact": served, "origin": entry.origin.to_wire(), "origin_sig": entry.origin_sig}
+                # The entry as stored: the fact with its stamp and sender, its origin block (one
+                # text for the page's facts that share it) and the signature.
+                text = fm.local_fact_text(fact, fact_id=fact.id, cid=fact.cid, timestamp=fact.timestamp, hlc=stamp,
+                                          origin_node_id=fact.origin_node_id, received_from=peer.node_id)
+                origin_text = origin_texts.get(id(entry.origin))
+                if origin_text is None:
+                    origin_text = origin_texts[id(entry.origin)] = _dumps(entry.origin.to_wire())
+                stored_entry = f'{{"fact":{text},"origin":{origin_text},"origin_sig":{_dumps(entry.origin_sig)}}}'
                 rows.append((
                     fact.id, fact.cid, fact.entity, fact.relation, fact.value_type, fact.value_v, fact.interpret_as,
                     fact.source, fact.timestamp, stamp, fm.expiry_key(fact.valid_until), fact.confidence, fact.scope,
-                    fact.origin_node_id, entry.origin_sig, _dumps(wire), peer.node_id, now,
+                    fact.origin_node_id, entry.origin_sig, stored_entry, peer.node_id, now,
                 ))
             if not self.store.replication.advance(peer.id, expected_cursor=cursor_before, cursor=cursor_after,
                                                   ingested=len(rows), rejected=len(rejections)):
