@@ -233,18 +233,12 @@ class Subscriber:
                 next_cursor = page.cursor if page.cursor is not None else cursor
                 more = page.has_more and next_cursor != cursor and result.pages < self.max_pages
                 failed: Exception | None = None
-                if more:
-                    try:
-                        if ahead is None:
-                            ahead = asyncio.ensure_future(self._fetch(client, peer, next_cursor, limit, 0))
-                        (page_after, limit), ahead = await ahead, None
-                    except Exception as exc:  # noqa: BLE001 - raised below, once this page is stored
-                        ahead, failed, more = None, exc, False
-                if more:
-                    if page_after.has_more and page_after.cursor not in (None, next_cursor) \
-                            and result.pages + 1 < self.max_pages:
-                        ahead = asyncio.ensure_future(self._fetch(client, peer, page_after.cursor, limit, 0))
-                    prepared_after = await asyncio.to_thread(self.ingest.prepare_page, peer, page_after.facts)
+                after: tuple[Page, PreparedPage] | None = None  # the next page, fetched and prepared
+                if more and ahead is None:
+                    ahead = asyncio.ensure_future(self._fetch(client, peer, next_cursor, limit, 0))
+                if more and ahead is not None and ahead.done():  # prepared while this page is checked
+                    after, failed, limit, ahead = await self._prepare_after(client, peer, ahead, next_cursor,
+                                                                             limit, result.pages)
                 if storing is not None:
                     stored, storing = await storing, None
                     if not stored:
@@ -257,11 +251,13 @@ class Subscriber:
                     if (await self.refresh_keys(peer, actor="node:pull")).rotated:
                         keys = await self.lanes.read(self.ingest.peer_keys, peer)
                         checked = prepared.finish(await self._verify(keys, prepared))
-                if more:
-                    verdicts = checking = self._verify(keys, prepared_after)
+                # Stored at once: a next page that is slow to come never holds this one back.
                 storing = asyncio.ensure_future(self._store(peer, checked, cursor, next_cursor, result, on_page,
                                                             started, result.pages))
-                if not more:
+                if more and after is None and failed is None and ahead is not None:
+                    after, failed, limit, ahead = await self._prepare_after(client, peer, ahead, next_cursor,
+                                                                             limit, result.pages)
+                if after is None:
                     stored, storing = await storing, None
                     if failed is not None:
                         raise failed
@@ -271,7 +267,9 @@ class Subscriber:
                         raise PullError("cursor_stuck", "the peer said has_more but did not move its cursor")
                     result.note = f"stopped after {self.max_pages} pages; the next pass carries on"
                     return
-                cursor, page, prepared = next_cursor, page_after, prepared_after
+                page, prepared = after
+                verdicts = checking = self._verify(keys, prepared)  # checked while this page is stored
+                cursor = next_cursor
         finally:
             for pending in (ahead, checking):  # work ahead of a pull that stopped: dropped unseen
                 if pending is not None:
@@ -282,6 +280,31 @@ class Subscriber:
                     await asyncio.wait([waiting])
                     if not waiting.cancelled():
                         waiting.exception()  # retrieved, so that asyncio does not report it
+
+    async def _prepare_after(self, client: httpx.AsyncClient, peer: PeerRecord, ahead: asyncio.Future[tuple[Page, int]],
+                             cursor: str | None, limit: int, pages: int,
+                             ) -> tuple[tuple[Page, PreparedPage] | None, Exception | None, int,
+                                        asyncio.Future[tuple[Page, int]] | None]:
+        """The page fetched ahead (after ``cursor``), prepared, with the fetch of the page after
+        it started; or the error its fetch ended with, to be raised once the pages before it
+        are stored.  Returns (page and its preparation, error, page size, next fetch)."""
+        try:
+            page, limit = await ahead
+        except Exception as exc:  # noqa: BLE001 - raised by the caller, once the pages before are stored
+            return None, exc, limit, None
+        following = None
+        if page.has_more and page.cursor not in (None, cursor) and pages + 1 < self.max_pages:
+            following = asyncio.ensure_future(self._fetch(client, peer, page.cursor, limit, 0))
+        try:
+            prepared = await asyncio.to_thread(self.ingest.prepare_page, peer, page.facts)
+        except BaseException:
+            if following is not None:  # nobody is left to wait for it
+                following.cancel()
+                await asyncio.wait([following])
+                if not following.cancelled():
+                    following.exception()
+            raise
+        return (page, prepared), None, limit, following
 
     async def _store(self, peer: PeerRecord, checked: CheckedPage, cursor: str | None, next_cursor: str | None,
                      result: PeerResult, on_page: Callable[[PageProgress], None] | None, started: float,
