@@ -236,6 +236,9 @@ class Subscriber:
                 after: tuple[Page, PreparedPage] | None = None  # the next page, fetched and prepared
                 if more and ahead is None:
                     ahead = asyncio.ensure_future(self._fetch(client, peer, next_cursor, limit, 0))
+                if more and ahead is not None and not ahead.done():  # whichever comes first
+                    first: list[asyncio.Future[Any]] = [ahead, verdicts]
+                    await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
                 if more and ahead is not None and ahead.done():  # prepared while this page is checked
                     after, failed, limit, ahead = await self._prepare_after(client, peer, ahead, next_cursor,
                                                                              limit, result.pages)
