@@ -19,7 +19,6 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -106,14 +105,16 @@ class AuthStore(Protocol):
 class NonceBatcher:
     """Group commit of nonces: the nonces of concurrent requests share one transaction.
 
-    A nonce is handed in from any thread (``submit``: the read-lane worker that verified
-    its token does it at once, so the commit runs while that worker reads the page) and its
-    future tells, once the batch that holds it is committed, whether it was fresh or a
-    replay.  One batch at a time is committed, by a write-lane thread that takes batch after
-    batch while nonces keep coming (``consume_batch``: one transaction each); the nonces
-    that arrive meanwhile form the next batch.  No answer leaves before its nonce is
-    durable, and replays stay exact: the primary key admits each nonce once, within a
-    batch, across batches and across processes.
+    A nonce is handed in from any thread (``submit``: the read-lane worker that verified its
+    token does it at once, so the commit runs while that worker reads the page) with an
+    asyncio future of the request's event loop, which says, once the batch that holds the
+    nonce is committed, whether it was fresh or a replay.  One batch at a time is committed,
+    by a write-lane thread that takes batch after batch while nonces keep coming
+    (``consume_batch``: one transaction each); the nonces that arrive meanwhile form the next
+    batch.  The verdicts of a batch reach each loop in one hand-over (one wake-up of the loop
+    per batch, not per request).  No answer leaves before its nonce is durable, and replays
+    stay exact: the primary key admits each nonce once, within a batch, across batches and
+    across processes.
     """
 
     MAX_BATCH = 1000
@@ -122,32 +123,33 @@ class NonceBatcher:
         self.nonces = nonces
         self.lanes = lanes
         self._lock = threading.Lock()
-        self._pending: list[tuple[tuple[str, str, int], Future[bool]]] = []
+        self._pending: list[tuple[tuple[str, str, int], asyncio.Future[bool]]] = []
         self._draining = False
         self._idle = threading.Event()
         self._idle.set()
         self.commits = 0  # transactions committed (how well requests share them)
         self.consumed = 0  # nonces in them
 
-    def submit(self, nonce: str, peer_id: str, expires_at_ms: int) -> Future[bool]:
-        """Hand in ``nonce`` (any thread); its future: True if fresh (now recorded), False if
-        already seen, or the storage error (``StorageBusy``) of the batch that held it."""
-        future: Future[bool] = Future()
+    def submit(self, nonce: str, peer_id: str, expires_at_ms: int, done: asyncio.Future[bool]) -> None:
+        """Hand in ``nonce`` (any thread); ``done`` (a future of its loop) gets True if the nonce
+        was fresh (now recorded), False if already seen, or the storage error (``StorageBusy``)
+        of the batch that held it.  A request cancelled meanwhile still spends its nonce."""
         with self._lock:
-            self._pending.append(((nonce, peer_id, expires_at_ms), future))
+            self._pending.append(((nonce, peer_id, expires_at_ms), done))
             if self._draining:
-                return future
+                return
             self._draining = True
             self._idle.clear()
         try:
             self.lanes.submit_write(self._drain)
         except RuntimeError:  # the lanes are closed: the node is stopping
             self._fail_pending(StorageUnavailable("the node is stopping"))
-        return future
 
     async def consume(self, nonce: str, peer_id: str, expires_at_ms: int) -> bool:
         """``submit`` from the event loop, awaited."""
-        return await asyncio.wrap_future(self.submit(nonce, peer_id, expires_at_ms))
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.submit(nonce, peer_id, expires_at_ms, done)
+        return await done
 
     def _drain(self) -> None:
         while True:
@@ -157,34 +159,50 @@ class NonceBatcher:
                     self._idle.set()
                     return
                 batch, self._pending = self._pending[:self.MAX_BATCH], self._pending[self.MAX_BATCH:]
-            # A request cancelled meanwhile (its client left) still spends its nonce.
-            waiting = [f.set_running_or_notify_cancel() for _, f in batch]
             try:
-                fresh = self.nonces.consume_batch([item for item, _ in batch])
+                verdicts: list[bool | Exception] = list(self.nonces.consume_batch([item for item, _ in batch]))
             except Exception as exc:  # noqa: BLE001 - each request answers with it (e.g. database_busy)
-                for (_, future), live in zip(batch, waiting, strict=True):
-                    if live:
-                        future.set_exception(exc)
-                continue
-            self.commits += 1
-            self.consumed += len(batch)
-            for (_, future), live, ok in zip(batch, waiting, fresh, strict=True):
-                if live:
-                    future.set_result(ok)
+                verdicts = [exc] * len(batch)
+            else:
+                self.commits += 1
+                self.consumed += len(batch)
+            _deliver_all([(future, verdict) for (_, future), verdict in zip(batch, verdicts, strict=True)])
 
     def _fail_pending(self, exc: Exception) -> None:
         with self._lock:
             batch, self._pending = self._pending, []
             self._draining = False
             self._idle.set()
-        for _, future in batch:
-            if future.set_running_or_notify_cancel():
-                future.set_exception(exc)
+        _deliver_all([(future, exc) for _, future in batch])
 
     async def wait_idle(self) -> None:
         """Wait until every nonce handed in so far is committed."""
         if not self._idle.is_set():
             await asyncio.get_running_loop().run_in_executor(None, self._idle.wait)
+
+
+def _deliver_all(verdicts: list[tuple[asyncio.Future[bool], bool | Exception]]) -> None:
+    """Hand each loop the verdicts of its futures, in one call per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[bool], bool | Exception]]] = {}
+    for future, verdict in verdicts:
+        by_loop.setdefault(future.get_loop(), []).append((future, verdict))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_deliver, items)
+        except RuntimeError:  # that loop is closed: nobody waits for these any more
+            log.debug("nonce verdicts for a closed event loop dropped")
+
+
+def _deliver(items: list[tuple[asyncio.Future[bool], bool | Exception]]) -> None:
+    """On the loop: set each future still waiting (a cancelled request's nonce is spent all
+    the same)."""
+    for future, verdict in items:
+        if future.done():
+            continue
+        if isinstance(verdict, Exception):
+            future.set_exception(verdict)
+        else:
+            future.set_result(verdict)
 
 
 class PeerAuthenticator:
@@ -312,9 +330,10 @@ class PeerAuthenticator:
             token = bearer_token(authorization)
             if token is None:
                 raise TokenRejected("peer_token_required", "a peer token (Authorization: Bearer) is required")
-            verified, result, spent = await self.lanes.read(self._verify_then, token, now_ms, method, path_qs, found,
-                                                            then)
-            fresh = spent.result() if spent.done() else await asyncio.wrap_future(spent)
+            spent: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            verified, result = await self.lanes.read(self._verify_then, token, now_ms, method, path_qs, found,
+                                                     then, spent)
+            fresh = await spent
             if not fresh:
                 raise TokenRejected("nonce_already_seen", "this token was already used", issuer=verified.peer.node_id,
                                     skew_ms=now_ms - int(verified.claims["iat"]))
@@ -331,17 +350,17 @@ class PeerAuthenticator:
 
     def _verify_then(self, token: str, now_ms: int, method: str | None, path_qs: str | None,
                      found: list[tuple[str, tuple[str, ...]]], then: Callable[[AuthenticatedPeer], R] | None,
-                     ) -> tuple[VerifiedToken, R | None, Future[bool]]:
+                     spent: asyncio.Future[bool]) -> tuple[VerifiedToken, R | None]:
         """The token verified, its nonce handed to the committer (whose commit runs while
-        ``then`` reads), and ``then``'s result."""
+        ``then`` reads; ``spent`` gets its verdict), and ``then``'s result."""
         verified = self._verify(token, now_ms, method, path_qs, found)
-        spent = self.nonces.submit(verified.nonce, verified.peer.peer_id, tokens.nonce_kept_until(verified.exp_ms))
+        self.nonces.submit(verified.nonce, verified.peer.peer_id, tokens.nonce_kept_until(verified.exp_ms), spent)
         if then is None:
-            return verified, None, spent
+            return verified, None
         try:
-            return verified, then(AuthenticatedPeer(verified, found[0][1])), spent
+            return verified, then(AuthenticatedPeer(verified, found[0][1]))
         except StigmemError as exc:  # raised once the nonce is consumed (as before the read)
-            return verified, _Raised(exc), spent  # type: ignore[return-value]
+            return verified, _Raised(exc)  # type: ignore[return-value]
 
     async def _rejected(self, exc: TokenRejected, peer_id: str | None, remote_addr: str, path_qs: str | None) -> None:
         """Count the failure and write its audit rows (within the budgets), durably."""
