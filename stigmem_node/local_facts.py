@@ -149,6 +149,7 @@ class LocalFacts:
             held = self.store.facts.local_by_contents(
                 [(inp.entity, inp.relation, *key) for inp, key in zip(inputs, keys, strict=True)])
             origins: dict[str, tuple[Origin, str]] = {}  # scope -> its origin block and that block's text
+            timestamp = self.clock.now_iso()  # the batch's: its facts are asserted in one transaction
             for i, inp in enumerate(inputs):
                 key = keys[i]
                 if key in seen:
@@ -160,7 +161,7 @@ class LocalFacts:
                 if existing is not None:
                     found[i] = existing
                     continue
-                fact_id, cid, hlc, timestamp = next(ids), key[0], self.hlc.tick(), self.clock.now_iso()
+                fact_id, cid, hlc = next(ids), key[0], self.hlc.tick()
                 if inp.scope not in origins:
                     origin = om.origin_for(inp, node_id=ident.node_id, entity_uri=ident.node_url)
                     origins[inp.scope] = (origin, _dumps(origin.to_wire()))
