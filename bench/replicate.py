@@ -1,8 +1,10 @@
 """End-to-end replication rate, against the local insert ceiling measured in the same run.
 
-Two nodes; 10,000 facts (company and public) on A; B registered on A and A on B, both
-approved.  Times `stigmem-node pull` on B until every fact is there, then, as the
-ceiling, inserts the very same rows into an empty copy of the schema in one transaction.
+Three nodes; 10,000 facts (company and public) on A; B and C each registered on A and A on
+each, all approved.  Times `stigmem-node pull` on B until every fact is there (a cron job:
+process start included), then one pass of C's subscriber in a running node (what
+`serve --pull-interval` does; its signature worker already up), then, as the ceiling,
+inserts the very same rows into an empty copy of the schema in one transaction.
 
     python bench/replicate.py [--facts 10000]
 """
@@ -10,6 +12,7 @@ ceiling, inserts the very same rows into an empty copy of the schema in one tran
 from __future__ import annotations
 
 import argparse
+import asyncio
 import subprocess
 import sys
 import tempfile
@@ -26,12 +29,13 @@ def main() -> None:
     ap.add_argument("--facts", type=int, default=10_000)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="stigmem-bench-repl-"))
-    a, b = Node(work, "a"), Node(work, "b")
+    a, b, c = Node(work, "a"), Node(work, "b"), Node(work, "c")
     try:
-        peer_up(a, b)
-        peer_up(b, a)
+        for sub in (b, c):
+            peer_up(a, sub)
+            peer_up(sub, a)
+            sub.stop()  # B pulls as a cron job would, against its database; C in this process
         load_facts(a, args.facts)
-        b.stop()  # the pull runs as a cron job would, against B's database
         t0 = time.perf_counter()
         res = subprocess.run([sys.executable, "-m", "stigmem_node", "pull", "--json", "--db", str(b.db)],
                              capture_output=True, text=True, timeout=600)
@@ -40,18 +44,43 @@ def main() -> None:
             sys.exit(f"pull failed: {res.stdout}{res.stderr}")
         rows = fact_rows(b.db, received=True)
         got = len(rows)
+        running, got_c = pass_in_a_running_node(c.db)
     finally:
         a.stop()
         b.stop()
-    if got != args.facts:
-        sys.exit(f"only {got} of {args.facts} facts arrived")
+        c.stop()
+    if got != args.facts or got_c != args.facts:
+        sys.exit(f"only {got} and {got_c} of {args.facts} facts arrived")
 
     ceiling = insert_ceiling(rows, work)
-    rate, ceil_rate = got / elapsed, got / ceiling
-    print(f"{got} facts replicated A -> B by `stigmem-node pull` (process start included): {elapsed:.2f} s")
-    print(f"end to end:        {rate:>9,.0f} facts/s")
+    rate, ceil_rate, running_rate = got / elapsed, got / ceiling, got_c / running
+    print(f"{got} facts replicated A -> B by `stigmem-node pull` (process start included): {elapsed:.2f} s; "
+          f"A -> C by one pass of a running node: {running:.2f} s")
+    print(f"end to end, pull:  {rate:>9,.0f} facts/s   ratio {rate / ceil_rate:.3f}")
+    print(f"one pass, running: {running_rate:>9,.0f} facts/s   ratio {running_rate / ceil_rate:.3f}")
     print(f"local insert, 1 tx:{ceil_rate:>9,.0f} facts/s (ceiling)")
-    print(f"ratio:             {rate / ceil_rate:>9.3f}")
+
+
+def pass_in_a_running_node(db: Path) -> tuple[float, int]:
+    """Seconds for one pass of the node's subscriber over its peers, the node already open and
+    its signature worker up (as in `serve`), and the facts it then holds from peers."""
+    from nacl.bindings import crypto_sign, crypto_sign_keypair
+
+    from stigmem_node.config import Settings
+    from stigmem_node.node import Node as LocalNode
+
+    node = LocalNode(Settings(db_path=db, log_level="warning"))
+    try:
+        public, secret = crypto_sign_keypair()
+        asyncio.run(node.verifier.verify([public], [crypto_sign(b"warm", secret)]))  # the worker is up
+        t0 = time.perf_counter()
+        result = asyncio.run(node.subscriber().run_pass())
+        elapsed = time.perf_counter() - t0
+        if not result.ok:
+            sys.exit(f"the pass failed: {result.as_dict()}")
+    finally:
+        node.close()
+    return elapsed, len(fact_rows(db, received=True))
 
 
 if __name__ == "__main__":
