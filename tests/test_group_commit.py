@@ -107,3 +107,19 @@ def test_many_concurrent_pulls_share_fewer_commits_than_requests(fed: Fed):
     consumed = node.peer_auth.nonces.consumed - before_consumed
     commits = node.peer_auth.nonces.commits - before_commits
     assert consumed == len(tokens) and commits < consumed, (commits, consumed)
+
+
+def test_a_batch_is_exact_on_every_engine(tmp_path: Path, engine) -> None:
+    """One batch (one multi-row INSERT on PostgreSQL, one INSERT a nonce on SQLite): a nonce
+    named twice is fresh once, at its first place; a stored one is a replay; order is kept."""
+    store = engine.store(tmp_path / "n.db")
+    try:
+        assert store.nonces.consume("old", "p", FAR) is True
+        batch = [("dup", "p", FAR), ("new", "q", FAR), ("dup", "p", FAR), ("old", "p", FAR), ("new", "q", FAR),
+                 ("last", "p", FAR)]
+        assert store.nonces.consume_batch(batch) == [True, True, False, False, False, True]
+        assert store.nonces.consume_batch(batch) == [False] * len(batch)
+        assert store.nonces.consume_batch([("solo", "p", FAR)]) == [True]
+        assert store.nonces.count() == 5
+    finally:
+        store.close()
