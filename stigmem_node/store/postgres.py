@@ -59,6 +59,10 @@ log = logging.getLogger("stigmem_node.store")
 WRITE_LOCK = 8386093285  # the node-wide write lock (also in schema_postgres.sql)
 MIGRATE_LOCK = 8386093286
 WARM_CONNECTIONS = 4
+# Rows a streamed result arrives in per message: each message costs a Python round of
+# psycopg's loop, a row each made a 10-row page cost more than the query.  libpq before 17 has
+# no chunked mode: one row a message there.
+STREAM_CHUNK_ROWS = 16 if psycopg.pq.version() >= 170000 else 1
 DIALECT = Dialect(
     name="postgresql",
     hex_text="encode(convert_to({}, 'UTF8'), 'hex')",
@@ -364,13 +368,15 @@ class PostgresDatabase:
         return row
 
     def iterate(self, sql: str, params: Sequence[Any] = ()) -> Generator[tuple[Any, ...], None, None]:
-        """Rows one at a time, streamed from the server."""
+        """Rows one at a time, streamed from the server in chunks of ``STREAM_CHUNK_ROWS``
+        (libpq 17 and later; one row a message before), so that memory holds a chunk, never
+        the whole result, and a short result costs about one message."""
         off_loop()
         if _has_nul(params):
             return
         try:
             with self._conn() as conn, conn.cursor() as cur:
-                yield from cur.stream(_sql(sql), tuple(params) if params else None)
+                yield from cur.stream(_sql(sql), tuple(params) if params else None, size=STREAM_CHUNK_ROWS)
         except psycopg.Error as exc:
             raise _translate(exc) from None
 
