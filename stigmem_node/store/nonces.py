@@ -27,15 +27,16 @@ class NonceRepo:
         True where the nonce is fresh, False where it was already there, in input order.  A
         nonce twice in one batch is fresh once.
 
-        On PostgreSQL the batch is one multi-row INSERT (each statement is a round trip to the
-        server); on SQLite, one INSERT per nonce costs less than assembling one."""
-        with self.db.transaction(exclusive=False):
-            if self.db.engine == "sqlite" or len(items) == 1:
+        On PostgreSQL the batch is one multi-row INSERT, committed on its own (one round trip
+        to the server, where a transaction around it would take three); on SQLite, one INSERT
+        per nonce in one transaction costs less than assembling one statement."""
+        if self.db.engine == "sqlite":
+            with self.db.transaction(exclusive=False):
                 return [self.consume(*item) for item in items]
-            inserted = {row[0] for row in self.db.all(
-                "INSERT INTO nonce_cache (nonce, peer_id, expires_at_ms) VALUES "
-                + ", ".join(["(?, ?, ?)"] * len(items)) + " ON CONFLICT DO NOTHING RETURNING nonce",
-                [value for item in items for value in item])}
+        inserted = {row[0] for row in self.db.all(
+            "INSERT INTO nonce_cache (nonce, peer_id, expires_at_ms) VALUES "
+            + ", ".join(["(?, ?, ?)"] * len(items)) + " ON CONFLICT DO NOTHING RETURNING nonce",
+            [value for item in items for value in item])}
         fresh = []
         for nonce, _, _ in items:  # the first of a nonce named twice is the one inserted
             fresh.append(nonce in inserted)

@@ -323,7 +323,9 @@ class PostgresDatabase:
             return [] if fetch == "all" else None
         # A read outside a transaction is tried again on another connection when the one it
         # got turns out dead (a failover or a restart kills every pooled connection at once).
-        attempts = WARM_CONNECTIONS + 1 if fetch != "rowcount" and self._tx() is None else 1
+        # A write never is: it may have committed before the connection died.
+        read = fetch != "rowcount" and sql.lstrip()[:6].upper() in ("SELECT", "WITH")
+        attempts = WARM_CONNECTIONS + 1 if read and self._tx() is None else 1
         for attempt in range(attempts):
             try:
                 with self._conn() as conn:
