@@ -32,7 +32,7 @@ from stigmem_node.facts import (
     required_text,
     unexpected_error,
 )
-from stigmem_node.keys import Signer, verify_any
+from stigmem_node.keys import Signer, verifies, verify_any
 from stigmem_node.values import invalid_fact
 
 __all__ = [
@@ -252,7 +252,13 @@ def verify_fact_origin(
     origin: Origin,
     signature: Any,
 ) -> bool:
-    return verify_origin(public_keys, signature, **_signed_fields(fact, origin))
+    """True if the fact's origin signature verifies under any of ``public_keys``: the bytes
+    ``fact_origin_signed`` builds (those a worker process checks), checked here."""
+    signed = fact_origin_signed(fact, origin, signature)
+    if signed is None:
+        return False
+    keys = [public_keys] if isinstance(public_keys, Ed25519PublicKey) else public_keys
+    return any(verifies(key, signed[:64], signed[64:]) for key in keys)
 
 
 def fact_origin_signed(fact: Fact, origin: Origin, signature: Any) -> bytes | None:

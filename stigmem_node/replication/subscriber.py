@@ -217,7 +217,7 @@ class Subscriber:
         before it is committed; work ahead of a pull that stops is dropped unseen.  A page
         that could not be fetched stops the pull only after the pages before it are stored."""
         started = time.monotonic()
-        self.verifier.warm()  # up by the first page
+        await asyncio.to_thread(self.verifier.warm)  # up by the first page (starting it forks)
         cursor = (await self.lanes.read(self.store.replication.get, peer.id)).cursor
         keys = await self.lanes.read(self.ingest.peer_keys, peer)
         refreshed = False
