@@ -34,6 +34,19 @@ class StigmemError(Exception):
         self.extra = extra
         super().__init__(self.message)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as its class and attributes (a checked page comes back from a check worker
+        # process with its rejections): the default, ``cls(*args)``, would take the message
+        # for the code.
+        return _restore, (type(self), self.message, self.__dict__)
+
+
+def _restore(cls: type[StigmemError], message: str, state: dict[str, Any]) -> StigmemError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
+
 
 class ConfigError(StigmemError):
     """A setting is missing or has an invalid value."""

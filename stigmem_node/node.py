@@ -50,8 +50,8 @@ from stigmem_node.peer_auth import PeerAuthenticator
 from stigmem_node.publish import Publisher
 from stigmem_node.ratelimit import FailureLimiter, UnauthenticatedAuditGate
 from stigmem_node.replication import Ingest, PageFetcher, PullOptions, Scheduler, Subscriber
+from stigmem_node.replication.checker import InlineChecker, ProcessChecker
 from stigmem_node.replication.erasures import RemoteErasure
-from stigmem_node.replication.verifier import InlineVerifier, ProcessVerifier
 from stigmem_node.sessions import Sessions
 from stigmem_node.status import StatusReader
 from stigmem_node.store import Store
@@ -65,6 +65,8 @@ DECLARATION_REFRESH = timedelta(hours=1)
 KEY_REFRESH_EVERY_S = 300.0
 RESIGN_PENDING = "resign_pending"  # node_meta: key id whose re-signing of local facts is unfinished
 PING_TIMEOUT_S = 1.0  # /healthz and /readyz: how long the database may take to answer a trivial read
+# At most this many check worker processes (each checks one pulled page at a time).
+MAX_CHECK_WORKERS = 4
 
 
 @dataclass
@@ -94,9 +96,10 @@ class Node:
         self.metrics = Metrics(StoreSource(self.store, rules), rules, now=lambda: self.clock.now_ms() / 1000,
                                now_iso=self.clock.now_iso)
         self.lanes = Lanes(settings.read_lane_threads, settings.write_lane_threads, observer=self.metrics.lane_work)
-        # Pulled facts' signatures are checked in a worker process where there is a core to spare.
-        self.verifier: ProcessVerifier | InlineVerifier = \
-            ProcessVerifier() if (os.cpu_count() or 1) > 1 else InlineVerifier()
+        # Pulled pages are checked in worker processes, one a core, where there are cores to spare.
+        cores = os.cpu_count() or 1
+        self.checker: ProcessChecker | InlineChecker = \
+            ProcessChecker(min(cores, MAX_CHECK_WORKERS)) if cores > 1 else InlineChecker()
 
         def peppers() -> Peppers:
             loaded = Peppers.load(settings.pepper_path, settings.pepper, create=create,
@@ -194,7 +197,7 @@ class Node:
                           refresh_keys=self.federation.refresh_peer_keys, concurrency=o.concurrency,
                           page_limit=o.page_limit, max_pages=o.max_pages,
                           erasures=RemoteErasure(self.store, self.audit, self.store.db.reclaim_erased),
-                          verifier=self.verifier)
+                          checker=self.checker)
 
     # -- a serving node's background work --------------------------------------------------
     async def start_background(self) -> None:
@@ -378,6 +381,6 @@ class Node:
         }
 
     def close(self) -> None:
-        self.verifier.close()
+        self.checker.close()
         self.lanes.close()
         self.store.close()

@@ -36,9 +36,8 @@ def test_vocabularies_are_consistent() -> None:
 
 
 def test_validators_use_the_vocabulary_objects() -> None:
-    from stigmem_node import apikeys, config, declaration, facts, federation, values
+    from stigmem_node import apikeys, config, declaration, facts, federation, page_check, values
     from stigmem_node.http import params, peers
-    from stigmem_node.replication import ingest
 
     assert apikeys.PERMISSIONS is v.PERMISSIONS
     assert config.SCOPES is v.SCOPES
@@ -50,7 +49,7 @@ def test_validators_use_the_vocabulary_objects() -> None:
     assert values.VALUE_TYPES is v.VALUE_TYPES
     assert values.INTERPRET_AS is v.INTERPRET_AS
     assert federation.FEDERATABLE_SCOPES is v.FEDERATED_SCOPES
-    assert frozenset(v.FEDERATED_SCOPES) == ingest.FEDERATABLE
+    assert frozenset(v.FEDERATED_SCOPES) == page_check.FEDERATABLE
     assert params.SCOPES is v.SCOPES
     assert peers.PEER_STATUSES is v.PEER_STATUSES
 

@@ -2,7 +2,8 @@
 
 - ``transport``: one page from a peer (fresh token per request, the guarded outbound path,
   retries with backoff and ``Retry-After``, the page's shape);
-- ``ingest``: check a page's facts and store them with the cursor in one transaction,
+- ``checker``: check pulled pages in worker processes (``page_check``, ``check_worker``);
+- ``ingest``: store a checked page's facts with the cursor in one transaction,
   auditing the rejected ones;
 - ``subscriber``: a pass over the peers (``Subscriber.run_pass``, ``stigmem-node pull``);
 - ``schedule``: the in-server interval loop (``Scheduler``, ``serve --pull-interval``);

@@ -1,13 +1,12 @@
-"""Ingesting a pulled page: check every fact, then store the good ones with the cursor.
+"""Ingesting a pulled page: store the facts a check let through, with the cursor.
 
-Each pulled fact must have the right CID, come from the peer itself (no relaying), carry a
-scope the peer declared and we granted (never ``local``), verify under one of the peer's
-pinned keys, and neither reuse a stored id with another CID nor extend a stored
-``valid_until``.  Checking needs no storage, so it can run in a worker thread.  Storing
-writes the valid facts, the new cursor and the counters in one transaction, and audits the
-invalid facts in it (at most ``AUDIT_ROWS_PER_PAGE`` rows, then one summary row).  The
-cursor moves by compare-and-set: a page that another run already stored is dropped
-(``Overlap``).
+What each fact must be on its own (its CID, its sender, its scope, its signature) is checked
+with no storage (``stigmem_node.page_check``, under the peer's ``policy``), in a worker
+process or thread.  Storing then refuses what only storage can tell: a stored id with another
+CID, a stored ``valid_until`` extended, an erased fact.  It writes the valid facts, the new
+cursor and the counters in one transaction, and audits the refused facts in it (at most
+``AUDIT_ROWS_PER_PAGE`` rows, then one summary row).  The cursor moves by compare-and-set: a
+page that another run already stored is dropped (``Overlap``).
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import json
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -28,20 +27,16 @@ from stigmem_node.clock import Clock, parse_rfc3339
 from stigmem_node.errors import ValidationError
 from stigmem_node.hlc import HLC
 from stigmem_node.keys import public_key_from_b64
+from stigmem_node.page_check import CheckedPage, PagePolicy, Rejection
 from stigmem_node.store.activity import ActivityRepo
 from stigmem_node.store.facts import FactRepo
 from stigmem_node.store.peers import PeerRecord, PeerRepo
 from stigmem_node.store.replication import ReplicationRepo
 from stigmem_node.store.tombstones import TombstoneRepo
-from stigmem_node.vocabulary import FEDERATED_SCOPES
 
 FACT_REJECTED = "fact_rejected"
 FACTS_REJECTED_SUMMARY = "facts_rejected_summary"
 AUDIT_ROWS_PER_PAGE = 20
-FEDERATABLE = frozenset(FEDERATED_SCOPES)
-
-# A rejected fact: its id (when the entry had a string one) and why.
-Rejection = tuple[str | None, ValidationError]
 
 
 class IngestStore(Protocol):
@@ -70,61 +65,10 @@ class Overlap(Exception):
 
 
 @dataclass(frozen=True)
-class CheckedPage:
-    entries: list[om.PulledEntry]
-    rejections: list[Rejection]
-
-    @property
-    def bad_signature(self) -> bool:
-        """Whether a fact failed its origin signature (perhaps the peer rotated its key)."""
-        return any(exc.code == "invalid_origin_signature" for _, exc in self.rejections)
-
-
-@dataclass(frozen=True)
 class StoredPage:
     new: int
     duplicates: int
     rejected: int
-
-
-@dataclass(frozen=True)
-class PreparedPage:
-    """A page checked but for its signatures: (index, entry, signed bytes or None) of the
-    entries left, and (index, rejection) of those already refused."""
-
-    pending: list[tuple[int, om.PulledEntry, bytes | None]]
-    rejections: list[tuple[int, Rejection]]
-
-    @property
-    def signed(self) -> list[bytes]:
-        """What the verifier checks: the signed bytes of the entries that have them."""
-        return [signed for _, _, signed in self.pending if signed is not None]
-
-    def finish(self, verdicts: bytes) -> CheckedPage:
-        """The checked page, given one verdict per item of ``signed``: what ``check_page``
-        gives for the same entries and keys, in the same order."""
-        entries: list[om.PulledEntry] = []
-        refused = list(self.rejections)
-        it = iter(verdicts)
-        for index, entry, signed in self.pending:
-            if signed is not None and next(it):
-                entries.append(entry)
-            else:
-                refused.append((index, (entry.fact.id, _bad_signature(index))))
-        refused.sort(key=lambda r: r[0])
-        return CheckedPage(entries, [r for _, r in refused])
-
-
-def _bad_signature(index: int) -> ValidationError:
-    return ValidationError("invalid_origin_signature", "the origin signature does not verify under the peer's keys",
-                           field=f"facts[{index}].origin_sig")
-
-
-def _rejected_id(raw: Any) -> str | None:
-    """The id a refused entry names, if it names one (for its audit row)."""
-    body = raw.get("fact") if isinstance(raw, dict) else None
-    fid = body.get("id") if isinstance(body, dict) else None
-    return fid if isinstance(fid, str) else None
 
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
@@ -154,55 +98,9 @@ class Ingest:
                 continue
         return keys
 
-    def check_page(self, peer: PeerRecord, raw_facts: list[Any], keys: list[Ed25519PublicKey]) -> CheckedPage:
-        """Check every entry of a page (no storage access: safe in a worker thread)."""
-        checked: list[om.PulledEntry] = []
-        rejections: list[Rejection] = []
-        for i, raw in enumerate(raw_facts):
-            try:
-                checked.append(self._check(peer, raw, keys, i))
-            except ValidationError as exc:
-                rejections.append((_rejected_id(raw), exc))
-        return CheckedPage(checked, rejections)
-
-    def prepare_page(self, peer: PeerRecord, raw_facts: list[Any]) -> PreparedPage:
-        """``check_page`` up to the signatures: every check but those, and the bytes each
-        remaining signature covers, for a ``Verifier`` (no storage access)."""
-        pending: list[tuple[int, om.PulledEntry, bytes | None]] = []
-        rejections: list[tuple[int, Rejection]] = []
-        origins: dict[Any, fm.Origin] = {}
-        for i, raw in enumerate(raw_facts):
-            try:
-                entry = self._check_unsigned(peer, raw, i, origins)
-            except ValidationError as exc:
-                rejections.append((i, (_rejected_id(raw), exc)))
-                continue
-            pending.append((i, entry, om.fact_origin_signed(entry.fact, entry.origin, entry.origin_sig)))
-        return PreparedPage(pending, rejections)
-
-    def _check(self, peer: PeerRecord, raw: Any, keys: list[Ed25519PublicKey], index: int) -> om.PulledEntry:
-        entry = self._check_unsigned(peer, raw, index)
-        if not om.verify_fact_origin(keys, entry.fact, entry.origin, entry.origin_sig):
-            raise _bad_signature(index)
-        return entry
-
-    def _check_unsigned(self, peer: PeerRecord, raw: Any, index: int,
-                        origins: dict[Any, fm.Origin] | None = None) -> om.PulledEntry:
-        entry = om.entry_from_wire(raw, field_prefix=f"facts[{index}].", origins=origins)
-        fact, origin = entry.fact, entry.origin
-        if origin.node_id != peer.node_id:
-            raise ValidationError("origin_not_sender",
-                                  "the fact's origin is not the peer that sent it (relaying is off)",
-                                  field=f"facts[{index}].origin.node_id")
-        if fact.scope not in FEDERATABLE or fact.scope not in peer.allowed_scopes \
-                or fact.scope not in origin.allowed_scopes:
-            raise ValidationError("scope_not_granted", f"scope {fact.scope!r} was not granted for this peer",
-                                  field=f"facts[{index}].scope")
-        if fm.is_instruction(fact) and not self.federate_instructions:
-            raise ValidationError("instruction_not_accepted",
-                                  "instruction facts are accepted only with STIGMEM_FEDERATE_INSTRUCTIONS",
-                                  field=f"facts[{index}].value.interpret_as")
-        return entry
+    def policy(self, peer: PeerRecord) -> PagePolicy:
+        """What a page from ``peer`` may hold (``page_check``)."""
+        return PagePolicy(peer.node_id, tuple(peer.allowed_scopes), self.federate_instructions)
 
     def store_page(self, peer: PeerRecord, page: CheckedPage, cursor_before: str | None,
                    cursor_after: str | None) -> StoredPage:

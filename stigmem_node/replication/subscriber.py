@@ -3,8 +3,9 @@ then apply the peer's tombstones (``erasures``).
 
 For each peer (concurrently, bounded): page through ``GET /v1/federation/facts``
 (``transport.PageFetcher``: a fresh token per request, retries) until ``has_more`` is
-false, checking each page off the event loop and storing it with the new cursor in one
-transaction (``ingest.Ingest``), in the write lane; every read of storage runs in the read
+false, checking each page off the event loop (``checker``: in worker processes, several
+pages at once) and storing it with the new cursor in one transaction (``ingest.Ingest``),
+in the write lane; every read of storage runs in the read
 lane (``stigmem_node.offload``), so a serving node's loop never waits for the database.
 A signature failure first triggers one refresh of the peer's keys per pass (an endorsed
 key rotation is followed).  When a peer cannot be pulled it is reported failed and the
@@ -21,17 +22,17 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from stigmem_node.clock import Clock
 from stigmem_node.errors import OutboundError, StigmemError
 from stigmem_node.federation import KeyRefresh
 from stigmem_node.offload import Offload
+from stigmem_node.page_check import CheckedPage
+from stigmem_node.replication.checker import InlineChecker, PageChecker
 from stigmem_node.replication.erasures import RemoteErasure, check_page
-from stigmem_node.replication.ingest import CheckedPage, Ingest, Overlap, PreparedPage
+from stigmem_node.replication.ingest import Ingest, Overlap
 from stigmem_node.replication.results import PageProgress, PassResult, PeerResult, PullError, log_summary
 from stigmem_node.replication.transport import MAX_PAGE_BYTES, Page, PageFetcher
-from stigmem_node.replication.verifier import InlineVerifier, Verifier
 from stigmem_node.store.db import StorageError
 from stigmem_node.store.peers import PeerRecord, PeerRepo
 from stigmem_node.store.replication import ReplicationRepo
@@ -58,6 +59,20 @@ class PullOptions:
     max_pages: int = MAX_PAGES_PER_PASS
 
 
+@dataclass(frozen=True)
+class _Ahead:
+    """A page fetched ahead of the one being stored, with its check under way (started under
+    ``keys``); or, with no page, the error its fetch ended with."""
+
+    page: Page | None
+    cursor: str | None  # fetched after this cursor
+    next_cursor: str | None
+    last: bool  # no page is fetched after it in this pass
+    keys: list[bytes]
+    check: asyncio.Future[CheckedPage] | None
+    error: Exception | None = None
+
+
 class SubscriberStore(Protocol):
     """The storage the subscriber itself uses (``stigmem_node.store.Store`` is one)."""
 
@@ -78,9 +93,9 @@ class Subscriber:
     def __init__(self, store: SubscriberStore, clock: Clock, pages: PageFetcher, ingest: Ingest, lanes: Offload, *,
                  find_peer: Callable[[str], PeerRecord], refresh_keys: KeyRefresher,
                  concurrency: int = 4, page_limit: int = 500, max_pages: int = MAX_PAGES_PER_PASS,
-                 erasures: RemoteErasure | None = None, verifier: Verifier | None = None) -> None:
+                 erasures: RemoteErasure | None = None, checker: PageChecker | None = None) -> None:
         """``find_peer``: a peer by peer id or node id (raises ``NotFound``; run in the read lane).
-        ``verifier``: checks the pulled facts' signatures (default: in a thread of this process)."""
+        ``checker``: checks the pulled pages (default: in a thread of this process)."""
         self.store = store
         self.lanes = lanes
         self.clock = clock
@@ -92,7 +107,7 @@ class Subscriber:
         self.page_limit = page_limit
         self.max_pages = max_pages
         self.erasures = erasures
-        self.verifier: Verifier = verifier or InlineVerifier()
+        self.checker: PageChecker = checker or InlineChecker()
 
     async def current(self, peer_id: str) -> PeerRecord:
         """The peer as stored now (its status may have changed); raises ``NotFound``."""
@@ -210,104 +225,79 @@ class Subscriber:
         """Page through the peer from its stored cursor, counting into ``result`` (the first
         page a long-poll of ``wait_s`` seconds, if given).
 
-        Pages flow through four stages at once: while page N-1 is stored and the verifier (a
-        worker process, on another core) checks page N's signatures, this process prepares
-        page N+1 and the peer serves page N+2.  Pages are still stored one after another,
-        each with its cursor in one transaction, and a page is stored only once the one
-        before it is committed; work ahead of a pull that stops is dropped unseen.  A page
-        that could not be fetched stops the pull only after the pages before it are stored."""
+        Pages flow through three stages at once: while page N is stored, the checker (worker
+        processes, on the other cores) checks the pages after it, as many at once as it has
+        workers, and the peer serves the next one.  Pages are still stored one after another,
+        in order, each with its cursor in one transaction; work ahead of a pull that stops is
+        dropped unseen.  A page that could not be fetched stops the pull only after the pages
+        before it are stored."""
         started = time.monotonic()
-        await asyncio.to_thread(self.verifier.warm)  # up by the first page (starting it forks)
+        await asyncio.to_thread(self.checker.warm)  # up by the first page (starting one forks)
         cursor = (await self.lanes.read(self.store.replication.get, peer.id)).cursor
-        keys = await self.lanes.read(self.ingest.peer_keys, peer)
+        policy = self.ingest.policy(peer)
+        keys = await self._raw_keys(peer)
         refreshed = False
-        ahead: asyncio.Future[tuple[Page, int]] | None = None
-        checking: asyncio.Future[bytes] | None = None
-        storing: asyncio.Future[bool] | None = None
-        try:
-            page, limit = await self._fetch(client, peer, cursor, self.page_limit, wait_s)
-            prepared = await asyncio.to_thread(self.ingest.prepare_page, peer, page.facts)
-            verdicts = checking = self._verify(keys, prepared)
+        ahead: asyncio.Queue[_Ahead] = asyncio.Queue(maxsize=self.checker.parallel)
+        checks: list[asyncio.Future[CheckedPage]] = []
+
+        async def fetch_ahead(cursor: str | None, wait_s: int) -> None:
+            """Fetch page after page (the first a long-poll), starting each one's check, until
+            the last one of this pass, or a fetch fails (then queued as the error)."""
+            limit, pages = self.page_limit, 0
             while True:
-                result.pages += 1
+                try:
+                    page, limit = await self._fetch(client, peer, cursor, limit, wait_s)
+                except Exception as exc:  # noqa: BLE001 - raised by the pull, once the pages before are stored
+                    await ahead.put(_Ahead(None, cursor, cursor, True, keys, None, exc))
+                    return
+                pages, wait_s = pages + 1, 0
                 next_cursor = page.cursor if page.cursor is not None else cursor
-                more = page.has_more and next_cursor != cursor and result.pages < self.max_pages
-                failed: Exception | None = None
-                after: tuple[Page, PreparedPage] | None = None  # the next page, fetched and prepared
-                if more and ahead is None:
-                    ahead = asyncio.ensure_future(self._fetch(client, peer, next_cursor, limit, 0))
-                if more and ahead is not None and not ahead.done():  # whichever comes first
-                    first: list[asyncio.Future[Any]] = [ahead, verdicts]
-                    await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
-                if more and ahead is not None and ahead.done():  # prepared while this page is checked
-                    after, failed, limit, ahead = await self._prepare_after(client, peer, ahead, next_cursor,
-                                                                             limit, result.pages)
-                if storing is not None:
-                    stored, storing = await storing, None
-                    if not stored:
-                        return
-                checked = prepared.finish(await verdicts)
-                checking = None
-                if not refreshed and checked.bad_signature:
+                last = not page.has_more or next_cursor == cursor or pages >= self.max_pages
+                check = asyncio.ensure_future(self.checker.check(policy, keys, page))
+                checks.append(check)
+                await ahead.put(_Ahead(page, cursor, next_cursor, last, keys, check))
+                if last:
+                    return
+                cursor = next_cursor
+
+        fetcher = asyncio.ensure_future(fetch_ahead(cursor, wait_s))
+        try:
+            while True:
+                item = await ahead.get()
+                if item.page is None or item.check is None:
+                    raise item.error or PullError("pull_failed", "no page")
+                result.pages += 1
+                checked = await item.check
+                if checked.bad_signature and not refreshed:
                     # Perhaps the peer rotated its key: follow an endorsed rotation once per pass.
                     refreshed = True
                     if (await self.refresh_keys(peer, actor="node:pull")).rotated:
-                        keys = await self.lanes.read(self.ingest.peer_keys, peer)
-                        checked = prepared.finish(await self._verify(keys, prepared))
-                # Stored at once: a next page that is slow to come never holds this one back.
-                storing = asyncio.ensure_future(self._store(peer, checked, cursor, next_cursor, result, on_page,
-                                                            started, result.pages))
-                if more and after is None and failed is None and ahead is not None:
-                    after, failed, limit, ahead = await self._prepare_after(client, peer, ahead, next_cursor,
-                                                                             limit, result.pages)
-                if after is None:
-                    stored, storing = await storing, None
-                    if failed is not None:
-                        raise failed
-                    if not stored or not page.has_more:
+                        keys = await self._raw_keys(peer)
+                if checked.bad_signature and item.keys is not keys:  # checked before the keys changed
+                    checked = await self.checker.check(policy, keys, item.page)
+                if not await self._store(peer, checked, item.cursor, item.next_cursor, result, on_page, started,
+                                         result.pages):
+                    return
+                if item.last:
+                    if not item.page.has_more:
                         return
-                    if next_cursor == cursor:
+                    if item.next_cursor == item.cursor:
                         raise PullError("cursor_stuck", "the peer said has_more but did not move its cursor")
                     result.note = f"stopped after {self.max_pages} pages; the next pass carries on"
                     return
-                page, prepared = after
-                verdicts = checking = self._verify(keys, prepared)  # checked while this page is stored
-                cursor = next_cursor
         finally:
-            for pending in (ahead, checking):  # work ahead of a pull that stopped: dropped unseen
-                if pending is not None:
-                    pending.cancel()
-            unfinished: list[asyncio.Future[Any] | None] = [ahead, checking, storing]
-            for waiting in unfinished:  # a page being stored is committed or not, as it goes
-                if waiting is not None:
-                    await asyncio.wait([waiting])
-                    if not waiting.cancelled():
-                        waiting.exception()  # retrieved, so that asyncio does not report it
+            # Work ahead of a pull that stopped: dropped unseen.
+            unfinished: list[asyncio.Future[Any]] = [fetcher, *checks]
+            for pending in unfinished:
+                pending.cancel()
+            await asyncio.wait(unfinished)
+            for pending in unfinished:
+                if not pending.cancelled():
+                    pending.exception()  # retrieved, so that asyncio does not report it
 
-    async def _prepare_after(self, client: httpx.AsyncClient, peer: PeerRecord, ahead: asyncio.Future[tuple[Page, int]],
-                             cursor: str | None, limit: int, pages: int,
-                             ) -> tuple[tuple[Page, PreparedPage] | None, Exception | None, int,
-                                        asyncio.Future[tuple[Page, int]] | None]:
-        """The page fetched ahead (after ``cursor``), prepared, with the fetch of the page after
-        it started; or the error its fetch ended with, to be raised once the pages before it
-        are stored.  Returns (page and its preparation, error, page size, next fetch)."""
-        try:
-            page, limit = await ahead
-        except Exception as exc:  # noqa: BLE001 - raised by the caller, once the pages before are stored
-            return None, exc, limit, None
-        following = None
-        if page.has_more and page.cursor not in (None, cursor) and pages + 1 < self.max_pages:
-            following = asyncio.ensure_future(self._fetch(client, peer, page.cursor, limit, 0))
-        try:
-            prepared = await asyncio.to_thread(self.ingest.prepare_page, peer, page.facts)
-        except BaseException:
-            if following is not None:  # nobody is left to wait for it
-                following.cancel()
-                await asyncio.wait([following])
-                if not following.cancelled():
-                    following.exception()
-            raise
-        return (page, prepared), None, limit, following
+    async def _raw_keys(self, peer: PeerRecord) -> list[bytes]:
+        """The peer's usable keys, raw, as the checker takes them."""
+        return [k.public_bytes_raw() for k in await self.lanes.read(self.ingest.peer_keys, peer)]
 
     async def _store(self, peer: PeerRecord, checked: CheckedPage, cursor: str | None, next_cursor: str | None,
                      result: PeerResult, on_page: Callable[[PageProgress], None] | None, started: float,
@@ -326,10 +316,6 @@ class Subscriber:
             on_page(PageProgress(peer.id, peer.node_id, pages, result.new + result.duplicates,
                                  result.rejected, time.monotonic() - started))
         return True
-
-    def _verify(self, keys: list[Ed25519PublicKey], prepared: PreparedPage) -> asyncio.Future[bytes]:
-        """Start checking ``prepared``'s signatures under ``keys``."""
-        return asyncio.ensure_future(self.verifier.verify([k.public_bytes_raw() for k in keys], prepared.signed))
 
     async def _fetch(self, client: httpx.AsyncClient, peer: PeerRecord, cursor: str | None, limit: int,
                      wait_s: int) -> tuple[Page, int]:

@@ -41,11 +41,13 @@ class TokenMinter(Protocol):
 
 @dataclass(frozen=True)
 class Page:
-    """A v2 page as the peer sent it: raw fact entries (unchecked), its cursor as text."""
+    """A v2 page as the peer sent it: raw fact entries (unchecked), its cursor as text, and
+    the bytes it came as (``raw``: what a check worker parses again)."""
 
     facts: list[Any]
     cursor: str | None
     has_more: bool
+    raw: bytes
 
 
 class _Retry(Exception):
@@ -148,7 +150,7 @@ def parse_page(body: bytes, limit: int) -> Page:
         raise PullError("invalid_page", "the peer's page is not a v2 page {v, facts, cursor, has_more}")
     if len(page["facts"]) > limit:
         raise PullError("invalid_page", f"the peer sent more than the {limit} facts asked for")
-    return Page(page["facts"], _cursor(page["cursor"]), page["has_more"])
+    return Page(page["facts"], _cursor(page["cursor"]), page["has_more"], body)
 
 
 def _cursor(value: Any) -> str | None:
