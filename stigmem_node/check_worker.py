@@ -13,7 +13,8 @@ Protocol on stdin/stdout, big-endian, one request answered before the next is re
               u8 key count, 32 bytes per public key,
               u16 policy length, the policy as JSON {"node_id", "scopes", "instructions"},
               the page as the peer sent it (a JSON v2 page {v, facts, cursor, has_more})
-    answer    u32 length, then the ``page_check.CheckedPage``, pickled
+    answer    u32 length, then the ``page_check.CheckedPage``, pickled as plain values: the
+              origin blocks, one tuple of values per fact, the rejections
 
 The parent is trusted (it started this process, and only it reads the answer); a request
 that does not parse ends the process.
@@ -28,9 +29,11 @@ import sys
 from collections.abc import Sequence
 from typing import BinaryIO
 
-from stigmem_node.page_check import CheckedPage, PagePolicy, check_page
+from stigmem_node.facts import Fact, Origin
+from stigmem_node.origin import PulledEntry
+from stigmem_node.page_check import CheckedPage, PagePolicy, Rejection, check_page
 
-__all__ = ["check_request", "decode_answer", "decode_request", "encode_request", "serve"]
+__all__ = ["check_request", "decode_answer", "decode_request", "encode_answer", "encode_request", "serve"]
 
 _U32 = struct.Struct("!I")
 _U16 = struct.Struct("!H")
@@ -65,20 +68,52 @@ def decode_request(body: bytes) -> tuple[PagePolicy, list[bytes], bytes]:
 
 
 def check_request(body: bytes) -> bytes:
-    """The answer's body for one request's body: its page checked, pickled."""
+    """The answer's body for one request's body: its page checked."""
     policy, keys, page = decode_request(body)
     facts = json.loads(page)["facts"]
     if not isinstance(facts, list):
         raise ValueError("the page has no list of facts")
-    return pickle.dumps(check_page(policy, facts, keys), protocol=pickle.HIGHEST_PROTOCOL)
+    return encode_answer(check_page(policy, facts, keys))
+
+
+# A checked fact as it travels: its values in ``Fact``'s field order up to ``origin_sig``,
+# then the index of its origin block.  (Pickling the objects themselves costs seven times as
+# much: a dataclass with slots pickles field by field, in Python.)
+_Row = tuple[str, str, str, str, str, str, str, str, str, str, str | None, float, str, str, str | None, int]
+
+
+def encode_answer(checked: CheckedPage) -> bytes:
+    origins: dict[int, int] = {}
+    blocks: list[Origin] = []
+    rows: list[_Row] = []
+    for entry in checked.entries:
+        f = entry.fact
+        if f.received_from is not None or f.received_at is not None or f.origin_sig != entry.origin_sig:
+            raise ValueError("a checked fact carries more than a pulled one does")
+        at = origins.get(id(entry.origin))
+        if at is None:
+            at = origins[id(entry.origin)] = len(blocks)
+            blocks.append(entry.origin)
+        rows.append((f.id, f.cid, f.entity, f.relation, f.value_type, f.value_v, f.interpret_as, f.source,
+                     f.timestamp, f.hlc, f.valid_until, f.confidence, f.scope, f.origin_node_id, f.origin_sig, at))
+    return pickle.dumps((blocks, rows, checked.rejections), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def decode_answer(body: bytes) -> CheckedPage:
     """The checked page of an answer's body (from the worker this process started)."""
-    checked = pickle.loads(body)  # noqa: S301 - written by our own worker process, read by nobody else
-    if not isinstance(checked, CheckedPage):
-        raise ValueError("the worker answered something else than a checked page")
-    return checked
+    blocks: list[Origin]
+    rows: list[_Row]
+    rejections: list[Rejection]
+    try:
+        blocks, rows, rejections = pickle.loads(body)  # noqa: S301 - written by our own worker, read by nobody else
+        entries = []
+        for row in rows:
+            origin = blocks[row[15]]
+            fact = Fact(*row[:15], origin)
+            entries.append(PulledEntry(fact, origin, row[14]))  # type: ignore[arg-type]
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, AttributeError):
+        raise ValueError("the worker answered something else than a checked page") from None
+    return CheckedPage(entries, rejections)
 
 
 def _read_exact(stream: BinaryIO, size: int) -> bytes | None:

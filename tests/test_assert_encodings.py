@@ -22,16 +22,18 @@ import rfc8785
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from stigmem_node.encoding import jcs, sha256_hex
+from stigmem_node.encoding import b64url_encode, jcs, sha256_hex
 from stigmem_node.errors import ValidationError
 from stigmem_node.facts import (
+    Fact,
+    Origin,
     compute_cid,
     fact_wire,
     local_fact_text,
     new_fact,
     validate_new_fact,
 )
-from stigmem_node.origin import ORIGIN_TUPLE_VERSION, origin_sig_payload
+from stigmem_node.origin import ORIGIN_TUPLE_VERSION, fact_origin_signed, origin_sig_payload
 from stigmem_node.uuid7 import uuid7, uuid7s
 
 TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
@@ -142,3 +144,22 @@ def test_a_new_facts_text_is_the_json_of_its_wire_form(entity: str, relation: st
     expected = json.dumps(wire, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     assert local_fact_text(inp, cid=inp.cid, **made, received_from=received_from) == expected
     assert local_fact_text(fact, cid=fact.cid, **made, received_from=received_from) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(cid=TEXT, entity_uri=TEXT.filter(bool), fact_id=TEXT, origin_node_id=TEXT, origin_tenant=TEXT,
+       origin_allowed_scopes=st.lists(TEXT, max_size=4), origin_allowed_tenants=st.lists(TEXT, max_size=4),
+       valid_until=st.none() | TEXT)
+def test_the_bytes_a_check_worker_verifies_are_the_signed_tuple(**f: Any) -> None:
+    """``fact_origin_signed`` (the signature, then the tuple, built around each origin block's
+    cached text) gives the RFC 8785 bytes of the tuple, or None where jcs refuses it."""
+    origin = Origin(f["origin_tenant"], f["origin_node_id"], tuple(f["origin_allowed_scopes"]),
+                    tuple(f["origin_allowed_tenants"]), f["entity_uri"])
+    fact = Fact(f["fact_id"], f["cid"], "e", "r", "string", "v", "content", "s", "t", "h", f["valid_until"], 1.0,
+                "public", f["origin_node_id"])
+    signature = b64url_encode(bytes(range(64)))
+    try:
+        expected: bytes | None = bytes(range(64)) + rfc8785.dumps(_general(f))
+    except rfc8785.CanonicalizationError:
+        expected = None
+    assert fact_origin_signed(fact, origin, signature) == expected
