@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from stigmem_node.errors import OutboundError
 from stigmem_node.outbound import check_url
+from stigmem_node.replication.subscriber import FIRST_PAGE_LIMIT
 from tests.engines import Connection, connect, sql, url_kw
 from tests.fakepeer import Behaviour, FakePeer
 from tests.nodes import RunningNode, node_env
@@ -431,15 +432,15 @@ def test_a_page_that_cannot_be_fetched_stops_the_pull_after_the_pages_before_it_
     p = start_node("p")
     f = fake_peer()
     f.register_on(p)
-    f.add(*[f.make(f"g-{i}", "public") for i in range(1200)])  # three pages of 500
+    f.add(*[f.make(f"g-{i}", "public") for i in range(1200)])  # a first page of 100, then pages of 500
     f.then(Behaviour("ok"), Behaviour("status", status=400))  # the second page is refused (final)
     rc, summary = pull(p, env=FAST)
     res = by_node(summary)[f.node_id]
-    assert rc == 1 and res["error_code"] and res["new"] == 500, summary
-    assert len(received(p.target)) == 500
+    assert rc == 1 and res["error_code"] and res["new"] == FIRST_PAGE_LIMIT, summary
+    assert len(received(p.target)) == FIRST_PAGE_LIMIT
     rc, summary = pull(p, env=FAST)
     res = by_node(summary)[f.node_id]
-    assert rc == 0 and (res["new"], res["duplicates"]) == (700, 0), summary
+    assert rc == 0 and (res["new"], res["duplicates"]) == (1200 - FIRST_PAGE_LIMIT, 0), summary
     assert len(received(p.target)) == 1200
 
 
@@ -595,7 +596,8 @@ def test_uninterrupted_10000_fact_pull_throughput(start_node):
     t0 = time.monotonic()
     rc, summary = pull(p)
     wall = time.monotonic() - t0
-    assert rc == 0 and summary["new"] == 10_000 and summary["peers"][0]["pages"] == 20
+    # A small first page, then full ones.
+    assert rc == 0 and summary["new"] == 10_000 and summary["peers"][0]["pages"] == 1 + 9_900 // 500 + 1
     rate = 10_000 / summary["peers"][0]["duration_s"]
     print(f"\n10,000 facts: {rate:.0f} facts/s in the pass, {10_000 / wall:.0f} facts/s including the command's start")
 
@@ -797,9 +799,9 @@ def test_inv13_bad_pages_are_refused_with_stable_codes_and_nothing_moves(start_n
     failing_pull("invalid_page")
     f.set("raw", body=json.dumps({"v": 2, "facts": [], "cursor": "x" * 600, "has_more": False}).encode())
     failing_pull("invalid_page")
-    f.set("too_many")  # 501 facts for limit=500
+    f.set("too_many")  # one fact more than asked for
     res = failing_pull("invalid_page")
-    assert "more than the 500" in res["error"]
+    assert f"more than the {FIRST_PAGE_LIMIT}" in res["error"]  # the pass's first page is the small one
     f.set("status", status=401)
     res = failing_pull("peer_refused")
     assert "fake_401" in res["error"]  # the peer's own error code is reported
@@ -811,10 +813,11 @@ def test_inv13_bad_pages_are_refused_with_stable_codes_and_nothing_moves(start_n
     # has_more without moving the cursor: the page is kept, the loop stops with cursor_stuck.
     f.set("stuck")
     res = failing_pull("cursor_stuck", attempts=2)
-    assert res["new"] == 500 and len(received(p.target)) == 500
+    first = FIRST_PAGE_LIMIT  # the pass's first page
+    assert res["new"] == first and len(received(p.target)) == first
     f.set("ok")
     rc, s = pull(p, env=FAST)
-    assert rc == 0 and s["new"] == 100 and s["duplicates"] == 500  # the stuck page was never committed past
+    assert rc == 0 and s["new"] == 600 - first and s["duplicates"] == first  # the stuck page was never committed past
     assert len(received(p.target)) == 600 and peers_json(p)[f.node_id]["replication"]["facts_ingested"] == 600
 
     # Oversize page: the cap is 64 MiB for the CLI; an in-process subscriber on the same database

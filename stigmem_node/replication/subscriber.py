@@ -42,6 +42,9 @@ log = logging.getLogger("stigmem_node.replication")
 # A pass takes at most this many pages from one peer (a million facts at 500 a page), so a
 # peer that always answers has_more cannot keep a cron run going for ever.
 MAX_PAGES_PER_PASS = 2000
+# The first page of a pass is at most this large, so that the checker has work at once (a
+# page of 500 takes a while to serve, send and check); the next ones are full.
+FIRST_PAGE_LIMIT = 100
 TOMBSTONE_PAGE_LIMIT = 500
 
 
@@ -131,6 +134,8 @@ class Subscriber:
         ``pull_summary`` line per peer."""
         started = time.monotonic()
         peers = [await self.lanes.read(self.find_peer, peer_ref)] if peer_ref else await self.active_peers()
+        if peers:
+            await asyncio.to_thread(self.checker.warm)  # its workers start while the first pages are asked for
         sem = asyncio.Semaphore(self.concurrency)
         async with self.client() as client:
             async def one(peer: PeerRecord) -> PeerResult:
@@ -223,7 +228,7 @@ class Subscriber:
     async def _pull(self, client: httpx.AsyncClient, peer: PeerRecord, result: PeerResult,
                     on_page: Callable[[PageProgress], None] | None = None, wait_s: int = 0) -> None:
         """Page through the peer from its stored cursor, counting into ``result`` (the first
-        page a long-poll of ``wait_s`` seconds, if given).
+        page, of at most ``FIRST_PAGE_LIMIT`` facts, a long-poll of ``wait_s`` seconds, if given).
 
         Pages flow through three stages at once: while page N is stored, the checker (worker
         processes, on the other cores) checks the pages after it, as many at once as it has
@@ -245,11 +250,14 @@ class Subscriber:
             the last one of this pass, or a fetch fails (then queued as the error)."""
             limit, pages = self.page_limit, 0
             while True:
+                asked = min(limit, FIRST_PAGE_LIMIT) if pages == 0 else limit
                 try:
-                    page, limit = await self._fetch(client, peer, cursor, limit, wait_s)
+                    page, took = await self._fetch(client, peer, cursor, asked, wait_s)
                 except Exception as exc:  # noqa: BLE001 - raised by the pull, once the pages before are stored
                     await ahead.put(_Ahead(None, cursor, cursor, True, keys, None, exc))
                     return
+                if took < asked:
+                    limit = took  # the peer's facts are large: fewer a page from now on
                 pages, wait_s = pages + 1, 0
                 next_cursor = page.cursor if page.cursor is not None else cursor
                 last = not page.has_more or next_cursor == cursor or pages >= self.max_pages
