@@ -46,12 +46,16 @@ def _carry(wall: int, counter: int) -> tuple[int, int]:
     return wall, counter
 
 
+_WALL_END = 10**HLC_WALL_DIGITS
+_HLC_TEXT = f"{{:0{HLC_WALL_DIGITS}d}}.{{:0{HLC_COUNTER_DIGITS}d}}".format
+
+
 def format_hlc(wall: int, counter: int) -> str:
     """Fixed-width text (13-digit wall, 3-digit counter) so that text order is causal order."""
     wall, counter = _carry(wall, counter)
-    if not 0 <= wall < 10**HLC_WALL_DIGITS or counter < 0:
+    if not 0 <= wall < _WALL_END or counter < 0:
         raise ValueError("HLC out of range")
-    return f"{wall:0{HLC_WALL_DIGITS}d}.{counter:0{HLC_COUNTER_DIGITS}d}"
+    return _HLC_TEXT(wall, counter)
 
 
 class HLC:
@@ -85,13 +89,23 @@ class HLC:
             return format_hlc(self._wall, self._counter)
 
     def tick(self) -> str:
+        return self.ticks(1)[0]
+
+    def ticks(self, n: int) -> list[str]:
+        """``n`` successive ``tick()``s, in order, for one reading of the wall clock (a
+        batch's facts)."""
         now = self._clock.now_ms()
+        stamps = []
         with self._lock:
-            if now > self._wall:
-                self._wall, self._counter = now, 0
-            else:
-                self._wall, self._counter = _carry(self._wall, self._counter + 1)
-            return format_hlc(self._wall, self._counter)
+            wall, counter = self._wall, self._counter
+            for _ in range(n):
+                if now > wall:
+                    wall, counter = now, 0
+                else:
+                    wall, counter = _carry(wall, counter + 1)
+                stamps.append(format_hlc(wall, counter))
+            self._wall, self._counter = wall, counter
+        return stamps
 
     def receive(self, remote: Any, *, max_future_ms: int | None = HLC_MAX_FUTURE_MS) -> str:
         """Merge a remote HLC; return the new local HLC (later than both).

@@ -150,8 +150,8 @@ class LocalFacts:
                 [(inp.entity, inp.relation, *key) for inp, key in zip(inputs, keys, strict=True)])
             origins: dict[str, tuple[Origin, str]] = {}  # scope -> its origin block and that block's text
             timestamp = self.clock.now_iso()  # the batch's: its facts are asserted in one transaction
-            for i, inp in enumerate(inputs):
-                key = keys[i]
+            new: list[int] = []  # the inputs that are new facts
+            for i, key in enumerate(keys):
                 if key in seen:
                     first.append(seen[key])
                     continue
@@ -160,17 +160,16 @@ class LocalFacts:
                 existing = held.get(key)
                 if existing is not None:
                     found[i] = existing
-                    continue
-                fact_id, cid, hlc = next(ids), key[0], self.hlc.tick()
+                else:
+                    new.append(i)
+            for i, hlc in zip(new, self.hlc.ticks(len(new)), strict=True):
+                inp, key = inputs[i], keys[i]
+                fact_id, cid = next(ids), key[0]
                 if inp.scope not in origins:
                     origin = om.origin_for(inp, node_id=ident.node_id, entity_uri=ident.node_url)
                     origins[inp.scope] = (origin, _dumps(origin.to_wire()))
                 origin, origin_text = origins[inp.scope]
-                sig = om.sign_origin(
-                    ident, fact_id=fact_id, cid=cid, entity_uri=origin.entity_uri, origin_node_id=origin.node_id,
-                    origin_allowed_scopes=origin.allowed_scopes, origin_allowed_tenants=origin.allowed_tenants,
-                    origin_tenant=origin.tenant, valid_until=inp.valid_until,
-                )
+                sig = om.sign_tuple(ident, origin, fact_id=fact_id, cid=cid, valid_until=inp.valid_until)
                 text = fm.local_fact_text(inp, fact_id=fact_id, cid=cid, timestamp=timestamp, hlc=hlc,
                                           origin_node_id=ident.node_id)
                 rows.append((

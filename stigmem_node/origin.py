@@ -44,9 +44,11 @@ __all__ = [
     "origin_for",
     "origin_from_wire",
     "origin_sig_payload",
+    "origin_tuple",
     "pull_entry",
     "sign_fact_origin",
     "sign_origin",
+    "sign_tuple",
     "verify_fact_origin",
     "verify_origin",
 ]
@@ -228,16 +230,26 @@ def verify_origin(
     return verify_any(public_keys, signature, lambda: origin_sig_payload(**fields))
 
 
-def _signed_fields(fact: Fact, origin: Origin) -> dict[str, Any]:
-    return {
-        "fact_id": fact.id, "cid": fact.cid, "entity_uri": origin.entity_uri, "origin_node_id": origin.node_id,
-        "origin_allowed_scopes": origin.allowed_scopes, "origin_allowed_tenants": origin.allowed_tenants,
-        "origin_tenant": origin.tenant, "valid_until": fact.valid_until,
-    }
-
-
 def sign_fact_origin(signer: Signer | Ed25519PrivateKey, fact: Fact, origin: Origin) -> str:
-    return sign_origin(signer, **_signed_fields(fact, origin))
+    return sign_tuple(signer, origin, fact_id=fact.id, cid=fact.cid, valid_until=fact.valid_until)
+
+
+def sign_tuple(signer: Signer | Ed25519PrivateKey, origin: Origin, *, fact_id: str, cid: str,
+               valid_until: str | None) -> str:
+    """``sign_origin`` for a fact of ``origin``'s block: base64url of the signature over
+    ``origin_tuple``."""
+    return b64url_encode(signer.sign(origin_tuple(origin, fact_id, cid, valid_until)))
+
+
+def origin_tuple(origin: Origin, fact_id: Any, cid: Any, valid_until: Any) -> bytes:
+    """``origin_sig_payload`` of a fact of ``origin``'s block (raising as it does), built
+    around the block's text, which is made once per block."""
+    around = _tuple_around(origin)
+    if around is not None and type(fact_id) is str and type(cid) is str \
+            and (valid_until is None or type(valid_until) is str):
+        return _tuple_bytes(cid, fact_id, valid_until, around)
+    return origin_sig_payload(fact_id, cid, origin.entity_uri, origin.node_id, origin.allowed_scopes,
+                              origin.allowed_tenants, origin.tenant, valid_until)
 
 
 def verify_fact_origin(
@@ -264,13 +276,7 @@ def fact_origin_signed(fact: Fact, origin: Origin, signature: Any) -> bytes | No
         return None
     try:
         sig = b64url_decode(signature)
-        around = _tuple_around(origin)
-        fact_id, cid, valid_until = fact.id, fact.cid, fact.valid_until
-        if around is not None and type(fact_id) is str and type(cid) is str \
-                and (valid_until is None or type(valid_until) is str):
-            data = _tuple_bytes(cid, fact_id, valid_until, around)
-        else:
-            data = origin_sig_payload(**_signed_fields(fact, origin))
+        data = origin_tuple(origin, fact.id, fact.cid, fact.valid_until)
     except (TypeError, ValueError):
         return None
     return sig + data if len(sig) == 64 else None

@@ -658,6 +658,16 @@ def test_hlc_many_ticks_in_one_millisecond_sort_as_text() -> None:
     assert after > stamps[-1]
 
 
+def test_hlc_ticks_are_the_ticks_one_by_one() -> None:
+    """A batch's stamps (``ticks``) are what as many ``tick()`` calls give on the same clock,
+    across the counter's carry, and the clock goes on after them."""
+    one, batch = HLC(FixedClock(1795399679090)), HLC(FixedClock(1795399679090))
+    assert batch.ticks(1200) == [one.tick() for _ in range(1200)]
+    assert batch.ticks(0) == [] and batch.tick() == one.tick()
+    batch.observe("1795399679095.004")
+    assert batch.ticks(2) == ["1795399679095.005", "1795399679095.006"]
+
+
 def test_hlc_restart_never_regresses() -> None:
     first = HLC(FixedClock(1795399679090))
     last = [first.tick() for _ in range(20)][-1]
