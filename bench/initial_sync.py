@@ -5,7 +5,8 @@ Node A holds N facts (company and public); node B, empty, has A registered and a
 A has B).  B pulls with ``stigmem-node pull`` in a subprocess, as a cron job would.  While it
 runs the bench prints a progress line every few seconds (facts stored, facts/s, RSS), reading
 B's counters from its database; at the end it prints facts/s and the puller's peak RSS
-(``VmHWM`` from /proc/<pid>/status, sampled, and ``ru_maxrss`` from ``wait4``; the larger one).
+(``VmHWM`` from /proc/<pid>/status, sampled, and ``ru_maxrss`` from ``wait4``; the larger one),
+and its check worker processes' RSS together (sampled).
 
 Loading A takes a while (every fact is asserted through the API and signed): the loaded A is
 cached in ``$TMPDIR/stigmem-bench-initial-sync/<N>/`` and copied for each run (``--fresh``
@@ -43,6 +44,15 @@ PROGRESS_EVERY_S = 5.0
 SAMPLE_EVERY_S = 0.05
 CEILING_ROWS = 100_000  # the insert ceiling is measured on at most this many of the rows
 MIB = 1024 * 1024
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (the puller's check workers)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(c) for c in fh.read().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        return []
 
 
 def proc_status_kib(pid: int, field: str) -> int:
@@ -108,11 +118,14 @@ class Run:
         self.hwm_kib = 0
         self.rss_kib = 0
         self.maxrss_kib = 0
+        self.workers_kib = 0  # the check workers' RSS together, the highest sampled
         self.exit: int | None = None
 
     def sample(self) -> None:
         self.hwm_kib = max(self.hwm_kib, proc_status_kib(self.proc.pid, "VmHWM"))
         self.rss_kib = proc_status_kib(self.proc.pid, "VmRSS") or self.rss_kib
+        self.workers_kib = max(self.workers_kib,
+                               sum(proc_status_kib(c, "VmRSS") for c in children(self.proc.pid)))
 
     def reap(self, block: bool = True) -> bool:
         """Reap the puller with ``wait4`` (its ``ru_maxrss`` with it); False if it still runs."""
@@ -203,12 +216,13 @@ def main() -> None:
         print(f"pulling {args.facts:,} facts A -> B (`stigmem-node pull`, process start included)", flush=True)
         before = counters(watch)[0]
         t0 = time.perf_counter()
-        passes, peak, runs = 0, 0.0, []
+        passes, peak, workers, runs = 0, 0.0, 0.0, []
         while True:
             run = Run(b.db, env, watch, args.facts)
             run.run()
             passes += 1
             peak = max(peak, run.peak_mib)
+            workers = max(workers, run.workers_kib / 1024)
             runs.append(run.summary)
             if run.exit != 0:
                 sys.exit(f"pull failed (exit {run.exit}): {run.summary}")
@@ -244,7 +258,8 @@ def main() -> None:
     print(f"insert ceiling:  {ceiling_rate:,.0f} facts/s (the same rows, up to {CEILING_ROWS:,}, into an empty "
           f"schema in one transaction); ratio {got / elapsed / ceiling_rate:.3f}")
     print(f"peak RSS of the puller: {peak:.1f} MiB (last run)"
-          + (f"; {max(k[3] for k in kills):.1f} MiB (killed runs)" if kills else ""))
+          + (f"; {max(k[3] for k in kills):.1f} MiB (killed runs)" if kills else "")
+          + f"; its check workers together: {workers:.1f} MiB (sampled)")
     if not ok:
         sys.exit(1)
 

@@ -270,3 +270,35 @@ def test_a_worker_that_does_not_answer_in_time_is_stopped_and_the_page_checked_h
     assert len(asyncio.run(checker.check(POLICY, [raw(KEY)], as_page(GOOD[:2]))).entries) == 2
     assert checker.pages == 0 and checker._workers[0].proc is None  # the stuck worker is gone
     checker.close()
+
+
+def test_a_long_pull_holds_a_bounded_number_of_checked_pages(pair) -> None:  # noqa: F811
+    """Pages checked and stored are let go: however many pages a pull takes, only those
+    ahead of the one being stored are held (the memory of a sync of a million facts)."""
+    import gc
+
+    from stigmem_node.page_check import CheckedPage
+
+    a, b, _ = pair
+    peer_up(a, b)
+    peer_up(b, a)
+    for batch in range(3):
+        a.facts.assert_many(a.facts.validate_batch([
+            {"entity": f"e:{batch}-{i}", "relation": "r", "value": {"type": "string", "v": str(i)},
+             "source": "test_checker", "scope": "public"} for i in range(500)]))
+    b.checker.close()
+    b.checker = ProcessChecker(workers=2)
+    held: list[int] = []
+
+    def count(progress: Any) -> None:
+        held.append(sum(1 for o in gc.get_objects() if type(o) is CheckedPage))
+
+    async def pull() -> Any:
+        sub = b.subscriber(PullOptions(page_limit=50))
+        peer = (await sub.active_peers())[0]
+        async with sub.client() as client:
+            return await sub.pull_peer(client, peer, count)
+
+    result = asyncio.run(pull())
+    assert result.ok and result.new == 1500 and result.pages == len(held) > 25
+    assert max(held) <= b.checker.parallel + 3, held

@@ -243,7 +243,7 @@ class Subscriber:
         keys = await self._raw_keys(peer)
         refreshed = False
         ahead: asyncio.Queue[_Ahead] = asyncio.Queue(maxsize=self.checker.parallel)
-        checks: list[asyncio.Future[CheckedPage]] = []
+        checks: set[asyncio.Future[CheckedPage]] = set()  # started and not yet taken: dropped if the pull stops
 
         async def fetch_ahead(cursor: str | None, wait_s: int) -> None:
             """Fetch page after page (the first a long-poll), starting each one's check, until
@@ -262,7 +262,7 @@ class Subscriber:
                 next_cursor = page.cursor if page.cursor is not None else cursor
                 last = not page.has_more or next_cursor == cursor or pages >= self.max_pages
                 check = asyncio.ensure_future(self.checker.check(policy, keys, page))
-                checks.append(check)
+                checks.add(check)
                 await ahead.put(_Ahead(page, cursor, next_cursor, last, keys, check))
                 if last:
                     return
@@ -276,6 +276,7 @@ class Subscriber:
                     raise item.error or PullError("pull_failed", "no page")
                 result.pages += 1
                 checked = await item.check
+                checks.discard(item.check)
                 if checked.bad_signature and not refreshed:
                     # Perhaps the peer rotated its key: follow an endorsed rotation once per pass.
                     refreshed = True
