@@ -54,6 +54,7 @@ class Settings:
     audit_checkpoint_rows: int = 1000  # a signed audit checkpoint at least every this many rows
     audit_checkpoint_interval_s: float = 3600.0  # and (serving) when a row has waited this long unsealed
     pull_concurrency: int = 4
+    check_workers: int | None = None  # processes checking pulled pages (None: one a core, up to 4; 0: none)
     pull_timeout_s: float = 10.0
     pull_attempts: int = 4
     pull_backoff_s: float = 0.5
@@ -208,6 +209,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
                                                    env["STIGMEM_AUDIT_CHECKPOINT_INTERVAL_S"], 1, 86400)
     if env.get("STIGMEM_PULL_CONCURRENCY"):
         kw["pull_concurrency"] = _int("STIGMEM_PULL_CONCURRENCY", env["STIGMEM_PULL_CONCURRENCY"], 1, 64)
+    if env.get("STIGMEM_CHECK_WORKERS"):
+        kw["check_workers"] = _int("STIGMEM_CHECK_WORKERS", env["STIGMEM_CHECK_WORKERS"], 0, 64)
     if env.get("STIGMEM_PULL_TIMEOUT_S"):
         kw["pull_timeout_s"] = _float("STIGMEM_PULL_TIMEOUT_S", env["STIGMEM_PULL_TIMEOUT_S"], 0.1, 600)
     if env.get("STIGMEM_PULL_ATTEMPTS"):

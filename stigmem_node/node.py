@@ -98,8 +98,9 @@ class Node:
         self.lanes = Lanes(settings.read_lane_threads, settings.write_lane_threads, observer=self.metrics.lane_work)
         # Pulled pages are checked in worker processes, one a core, where there are cores to spare.
         cores = os.cpu_count() or 1
-        self.checker: ProcessChecker | InlineChecker = \
-            ProcessChecker(min(cores, MAX_CHECK_WORKERS)) if cores > 1 else InlineChecker()
+        workers = settings.check_workers if settings.check_workers is not None else \
+            (min(cores, MAX_CHECK_WORKERS) if cores > 1 else 0)
+        self.checker: ProcessChecker | InlineChecker = ProcessChecker(workers) if workers else InlineChecker()
 
         def peppers() -> Peppers:
             loaded = Peppers.load(settings.pepper_path, settings.pepper, create=create,

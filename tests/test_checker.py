@@ -302,3 +302,21 @@ def test_a_long_pull_holds_a_bounded_number_of_checked_pages(pair) -> None:  # n
     result = asyncio.run(pull())
     assert result.ok and result.new == 1500 and result.pages == len(held) > 25
     assert max(held) <= b.checker.parallel + 3, held
+
+
+def test_the_number_of_check_workers_is_a_setting(tmp_path: Path) -> None:
+    from stigmem_node.config import Settings, from_env
+    from stigmem_node.errors import ConfigError
+    from stigmem_node.node import Node
+
+    assert from_env({"STIGMEM_CHECK_WORKERS": "0"}).check_workers == 0
+    assert from_env({}).check_workers is None
+    for bad in ("-1", "65", "two"):
+        with pytest.raises(ConfigError):
+            from_env({"STIGMEM_CHECK_WORKERS": bad})
+    for workers, kind, parallel in ((0, InlineChecker, 1), (3, ProcessChecker, 3)):
+        node = Node(Settings(db_path=tmp_path / f"n{workers}.db", check_workers=workers), create=True)
+        try:
+            assert type(node.checker) is kind and node.checker.parallel == parallel
+        finally:
+            node.close()
