@@ -18,7 +18,7 @@ next page: fetch, check or commit).  After each kill the facts stored and B's co
 agree; at the end every fact of A must be on B exactly once (count, distinct ids, none
 missing), and the cursor must be A's last.
 
-    python bench/initial_sync.py [--facts 1000000] [--kills 0] [--seed S] [--fresh]
+    python bench/initial_sync.py [--facts 1000000] [--kills 0] [--seed S] [--fresh] [--check-workers N]
 """
 
 from __future__ import annotations
@@ -47,12 +47,16 @@ MIB = 1024 * 1024
 
 
 def children(pid: int) -> list[int]:
-    """The child processes of ``pid`` (the puller's check workers)."""
+    """The child processes of ``pid`` (the puller's check workers), whichever of its threads
+    started them."""
+    found: list[int] = []
     try:
-        with open(f"/proc/{pid}/task/{pid}/children") as fh:
-            return [int(c) for c in fh.read().split()]
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as fh:
+                found += [int(c) for c in fh.read().split()]
     except (FileNotFoundError, ProcessLookupError):
-        return []
+        pass
+    return found
 
 
 def proc_status_kib(pid: int, field: str) -> int:
@@ -177,6 +181,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--fresh", action="store_true", help="load A again rather than use the cached one")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--check-workers", type=int, default=None,
+                    help="STIGMEM_CHECK_WORKERS for the puller (default: the node's own choice)")
     args = ap.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
@@ -195,6 +201,8 @@ def main() -> None:
         b.stop()
         env = {k: v for k, v in os.environ.items() if not k.startswith("STIGMEM_")}
         env["STIGMEM_LOG_LEVEL"] = "warning"
+        if args.check_workers is not None:
+            env["STIGMEM_CHECK_WORKERS"] = str(args.check_workers)
         watch = sqlite3.connect(f"file:{b.db}?mode=ro", uri=True, isolation_level=None)
 
         kills = []

@@ -16,9 +16,7 @@ import functools
 import json.encoder
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Final
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, Any, Final
 
 from stigmem_node.encoding import b64url_decode, b64url_encode, jcs
 from stigmem_node.errors import ValidationError
@@ -33,8 +31,13 @@ from stigmem_node.facts import (
     required_text,
     unexpected_error,
 )
-from stigmem_node.keys import Signer, verifies, verify_any
 from stigmem_node.values import invalid_fact
+
+if TYPE_CHECKING:  # a check worker imports this module to check pages: it has no use for the
+    # cryptography package (8 MiB a process); the functions that verify import what they use.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+    from stigmem_node.keys import Signer
 
 __all__ = [
     "ORIGIN_TUPLE_VERSION",
@@ -225,6 +228,8 @@ def verify_origin(
 ) -> bool:
     """True if ``signature`` verifies over ``origin_sig_payload(**fields)`` under any of
     ``public_keys``; never raises on bad input."""
+    from stigmem_node.keys import verify_any
+
     if not fields.get("entity_uri"):
         return False
     return verify_any(public_keys, signature, lambda: origin_sig_payload(**fields))
@@ -263,6 +268,10 @@ def verify_fact_origin(
     signed = fact_origin_signed(fact, origin, signature)
     if signed is None:
         return False
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from stigmem_node.keys import verifies
+
     keys = [public_keys] if isinstance(public_keys, Ed25519PublicKey) else public_keys
     return any(verifies(key, signed[:64], signed[64:]) for key in keys)
 

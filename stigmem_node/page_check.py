@@ -18,9 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nacl import bindings as sodium
 from nacl.exceptions import BadSignatureError
 
@@ -28,6 +27,9 @@ from stigmem_node import facts as fm
 from stigmem_node import origin as om
 from stigmem_node.errors import ValidationError
 from stigmem_node.vocabulary import FEDERATED_SCOPES
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 __all__ = ["CheckedPage", "PagePolicy", "PreparedPage", "Rejection", "check_page", "check_serially", "prepare_page",
            "verify_batch"]

@@ -78,3 +78,14 @@ def test_the_probe_sees_impure_imports() -> None:
     loaded = loaded_after("import stigmem_node.identity")
     assert "stigmem_node.store" in loaded
     assert "sqlite3" in loaded_after("import stigmem_node.store.sqlite")
+
+
+def test_a_check_worker_loads_no_private_key_machinery() -> None:
+    """A check worker (``python -m stigmem_node.check_worker``) verifies with libsodium only: it
+    loads neither the ``cryptography`` package (8 MiB in each worker) nor the node's key code."""
+    code = ("import sys\nimport stigmem_node.check_worker\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'cryptography' or m == 'stigmem_node.keys'))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent, timeout=120,
+                          env=_plain_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
