@@ -224,16 +224,24 @@ def test_a_closed_checker_checks_here() -> None:
     assert checker.pages == 0 and checker._workers[0].proc is None
 
 
-def test_a_pull_checks_its_pages_in_the_workers_and_a_stopped_pull_drops_the_work_ahead(pair) -> None:  # noqa: F811
-    a, b, _ = pair
+def federated_with_workers(nodes: Any, batches: int, size: int) -> tuple[Any, Any]:
+    """Nodes A and B of ``nodes`` (the pair fixture), each the other's approved peer; A with
+    ``batches`` batches of ``size`` public facts; B checking pulled pages in two worker
+    processes, whatever this machine's cores."""
+    a, b, _ = nodes
     peer_up(a, b)
     peer_up(b, a)
-    for batch in range(3):
+    for batch in range(batches):
         a.facts.assert_many(a.facts.validate_batch([
             {"entity": f"e:{batch}-{i}", "relation": "r", "value": {"type": "string", "v": str(i)},
-             "source": "test_checker", "scope": "public"} for i in range(400)]))
+             "source": "test_checker", "scope": "public"} for i in range(size)]))
     b.checker.close()
-    b.checker = ProcessChecker(workers=2)  # whatever this machine's cores: the workers
+    b.checker = ProcessChecker(workers=2)
+    return a, b
+
+
+def test_a_pull_checks_its_pages_in_the_workers_and_a_stopped_pull_drops_the_work_ahead(pair) -> None:  # noqa: F811
+    a, b = federated_with_workers(pair, 3, 400)
 
     # The pull stops as soon as its first page is stored (here: what it reports the page to
     # fails): pages fetched and checked ahead are dropped, and the next pass takes them, each
@@ -279,15 +287,7 @@ def test_a_long_pull_holds_a_bounded_number_of_checked_pages(pair) -> None:  # n
 
     from stigmem_node.page_check import CheckedPage
 
-    a, b, _ = pair
-    peer_up(a, b)
-    peer_up(b, a)
-    for batch in range(3):
-        a.facts.assert_many(a.facts.validate_batch([
-            {"entity": f"e:{batch}-{i}", "relation": "r", "value": {"type": "string", "v": str(i)},
-             "source": "test_checker", "scope": "public"} for i in range(500)]))
-    b.checker.close()
-    b.checker = ProcessChecker(workers=2)
+    a, b = federated_with_workers(pair, 3, 500)
     held: list[int] = []
 
     def count(progress: Any) -> None:
