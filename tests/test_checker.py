@@ -320,3 +320,16 @@ def test_the_number_of_check_workers_is_a_setting(tmp_path: Path) -> None:
             assert type(node.checker) is kind and node.checker.parallel == parallel
         finally:
             node.close()
+
+
+def test_a_check_that_failed_in_a_worker_is_logged_here(caplog) -> None:
+    """A worker logs where nobody reads: a fact its checks could not judge (a bug, refused as
+    internal_validation_error) is logged by the node that reads the answer."""
+    from stigmem_node.page_check import CheckedPage
+
+    checked = CheckedPage([], [("fact-1", InternalValidationError(message="could not validate", field="facts[0]")),
+                               ("fact-2", ValidationError("cid_mismatch", "no", field="facts[1].cid"))])
+    with caplog.at_level(logging.ERROR, logger="stigmem_node.replication"):
+        ProcessChecker._log_internal_errors(checked)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "fact-1" in messages[0] and "facts[0]" in messages[0]
