@@ -77,8 +77,9 @@ def check_request(body: bytes) -> bytes:
 
 
 # A checked fact as it travels: its values in ``Fact``'s field order up to ``origin_sig``,
-# then the index of its origin block.  (Pickling the objects themselves costs seven times as
-# much: a dataclass with slots pickles field by field, in Python.)
+# then the index of its origin block.  (Pickling the objects themselves takes seven times as
+# long to write and twice as long to read: a dataclass with slots pickles field by field, in
+# Python.)
 _Row = tuple[str, str, str, str, str, str, str, str, str, str, str | None, float, str, str, str | None, int]
 
 

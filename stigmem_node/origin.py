@@ -249,7 +249,10 @@ def sign_tuple(signer: Signer | Ed25519PrivateKey, origin: Origin, *, fact_id: s
 def origin_tuple(origin: Origin, fact_id: Any, cid: Any, valid_until: Any) -> bytes:
     """``origin_sig_payload`` of a fact of ``origin``'s block (raising as it does), built
     around the block's text, which is made once per block."""
-    around = _tuple_around(origin)
+    try:
+        around = _tuple_around(origin)
+    except TypeError:  # a block holding lists is not hashable: no cached text, the general path
+        around = None
     if around is not None and type(fact_id) is str and type(cid) is str \
             and (valid_until is None or type(valid_until) is str):
         return _tuple_bytes(cid, fact_id, valid_until, around)

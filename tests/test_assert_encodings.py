@@ -163,3 +163,14 @@ def test_the_bytes_a_check_worker_verifies_are_the_signed_tuple(**f: Any) -> Non
     except rfc8785.CanonicalizationError:
         expected = None
     assert fact_origin_signed(fact, origin, signature) == expected
+
+
+def test_an_origin_block_holding_lists_signs_the_same_tuple() -> None:
+    """An origin block is cached by its value; one that cannot be (lists instead of tuples)
+    takes the general path, to the same bytes."""
+    fact = Fact("id-1", "sha256:" + "a" * 64, "e", "r", "string", "v", "content", "s", "t", "h", None, 1.0,
+                "public", "n")
+    as_tuples = Origin("default", "n", ("public", "company"), ("default",), "http://127.0.0.1:9")
+    as_lists = Origin("default", "n", ["public", "company"], ["default"], "http://127.0.0.1:9")  # type: ignore[arg-type]
+    signature = b64url_encode(bytes(64))
+    assert fact_origin_signed(fact, as_lists, signature) == fact_origin_signed(fact, as_tuples, signature) is not None

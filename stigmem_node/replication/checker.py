@@ -52,13 +52,18 @@ class PageChecker(Protocol):
         ...
 
 
+def check_here(policy: PagePolicy, keys: list[bytes], page: Page) -> CheckedPage:
+    """``page`` checked in this thread (parsing it too: run it off the event loop)."""
+    return check_page(policy, page.facts, keys)
+
+
 class InlineChecker:
     """Checks every page in a thread of this process."""
 
     parallel = 1
 
     async def check(self, policy: PagePolicy, keys: list[bytes], page: Page) -> CheckedPage:
-        return await asyncio.to_thread(check_page, policy, page.facts, keys)
+        return await asyncio.to_thread(check_here, policy, keys, page)
 
     def warm(self) -> None:
         return None
@@ -174,7 +179,7 @@ class ProcessChecker:
             else:
                 self._log_internal_errors(checked)
                 return checked
-        return await asyncio.to_thread(check_page, policy, page.facts, keys)
+        return await asyncio.to_thread(check_here, policy, keys, page)
 
     def warm(self) -> None:
         """Start the idle workers now, so that they are up by the first page (unless broken or closed)."""
