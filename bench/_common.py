@@ -154,14 +154,17 @@ def fact_rows(db: Path, received: bool | None = None) -> list[tuple]:
 def insert_ceiling(rows: list[tuple], workdir: Path, database: Path | str | None = None, *, runs: int = 1) -> float:
     """Seconds to insert ``rows`` into an empty schema in one transaction: the ceiling that
     end-to-end rates are compared with (``database``: an empty one to use, default a new
-    SQLite file in ``workdir``; ``runs``: the best of that many, each into a new SQLite file)."""
+    SQLite file in ``workdir``; ``runs``: the best of that many, each into a new SQLite file,
+    so only with no ``database``)."""
     from stigmem_node.store import open_database
     from stigmem_node.store.facts import INSERT_COLS
 
+    if database is not None and runs != 1:
+        raise ValueError("an empty database given takes one run: it is not empty after it")
     marks = ",".join("?" * len(INSERT_COLS.split(",")))
     best = float("inf")
     for run in range(runs):
-        db = open_database(database if database and runs == 1 else workdir / f"ceiling-{run}.db")
+        db = open_database(database if database is not None else workdir / f"ceiling-{run}.db")
         t0 = time.perf_counter()
         with db.transaction():
             db.executemany(f"INSERT INTO facts ({INSERT_COLS}) VALUES ({marks})", rows)  # noqa: S608 - constant text
