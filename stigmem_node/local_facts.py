@@ -15,17 +15,20 @@ from __future__ import annotations
 import json
 import json.encoder
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from stigmem_node import facts as fm
 from stigmem_node import origin as om
 from stigmem_node.clock import Clock
+from stigmem_node.encoding import b64url_encode
 from stigmem_node.errors import Erased, NotFound, ValidationError
 from stigmem_node.facts import Origin
 from stigmem_node.hlc import HLC
 from stigmem_node.identity import NodeIdentity
+from stigmem_node.keys import Signer
+from stigmem_node.signing import sign_serially
 from stigmem_node.store import Store
 from stigmem_node.store.facts import FactRow
 from stigmem_node.uuid7 import uuid7s
@@ -90,7 +93,8 @@ class LocalFacts:
     def __init__(self, store: Store, identity: NodeIdentity, clock: Clock,
                  on_rotation: Callable[[], object] | None = None,
                  on_commit: Callable[[], object] | None = None,
-                 new_ids: Callable[[int], list[str]] | None = None) -> None:
+                 new_ids: Callable[[int], list[str]] | None = None,
+                 sign_all: Callable[[Signer, Sequence[bytes]], list[bytes]] = sign_serially) -> None:
         self.store = store
         self.identity = identity
         self.clock = clock
@@ -102,6 +106,8 @@ class LocalFacts:
         self._hlc: HLC | None = None
         # Ids for up to n new facts (fresh UUIDv7s; tests give a deterministic source).
         self.new_ids = new_ids or (lambda n: uuid7s(n, self.clock.now_ms()))
+        # Signs a batch's origin tuples (``signing.SigningPool.sign_all``: on every core).
+        self.sign_all = sign_all
 
     @property
     def hlc(self) -> HLC:
@@ -162,19 +168,23 @@ class LocalFacts:
                     found[i] = existing
                 else:
                     new.append(i)
+            plan = []  # per new fact: (input index, id, CID, HLC, origin block and its text)
             for i, hlc in zip(new, self.hlc.ticks(len(new)), strict=True):
-                inp, key = inputs[i], keys[i]
-                fact_id, cid = next(ids), key[0]
+                inp = inputs[i]
                 if inp.scope not in origins:
                     origin = om.origin_for(inp, node_id=ident.node_id, entity_uri=ident.node_url)
                     origins[inp.scope] = (origin, _dumps(origin.to_wire()))
-                origin, origin_text = origins[inp.scope]
-                sig = om.sign_tuple(ident, origin, fact_id=fact_id, cid=cid, valid_until=inp.valid_until)
+                plan.append((i, next(ids), keys[i][0], hlc, *origins[inp.scope]))
+            sigs = self.sign_all(ident, [om.origin_tuple(origin, fact_id, cid, inputs[i].valid_until)
+                                         for i, fact_id, cid, _, origin, _ in plan])
+            for (i, fact_id, cid, hlc, _, origin_text), raw_sig in zip(plan, sigs, strict=True):
+                inp = inputs[i]
+                sig = b64url_encode(raw_sig)
                 text = fm.local_fact_text(inp, fact_id=fact_id, cid=cid, timestamp=timestamp, hlc=hlc,
                                           origin_node_id=ident.node_id)
                 rows.append((
                     fact_id, cid, inp.entity, inp.relation, inp.value_type, inp.value_v, inp.interpret_as,
-                    inp.source, timestamp, hlc, key[1], inp.confidence, inp.scope,
+                    inp.source, timestamp, hlc, keys[i][1], inp.confidence, inp.scope,
                     ident.node_id, sig, entry_text(text, origin_text, sig), None, None,
                 ))
                 made[i] = (fact_id, text)
@@ -199,17 +209,14 @@ class LocalFacts:
             rows = self.store.facts.local_entries(after, batch)
             if not rows:
                 return done
+            entries = [json.loads(text) for _, text in rows]
+            sigs = self.sign_all(self.identity, [om.origin_sig_payload(
+                e["fact"]["id"], e["fact"]["cid"], e["origin"]["entity_uri"], e["origin"]["node_id"],
+                e["origin"]["allowed_scopes"], e["origin"]["allowed_tenants"], e["origin"]["tenant"],
+                e["fact"]["valid_until"]) for e in entries])
             updates = []
-            for seq, text in rows:
-                entry = json.loads(text)
-                o, f = entry["origin"], entry["fact"]
-                sig = om.sign_origin(
-                    self.identity, fact_id=f["id"], cid=f["cid"], entity_uri=o["entity_uri"],
-                    origin_node_id=o["node_id"], origin_allowed_scopes=o["allowed_scopes"],
-                    origin_allowed_tenants=o["allowed_tenants"], origin_tenant=o["tenant"],
-                    valid_until=f["valid_until"],
-                )
-                entry["origin_sig"] = sig
+            for (seq, _), entry, raw_sig in zip(rows, entries, sigs, strict=True):
+                entry["origin_sig"] = sig = b64url_encode(raw_sig)
                 updates.append((sig, _dumps(entry), seq))
             with self.store.transaction():
                 self.store.facts.set_signatures(updates)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -53,6 +52,7 @@ from stigmem_node.replication import Ingest, PageFetcher, PullOptions, Scheduler
 from stigmem_node.replication.checker import InlineChecker, ProcessChecker
 from stigmem_node.replication.erasures import RemoteErasure
 from stigmem_node.sessions import Sessions
+from stigmem_node.signing import SigningPool, usable_cores
 from stigmem_node.status import StatusReader
 from stigmem_node.store import Store
 
@@ -96,8 +96,9 @@ class Node:
         self.metrics = Metrics(StoreSource(self.store, rules), rules, now=lambda: self.clock.now_ms() / 1000,
                                now_iso=self.clock.now_iso)
         self.lanes = Lanes(settings.read_lane_threads, settings.write_lane_threads, observer=self.metrics.lane_work)
-        # Pulled pages are checked in worker processes, one a core, where there are cores to spare.
-        cores = os.cpu_count() or 1
+        # Pulled pages are checked in worker processes, one a core, where there are cores to
+        # spare (the cores this process may run on: its CPU affinity).
+        cores = usable_cores()
         workers = settings.check_workers if settings.check_workers is not None else \
             (min(cores, MAX_CHECK_WORKERS) if cores > 1 else 0)
         self.checker: ProcessChecker | InlineChecker = ProcessChecker(workers) if workers else InlineChecker()
@@ -139,8 +140,10 @@ class Node:
         self.apikey_failures = FailureLimiter(max_failures=10, window_s=window)
         self.new_facts = NewFacts(lambda: self.lanes.read(self.store.facts.head_seq),
                                   max_waiting=settings.long_poll_max, max_per_peer=settings.long_poll_per_peer)
+        # Asserted facts are signed on every core the process may use.
+        self.signing = SigningPool.for_this_process()
         self.facts = LocalFacts(self.store, self.identity, self.clock, on_rotation=self.reload_identity_if_rotated,
-                                on_commit=self.new_facts.committed)
+                                on_commit=self.new_facts.committed, sign_all=self.signing.sign_all)
         self.erasure = Erasure(self.store, lambda: self.identity, self.audit, self.clock, self.store.db.reclaim_erased)
         self.activity = Activity(self.clock.now_ms, self.clock.now_iso)
         self.publisher = Publisher(self.store, self.audit, self.clock, settings.shared_scopes, self.lanes,
@@ -384,4 +387,5 @@ class Node:
     def close(self) -> None:
         self.checker.close()
         self.lanes.close()
+        self.signing.close()
         self.store.close()

@@ -26,6 +26,7 @@ from stigmem_node.encoding import b64url_encode
 from stigmem_node.identity import NodeIdentity
 from stigmem_node.keys import key_id_of
 from stigmem_node.local_facts import LocalFacts
+from stigmem_node.signing import SigningPool
 from stigmem_node.store import Store
 from stigmem_node.store.facts import INSERT_COLS, LOOKUP_CHUNK
 from stigmem_node.store.meta import KeyRow
@@ -85,13 +86,17 @@ ENTRY_4 = (
 SIG_4 = "GFHTYnCzsCLyc_lSqcTvmXsmC6uQ77GaEXbLQDEIcm31Xs76X8p18USfeFHmr-hFS3w1uNO8XDg03R04g5prBA"
 
 
-@pytest.fixture
-def local(engine: Engine, tmp_path: Path) -> Iterator[LocalFacts]:
+@pytest.fixture(params=[0, 3], ids=["signed-serially", "signed-by-4-threads"])
+def local(engine: Engine, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalFacts]:
+    """Every pin holds whether a batch is signed in the calling thread or shared with a pool."""
     store = Store(engine.url("pins") or tmp_path / "pins.db")
     identity = NodeIdentity(NODE_ID, NODE_URL, KeyRow(key_id_of(PUBLIC), PUBLIC, PRIVATE, "2026-11-23T02:00:00Z",
                                                        "active", None), [])
     ids = iter(f"pin-{i:03d}" for i in range(1000))
-    yield LocalFacts(store, identity, FixedClock(), new_ids=lambda n: [next(ids) for _ in range(n)])
+    pool = SigningPool(request.param)
+    yield LocalFacts(store, identity, FixedClock(), new_ids=lambda n: [next(ids) for _ in range(n)],
+                     sign_all=pool.sign_all)
+    pool.close()
     store.close()
 
 
@@ -215,3 +220,27 @@ def test_every_fact_of_a_large_batch_carries_its_own_signature_in_input_order(lo
                                   valid_until=r[10])
         assert r[14] == entry["origin_sig"] == expected
 
+
+
+def test_re_signing_after_a_rotation_gives_every_fact_the_new_keys_signature(local: LocalFacts) -> None:
+    """``resign_all`` signs its batches with the same signer as asserts: every entry ends up
+    with the signature the new key gives its own fields, across batch boundaries."""
+    from stigmem_node import origin as om
+
+    local.assert_many(local.validate_batch([_fact(2000 + i, "number", i) for i in range(150)]))
+    new_key = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
+    new_public = b64url_encode(new_key.public_key().public_bytes(serialization.Encoding.Raw,
+                                                                  serialization.PublicFormat.Raw))
+    new_private = b64url_encode(new_key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                                      serialization.NoEncryption()))
+    local.identity = NodeIdentity(NODE_ID, NODE_URL, KeyRow(key_id_of(new_public), new_public, new_private,
+                                                            "2026-11-24T02:00:00Z", "active", None), [])
+    assert local.resign_all(batch=64) == 150
+    for r in _rows(local):
+        entry = json.loads(r[15])
+        o = entry["origin"]
+        expected = om.sign_origin(new_key, fact_id=r[0], cid=r[1], entity_uri=o["entity_uri"], origin_node_id=r[13],
+                                  origin_allowed_scopes=o["allowed_scopes"],
+                                  origin_allowed_tenants=o["allowed_tenants"], origin_tenant=o["tenant"],
+                                  valid_until=r[10])
+        assert r[14] == entry["origin_sig"] == expected
