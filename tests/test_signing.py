@@ -1,119 +1,71 @@
-"""Signing a batch on several threads (``stigmem_node.signing``): the same signatures, in
-order, as one thread gives; the work really shared; failures surfacing; the threads sized by
-the process's CPU affinity."""
+"""The node signs with libsodium (``keys.Ed25519Signing``): its signatures are the bytes
+``cryptography``'s Ed25519 gives for the same key and message, and they verify."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-import threading
-from pathlib import Path
-
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from stigmem_node.keys import KeySigner
-from stigmem_node.signing import MAX_SIGNING_THREADS, MIN_SHARE, SigningPool, sign_serially, usable_cores
-
-
-class RecordingSigner:
-    """A real signer that notes which thread made each signature, and fails on one message."""
-
-    def __init__(self, fail_on: bytes | None = None) -> None:
-        self._signer = KeySigner(Ed25519PrivateKey.generate())
-        self.key_id, self.public_key = self._signer.key_id, self._signer.public_key
-        self.threads: list[str] = []
-        self.fail_on = fail_on
-        self._lock = threading.Lock()
-
-    def sign(self, message: bytes, /) -> bytes:
-        if message == self.fail_on:
-            raise ValueError("refused")
-        with self._lock:
-            self.threads.append(threading.current_thread().name)
-        return self._signer.sign(message)
+from stigmem_node.keys import Ed25519Signing, KeySigner
 
 
-def _messages(n: int) -> list[bytes]:
-    return [os.urandom(40 + i % 300) for i in range(n)]
+@settings(max_examples=200, deadline=None)
+@given(seed=st.binary(min_size=32, max_size=32), message=st.binary(max_size=2000))
+def test_libsodium_signatures_are_the_cryptography_signatures(seed: bytes, message: bytes) -> None:
+    private = Ed25519PrivateKey.from_private_bytes(seed)
+    signature = Ed25519Signing(private).sign(message)
+    assert signature == private.sign(message) == KeySigner(private).sign(message)
+    private.public_key().verify(signature, message)
 
 
-@pytest.mark.parametrize("threads", [0, 1, 3])
-@pytest.mark.parametrize("n", [0, 1, MIN_SHARE - 1, 2 * MIN_SHARE - 1, 2 * MIN_SHARE, 2 * MIN_SHARE + 1, 101, 500])
-def test_a_pool_gives_the_serial_signatures_in_order(threads: int, n: int) -> None:
-    private = Ed25519PrivateKey.generate()
-    signer = KeySigner(private)
-    messages = _messages(n)
-    pool = SigningPool(threads)
+def test_the_signer_shows_no_key_material() -> None:
+    private = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+    assert repr(Ed25519Signing(private)) == "Ed25519Signing(...)"
+    assert bytes(range(32)).hex() not in repr(vars(Ed25519Signing)) + repr(Ed25519Signing(private))
+
+
+def _verifies_with_openssl(public, signature: bytes, message: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
     try:
-        sigs = pool.sign_all(signer, messages)
-    finally:
-        pool.close()
-    assert sigs == sign_serially(signer, messages)
-    for message, sig in zip(messages, sigs, strict=True):
-        private.public_key().verify(sig, message)  # raises if wrong
+        public.verify(signature, message)
+    except InvalidSignature:
+        return False
+    return True
 
 
-def test_a_large_batch_is_shared_between_the_caller_and_every_thread() -> None:
-    signer = RecordingSigner()
-    pool = SigningPool(3)
-    try:
-        pool.sign_all(signer, _messages(400))
-    finally:
-        pool.close()
-    names = set(signer.threads)
-    assert threading.current_thread().name in names
-    assert len({n for n in names if n.startswith("stigmem-sign")}) == 3
-    assert len(signer.threads) == 400
+@settings(max_examples=300, deadline=None)
+@given(seed=st.binary(min_size=32, max_size=32), message=st.binary(max_size=600),
+       flip=st.integers(min_value=-1, max_value=64 * 8 - 1), other=st.booleans())
+def test_verify_any_by_libsodium_agrees_with_openssl(seed: bytes, message: bytes, flip: int, other: bool) -> None:
+    """Every honest signature verifies; a signature with any one bit flipped, or under another
+    key, is refused by both (libsodium is never looser than OpenSSL)."""
+    from stigmem_node.encoding import b64url_encode
+    from stigmem_node.keys import verify_any
+
+    private = Ed25519PrivateKey.from_private_bytes(seed)
+    signature = bytearray(private.sign(message))
+    if flip >= 0:
+        signature[flip // 8] ^= 1 << (flip % 8)
+    public = Ed25519PrivateKey.generate().public_key() if other else private.public_key()
+    ours = verify_any([public], b64url_encode(bytes(signature)), lambda: message)
+    assert ours == _verifies_with_openssl(public, bytes(signature), message)
+    assert ours == (flip < 0 and not other)
 
 
-def test_a_small_batch_is_signed_by_the_caller_alone() -> None:
-    signer = RecordingSigner()
-    pool = SigningPool(3)
-    try:
-        pool.sign_all(signer, _messages(2 * MIN_SHARE - 1))
-    finally:
-        pool.close()
-    assert set(signer.threads) == {threading.current_thread().name}
+def test_verify_any_refuses_a_non_canonical_s_that_names_the_same_signature() -> None:
+    """S + L (the group order) is the same point arithmetic: a strict verifier refuses it, so
+    no second spelling of a signature verifies."""
+    from stigmem_node.encoding import b64url_encode
+    from stigmem_node.keys import verify_any
 
-
-def test_a_failure_in_a_threads_share_reaches_the_caller_and_the_pool_keeps_working() -> None:
-    messages = _messages(200)
-    signer = RecordingSigner(fail_on=messages[-1])  # in the last share: a pool thread's
-    pool = SigningPool(1)
-    try:
-        with pytest.raises(ValueError, match="refused"):
-            pool.sign_all(signer, messages)
-        signer.fail_on = None
-        assert pool.sign_all(signer, messages) == sign_serially(signer, messages)
-    finally:
-        pool.close()
-
-
-def test_threads_must_not_be_negative() -> None:
-    with pytest.raises(ValueError, match="at least 0"):
-        SigningPool(-1)
-
-
-def test_the_pool_of_this_process_has_a_thread_per_usable_core_beyond_the_first() -> None:
-    pool = SigningPool.for_this_process()
-    try:
-        assert pool.threads == min(usable_cores() - 1, MAX_SIGNING_THREADS)
-    finally:
-        pool.close()
-    assert usable_cores() == len(os.sched_getaffinity(0))
-
-
-@pytest.mark.skipif(shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2,
-                    reason="needs taskset and two usable cores")
-def test_a_node_pinned_to_one_core_starts_no_signing_thread_and_no_check_worker(tmp_path: Path) -> None:
-    core = min(os.sched_getaffinity(0))
-    code = ("import sys; from pathlib import Path; from stigmem_node.config import Settings; "
-            "from stigmem_node.node import Node; "
-            "node = Node(Settings(db_path=Path(sys.argv[1])), create=True); "
-            "print(node.signing.threads, type(node.checker).__name__); node.close()")
-    out = subprocess.run(["taskset", "-c", str(core), sys.executable, "-c", code, str(tmp_path / "pinned.db")],
-                         capture_output=True, text=True, check=True, timeout=60)
-    assert out.stdout.split() == ["0", "InlineChecker"]
+    private = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+    message = b"one fact"
+    signature = private.sign(message)
+    order = 2**252 + 27742317777372353535851937790883648493
+    s = int.from_bytes(signature[32:], "little") + order
+    if s < 2**256:
+        malleable = signature[:32] + s.to_bytes(32, "little")
+        assert not verify_any([private.public_key()], b64url_encode(malleable), lambda: message)
+    assert verify_any([private.public_key()], b64url_encode(signature), lambda: message)
