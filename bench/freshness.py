@@ -2,13 +2,15 @@
 
 Two `serve` processes, A and B, federated.  A fact is asserted on A every 1/RATE seconds
 (200 at 10/s by default); B pulls A on its schedule.  For each fact the lag is B's
-``received_at`` minus A's ``timestamp`` (both nodes read this machine's clock).  Two runs in
-one process, one after the other:
+``received_at`` minus A's ``timestamp`` (both nodes read this machine's clock).  Three runs
+in one process, one after the other:
 
 - **interval**: B polls every ``--interval`` seconds (``--pull-wait 0``), as reference nodes
   do (every 30 s there; shorter here so the run stays short);
 - **long-poll**: B follows A (``--pull-wait 25``) with the same interval, so the interval
-  plays no part.
+  plays no part;
+- **notify**: B polls by the interval only (``--pull-wait 0``), and A notifies it of each
+  commit (``--notify-peers``): a signed ``POST /v1/federation/notify``, then B pulls.
 
 It also counts A's fact requests per second during each run (load on the publisher).
 
@@ -39,8 +41,9 @@ def _pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def run(work: Path, name: str, *, facts: int, rate: float, interval: float, wait_s: int) -> dict:
-    a = Node(work / name, "a", cpu=0)
+def run(work: Path, name: str, *, facts: int, rate: float, interval: float, wait_s: int,
+        notify: bool = False) -> dict:
+    a = Node(work / name, "a", cpu=0, args=("--notify-peers",) if notify else ())
     b = Node(work / name, "b", cpu=1, args=("--pull-interval", str(interval), "--pull-wait", str(wait_s)))
     try:
         peer_up(a, b)
@@ -103,14 +106,16 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="stigmem-bench-fresh-"))
     results = [run(work, "interval", facts=args.facts, rate=args.rate, interval=args.interval, wait_s=0),
-               run(work, "long-poll", facts=args.facts, rate=args.rate, interval=args.interval, wait_s=25)]
+               run(work, "long-poll", facts=args.facts, rate=args.rate, interval=args.interval, wait_s=25),
+               run(work, "notify", facts=args.facts, rate=args.rate, interval=args.interval, wait_s=0, notify=True)]
     print(f"{args.facts} asserts at {args.rate:g}/s on A; B's pull interval {args.interval:g} s")
     print(f"{'mode':<10} {'p50 lag':>9} {'p99 lag':>9} {'max':>8} {'pulls/s at A':>13}")
     for r in results:
         print(f"{r['name']:<10} {r['p50_s'] * 1000:>7.0f}ms {r['p99_s'] * 1000:>7.0f}ms {r['max_s'] * 1000:>6.0f}ms"
               f" {r['pull_requests_per_s']:>13.1f}")
-    base, fast = results
-    print(f"p99 ratio long-poll / interval: {fast['p99_s'] / base['p99_s']:.3f}")
+    base, fast, notified = results
+    print(f"p99 ratio long-poll / interval: {fast['p99_s'] / base['p99_s']:.3f}; "
+          f"notify / interval: {notified['p99_s'] / base['p99_s']:.3f}")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ class Settings:
     pepper: str | None = None
     pull_interval_s: float = 0.0  # 0: no in-server schedule
     pull_wait_s: int = 25  # with a schedule, follow each peer with long-polls of this many seconds (0: off)
+    notify_peers: bool = False  # after new facts commit, notify the peers that may read them (serve)
     trusted_proxies: str | None = None  # addresses whose X-Forwarded-For is believed
     federate_instructions: bool = False
     auth_window_s: float = 60.0  # window of the per-address failure limits and audit budget
@@ -197,6 +198,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     if env.get("STIGMEM_DECLARATION_MAX_AGE_S"):
         kw["declaration_max_age_s"] = _int("STIGMEM_DECLARATION_MAX_AGE_S", env["STIGMEM_DECLARATION_MAX_AGE_S"],
                                            60, 365 * 24 * 3600)
+    if env.get("STIGMEM_NOTIFY_PEERS"):
+        kw["notify_peers"] = _bool("STIGMEM_NOTIFY_PEERS", env["STIGMEM_NOTIFY_PEERS"])
     if env.get("STIGMEM_FEDERATE_INSTRUCTIONS"):
         kw["federate_instructions"] = _bool("STIGMEM_FEDERATE_INSTRUCTIONS", env["STIGMEM_FEDERATE_INSTRUCTIONS"])
     if env.get("STIGMEM_AUTH_WINDOW_S"):

@@ -92,7 +92,7 @@ def row_view(row: FactRow) -> dict[str, Any]:
 class LocalFacts:
     def __init__(self, store: Store, identity: NodeIdentity, clock: Clock,
                  on_rotation: Callable[[], object] | None = None,
-                 on_commit: Callable[[], object] | None = None,
+                 on_commit: Callable[[Sequence[fm.FactInput]], object] | None = None,
                  new_ids: Callable[[int], list[str]] | None = None,
                  sign_all: Callable[[Signer, Sequence[bytes]], list[bytes]] = sign_serially) -> None:
         self.store = store
@@ -101,7 +101,8 @@ class LocalFacts:
         # Called (inside the write transaction) when another process rotated the key, so
         # that no fact is signed with a key that is already retiring.
         self.on_rotation = on_rotation
-        # Called after a transaction that stored new facts commits (wakes long-polls).
+        # Called with the new facts after a transaction that stored them commits (wakes
+        # long-polls, notifies peers).
         self.on_commit = on_commit
         self._hlc: HLC | None = None
         # Ids for up to n new facts (fresh UUIDv7s; tests give a deterministic source).
@@ -198,7 +199,7 @@ class LocalFacts:
             answers[i] = Stored(_dumps(view), False, view)
         results = [answers[j] if j == i else Stored(answers[j].text, False) for i, j in enumerate(first)]
         if made and self.on_commit is not None:
-            self.on_commit()
+            self.on_commit([inputs[i] for i in made])
         return results
 
     def resign_all(self, batch: int = 2000) -> int:

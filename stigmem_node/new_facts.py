@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -36,6 +37,9 @@ log = logging.getLogger("stigmem_node.new_facts")
 
 DEFAULT_POLL_INTERVAL_S = 0.2
 MAX_WAIT_S = 30
+#: A peer whose waiting request ended this recently still counts as following (``following``).
+FOLLOW_GAP_S = 5.0
+MAX_REMEMBERED = 10_000
 
 
 class LongPollLimit(StigmemError):
@@ -63,6 +67,7 @@ class NewFacts:
         self.poll_interval_s = poll_interval_s
         self._waiters: set[_Waiter] = set()
         self._per_peer: dict[str, int] = {}
+        self._ended: dict[str, float] = {}  # peer id -> when its last waiting request ended
         self._loop: asyncio.AbstractEventLoop | None = None
         self._kick: asyncio.Event | None = None
         self._poller: asyncio.Task[None] | None = None
@@ -71,6 +76,15 @@ class NewFacts:
     @property
     def waiting(self) -> int:
         return len(self._waiters)
+
+    def following(self, peer_id: str) -> bool:
+        """Whether this peer follows this node by long-poll: a request of it is waiting now,
+        or one ended within ``FOLLOW_GAP_S`` (a follower opens its next one as soon as its
+        pass ends, and that one reads the page first).  On the loop's thread."""
+        if peer_id in self._per_peer:
+            return True
+        ended = self._ended.get(peer_id)
+        return ended is not None and time.monotonic() - ended <= FOLLOW_GAP_S
 
     def committed(self) -> None:
         """Facts were committed by this process: re-read the head now (any thread)."""
@@ -112,6 +126,9 @@ class NewFacts:
                 self._per_peer[peer_id] = left
             else:
                 del self._per_peer[peer_id]
+            if len(self._ended) >= MAX_REMEMBERED and peer_id not in self._ended:
+                self._ended.clear()  # many peers come and go: forgetting costs a notification
+            self._ended[peer_id] = time.monotonic()
             if not waiter.woken.done():
                 waiter.woken.cancel()
 

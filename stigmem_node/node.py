@@ -14,6 +14,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -38,10 +39,12 @@ from stigmem_node.clock import Clock
 from stigmem_node.config import Settings
 from stigmem_node.erasure import Erasure
 from stigmem_node.errors import StigmemError
+from stigmem_node.facts import FactInput
 from stigmem_node.federation import Federation
 from stigmem_node.local_facts import LocalFacts
 from stigmem_node.metrics import Metrics, PublishRules, StoreSource
 from stigmem_node.new_facts import NewFacts
+from stigmem_node.notifier import PeerNotifier
 from stigmem_node.offload import Lanes
 from stigmem_node.operator_keys import OperatorKeys
 from stigmem_node.outbound import Outbound
@@ -75,6 +78,7 @@ class _Background:
 
     maintenance: Maintenance
     scheduler: Scheduler | None
+    notifier: PeerNotifier | None
     tasks: list[asyncio.Task[None]]
     touches: DeferredTouches
 
@@ -92,7 +96,8 @@ class Node:
                                  allow_insecure_http=settings.allow_insecure_http, transport=transport)
         self.store = Store(settings.database, settings.synchronous, create=create,
                            busy_timeout_ms=settings.db_busy_timeout_ms, pool_size=settings.db_pool_size)
-        rules = PublishRules(frozenset(settings.shared_scopes) - {"local"}, settings.federate_instructions)
+        self.publish_rules = rules = PublishRules(frozenset(settings.shared_scopes) - {"local"},
+                                                  settings.federate_instructions)
         self.metrics = Metrics(StoreSource(self.store, rules), rules, now=lambda: self.clock.now_ms() / 1000,
                                now_iso=self.clock.now_iso)
         self.lanes = Lanes(settings.read_lane_threads, settings.write_lane_threads, observer=self.metrics.lane_work)
@@ -143,7 +148,7 @@ class Node:
         # Asserted facts are signed on every core the process may use.
         self.signing = SigningPool.for_this_process()
         self.facts = LocalFacts(self.store, self.identity, self.clock, on_rotation=self.reload_identity_if_rotated,
-                                on_commit=self.new_facts.committed, sign_all=self.signing.sign_all)
+                                on_commit=self._facts_committed, sign_all=self.signing.sign_all)
         self.erasure = Erasure(self.store, lambda: self.identity, self.audit, self.clock, self.store.db.reclaim_erased)
         self.activity = Activity(self.clock.now_ms, self.clock.now_iso)
         self.publisher = Publisher(self.store, self.audit, self.clock, settings.shared_scopes, self.lanes,
@@ -217,6 +222,12 @@ class Node:
         if self.settings.pull_interval_s > 0:
             scheduler = Scheduler(self.subscriber(), self.settings.pull_interval_s, wait_s=self.settings.pull_wait_s)
             scheduler.start()
+        notifier = None
+        if self.settings.notify_peers:
+            notifier = PeerNotifier(self.outbound, lambda: self.identity, lambda: self.identity.node_id, self.clock,
+                                    self.publish_rules, following=self.new_facts.following,
+                                    active_peers=lambda: self.lanes.read(self.store.peers.list_peers, "active"))
+            notifier.start()
         tasks = [
             asyncio.create_task(watch_identity(self.reload_identity_if_rotated, lambda: self.identity.key_id,
                                                self.lanes), name="stigmem-key-watch"),
@@ -227,7 +238,7 @@ class Node:
             asyncio.create_task(write_activity(self.activity, self.store.activity, self.store.transaction,
                                                self.lanes), name="stigmem-activity"),
         ]
-        self._background = _Background(maintenance, scheduler, tasks, touches)
+        self._background = _Background(maintenance, scheduler, notifier, tasks, touches)
 
     async def stop_background(self) -> None:
         """Stop what ``start_background`` started (pulls in flight are cancelled; each page
@@ -241,11 +252,28 @@ class Node:
         await asyncio.gather(*work.tasks, return_exceptions=True)
         if work.scheduler is not None:
             await work.scheduler.stop()
+        if work.notifier is not None:
+            await work.notifier.stop()
         await self.peer_auth.nonces.wait_idle()
         self.apikeys.defer_touches(None)
         await flush_touches(work.touches, self.store.apikeys.touch_many, self.lanes)
         await flush_activity(self.activity, self.store.activity, self.store.transaction, self.lanes)
         await self.lanes.write(work.maintenance.stop)
+
+    def _facts_committed(self, facts: Sequence[FactInput]) -> None:
+        """New facts committed by this process: wake long-polls, notify peers (any thread)."""
+        self.new_facts.committed()
+        work = self._background
+        if work is not None and work.notifier is not None:
+            work.notifier.committed(facts)
+
+    def pull_soon(self, peer_id: str) -> str:
+        """Pull this peer now, as its notification asks (``Scheduler.pull_soon``), or
+        ``"not_following"`` when this node runs no pull schedule."""
+        work = self._background
+        if work is None or work.scheduler is None:
+            return "not_following"
+        return work.scheduler.pull_soon(peer_id)
 
     async def database_problem(self, timeout_s: float = PING_TIMEOUT_S) -> str | None:
         """None when the database answers a trivial read (in the read lane) within

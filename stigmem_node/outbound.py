@@ -1,4 +1,5 @@
-"""Outbound HTTP to other nodes: every GET this node sends goes through ``fetch``.
+"""Outbound HTTP to other nodes: every request this node sends goes through ``fetch`` (GETs)
+or ``post`` (notifications).
 
 The guard rails live here and only here:
 
@@ -118,13 +119,31 @@ async def fetch(url: str, *, timeout_s: float, max_bytes: int, allow_insecure_ht
     with ``max_redirects=0`` a redirect is returned too (never followed), otherwise one
     redirect too many is ``redirect_refused``.
     """
+    return await _exchange("GET", url, None, timeout_s=timeout_s, max_bytes=max_bytes,
+                           allow_insecure_http=allow_insecure_http, client=client, headers=headers,
+                           max_redirects=max_redirects)
+
+
+async def post(url: str, content: bytes, *, timeout_s: float, allow_insecure_http: bool,
+               client: httpx.AsyncClient | None = None, headers: dict[str, str] | None = None) -> Answer:
+    """POST ``content`` to ``url`` within the guard rails above; a redirect is never followed
+    (it is returned), and the answer's body is kept up to ``ERROR_BODY_MAX_BYTES`` whatever its
+    status.  Raises ``OutboundError`` as ``fetch`` does."""
+    return await _exchange("POST", url, content, timeout_s=timeout_s, max_bytes=ERROR_BODY_MAX_BYTES,
+                           allow_insecure_http=allow_insecure_http, client=client, headers=headers, max_redirects=0)
+
+
+async def _exchange(method: str, url: str, content: bytes | None, *, timeout_s: float, max_bytes: int,
+                    allow_insecure_http: bool, client: httpx.AsyncClient | None, headers: dict[str, str] | None,
+                    max_redirects: int) -> Answer:
     origin, target = check_url(url, allow_insecure_http=allow_insecure_http)
     own = client is None
     http = client or new_client(timeout_s=timeout_s)
     sent = {**(headers or {}), "Accept-Encoding": IDENTITY}
     try:
         async with asyncio.timeout(timeout_s):
-            return await _fetch(http, origin, target, sent, timeout_s, max_bytes, max_redirects)
+            return await _fetch(http, origin, target, sent, timeout_s, max_bytes, max_redirects,
+                                method=method, content=content)
     except TimeoutError:
         raise OutboundError("fetch_timeout", f"{target} did not answer within {timeout_s:g} s") from None
     finally:
@@ -133,11 +152,12 @@ async def fetch(url: str, *, timeout_s: float, max_bytes: int, allow_insecure_ht
 
 
 async def _fetch(http: httpx.AsyncClient, origin: node_urls.NodeUrl, target: str, headers: dict[str, str],
-                 timeout_s: float, max_bytes: int, max_redirects: int) -> Answer:
+                 timeout_s: float, max_bytes: int, max_redirects: int, *, method: str = "GET",
+                 content: bytes | None = None) -> Answer:
     current = target
     for hop in range(max_redirects + 1):
         try:
-            async with http.stream("GET", current, headers=headers, timeout=timeout_s) as resp:
+            async with http.stream(method, current, headers=headers, content=content, timeout=timeout_s) as resp:
                 if resp.is_redirect:
                     if hop < max_redirects:
                         current = _redirect_target(current, resp.headers["location"], origin)
@@ -146,7 +166,7 @@ async def _fetch(http: httpx.AsyncClient, origin: node_urls.NodeUrl, target: str
                         raise OutboundError("redirect_refused", "too many redirects")
                     return Answer(current, resp.status_code, resp.headers, b"")
                 encoding = _unexpected_encoding(resp.headers)
-                if resp.status_code != 200:
+                if resp.status_code != 200 or method != "GET":
                     body = b"" if encoding else await _read(resp, ERROR_BODY_MAX_BYTES, url=current, truncate=True)
                     return Answer(current, resp.status_code, resp.headers, body)
                 if encoding:
@@ -226,6 +246,12 @@ class Outbound:
         return await fetch(url, timeout_s=self.timeout_s if timeout_s is None else timeout_s, max_bytes=max_bytes,
                            allow_insecure_http=self.allow_insecure_http, client=client, headers=headers,
                            max_redirects=max_redirects)
+
+    async def post(self, url: str, content: bytes, *, client: httpx.AsyncClient,
+                   headers: dict[str, str] | None = None) -> Answer:
+        """``post`` with this node's settings, on ``client`` (one of ``self.client()``)."""
+        return await post(url, content, timeout_s=self.timeout_s, allow_insecure_http=self.allow_insecure_http,
+                          client=client, headers=headers)
 
     async def fetch_well_known(self, node_url: str) -> dict[str, Any]:
         """A node's ``/.well-known/stigmem`` document (a JSON object).  Raises ``OutboundError``."""

@@ -24,11 +24,12 @@ from typing import Any, Protocol, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from stigmem_node import tokens
+from stigmem_node import notification, tokens
 from stigmem_node.audit import AuditTrail
 from stigmem_node.clock import Clock, parse_rfc3339
 from stigmem_node.errors import StigmemError
 from stigmem_node.keys import public_key_from_b64
+from stigmem_node.notification import NotificationRejected, VerifiedNotification
 from stigmem_node.offload import Offload
 from stigmem_node.ratelimit import FailureLimiter, UnauthenticatedAuditGate
 from stigmem_node.store.db import StorageUnavailable
@@ -40,6 +41,8 @@ log = logging.getLogger("stigmem_node.peer_auth")
 R = TypeVar("R")
 
 TOKEN_REJECTED = "token_rejected"  # noqa: S105 - an audit event name
+NOTIFICATION_REJECTED = "notification_rejected"
+NOTIFY_PATH = "/v1/federation/notify"
 REPLAY_ATTEMPT = "replay_attempt"
 PEER_AUTH_THROTTLED = "peer_auth_throttled"
 
@@ -362,6 +365,51 @@ class PeerAuthenticator:
         except StigmemError as exc:  # raised once the nonce is consumed (as before the read)
             return verified, _Raised(exc)  # type: ignore[return-value]
 
+    async def authenticate_notification(self, body: bytes, signature: str | None, key_id: str | None, *,
+                                        remote_addr: str) -> VerifiedNotification:
+        """A notification (``notification.verify``) from an active peer, once its nonce is
+        committed; a ``NotificationRejected`` once its audit row (if any) is committed.  The
+        same failure limit and audit budgets as tokens."""
+        retry = self.failures.retry_after(remote_addr)
+        if retry is not None:
+            if self.observer is not None:
+                self.observer.rejected("too_many_failed_attempts")
+            raise StigmemError("too_many_failed_attempts", "too many failed peer authentications; retry later",
+                               retry_after=retry)
+        now_ms = self.clock.now_ms()
+        found: list[tuple[str, tuple[str, ...]]] = []
+        try:
+            verified = await self.lanes.read(self._verify_notification, body, signature, key_id, now_ms, found)
+            fresh = await self.nonces.consume(verified.nonce, verified.peer.peer_id,
+                                              tokens.nonce_kept_until(verified.nonce_expires_ms))
+            if not fresh:
+                raise NotificationRejected("nonce_already_seen", "this notification was already received",
+                                           issuer=verified.peer.node_id, skew_ms=now_ms - verified.iat_ms)
+        except NotificationRejected as exc:
+            if self.observer is not None:
+                self.observer.rejected(exc.code)
+            await self._rejected(exc, found[0][0] if found else None, remote_addr, NOTIFY_PATH)
+            raise
+        return verified
+
+    async def notification_refused(self, exc: NotificationRejected, *, remote_addr: str) -> None:
+        """Count and audit a notification refused before it reached ``authenticate_notification``
+        (its body ran past the cap)."""
+        if self.observer is not None:
+            self.observer.rejected(exc.code)
+        await self._rejected(exc, None, remote_addr, NOTIFY_PATH)
+
+    def _verify_notification(self, body: bytes, signature: str | None, key_id: str | None, now_ms: int,
+                             found: list[tuple[str, tuple[str, ...]]]) -> VerifiedNotification:
+        def lookup(iss: str) -> PeerAuth | None:
+            entry = self._peer(iss, now_ms)
+            if entry is None:
+                return None
+            found.append((entry[0].peer_id, entry[1]))
+            return entry[0]
+
+        return notification.verify(body, signature, key_id, lookup=lookup, our_node_id=self.node_id, now_ms=now_ms)
+
     async def _rejected(self, exc: TokenRejected, peer_id: str | None, remote_addr: str, path_qs: str | None) -> None:
         """Count the failure and write its audit rows (within the budgets), durably."""
         self.failures.fail(remote_addr)
@@ -370,7 +418,8 @@ class PeerAuthenticator:
         if extra is not None:
             detail: dict[str, Any] = {"issuer": exc.issuer, "skew_ms": exc.skew_ms, "path": (path_qs or "")[:200],
                                       **extra}
-            rows.append({"event_type": REPLAY_ATTEMPT if exc.code == "nonce_already_seen" else TOKEN_REJECTED,
+            rejected = NOTIFICATION_REJECTED if isinstance(exc, NotificationRejected) else TOKEN_REJECTED
+            rows.append({"event_type": REPLAY_ATTEMPT if exc.code == "nonce_already_seen" else rejected,
                          "peer_id": peer_id, "actor": None, "reason": exc.code, "detail": detail,
                          "remote_addr": remote_addr})
         if self.failures.retry_after(remote_addr) is not None:

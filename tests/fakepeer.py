@@ -124,6 +124,10 @@ class FakePeer:
         self.behaviour = Behaviour()
         self.script: list[Behaviour] = []  # one-shot behaviours for the next requests, then ``behaviour``
         self.hits: list[Hit] = []
+        # POST /v1/federation/notify: what this peer answers (404: it has no such endpoint, as a
+        # reference node), and each notification received: (body, headers).
+        self.notify_status = 404
+        self.notifications: list[tuple[bytes, dict[str, str]]] = []
         self.open_hangs = 0  # requests hanging right now (the puller has not given up on them yet)
         self.in_flight = 0  # facts requests being answered right now, and the most there ever were
         self.max_in_flight = 0
@@ -139,6 +143,7 @@ class FakePeer:
             Route("/v1/federation/facts", self._facts, methods=["GET"]),
             Route("/v1/federation/tombstones", self._tombstones, methods=["GET"]),
             Route("/healthz", lambda r: JSONResponse({"status": "ok"}), methods=["GET"]),
+            Route("/v1/federation/notify", self._notify, methods=["POST"]),
         ])
 
     # -- identity ------------------------------------------------------------------------
@@ -165,6 +170,12 @@ class FakePeer:
         })
 
     # -- facts ---------------------------------------------------------------------------
+    async def _notify(self, request: Request) -> Response:
+        with self._lock:
+            self.notifications.append((await request.body(), dict(request.headers)))
+        return JSONResponse({"error": "not_found"} if self.notify_status == 404 else {"pull": "started"},
+                            status_code=self.notify_status)
+
     def make(self, entity: str, scope: str = "public", v: Any = "x", *, value_type: str = "string",
              valid_until: str | None = None, fact_id: str | None = None, key: Ed25519PrivateKey | None = None,
              origin_node_id: str | None = None, origin_scopes: tuple[str, ...] | None = None) -> dict[str, Any]:

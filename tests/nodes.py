@@ -291,6 +291,8 @@ def _serve_overrides(args: Sequence[str]) -> dict[str, Any]:
         flag = items.pop(0)
         if flag == "--allow-insecure-http":
             out["allow_insecure_http"] = True
+        elif flag == "--notify-peers":
+            out["notify_peers"] = True
         elif flag in _SERVE_FLAGS:
             name = _SERVE_FLAGS[flag]
             out[name] = _SERVE_TYPES.get(name, str)(items.pop(0))

@@ -41,6 +41,7 @@ SECTIONS = {
     "Peers": Use.HTTP,
     "Registration outcomes": Use.REGISTRATION,
     "Peer tokens": Use.HTTP,
+    "Notifications": Use.HTTP,
     "Serving facts": Use.HTTP,
     "Replication (subscriber)": Use.REPLICATION,
     "Fact rejection reasons": Use.FACT_REJECTION,

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response, Stream
 from starlette.routing import Route
 
 from stigmem_node.errors import OutboundError
-from stigmem_node.outbound import check_url, fetch_well_known, get_json
+from stigmem_node.outbound import ERROR_BODY_MAX_BYTES, check_url, fetch_well_known, get_json, post
 from tests.nodes import free_port
 
 
@@ -28,6 +28,10 @@ async def trickle(request):
     return StreamingResponse(body(), media_type="application/json")
 
 
+async def echo(request):
+    return Response(await request.body(), status_code=202, headers={"X-Got": request.headers.get("x-test", "")})
+
+
 def app(other_port: int) -> Starlette:
     return Starlette(routes=[
         Route("/ok/.well-known/stigmem", lambda r: JSONResponse({"node_id": "n"})),
@@ -40,6 +44,10 @@ def app(other_port: int) -> Starlette:
         Route("/notjson/.well-known/stigmem", lambda r: Response(b"<html>", media_type="text/html")),
         Route("/array/.well-known/stigmem", lambda r: JSONResponse([1, 2])),
         Route("/error/.well-known/stigmem", lambda r: JSONResponse({}, status_code=500)),
+        Route("/echo", echo, methods=["POST"]),
+        Route("/big-answer", lambda r: Response(b"a" * 200_000, status_code=202), methods=["POST"]),
+        Route("/slow-answer", trickle, methods=["POST"]),
+        Route("/moved", lambda r: RedirectResponse("/echo", status_code=307), methods=["POST"]),
     ])
 
 
@@ -97,3 +105,21 @@ def test_inv13_plain_http_only_to_loopback_unless_allowed():
         assert exc.value.code == code
     with pytest.raises(OutboundError):
         asyncio.run(get_json("http://node.example.org/x", timeout_s=1, max_bytes=10, allow_insecure_http=False))
+
+
+def test_a_post_sends_its_body_and_headers_and_keeps_a_bounded_answer(server):
+    def send(path: str, timeout: float = 2.0):
+        return asyncio.run(post(server + path, b'{"n":1}', timeout_s=timeout, allow_insecure_http=False,
+                                headers={"X-Test": "yes"}))
+
+    answer = send("/echo")
+    assert (answer.status, answer.body, answer.headers["x-got"]) == (202, b'{"n":1}', "yes")
+    # An answer of any size is read up to the cap for error bodies, and no further.
+    assert len(send("/big-answer").body) == ERROR_BODY_MAX_BYTES
+    # A redirect is returned, never followed (the body is not sent anywhere else).
+    moved = send("/moved")
+    assert moved.status == 307 and moved.body == b""
+    # One deadline bounds the whole exchange: an answer trickled over 4 s fails at 0.5 s.
+    with pytest.raises(OutboundError) as info:
+        send("/slow-answer", timeout=0.5)
+    assert info.value.code == "fetch_timeout"

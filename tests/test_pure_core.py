@@ -18,7 +18,7 @@ FORBIDDEN = ("sqlite3", "httpx", "starlette", "stigmem_node.store", "stigmem_nod
 
 # The core modules: they may import one another and nothing else of the package.
 CORE = ("cid", "clock", "declaration", "encoding", "error_codes", "errors", "facts", "hlc", "keys",
-        "manifest", "node_id", "node_url", "origin", "token_inspect", "uuid7", "tokens", "check_worker", "page_check", "tombstones", "values", "vocabulary")
+        "manifest", "node_id", "node_url", "origin", "token_inspect", "uuid7", "tokens", "check_worker", "page_check", "notification", "tombstones", "values", "vocabulary")
 
 
 def _plain_env() -> dict[str, str]:

@@ -34,6 +34,9 @@ def _print_first_key(node_id: str, node_url: str, fingerprint: str, key: str) ->
 @click.option("--pull-wait", type=click.IntRange(0, 30),
               help="with a pull interval, follow each peer with long-polls of this many seconds, so new facts "
                    "arrive within a second; 0: interval only (env STIGMEM_PULL_WAIT_S, default 25)")
+@click.option("--notify-peers", is_flag=True,
+              help="after new facts commit, send a signed notification to each peer that may read them and "
+                   "does not follow this node by long-poll (env STIGMEM_NOTIFY_PEERS)")
 @click.option("--allow-insecure-http", is_flag=True,
               help="allow plain http to non-loopback peers (env STIGMEM_ALLOW_INSECURE_HTTP)")
 @click.option("--access-log", is_flag=True,
@@ -50,14 +53,14 @@ def _print_first_key(node_id: str, node_url: str, fingerprint: str, key: str) ->
 @click.option("--max-connections", type=int, help="open connections served at once; more get 503 "
                                                   "(env STIGMEM_MAX_CONNECTIONS, default 1000)")
 def cmd_serve(g: Globals, *, host: str | None, port: int | None, node_url: str | None, pull_interval: float | None,
-              pull_wait: int | None, allow_insecure_http: bool, access_log: bool, access_log_level: str | None,
-              log_format: str | None,
+              pull_wait: int | None, notify_peers: bool, allow_insecure_http: bool, access_log: bool,
+              access_log_level: str | None, log_format: str | None,
               trusted_proxies: str | None, request_timeout: float | None, max_connections: int | None) -> int:
     from stigmem_node.http.server import bind, serve
     from stigmem_node.node import Node
 
     settings = settings_for(g, host=host, port=port, node_url=node_url, pull_interval_s=pull_interval,
-                            pull_wait_s=pull_wait,
+                            pull_wait_s=pull_wait, notify_peers=True if notify_peers else None,
                             allow_insecure_http=True if allow_insecure_http else None,
                             trusted_proxies=trusted_proxies, request_timeout_s=request_timeout,
                             max_connections=max_connections, access_log=access_log_level, log_format=log_format)

@@ -11,7 +11,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from stigmem_node.errors import StigmemError
-from stigmem_node.http import admin, audit, facts, metrics, peers, status, wellknown
+from stigmem_node.http import admin, audit, facts, metrics, notify, peers, status, wellknown
 from stigmem_node.http.errors import http_error, stigmem_error, unexpected_error
 from stigmem_node.http.forwarded import ForwardedFor
 from stigmem_node.http.metrics import HttpMetrics
@@ -23,6 +23,7 @@ def create_app(node: Node) -> Starlette:
     routes = [
         # The hot path first: routes are matched in order.
         Route("/v1/federation/facts", facts.pull, methods=["GET"]),
+        Route("/v1/federation/notify", notify.notify, methods=["POST"]),
         Route("/.well-known/stigmem", wellknown.well_known, methods=["GET"]),
         Route("/.well-known/stigmem-manifest.json", wellknown.manifest, methods=["GET"]),
         Route("/healthz", wellknown.healthz, methods=["GET"]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -29,7 +30,8 @@ class Scheduler:
     running and is due (a new peer at once, then an interval after its last start), so a
     slow or dead peer only ever delays itself.  A peer whose pull failed waits longer after each
     failure (twice the interval, then four times, … at most ``MAX_FAILURE_WAIT_S``), so a
-    dead peer is not hammered.  ``stop()`` cancels the loop and the pulls in flight; a
+    dead peer is not hammered.  ``pull_soon`` (a peer's signed notification) starts a pass of
+    a peer at once, or right after the one running.  ``stop()`` cancels the loop and the pulls in flight; a
     cancelled pull loses nothing (each page commits on its own).  Each pull of a peer logs
     one ``pull_summary`` line (``results.log_summary``).
     """
@@ -52,6 +54,8 @@ class Scheduler:
         self._not_before: dict[str, float] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
+        self._again: set[str] = set()  # peers to pass again as soon as their running pass ends
+        self._wake = asyncio.Event()  # cuts the loop's wait short (a peer to pull now)
 
     def start(self) -> None:
         """Start the schedule (on the running event loop)."""
@@ -81,11 +85,41 @@ class Scheduler:
                     self._running[peer.id] = asyncio.create_task(self._pull(peer), name=f"pull {peer.node_id}")
             # Look for newly active peers at least every SCAN_S, whatever the interval: a peer
             # approved now is pulled now, not an interval later.
-            await asyncio.sleep(min(self.interval_s, self.SCAN_S))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), min(self.interval_s, self.SCAN_S))
+            self._wake.clear()
+
+    def pull_soon(self, peer_id: str) -> str:
+        """A pass of this peer as soon as may be (it notified new facts): ``"started"`` (at
+        the loop's next turn, now), ``"queued"`` (a pass is running: another follows it at
+        once) or ``"backing_off"`` (its pulls failed lately: the backoff stands)."""
+        if self._not_before.get(peer_id, 0.0) > time.monotonic():
+            return "backing_off"
+        task = self._running.get(peer_id)
+        if task is not None and not task.done():
+            self._again.add(peer_id)
+            return "queued"
+        self._due[peer_id] = 0.0
+        self._wake.set()
+        return "started"
 
     async def _pull(self, peer: PeerRecord) -> None:
-        """One pass; when following, pass after pass (each first page a long-poll) for as
-        long as the peer is active, holds the requests and answers without error."""
+        """``_follow``, again for as long as notifications asked for another pass meanwhile."""
+        while True:
+            self._again.discard(peer.id)
+            if not await self._follow(peer) or peer.id not in self._again:
+                return
+            try:
+                peer = await self.subscriber.current(peer.id)
+            except (StorageError, StigmemError):  # removed, or the database is away: the loop decides
+                return
+            if peer.status != "active":
+                return
+
+    async def _follow(self, peer: PeerRecord) -> bool:
+        """One pass (False if it failed); when following, pass after pass (each first page a
+        long-poll) for as long as the peer is active, holds the requests and answers without
+        error, and no notification asks for a pass of its own."""
         if self._client is None:
             raise RuntimeError("the scheduler is not running")
         while True:
@@ -96,27 +130,27 @@ class Scheduler:
                 wait = min(self.MAX_FAILURE_WAIT_S, self.interval_s * 2 ** failures)
                 self._not_before[peer.id] = time.monotonic() + wait
                 log_summary(log, result, trigger="schedule", next_try_s=wait)
-                return
+                return False
             self._failures.pop(peer.id, None)
             self._not_before.pop(peer.id, None)
             moved = result.new or result.duplicates or result.rejected or result.tombstones or result.tombstones_refused
             held = result.duration_s >= wait_s / 2  # the peer held the long-poll
             if not (wait_s and held and not moved):  # following, a pass that only waited is not worth a line
                 log_summary(log, result, trigger="follow" if wait_s else "schedule")
-            if not wait_s:
-                return
+            if not wait_s or peer.id in self._again:
+                return True
             if not moved and not held:
                 # Answered at once with nothing: the peer does not hold requests (a reference
                 # node ignores wait), or another process of this node follows it.  Back to the
                 # interval for this peer, so it is not asked again and again.
                 self._no_wait_until[peer.id] = time.monotonic() + self.NO_WAIT_RETRY_S
-                return
+                return True
             try:
                 peer = await self.subscriber.current(peer.id)
             except (StorageError, StigmemError):  # removed, or the database is away: the loop decides
-                return
+                return True
             if peer.status != "active":
-                return
+                return True
 
     async def stop(self) -> None:
         """Cancel the loop and the pulls in flight, and close the client."""

@@ -1,0 +1,202 @@
+"""Telling peers of new facts (``STIGMEM_NOTIFY_PEERS``): the sending side of ``notification``.
+
+When this process commits new facts, each active peer that may read one of them (a scope this
+node shares and grants the peer; an instruction only where instructions are federated) gets a
+signed notification, ``POST /v1/federation/notify``, and pulls at once.  Not notified: a peer
+that follows this node by long-poll (one is waiting here, or ended a moment ago: it hears of
+the facts anyway), and a peer in its backoff.
+
+Bounded in every direction:
+
+- one notification in flight per peer; facts committed meanwhile make one more, sent when it
+  returns (a burst of asserts costs a peer a notification or two, not one each);
+- a round at most every ``SPACING_S``;
+- each exchange within the outbound timeout, its answer read up to a few KiB (``outbound``);
+- a peer that has no such endpoint (404, 405, 501: a reference node) is left alone for
+  ``UNSUPPORTED_WAIT_S``; one that refuses it (another 4xx: it does not have us as an active
+  peer, say) for ``REFUSED_WAIT_S``; one that fails (5xx, no answer) waits 1 s, 2 s, 4 s, …
+  up to ``MAX_FAILURE_WAIT_S``; a 429 its ``Retry-After``.
+
+Facts committed by other processes (the command line, other replicas) are notified by none:
+their peers learn of them at their next long-poll or pull.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import httpx
+
+from stigmem_node import notification
+from stigmem_node.clock import Clock
+from stigmem_node.errors import OutboundError, StigmemError
+from stigmem_node.facts import FactInput, is_instruction
+from stigmem_node.keys import Signer
+from stigmem_node.metrics import PublishRules
+from stigmem_node.outbound import Outbound, node_base
+from stigmem_node.store.db import StorageError
+from stigmem_node.store.peers import PeerRecord
+
+log = logging.getLogger("stigmem_node.notifier")
+
+NOTIFY_PATH = "/v1/federation/notify"
+
+
+class PeerNotifier:
+    SPACING_S = 0.1
+    UNSUPPORTED_WAIT_S = 3600.0
+    REFUSED_WAIT_S = 300.0
+    MAX_FAILURE_WAIT_S = 300.0
+    MAX_RETRY_AFTER_S = 300.0
+
+    def __init__(self, outbound: Outbound, signer: Callable[[], Signer], node_id: Callable[[], str], clock: Clock,
+                 rules: PublishRules, *, active_peers: Callable[[], Awaitable[Sequence[PeerRecord]]],
+                 following: Callable[[str], bool]) -> None:
+        """``signer``/``node_id``: this node's (current) identity; ``active_peers``: reads the
+        active peers (off the loop); ``following(peer_id)``: the peer follows this node by
+        long-poll (``NewFacts.following``)."""
+        self.outbound = outbound
+        self.signer = signer
+        self.node_id = node_id
+        self.clock = clock
+        self.rules = rules
+        self.active_peers = active_peers
+        self.following = following
+        # Counters (read by tests and the curious): rounds run after commits, notifications
+        # decided on (sent, or to be sent once the one in flight returns), answered with a 2xx.
+        self.rounds = 0
+        self.queued = 0
+        self.sent = 0
+        self._lock = threading.Lock()
+        self._facts: list[FactInput] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._kick: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._client: httpx.AsyncClient | None = None
+        self._sending: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()
+        self._not_before: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
+
+    def start(self) -> None:
+        """Start notifying (on the running event loop)."""
+        self._loop = asyncio.get_running_loop()
+        self._kick = asyncio.Event()
+        self._client = self.outbound.client()
+        self._task = asyncio.create_task(self._run(), name="stigmem-notify-peers")
+
+    def committed(self, facts: Sequence[FactInput]) -> None:
+        """New facts were committed by this process (any thread)."""
+        loop, kick = self._loop, self._kick
+        if loop is None or kick is None or loop.is_closed():
+            return
+        with self._lock:
+            self._facts.extend(facts)
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody to notify
+            loop.call_soon_threadsafe(kick.set)
+
+    def _readable(self, peer: PeerRecord, scopes: set[tuple[str, bool]]) -> bool:
+        return any(scope in self.rules.shared_scopes and scope in peer.allowed_scopes
+                   and (self.rules.instructions or not instruction) for scope, instruction in scopes)
+
+    async def _run(self) -> None:
+        kick = self._kick
+        if kick is None:
+            raise RuntimeError("the notifier is not running")
+        while True:
+            await kick.wait()
+            kick.clear()
+            with self._lock:
+                facts, self._facts = self._facts, []
+            scopes = {(f.scope, is_instruction(f)) for f in facts}
+            try:
+                peers = await self.active_peers()
+            except (StorageError, StigmemError) as exc:  # the database is away: peers pull by themselves
+                log.warning("cannot list peers to notify: %s", getattr(exc, "message", exc))
+                continue
+            now = time.monotonic()
+            for peer in peers:
+                if (not self._readable(peer, scopes) or self.following(peer.id)
+                        or self._not_before.get(peer.id, 0) > now):
+                    continue
+                self.queued += 1
+                task = self._sending.get(peer.id)
+                if task is not None and not task.done():
+                    self._again.add(peer.id)
+                else:
+                    self._sending[peer.id] = asyncio.create_task(self._send(peer), name=f"notify {peer.node_id}")
+            self.rounds += 1
+            await asyncio.sleep(self.SPACING_S)
+
+    async def _send(self, peer: PeerRecord) -> None:
+        """Notify ``peer``, and again while facts for it were committed meanwhile."""
+        while True:
+            self._again.discard(peer.id)
+            wait = await self._notify(peer)
+            if wait:
+                self._not_before[peer.id] = time.monotonic() + wait
+                self._again.discard(peer.id)
+                return
+            if peer.id not in self._again:
+                return
+
+    async def _notify(self, peer: PeerRecord) -> float:
+        """One notification; the seconds to leave the peer alone after it (0: none)."""
+        client = self._client
+        if client is None:
+            raise RuntimeError("the notifier is not running")
+        note = notification.mint(self.signer(), issuer=self.node_id(), audience=peer.node_id,
+                                 now_ms=self.clock.now_ms())
+        try:
+            answer = await self.outbound.post(node_base(peer.node_url).join(NOTIFY_PATH), note.body, client=client,
+                                              headers=note.headers)
+        except OutboundError as exc:
+            return self._failed(peer, exc.message)
+        status = answer.status
+        if 200 <= status < 300:
+            self._failures.pop(peer.id, None)
+            self.sent += 1
+            return 0.0
+        if status in (404, 405, 501):
+            log.info("peer %s takes no notifications (HTTP %d); not notified for %.0f s",
+                     peer.node_id, status, self.UNSUPPORTED_WAIT_S)
+            return self.UNSUPPORTED_WAIT_S
+        if status == 429:
+            retry = answer.headers.get("retry-after", "")
+            return min(float(retry), self.MAX_RETRY_AFTER_S) if retry.isdigit() else 5.0
+        if 400 <= status < 500:
+            log.warning("peer %s refused a notification (HTTP %d: %s); not notified for %.0f s", peer.node_id,
+                        status, _error_code(answer.body), self.REFUSED_WAIT_S)
+            return self.REFUSED_WAIT_S
+        return self._failed(peer, f"HTTP {status}")
+
+    def _failed(self, peer: PeerRecord, why: str) -> float:
+        failures = self._failures[peer.id] = self._failures.get(peer.id, 0) + 1
+        wait = min(self.MAX_FAILURE_WAIT_S, 2.0 ** (failures - 1))
+        log.warning("notifying peer %s failed (%s); next try in %.0f s at the earliest", peer.node_id, why, wait)
+        return wait
+
+    async def stop(self) -> None:
+        """Stop notifying: the loop and the notifications in flight end, the client closes."""
+        tasks = [t for t in [self._task, *self._sending.values()] if t is not None and not t.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
+        self._loop = self._kick = None
+
+
+def _error_code(body: bytes) -> str:
+    """The ``error`` code of a JSON error answer, for the log (``-`` if there is none)."""
+    try:
+        code = json.loads(body).get("error")
+    except (ValueError, UnicodeDecodeError, AttributeError, RecursionError):
+        return "-"
+    return code[:64] if isinstance(code, str) else "-"
