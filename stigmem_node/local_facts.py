@@ -189,8 +189,7 @@ class LocalFacts:
                     ident.node_id, sig, entry_text(text, origin_text, sig), None, None,
                 ))
                 made[i] = (fact_id, text)
-            self.store.facts.insert_many(rows)
-            seqs = self.store.facts.seqs_of([r[0] for r in rows])
+            seqs = self.store.facts.insert_new(rows)
         answers: dict[int, Stored] = {}
         for i, (fact_id, text) in made.items():
             answers[i] = Stored(f'{text[:-1]},"seq":{seqs[fact_id]}}}', True)

@@ -338,3 +338,28 @@ def test_pg_statistics_are_refreshed_so_a_page_walks_the_seq_index(pg_url):
         assert store.db.refresh_statistics() == []  # nothing changed since
     finally:
         store.close()
+
+
+def test_insert_new_gives_each_row_its_stored_seq_on_both_engines(engine, tmp_path: Path):
+    """A full batch, a later one and a single row: the seqs returned are the ones a read
+    finds (on SQLite computed from the last rowid, on PostgreSQL read back)."""
+    store = Store(engine.url("seqs") or tmp_path / "seqs.db")
+    try:
+        def insert(ids: list[str]) -> dict[str, int]:
+            with store.transaction():
+                return store.facts.insert_new([_fact_row(i) for i in ids])
+
+        def stored(ids: list[str]) -> dict[str, int]:
+            return store.facts.seqs_of(ids)
+
+        first = [f"f-{uuid.uuid4()}" for _ in range(300)]
+        assert insert(first) == stored(first) and len(set(stored(first).values())) == 300
+        later = [f"f-{uuid.uuid4()}" for _ in range(7)]
+        assert insert(later) == stored(later)
+        assert min(stored(later).values()) > max(stored(first).values())
+        one = [f"f-{uuid.uuid4()}"]
+        assert insert(one) == stored(one)
+        with store.transaction():
+            assert store.facts.insert_new([]) == {}
+    finally:
+        store.close()

@@ -274,6 +274,8 @@ class Dialect:
     hex_text: str
     # The largest audit ``seq`` ever handed out, even if the newest rows were deleted.
     audit_seq_issued: str
+    # The rowid of the connection's last insert (None: the engine has no such thing).
+    last_insert_seq: str | None = None
 
 
 class HeldLock(Protocol):

@@ -74,6 +74,22 @@ class FactRepo:
             f"INSERT INTO facts ({INSERT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
         )
 
+    def insert_new(self, rows: Sequence[tuple]) -> dict[str, int]:
+        """``insert_many``, then each row's id -> its seq.  Call inside a transaction.
+
+        On SQLite the seqs are known without reading them back: every seq is larger than
+        any before it (AUTOINCREMENT), so if the first row's seq is the last insert's rowid
+        minus the rows' count, the rows hold exactly that run of consecutive numbers; one
+        lookup of the first row proves it.  Otherwise (PostgreSQL) the seqs are read back."""
+        self.insert_many(rows)
+        query = self.db.dialect.last_insert_seq
+        if query is not None and rows:
+            last = self.db.one(query)
+            first = self.db.one("SELECT seq FROM facts WHERE id = ?", (rows[0][0],))
+            if last is not None and first is not None and first[0] == last[0] - len(rows) + 1:
+                return {row[0]: first[0] + k for k, row in enumerate(rows)}
+        return self.seqs_of([row[0] for row in rows])
+
     def seqs_of(self, ids: Sequence[str]) -> dict[str, int]:
         if not ids:
             return {}

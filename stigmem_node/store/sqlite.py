@@ -45,6 +45,7 @@ DIALECT = Dialect(
     name="sqlite",
     hex_text="hex({})",
     audit_seq_issued="SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'",
+    last_insert_seq="SELECT last_insert_rowid()",
 )
 
 
