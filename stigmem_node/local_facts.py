@@ -27,8 +27,7 @@ from stigmem_node.errors import Erased, NotFound, ValidationError
 from stigmem_node.facts import Origin
 from stigmem_node.hlc import HLC
 from stigmem_node.identity import NodeIdentity
-from stigmem_node.keys import Signer
-from stigmem_node.signing import sign_serially
+from stigmem_node.signing import SignLater, sign_when_asked
 from stigmem_node.store import Store
 from stigmem_node.store.facts import FactRow
 from stigmem_node.uuid7 import uuid7s
@@ -94,7 +93,7 @@ class LocalFacts:
                  on_rotation: Callable[[], object] | None = None,
                  on_commit: Callable[[Sequence[fm.FactInput]], object] | None = None,
                  new_ids: Callable[[int], list[str]] | None = None,
-                 sign_all: Callable[[Signer, Sequence[bytes]], list[bytes]] = sign_serially) -> None:
+                 sign_later: SignLater = sign_when_asked) -> None:
         self.store = store
         self.identity = identity
         self.clock = clock
@@ -107,8 +106,9 @@ class LocalFacts:
         self._hlc: HLC | None = None
         # Ids for up to n new facts (fresh UUIDv7s; tests give a deterministic source).
         self.new_ids = new_ids or (lambda n: uuid7s(n, self.clock.now_ms()))
-        # Signs a batch's origin tuples (``signing.SigningPool.sign_all``: on every core).
-        self.sign_all = sign_all
+        # Starts signing a batch's origin tuples, returns what gives the signatures
+        # (``signing.SigningPool.start``: on every core).
+        self.sign_later = sign_later
 
     @property
     def hlc(self) -> HLC:
@@ -176,13 +176,14 @@ class LocalFacts:
                     origin = om.origin_for(inp, node_id=ident.node_id, entity_uri=ident.node_url)
                     origins[inp.scope] = (origin, _dumps(origin.to_wire()))
                 plan.append((i, next(ids), keys[i][0], hlc, *origins[inp.scope]))
-            sigs = self.sign_all(ident, [om.origin_tuple(origin, fact_id, cid, inputs[i].valid_until)
-                                         for i, fact_id, cid, _, origin, _ in plan])
-            for (i, fact_id, cid, hlc, _, origin_text), raw_sig in zip(plan, sigs, strict=True):
+            signed = self.sign_later(ident, [om.origin_tuple(origin, fact_id, cid, inputs[i].valid_until)
+                                             for i, fact_id, cid, _, origin, _ in plan])
+            # The facts' texts need no signature: made while the signing threads sign.
+            texts = [fm.local_fact_text(inputs[i], fact_id=fact_id, cid=cid, timestamp=timestamp, hlc=hlc,
+                                        origin_node_id=ident.node_id) for i, fact_id, cid, hlc, _, _ in plan]
+            for (i, fact_id, cid, hlc, _, origin_text), text, raw_sig in zip(plan, texts, signed(), strict=True):
                 inp = inputs[i]
                 sig = b64url_encode(raw_sig)
-                text = fm.local_fact_text(inp, fact_id=fact_id, cid=cid, timestamp=timestamp, hlc=hlc,
-                                          origin_node_id=ident.node_id)
                 rows.append((
                     fact_id, cid, inp.entity, inp.relation, inp.value_type, inp.value_v, inp.interpret_as,
                     inp.source, timestamp, hlc, keys[i][1], inp.confidence, inp.scope,
@@ -210,10 +211,10 @@ class LocalFacts:
             if not rows:
                 return done
             entries = [json.loads(text) for _, text in rows]
-            sigs = self.sign_all(self.identity, [om.origin_sig_payload(
+            sigs = self.sign_later(self.identity, [om.origin_sig_payload(
                 e["fact"]["id"], e["fact"]["cid"], e["origin"]["entity_uri"], e["origin"]["node_id"],
                 e["origin"]["allowed_scopes"], e["origin"]["allowed_tenants"], e["origin"]["tenant"],
-                e["fact"]["valid_until"]) for e in entries])
+                e["fact"]["valid_until"]) for e in entries])()
             updates = []
             for (seq, _), entry, raw_sig in zip(rows, entries, sigs, strict=True):
                 entry["origin_sig"] = sig = b64url_encode(raw_sig)

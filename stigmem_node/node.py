@@ -148,7 +148,7 @@ class Node:
         # Asserted facts are signed on every core the process may use.
         self.signing = SigningPool.for_this_process()
         self.facts = LocalFacts(self.store, self.identity, self.clock, on_rotation=self.reload_identity_if_rotated,
-                                on_commit=self._facts_committed, sign_all=self.signing.sign_all)
+                                on_commit=self._facts_committed, sign_later=self.signing.start)
         self.erasure = Erasure(self.store, lambda: self.identity, self.audit, self.clock, self.store.db.reclaim_erased)
         self.activity = Activity(self.clock.now_ms, self.clock.now_iso)
         self.publisher = Publisher(self.store, self.audit, self.clock, settings.shared_scopes, self.lanes,

@@ -3,8 +3,9 @@
 Every fact the node asserts carries an Ed25519 origin signature, and signing is the largest
 single cost of an assert (about a third of its CPU time).  libsodium (through PyNaCl's cffi
 binding) releases the GIL while it signs, so threads sign in parallel: ``SigningPool``
-splits a batch's messages into one share per usable core, signs one share in the calling
-thread and the others in its own threads, and returns the signatures in order.
+splits a batch's messages into one share per usable core and hands all but the first to its
+threads at once (``start``); the caller does what needs no signature meanwhile (an assert
+builds its facts' texts), then signs the first share and collects the signatures in order.
 
 The private key never leaves the process: the threads call the same ``Signer``.  The
 usable cores are the process's CPU affinity (``taskset``, a container's cpuset), not the
@@ -13,13 +14,15 @@ machine's count: a node pinned to one core gets no extra thread, and signs as be
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from stigmem_node.keys import Signer
 
-__all__ = ["MAX_SIGNING_THREADS", "MIN_SHARE", "SigningPool", "sign_serially", "usable_cores"]
+__all__ = ["MAX_SIGNING_THREADS", "MIN_SHARE", "SignLater", "SigningPool", "sign_serially", "sign_when_asked",
+           "usable_cores"]
 
 #: At most this many threads besides the caller's (more cores add little: the rest of an
 #: assert is serial).
@@ -37,10 +40,20 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+#: Starts signing messages and returns what gives their signatures, in order
+#: (``SigningPool.start``, or ``sign_when_asked``).
+SignLater = Callable[[Signer, Sequence[bytes]], Callable[[], list[bytes]]]
+
+
 def sign_serially(signer: Signer, messages: Sequence[bytes]) -> list[bytes]:
     """Every message's signature, one after another in the calling thread."""
     sign = signer.sign
     return [sign(m) for m in messages]
+
+
+def sign_when_asked(signer: Signer, messages: Sequence[bytes]) -> Callable[[], list[bytes]]:
+    """A ``SignLater`` without threads: everything is signed in the calling thread when asked."""
+    return functools.partial(sign_serially, signer, messages)
 
 
 class SigningPool:
@@ -59,17 +72,28 @@ class SigningPool:
 
     def sign_all(self, signer: Signer, messages: Sequence[bytes]) -> list[bytes]:
         """The signatures of ``messages`` by ``signer``, in order."""
+        return self.start(signer, messages)()
+
+    def start(self, signer: Signer, messages: Sequence[bytes]) -> Callable[[], list[bytes]]:
+        """Hand the pool's shares of ``messages`` to its threads now; the function returned
+        signs the caller's share and gives every signature, in order.  What the caller does
+        in between (work that needs no signature) overlaps with the threads' signing."""
         pool = self._pool
         shares = min(self.threads + 1, len(messages) // MIN_SHARE)
         if pool is None or shares < 2:
-            return sign_serially(signer, messages)
-        size = -(-len(messages) // shares)
-        parts = [messages[i:i + size] for i in range(0, len(messages), size)]
-        futures = [pool.submit(sign_serially, signer, part) for part in parts[1:]]
-        out = sign_serially(signer, parts[0])
-        for future in futures:
-            out.extend(future.result())
-        return out
+            return sign_when_asked(signer, messages)
+        own = len(messages) // shares
+        size = -(-(len(messages) - own) // (shares - 1))
+        parts = [messages[i:i + size] for i in range(own, len(messages), size)]
+        futures = [pool.submit(sign_serially, signer, part) for part in parts]
+
+        def finish() -> list[bytes]:
+            out = sign_serially(signer, messages[:own])
+            for future in futures:
+                out.extend(future.result())
+            return out
+
+        return finish
 
     def close(self) -> None:
         if self._pool is not None:

@@ -95,7 +95,7 @@ def local(engine: Engine, tmp_path: Path, request: pytest.FixtureRequest) -> Ite
     ids = iter(f"pin-{i:03d}" for i in range(1000))
     pool = SigningPool(request.param)
     yield LocalFacts(store, identity, FixedClock(), new_ids=lambda n: [next(ids) for _ in range(n)],
-                     sign_all=pool.sign_all)
+                     sign_later=pool.start)
     pool.close()
     store.close()
 

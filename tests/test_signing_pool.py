@@ -9,13 +9,21 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from stigmem_node.keys import KeySigner
-from stigmem_node.signing import MAX_SIGNING_THREADS, MIN_SHARE, SigningPool, sign_serially, usable_cores
+from stigmem_node.signing import (
+    MAX_SIGNING_THREADS,
+    MIN_SHARE,
+    SigningPool,
+    sign_serially,
+    sign_when_asked,
+    usable_cores,
+)
 
 
 class RecordingSigner:
@@ -117,3 +125,37 @@ def test_a_node_pinned_to_one_core_starts_no_signing_thread_and_no_check_worker(
     out = subprocess.run(["taskset", "-c", str(core), sys.executable, "-c", code, str(tmp_path / "pinned.db")],
                          capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.split() == ["0", "InlineChecker"]
+
+
+def test_start_hands_the_threads_their_shares_before_the_caller_asks_for_the_signatures() -> None:
+    signer = RecordingSigner()
+    pool = SigningPool(1)
+    messages = _messages(200)
+    try:
+        finish = pool.start(signer, messages)
+        # Nothing asked yet: the pool's thread is already signing its share (the caller's
+        # work in between overlaps with it).
+        for _ in range(600):  # a failsafe of 30 s, not a bound on anything measured
+            if any(n.startswith("stigmem-sign") for n in signer.threads):
+                break
+            time.sleep(0.05)
+        assert any(n.startswith("stigmem-sign") for n in signer.threads)
+        assert threading.current_thread().name not in signer.threads
+        assert finish() == sign_serially(signer, messages)
+    finally:
+        pool.close()
+
+
+def test_without_threads_start_signs_only_when_asked() -> None:
+    signer = RecordingSigner()
+    messages = _messages(100)
+    finish = sign_when_asked(signer, messages)
+    assert signer.threads == []
+    assert finish() == sign_serially(signer, messages)
+    pool = SigningPool(0)
+    try:
+        finish = pool.start(signer, messages)
+        assert len(signer.threads) == 200  # the two calls above, nothing more yet
+        assert finish() == sign_serially(signer, messages)
+    finally:
+        pool.close()
