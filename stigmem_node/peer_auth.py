@@ -292,17 +292,9 @@ class PeerAuthenticator:
                 found: list[tuple[str, tuple[str, ...]]]) -> VerifiedToken:
         """Verify the token (a read and the signature check: in the read lane); the peer
         found, if any, is appended to ``found`` (for the audit row of a rejection)."""
-
-        def lookup(iss: str) -> PeerAuth | None:
-            entry = self._peer(iss, now_ms)
-            if entry is None:
-                return None
-            found.append((entry[0].peer_id, entry[1]))
-            return entry[0]
-
         return tokens.verify(
-            token, lookup=lookup, our_node_id=self.node_id, now_ms=now_ms, leeway_ms=self.leeway_ms,
-            max_lifetime_ms=self.max_lifetime_ms, method=method, path_qs=path_qs,
+            token, lookup=self._lookup(now_ms, found), our_node_id=self.node_id, now_ms=now_ms,
+            leeway_ms=self.leeway_ms, max_lifetime_ms=self.max_lifetime_ms, method=method, path_qs=path_qs,
         )
 
     async def authenticate(self, authorization: str | None, *, method: str | None, path_qs: str | None,
@@ -321,12 +313,7 @@ class PeerAuthenticator:
         pull reads its page so).  Its result, or the ``StigmemError`` it raised, comes out only
         once the nonce is committed and fresh, as if it had run after; for a replay it is
         thrown away unseen."""
-        retry = self.failures.retry_after(remote_addr)
-        if retry is not None:
-            if self.observer is not None:
-                self.observer.rejected("too_many_failed_attempts")
-            raise StigmemError("too_many_failed_attempts", "too many failed peer authentications; retry later",
-                               retry_after=retry)
+        self._check_throttle(remote_addr)
         now_ms = self.clock.now_ms()
         found: list[tuple[str, tuple[str, ...]]] = []
         try:
@@ -341,9 +328,7 @@ class PeerAuthenticator:
                 raise TokenRejected("nonce_already_seen", "this token was already used", issuer=verified.peer.node_id,
                                     skew_ms=now_ms - int(verified.claims["iat"]))
         except TokenRejected as exc:
-            if self.observer is not None:
-                self.observer.rejected(exc.code)
-            await self._rejected(exc, found[0][0] if found else None, remote_addr, path_qs)
+            await self._refused(exc, found, remote_addr, path_qs)
             raise
         if self.observer is not None:
             self.observer.nonce_accepted()
@@ -370,12 +355,7 @@ class PeerAuthenticator:
         """A notification (``notification.verify``) from an active peer, once its nonce is
         committed; a ``NotificationRejected`` once its audit row (if any) is committed.  The
         same failure limit and audit budgets as tokens."""
-        retry = self.failures.retry_after(remote_addr)
-        if retry is not None:
-            if self.observer is not None:
-                self.observer.rejected("too_many_failed_attempts")
-            raise StigmemError("too_many_failed_attempts", "too many failed peer authentications; retry later",
-                               retry_after=retry)
+        self._check_throttle(remote_addr)
         now_ms = self.clock.now_ms()
         found: list[tuple[str, tuple[str, ...]]] = []
         try:
@@ -386,21 +366,32 @@ class PeerAuthenticator:
                 raise NotificationRejected("nonce_already_seen", "this notification was already received",
                                            issuer=verified.peer.node_id, skew_ms=now_ms - verified.iat_ms)
         except NotificationRejected as exc:
-            if self.observer is not None:
-                self.observer.rejected(exc.code)
-            await self._rejected(exc, found[0][0] if found else None, remote_addr, NOTIFY_PATH)
+            await self._refused(exc, found, remote_addr, NOTIFY_PATH)
             raise
         return verified
 
     async def notification_refused(self, exc: NotificationRejected, *, remote_addr: str) -> None:
         """Count and audit a notification refused before it reached ``authenticate_notification``
         (its body ran past the cap)."""
-        if self.observer is not None:
-            self.observer.rejected(exc.code)
-        await self._rejected(exc, None, remote_addr, NOTIFY_PATH)
+        await self._refused(exc, [], remote_addr, NOTIFY_PATH)
 
     def _verify_notification(self, body: bytes, signature: str | None, key_id: str | None, now_ms: int,
                              found: list[tuple[str, tuple[str, ...]]]) -> VerifiedNotification:
+        return notification.verify(body, signature, key_id, lookup=self._lookup(now_ms, found),
+                                   our_node_id=self.node_id, now_ms=now_ms)
+
+    def _check_throttle(self, remote_addr: str) -> None:
+        """``too_many_failed_attempts`` while the address is over its failure limit."""
+        retry = self.failures.retry_after(remote_addr)
+        if retry is not None:
+            if self.observer is not None:
+                self.observer.rejected("too_many_failed_attempts")
+            raise StigmemError("too_many_failed_attempts", "too many failed peer authentications; retry later",
+                               retry_after=retry)
+
+    def _lookup(self, now_ms: int, found: list[tuple[str, tuple[str, ...]]]) -> tokens.PeerLookup:
+        """The peer lookup of one verification: each peer found is appended to ``found`` (with
+        its granted scopes), for the request and for the audit row of a refusal."""
         def lookup(iss: str) -> PeerAuth | None:
             entry = self._peer(iss, now_ms)
             if entry is None:
@@ -408,7 +399,13 @@ class PeerAuthenticator:
             found.append((entry[0].peer_id, entry[1]))
             return entry[0]
 
-        return notification.verify(body, signature, key_id, lookup=lookup, our_node_id=self.node_id, now_ms=now_ms)
+        return lookup
+
+    async def _refused(self, exc: TokenRejected, found: list[tuple[str, tuple[str, ...]]], remote_addr: str,
+                       path_qs: str | None) -> None:
+        if self.observer is not None:
+            self.observer.rejected(exc.code)
+        await self._rejected(exc, found[0][0] if found else None, remote_addr, path_qs)
 
     async def _rejected(self, exc: TokenRejected, peer_id: str | None, remote_addr: str, path_qs: str | None) -> None:
         """Count the failure and write its audit rows (within the budgets), durably."""

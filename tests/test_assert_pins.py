@@ -200,10 +200,23 @@ def test_the_batched_lookup_finds_own_facts_by_cid_and_expiry_across_chunks(loca
     assert [(s.created, s.fact) for s in again] == [(False, s.fact) for s in first]
 
 
+def _assert_each_signed_by(key: Ed25519PrivateKey, rows: list[list[Any]]) -> None:
+    """Each row's signature, in its column and in its entry, is the one ``key`` gives its own fields."""
+    from stigmem_node import origin as om
+
+    for r in rows:
+        entry = json.loads(r[15])
+        o = entry["origin"]
+        expected = om.sign_origin(key, fact_id=r[0], cid=r[1], entity_uri=o["entity_uri"], origin_node_id=r[13],
+                                  origin_allowed_scopes=o["allowed_scopes"],
+                                  origin_allowed_tenants=o["allowed_tenants"], origin_tenant=o["tenant"],
+                                  valid_until=r[10])
+        assert r[14] == entry["origin_sig"] == expected
+
+
 def test_every_fact_of_a_large_batch_carries_its_own_signature_in_input_order(local: LocalFacts) -> None:
     """A full batch: every row carries the signature its own fields get, in its entry too, in
     input order, under the ids the node was given."""
-    from stigmem_node import origin as om
 
     n = 437
     batch = [_fact(1000 + i, "number", i) for i in range(n)]
@@ -211,21 +224,13 @@ def test_every_fact_of_a_large_batch_carries_its_own_signature_in_input_order(lo
     assert all(s.created for s in stored) and len(stored) == n
     rows = _rows(local)
     assert [r[0] for r in rows] == [s.fact["id"] for s in stored] == [f"pin-{i:03d}" for i in range(n)]
-    for r in rows:
-        entry = json.loads(r[15])
-        o = entry["origin"]
-        expected = om.sign_origin(_KEY, fact_id=r[0], cid=r[1], entity_uri=o["entity_uri"], origin_node_id=r[13],
-                                  origin_allowed_scopes=o["allowed_scopes"],
-                                  origin_allowed_tenants=o["allowed_tenants"], origin_tenant=o["tenant"],
-                                  valid_until=r[10])
-        assert r[14] == entry["origin_sig"] == expected
+    _assert_each_signed_by(_KEY, rows)
 
 
 
 def test_re_signing_after_a_rotation_gives_every_fact_the_new_keys_signature(local: LocalFacts) -> None:
     """``resign_all`` signs its batches with the same signer as asserts: every entry ends up
     with the signature the new key gives its own fields, across batch boundaries."""
-    from stigmem_node import origin as om
 
     local.assert_many(local.validate_batch([_fact(2000 + i, "number", i) for i in range(150)]))
     new_key = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
@@ -236,11 +241,4 @@ def test_re_signing_after_a_rotation_gives_every_fact_the_new_keys_signature(loc
     local.identity = NodeIdentity(NODE_ID, NODE_URL, KeyRow(key_id_of(new_public), new_public, new_private,
                                                             "2026-11-24T02:00:00Z", "active", None), [])
     assert local.resign_all(batch=64) == 150
-    for r in _rows(local):
-        entry = json.loads(r[15])
-        o = entry["origin"]
-        expected = om.sign_origin(new_key, fact_id=r[0], cid=r[1], entity_uri=o["entity_uri"], origin_node_id=r[13],
-                                  origin_allowed_scopes=o["allowed_scopes"],
-                                  origin_allowed_tenants=o["allowed_tenants"], origin_tenant=o["tenant"],
-                                  valid_until=r[10])
-        assert r[14] == entry["origin_sig"] == expected
+    _assert_each_signed_by(new_key, _rows(local))
