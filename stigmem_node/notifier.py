@@ -90,6 +90,7 @@ class PeerNotifier:
         self._kick = asyncio.Event()
         self._client = self.outbound.client()
         self._task = asyncio.create_task(self._run(), name="stigmem-notify-peers")
+        self._task.add_done_callback(_log_crash)
 
     def committed(self, facts: Sequence[FactInput]) -> None:
         """New facts were committed by this process (any thread)."""
@@ -130,7 +131,9 @@ class PeerNotifier:
                 if task is not None and not task.done():
                     self._again.add(peer.id)
                 else:
-                    self._sending[peer.id] = asyncio.create_task(self._send(peer), name=f"notify {peer.node_id}")
+                    task = asyncio.create_task(self._send(peer), name=f"notify {peer.node_id}")
+                    task.add_done_callback(_log_crash)
+                    self._sending[peer.id] = task
             self.rounds += 1
             await asyncio.sleep(self.SPACING_S)
 
@@ -191,6 +194,13 @@ class PeerNotifier:
         if self._client is not None:
             await self._client.aclose()
         self._loop = self._kick = None
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    """A notifier task that ended on an unexpected error (a bug) says so, with its traceback,
+    instead of stopping in silence."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s stopped on an unexpected error", task.get_name(), exc_info=task.exception())
 
 
 def _error_code(body: bytes) -> str:

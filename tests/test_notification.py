@@ -9,6 +9,8 @@ import json
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stigmem_node import notification as nt
 from stigmem_node.encoding import b64url_decode, b64url_encode
@@ -166,3 +168,16 @@ def test_mint_refuses_arguments_it_cannot_send() -> None:
                    {"issuer": A, "audience": B, "now_ms": 1.5}):
         with pytest.raises(ValueError):
             nt.mint(SENDER, **kwargs)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.one_of(st.binary(max_size=600), st.builds(lambda d: json.dumps(d).encode(), st.dictionaries(
+           st.sampled_from(["typ", "iss", "sub", "iat", "nonce", "x"]),
+           st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20),
+                     st.just(nt.NOTIFICATION_TYPE), st.just(A), st.just(B), st.just(NOW))))),
+       signature=st.one_of(st.none(), st.text(max_size=100)), key_id=st.one_of(st.none(), st.text(max_size=150)))
+def test_hostile_input_is_refused_with_a_code_never_an_unexpected_error(body: bytes, signature, key_id) -> None:
+    note = nt.SignedNotification(body, signature or "", key_id or "")
+    with pytest.raises(NotificationRejected) as info:
+        _verify(note, signature=signature, key_id=key_id)
+    assert info.value.code in nt.REJECTION_CODES
