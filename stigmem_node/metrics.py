@@ -42,6 +42,9 @@ from stigmem_node.store.replication import ReplicationState
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED = "unmatched"  # the route label of a request no route matches
 LANES = ("read", "write")
+#: How a notification to a peer ended: answered 2xx, 404/405/501 (no such endpoint), another
+#: 4xx, 429, or 5xx / no answer.
+NOTIFICATION_OUTCOMES = ("delivered", "unsupported", "refused", "throttled", "failed")
 
 # Seconds: from a cached read (~100 µs) to a busy write lock or a 50,000-fact page.
 _HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -237,6 +240,10 @@ class Metrics:
                                         "authentication, by error code", ["code"], registry=r)
         self.nonces_accepted = Counter("stigmem_nonces_accepted", "Peer-token nonces accepted (each a request "
                                        "authenticated)", registry=r)
+        self.notifications = Counter("stigmem_notifications_sent", "Notifications of new facts sent to peers, by "
+                                     "outcome", ["outcome"], registry=r)
+        for outcome in NOTIFICATION_OUTCOMES:
+            self.notifications.labels(outcome)
         self.db_duration = Histogram("stigmem_db_operation_duration_seconds", "Time storage work took in a "
                                      "worker thread of a lane (read or write)", ["lane"], registry=r,
                                      buckets=_DB_BUCKETS)
@@ -259,6 +266,10 @@ class Metrics:
 
     def nonce_accepted(self) -> None:
         self.nonces_accepted.inc()
+
+    def notification_sent(self, outcome: str) -> None:
+        """A notification to a peer ended with ``outcome`` (``NOTIFICATION_OUTCOMES``)."""
+        self.notifications.labels(outcome if outcome in NOTIFICATION_OUTCOMES else "failed").inc()
 
     def lane_work(self, lane: str, seconds: float) -> None:
         """``offload.Lanes``' observer: storage work of ``seconds`` in ``lane``."""

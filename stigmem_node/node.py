@@ -226,6 +226,7 @@ class Node:
         if self.settings.notify_peers:
             notifier = PeerNotifier(self.outbound, lambda: self.identity, lambda: self.identity.node_id, self.clock,
                                     self.publish_rules, following=self.new_facts.following,
+                                    observer=self.metrics.notification_sent,
                                     active_peers=lambda: self.lanes.read(self.store.peers.list_peers, "active"))
             notifier.start()
         tasks = [

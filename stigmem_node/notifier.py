@@ -57,10 +57,11 @@ class PeerNotifier:
 
     def __init__(self, outbound: Outbound, signer: Callable[[], Signer], node_id: Callable[[], str], clock: Clock,
                  rules: PublishRules, *, active_peers: Callable[[], Awaitable[Sequence[PeerRecord]]],
-                 following: Callable[[str], bool]) -> None:
+                 following: Callable[[str], bool], observer: Callable[[str], None] | None = None) -> None:
         """``signer``/``node_id``: this node's (current) identity; ``active_peers``: reads the
         active peers (off the loop); ``following(peer_id)``: the peer follows this node by
-        long-poll (``NewFacts.following``)."""
+        long-poll (``NewFacts.following``); ``observer``: told how each notification ended
+        (``metrics.NOTIFICATION_OUTCOMES``)."""
         self.outbound = outbound
         self.signer = signer
         self.node_id = node_id
@@ -68,6 +69,7 @@ class PeerNotifier:
         self.rules = rules
         self.active_peers = active_peers
         self.following = following
+        self.observer = observer
         # Counters (read by tests and the curious): rounds run after commits, notifications
         # decided on (sent, or to be sent once the one in flight returns), answered with a 2xx.
         self.rounds = 0
@@ -151,6 +153,12 @@ class PeerNotifier:
 
     async def _notify(self, peer: PeerRecord) -> float:
         """One notification; the seconds to leave the peer alone after it (0: none)."""
+        outcome, wait = await self._exchange(peer)
+        if self.observer is not None:
+            self.observer(outcome)
+        return wait
+
+    async def _exchange(self, peer: PeerRecord) -> tuple[str, float]:
         client = self._client
         if client is None:
             raise RuntimeError("the notifier is not running")
@@ -160,24 +168,24 @@ class PeerNotifier:
             answer = await self.outbound.post(node_base(peer.node_url).join(NOTIFY_PATH), note.body, client=client,
                                               headers=note.headers)
         except OutboundError as exc:
-            return self._failed(peer, exc.message)
+            return "failed", self._failed(peer, exc.message)
         status = answer.status
         if 200 <= status < 300:
             self._failures.pop(peer.id, None)
             self.sent += 1
-            return 0.0
+            return "delivered", 0.0
         if status in (404, 405, 501):
             log.info("peer %s takes no notifications (HTTP %d); not notified for %.0f s",
                      peer.node_id, status, self.UNSUPPORTED_WAIT_S)
-            return self.UNSUPPORTED_WAIT_S
+            return "unsupported", self.UNSUPPORTED_WAIT_S
         if status == 429:
             retry = answer.headers.get("retry-after", "")
-            return min(float(retry), self.MAX_RETRY_AFTER_S) if retry.isdigit() else 5.0
+            return "throttled", min(float(retry), self.MAX_RETRY_AFTER_S) if retry.isdigit() else 5.0
         if 400 <= status < 500:
             log.warning("peer %s refused a notification (HTTP %d: %s); not notified for %.0f s", peer.node_id,
                         status, _error_code(answer.body), self.REFUSED_WAIT_S)
-            return self.REFUSED_WAIT_S
-        return self._failed(peer, f"HTTP {status}")
+            return "refused", self.REFUSED_WAIT_S
+        return "failed", self._failed(peer, f"HTTP {status}")
 
     def _failed(self, peer: PeerRecord, why: str) -> float:
         failures = self._failures[peer.id] = self._failures.get(peer.id, 0) + 1

@@ -368,6 +368,8 @@ class PeerAuthenticator:
         except NotificationRejected as exc:
             await self._refused(exc, found, remote_addr, NOTIFY_PATH)
             raise
+        if self.observer is not None:
+            self.observer.nonce_accepted()
         return verified
 
     async def notification_refused(self, exc: NotificationRejected, *, remote_addr: str) -> None:

@@ -26,6 +26,13 @@ HOUR = "3600"
 NOTIFY = "/v1/federation/notify"
 
 
+def sent(node, outcome: str) -> float:
+    """The node's count of notifications that ended with ``outcome`` (from its /metrics)."""
+    text = httpx.get(node.url + "/metrics", timeout=30).text
+    line = f'stigmem_notifications_sent_total{{outcome="{outcome}"}} '
+    return next(float(x.removeprefix(line)) for x in text.splitlines() if x.startswith(line))
+
+
 def received_ids(n) -> set[str]:
     return {r[0] for r in q(n.target, "SELECT id FROM facts WHERE received_from IS NOT NULL")}
 
@@ -89,6 +96,7 @@ def test_facts_a_peer_may_not_read_are_not_notified(start_node):
         key = public_key_from_b64(a.well_known()["federation_pubkey"])
         assert verifies(key, b64url_decode(headers["stigmem-signature"]), body)
         assert headers["stigmem-key-id"] == a.node.identity.key_id
+        wait_for(lambda: sent(a, "delivered") == 1, 60, what="the delivery to be counted")
     finally:
         peer.down()
 
@@ -105,6 +113,8 @@ def test_a_peer_without_the_endpoint_is_left_alone_after_its_404(start_node):
         post_facts(a, [fact("urn:notify:two", "public")])
         wait_for(lambda: notifier.rounds > rounds, 60, what="A's notifier to consider the second commit")
         assert notifier.queued == 1 and len(peer.notifications) == 1
+        wait_for(lambda: sent(a, "unsupported") == 1, 60, what="the 404 to be counted")
+        assert sent(a, "delivered") == 0
     finally:
         peer.down()
 
