@@ -133,6 +133,7 @@ def pair(start_node):
 
 def test_a_valid_notification_starts_a_pass_and_a_replay_is_refused_and_audited(pair):
     a, b = pair
+    assert a.node._background.notifier is None  # sending is off unless asked for
     note = mint(a, b)
     first = post(b, note)
     assert first.status_code == 202 and first.json()["pull"] in ("started", "queued")
@@ -254,3 +255,14 @@ def test_a_peer_whose_pulls_fail_is_not_pulled_early_by_its_notifications(start_
         assert notify() == "backing_off" and len(peer.hits) == hits
     finally:
         peer.down()
+
+
+def test_serve_notify_peers_turns_notifications_on(start_process_node, start_node):
+    """The flag of ``stigmem-node serve``, in a process of its own, as an operator runs it."""
+    a = start_process_node("a", args=("--notify-peers",))
+    b = start_node("b", args=("--pull-interval", HOUR, "--pull-wait", "0"))
+    federate(a, b)
+    wait_for(lambda: first_pass_done(b), 60, what="B's first pass")
+    (f,) = post_facts(a, [fact("urn:notify:process", "public")])
+    wait_for(lambda: f["id"] in received_ids(b), 60, what="the fact at B")
+    assert sent(a, "delivered") >= 1
