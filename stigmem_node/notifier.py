@@ -76,7 +76,7 @@ class PeerNotifier:
         self.queued = 0
         self.sent = 0
         self._lock = threading.Lock()
-        self._facts: list[FactInput] = []
+        self._kinds: set[tuple[str, bool]] = set()  # (scope, instruction?) of facts committed since the last round
         self._loop: asyncio.AbstractEventLoop | None = None
         self._kick: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -99,8 +99,9 @@ class PeerNotifier:
         loop, kick = self._loop, self._kick
         if loop is None or kick is None or loop.is_closed():
             return
+        kinds = {(f.scope, is_instruction(f)) for f in facts}  # at most 8: the facts themselves are not kept
         with self._lock:
-            self._facts.extend(facts)
+            self._kinds |= kinds
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody to notify
             loop.call_soon_threadsafe(kick.set)
 
@@ -116,8 +117,7 @@ class PeerNotifier:
             await kick.wait()
             kick.clear()
             with self._lock:
-                facts, self._facts = self._facts, []
-            scopes = {(f.scope, is_instruction(f)) for f in facts}
+                scopes, self._kinds = self._kinds, set()
             try:
                 peers = await self.active_peers()
             except (StorageError, StigmemError) as exc:  # the database is away: peers pull by themselves

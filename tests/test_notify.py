@@ -83,7 +83,9 @@ def test_facts_a_peer_may_not_read_are_not_notified(start_node):
         peer.notify_status = 202
         peer.register_on(a, scopes="public")
         notifier = a.node._background.notifier
-        post_facts(a, [fact("urn:notify:local", "local"), fact("urn:notify:company", "company")])
+        # Never shared, not granted to this peer, an instruction (not federated by default).
+        post_facts(a, [fact("urn:notify:local", "local"), fact("urn:notify:company", "company"),
+                       fact("instruction:notify", "public")])
         wait_for(lambda: notifier.rounds >= 1, 60, what="A's notifier to consider the commit")
         assert notifier.queued == 0 and peer.notifications == []
         post_facts(a, [fact("urn:notify:public", "public")])
