@@ -745,3 +745,37 @@ def test_reference_poison_pills_do_not_block_our_feed(fresh_pair, kind):
         assert poison["id"] in have and have[poison["id"]]["cid"] == poison["cid"]
     else:
         assert poison["id"] not in have  # instruction facts stay home by default
+
+
+def test_a_reference_peer_is_not_notified_again_after_its_404(reference_venv, tmp_path):
+    """``--notify-peers`` next to a reference node: the reference has no notification
+    endpoint, answers 404 once, is left alone, and still takes our facts by its own pull."""
+    ref = ReferenceNode(tmp_path / "ref", venv=reference_venv, pull_interval_s=PULL_INTERVAL_S)
+    ours = None
+    try:
+        ref.start()
+        ref.put_manifest()
+        ours = RunningNode(tmp_path / "ours", "ours", args=("--notify-peers", "--access-log"))
+        link_ref_and_ours(ref, ours, tmp_path)
+
+        def sent(outcome: str) -> float:
+            text = httpx.get(ours.url + "/metrics", timeout=30).text
+            line = f'stigmem_notifications_sent_total{{outcome="{outcome}"}} '
+            return next(float(x.removeprefix(line)) for x in text.splitlines() if x.startswith(line))
+
+        (first,) = ours_post_facts(ours, [{"entity": "stigmem://interop/notify/one", "relation": "memory:note",
+                                           "value": {"type": "string", "v": "one"}, "source": "agent:interop",
+                                           "scope": "public"}])
+        wait_for(lambda: sent("unsupported") == 1, ARRIVAL_TIMEOUT_S, "the reference's 404",
+                 lambda: ours.log())
+        (second,) = ours_post_facts(ours, [{"entity": "stigmem://interop/notify/two", "relation": "memory:note",
+                                            "value": {"type": "string", "v": "two"}, "source": "agent:interop",
+                                            "scope": "public"}])
+        wanted = {first["id"], second["id"]}
+        wait_for(lambda: wanted <= {f["id"] for f in ref_facts(ref)}, ARRIVAL_TIMEOUT_S,
+                 "the reference's pull loop to take both facts", lambda: ref.log_tail(60))
+        assert sent("unsupported") == 1 and sent("delivered") == 0 and sent("failed") == 0
+    finally:
+        if ours is not None:
+            ours.stop()
+        ref.stop()
