@@ -327,8 +327,9 @@ class Node:
         return count
 
     def refresh_peer_keys_soon(self, node_id: str) -> None:
-        """After an active peer's token failed its signature, re-read that peer's well-known
-        in the background (at most once per peer every 5 minutes) to follow a key rotation.
+        """After an active peer's token (or notification) failed its signature, re-read that
+        peer's well-known in the background (at most once per peer every 5 minutes) to follow a
+        key rotation.
 
         Anyone can claim any issuer, so this is rate-limited and only ever fetches the
         registered URL of a registered, active peer.

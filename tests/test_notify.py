@@ -268,3 +268,16 @@ def test_serve_notify_peers_turns_notifications_on(start_process_node, start_nod
     (f,) = post_facts(a, [fact("urn:notify:process", "public")])
     wait_for(lambda: f["id"] in received_ids(b), 60, what="the fact at B")
     assert sent(a, "delivered") >= 1
+
+
+def test_a_notification_under_a_rotated_key_makes_the_receiver_follow_the_rotation(pair):
+    from datetime import timedelta
+
+    a, b = pair
+    a.node.rotate_key(timedelta(seconds=0), actor="test")  # B has not seen the new key yet
+    res = post(b, mint(a, b))
+    assert (res.status_code, res.json()["error"]) == (401, "invalid_signature")
+    # B re-reads A's well-known in the background and adopts the endorsed key: a new
+    # notification under it goes through.
+    wait_for(lambda: post(b, mint(a, b)).status_code == 202, 60, what="B to follow A's rotation")
+    assert [r["actor"] for r in audit(b, "peer_key_rotated")] == ["node:auth"]

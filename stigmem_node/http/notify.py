@@ -33,6 +33,11 @@ async def notify(request: Request) -> JSONResponse:
     except NotificationRejected as exc:  # audited like any other refused notification
         await node.peer_auth.notification_refused(exc, remote_addr=remote)
         raise
-    verified = await node.peer_auth.authenticate_notification(
-        body, headers.get(SIGNATURE_HEADER), headers.get(KEY_ID_HEADER), remote_addr=remote)
+    try:
+        verified = await node.peer_auth.authenticate_notification(
+            body, headers.get(SIGNATURE_HEADER), headers.get(KEY_ID_HEADER), remote_addr=remote)
+    except NotificationRejected as exc:
+        if exc.code == "invalid_signature" and exc.issuer:
+            node.refresh_peer_keys_soon(exc.issuer)  # the peer may have rotated its key, as for a token
+        raise
     return JSONResponse({"pull": node.pull_soon(verified.peer.peer_id)}, status_code=202)
