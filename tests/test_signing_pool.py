@@ -71,10 +71,11 @@ def test_a_large_batch_is_shared_between_the_caller_and_every_thread() -> None:
         pool.sign_all(signer, _messages(400))
     finally:
         pool.close()
-    names = set(signer.threads)
-    assert threading.current_thread().name in names
-    assert len({n for n in names if n.startswith("stigmem-sign")}) == 3
-    assert len(signer.threads) == 400
+    # Four shares: the caller signs one, the pool's threads the three others (a thread that is
+    # done with one share may take the next: which thread signs which is the executor's call).
+    caller = threading.current_thread().name
+    assert signer.threads.count(caller) == 100
+    assert sum(n.startswith("stigmem-sign") for n in signer.threads) == 300
 
 
 def test_a_small_batch_is_signed_by_the_caller_alone() -> None:
