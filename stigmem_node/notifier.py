@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -39,7 +38,7 @@ from stigmem_node.errors import OutboundError, StigmemError
 from stigmem_node.facts import FactInput, is_instruction
 from stigmem_node.keys import Signer
 from stigmem_node.metrics import PublishRules
-from stigmem_node.outbound import Outbound, node_base
+from stigmem_node.outbound import Outbound, error_code_of, node_base, retry_after_s
 from stigmem_node.store.db import StorageError
 from stigmem_node.store.peers import PeerRecord
 
@@ -179,11 +178,11 @@ class PeerNotifier:
                      peer.node_id, status, self.UNSUPPORTED_WAIT_S)
             return "unsupported", self.UNSUPPORTED_WAIT_S
         if status == 429:
-            retry = answer.headers.get("retry-after", "")
-            return "throttled", min(float(retry), self.MAX_RETRY_AFTER_S) if retry.isdigit() else 5.0
+            retry = retry_after_s(answer.headers.get("retry-after"))
+            return "throttled", min(retry, self.MAX_RETRY_AFTER_S) if retry is not None else 5.0
         if 400 <= status < 500:
             log.warning("peer %s refused a notification (HTTP %d: %s); not notified for %.0f s", peer.node_id,
-                        status, _error_code(answer.body), self.REFUSED_WAIT_S)
+                        status, error_code_of(answer.body) or "-", self.REFUSED_WAIT_S)
             return "refused", self.REFUSED_WAIT_S
         return "failed", self._failed(peer, f"HTTP {status}")
 
@@ -209,12 +208,3 @@ def _log_crash(task: asyncio.Task[None]) -> None:
     instead of stopping in silence."""
     if not task.cancelled() and task.exception() is not None:
         log.error("%s stopped on an unexpected error", task.get_name(), exc_info=task.exception())
-
-
-def _error_code(body: bytes) -> str:
-    """The ``error`` code of a JSON error answer, for the log (``-`` if there is none)."""
-    try:
-        code = json.loads(body).get("error")
-    except (ValueError, UnicodeDecodeError, AttributeError, RecursionError):
-        return "-"
-    return code[:64] if isinstance(code, str) else "-"

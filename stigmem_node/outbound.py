@@ -25,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urljoin
 
@@ -258,3 +260,30 @@ class Outbound:
         async with self.client() as client:
             return await fetch_well_known(node_url, timeout_s=self.timeout_s,
                                           allow_insecure_http=self.allow_insecure_http, client=client)
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delay-seconds or an HTTP-date (RFC 9110)."""
+    if not value or len(value) > 64:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def error_code_of(body: bytes) -> str | None:
+    """The error code of another node's JSON error answer (``error``, else the reference's
+    ``detail``), at most 80 characters; None if it has none."""
+    try:
+        obj = json.loads(body[:4096])
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    code = obj.get("error") or obj.get("detail") if isinstance(obj, dict) else None
+    return code[:80] if isinstance(code, str) else None

@@ -14,15 +14,13 @@ import asyncio
 import json
 import random
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 from urllib.parse import quote
 
 import httpx
 
 from stigmem_node.errors import OutboundError
-from stigmem_node.outbound import Outbound, node_base
+from stigmem_node.outbound import Outbound, error_code_of, node_base, retry_after_s
 from stigmem_node.replication.results import PullError
 from stigmem_node.store.peers import PeerRecord
 from stigmem_node.tombstones import TOMBSTONE_TUPLE_VERSION
@@ -140,7 +138,7 @@ class PageFetcher:
             raise _Retry(PullError(f"peer_http_{status}", f"the peer answered HTTP {status}"),
                          retry_after_s(answer.headers.get("retry-after")))
         if status != 200:
-            code = _error_code(body)
+            code = error_code_of(body)
             raise PullError("peer_refused", f"the peer answered HTTP {status}" + (f" ({code})" if code else ""),
                             status=status, peer_error=code)
         return body
@@ -197,28 +195,3 @@ def parse_tombstone_page(body: bytes, limit: int, since: str | None) -> Tombston
     cursor = _cursor(page["cursor"])
     has_more = page["has_more"] if "has_more" in page else len(items) == limit
     return TombstonePage(items, cursor if cursor is not None else since, bool(has_more))
-
-
-def retry_after_s(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delay-seconds or an HTTP-date (RFC 9110)."""
-    if not value or len(value) > 64:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def _error_code(body: bytes) -> str | None:
-    try:
-        obj = json.loads(body[:4096])
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
-    code = obj.get("error") or obj.get("detail") if isinstance(obj, dict) else None
-    return code[:80] if isinstance(code, str) else None
