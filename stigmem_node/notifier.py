@@ -10,7 +10,8 @@ Bounded in every direction:
 
 - one notification in flight per peer; facts committed meanwhile make one more, sent when it
   returns (a burst of asserts costs a peer a notification or two, not one each);
-- a round at most every ``SPACING_S``;
+- a round at most every ``SPACING_S``, reading the active peers at most every ``PEERS_TTL_S``
+  (a peer approved or suspended here is seen within that time);
 - each exchange within the outbound timeout, its answer read up to a few KiB (``outbound``);
 - a peer that has no such endpoint (404, 405, 501: a reference node) is left alone for
   ``UNSUPPORTED_WAIT_S``; one that refuses it (another 4xx: it does not have us as an active
@@ -45,10 +46,12 @@ from stigmem_node.store.peers import PeerRecord
 log = logging.getLogger("stigmem_node.notifier")
 
 NOTIFY_PATH = "/v1/federation/notify"
+PEERS_NEVER = 1e9  # the active peers were never read
 
 
 class PeerNotifier:
-    SPACING_S = 0.1
+    SPACING_S = 0.02
+    PEERS_TTL_S = 1.0
     UNSUPPORTED_WAIT_S = 3600.0
     REFUSED_WAIT_S = 300.0
     MAX_FAILURE_WAIT_S = 300.0
@@ -84,6 +87,7 @@ class PeerNotifier:
         self._again: set[str] = set()
         self._not_before: dict[str, float] = {}
         self._failures: dict[str, int] = {}
+        self._peers: tuple[float, Sequence[PeerRecord]] = (-PEERS_NEVER, ())  # (read when, active peers)
 
     def start(self) -> None:
         """Start notifying (on the running event loop)."""
@@ -117,12 +121,15 @@ class PeerNotifier:
             kick.clear()
             with self._lock:
                 scopes, self._kinds = self._kinds, set()
-            try:
-                peers = await self.active_peers()
-            except (StorageError, StigmemError) as exc:  # the database is away: peers pull by themselves
-                log.warning("cannot list peers to notify: %s", getattr(exc, "message", exc))
-                continue
             now = time.monotonic()
+            read_at, peers = self._peers
+            if now - read_at > self.PEERS_TTL_S:
+                try:
+                    peers = await self.active_peers()
+                except (StorageError, StigmemError) as exc:  # the database is away: peers pull by themselves
+                    log.warning("cannot list peers to notify: %s", getattr(exc, "message", exc))
+                    continue
+                self._peers = (now, peers)
             for peer in peers:
                 if (not self._readable(peer, scopes) or self.following(peer.id)
                         or self._not_before.get(peer.id, 0) > now):
