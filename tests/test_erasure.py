@@ -231,12 +231,17 @@ def test_postgres_the_documented_vacuum_full_leaves_the_erased_bytes_in_no_datab
     node.stop()
     others = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
               " AND pid <> pg_backend_pid() AND xact_start IS NOT NULL")
-    for _ in range(600):  # at most about two minutes: an autovacuum of this small database ends sooner
-        if not node.sql(others)[0][0]:
+    for _attempt in range(5):
+        for _ in range(600):  # at most about two minutes: an autovacuum of this small database ends sooner
+            if not node.sql(others)[0][0]:
+                break
+            time.sleep(0.2)
+        run("ANALYZE facts", "VACUUM FULL facts", "VACUUM FULL pg_statistic", "CHECKPOINT")
+        holding = files_holding(secret)
+        # An autovacuum worker may start at any moment, even during the procedure, and hold
+        # the old row versions for its snapshot: as documented, the procedure is then run again.
+        if not holding:
             break
-        time.sleep(0.2)
-    run("ANALYZE facts", "VACUUM FULL facts", "VACUUM FULL pg_statistic", "CHECKPOINT")
-    holding = files_holding(secret)
     assert holding == [], ("the erased value is still in a file of the database", [
         node.sql("SELECT pg_filenode_relation(0, ?::oid)::text", (f.split(".")[0].split("_")[0],))[0][0]
         for f in holding])
