@@ -72,11 +72,10 @@ class PeerNotifier:
         self.active_peers = active_peers
         self.following = following
         self.observer = observer
-        # Counters (read by tests and the curious): rounds run after commits, notifications
-        # decided on (sent, or to be sent once the one in flight returns), answered with a 2xx.
+        # Rounds run after commits, and notifications decided on (sent, or to be sent once the
+        # one in flight returns); how they ended is the observer's (the node's metrics).
         self.rounds = 0
         self.queued = 0
-        self.sent = 0
         self._lock = threading.Lock()
         self._kinds: set[tuple[str, bool]] = set()  # (scope, instruction?) of facts committed since the last round
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -178,7 +177,6 @@ class PeerNotifier:
         status = answer.status
         if 200 <= status < 300:
             self._failures.pop(peer.id, None)
-            self.sent += 1
             return "delivered", 0.0
         if status in (404, 405, 501):
             log.info("peer %s takes no notifications (HTTP %d); not notified for %.0f s",

@@ -70,10 +70,6 @@ class SigningPool:
         """One thread per usable core beyond the first, at most ``MAX_SIGNING_THREADS``."""
         return cls(min(usable_cores() - 1, MAX_SIGNING_THREADS))
 
-    def sign_all(self, signer: Signer, messages: Sequence[bytes]) -> list[bytes]:
-        """The signatures of ``messages`` by ``signer``, in order."""
-        return self.start(signer, messages)()
-
     def start(self, signer: Signer, messages: Sequence[bytes]) -> Callable[[], list[bytes]]:
         """Hand the pool's shares of ``messages`` to its threads now; the function returned
         signs the caller's share and gives every signature, in order.  What the caller does

@@ -56,7 +56,7 @@ def test_a_pool_gives_the_serial_signatures_in_order(threads: int, n: int) -> No
     messages = _messages(n)
     pool = SigningPool(threads)
     try:
-        sigs = pool.sign_all(signer, messages)
+        sigs = pool.start(signer, messages)()
     finally:
         pool.close()
     assert sigs == sign_serially(signer, messages)
@@ -68,7 +68,7 @@ def test_a_large_batch_is_shared_between_the_caller_and_every_thread() -> None:
     signer = RecordingSigner()
     pool = SigningPool(3)
     try:
-        pool.sign_all(signer, _messages(400))
+        pool.start(signer, _messages(400))()
     finally:
         pool.close()
     # Four shares: the caller signs one, the pool's threads the three others (a thread that is
@@ -82,7 +82,7 @@ def test_a_small_batch_is_signed_by_the_caller_alone() -> None:
     signer = RecordingSigner()
     pool = SigningPool(3)
     try:
-        pool.sign_all(signer, _messages(2 * MIN_SHARE - 1))
+        pool.start(signer, _messages(2 * MIN_SHARE - 1))()
     finally:
         pool.close()
     assert set(signer.threads) == {threading.current_thread().name}
@@ -94,9 +94,9 @@ def test_a_failure_in_a_threads_share_reaches_the_caller_and_the_pool_keeps_work
     pool = SigningPool(1)
     try:
         with pytest.raises(ValueError, match="refused"):
-            pool.sign_all(signer, messages)
+            pool.start(signer, messages)()
         signer.fail_on = None
-        assert pool.sign_all(signer, messages) == sign_serially(signer, messages)
+        assert pool.start(signer, messages)() == sign_serially(signer, messages)
     finally:
         pool.close()
 
